@@ -1,0 +1,32 @@
+"""Shared fixtures: a real Mosquitto per test (or per module), tmp state dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from mosquitto import Mosquitto  # noqa: E402
+
+
+@pytest.fixture
+def broker(tmp_path_factory):
+    """A fresh Mosquitto on a free loopback port; stopped after the test."""
+    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory):
+    """One Mosquitto shared by a module's tests (cheaper; do not restart it)."""
+    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto-module"))
+    b.start()
+    yield b
+    b.kill()

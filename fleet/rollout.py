@@ -1,0 +1,194 @@
+"""Rollout policy: which devices get a variant, in which waves, and when to stop.
+
+Pure functions over plain values, so every decision is a table-driven test.
+The shape follows AWS IoT Jobs (rollout rate, abort thresholds, timeouts),
+Mender (phased rollout) and hawkBit (groups, success and error thresholds):
+a canary wave first, then growing waves, each judged before the next starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pruner.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device as the rollout sees it."""
+
+    device_id: str
+    profile: str
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which devices a rollout is for: every listed profile, all listed tags."""
+
+    profiles: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+
+    def matches(self, device: Device) -> bool:
+        if self.profiles and device.profile not in self.profiles:
+            return False
+        return self.tags <= device.tags
+
+
+@dataclass(frozen=True)
+class WavePolicy:
+    """How a rollout grows and when it stops.
+
+    canary: devices in the first wave (at least one).
+    growth: each later wave is this many times the previous one.
+    max_failure_rate: abort when failures / finished exceeds it (0..1).
+    max_failures: abort at this many failures whatever the rate (None: no cap).
+    min_finished: the rate threshold applies once this many devices finished.
+    timeout_s: a device that has not reported after this long counts as failed.
+    """
+
+    canary: int = 1
+    growth: float = 2.0
+    max_failure_rate: float = 0.2
+    max_failures: int | None = None
+    min_finished: int = 1
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.canary < 1:
+            raise ConfigError(f"canary must be >= 1, got {self.canary}")
+        if self.growth < 1.0:
+            raise ConfigError(f"growth must be >= 1.0, got {self.growth}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"max_failure_rate must be in [0, 1], got {self.max_failure_rate}")
+        if self.max_failures is not None and self.max_failures < 1:
+            raise ConfigError(f"max_failures must be >= 1 or None, got {self.max_failures}")
+        if self.min_finished < 1:
+            raise ConfigError(f"min_finished must be >= 1, got {self.min_finished}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    def get_config(self) -> dict:
+        return {
+            "canary": self.canary,
+            "growth": self.growth,
+            "max_failure_rate": self.max_failure_rate,
+            "max_failures": self.max_failures,
+            "min_finished": self.min_finished,
+            "timeout_s": self.timeout_s,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> WavePolicy:
+        return cls(**config)
+
+
+def select(devices: Iterable[Device], target: Target) -> list[Device]:
+    """The devices a target names, in a stable order (by id)."""
+    return sorted((d for d in devices if target.matches(d)), key=lambda d: d.device_id)
+
+
+def group_by_profile(devices: Iterable[Device]) -> dict[str, list[Device]]:
+    """One variant is built per profile: the devices that share it."""
+    groups: dict[str, list[Device]] = {}
+    for device in sorted(devices, key=lambda d: d.device_id):
+        groups.setdefault(device.profile, []).append(device)
+    return groups
+
+
+def plan_waves(devices: Sequence[Device], policy: WavePolicy) -> list[list[Device]]:
+    """Split devices into waves: the canary, then waves growing by ``policy.growth``."""
+    waves: list[list[Device]] = []
+    start, size = 0, policy.canary
+    while start < len(devices):
+        waves.append(list(devices[start : start + size]))
+        start += size
+        size = max(size + 1, math.ceil(size * policy.growth)) if policy.growth > 1 else size
+    return waves
+
+
+class Outcome(str, Enum):
+    """What became of one device's deployment."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def finished(self) -> bool:
+        return self is not Outcome.PENDING
+
+    @property
+    def failed(self) -> bool:
+        return self in (Outcome.ROLLED_BACK, Outcome.REJECTED, Outcome.FAILED, Outcome.TIMED_OUT)
+
+
+class Decision(str, Enum):
+    WAIT = "wait"  # the wave has devices still pending
+    CONTINUE = "continue"  # the wave is done and healthy: start the next one
+    DONE = "done"  # the last wave is done and healthy
+    ABORT = "abort"  # a threshold was crossed: start no more waves
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reason: str
+    failures: int = 0
+    finished: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def apply_timeouts(
+    outcomes: dict[str, Outcome], started_at: dict[str, float], now: float, timeout_s: float
+) -> dict[str, Outcome]:
+    """Pending devices whose time is up become TIMED_OUT."""
+    return {
+        device_id: (
+            Outcome.TIMED_OUT
+            if outcome is Outcome.PENDING and now - started_at.get(device_id, now) > timeout_s
+            else outcome
+        )
+        for device_id, outcome in outcomes.items()
+    }
+
+
+def judge(outcomes: dict[str, Outcome], policy: WavePolicy, *, last_wave: bool) -> Verdict:
+    """Decide what to do after a wave, from every outcome of the rollout so far.
+
+    Abort is decided as soon as a threshold is crossed, even while devices of
+    the wave are still pending, so a bad variant reaches no more devices.
+    """
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+    finished = sum(1 for o in outcomes.values() if o.finished)
+    failures = sum(1 for o in outcomes.values() if o.failed)
+    pending = len(outcomes) - finished
+
+    def verdict(decision: Decision, reason: str) -> Verdict:
+        return Verdict(decision, reason, failures=failures, finished=finished, counts=counts)
+
+    if policy.max_failures is not None and failures >= policy.max_failures:
+        return verdict(
+            Decision.ABORT, f"{failures} failures reached max_failures={policy.max_failures}"
+        )
+    if finished >= policy.min_finished and finished:
+        rate = failures / finished
+        if rate > policy.max_failure_rate:
+            return verdict(
+                Decision.ABORT,
+                f"failure rate {rate:.0%} ({failures}/{finished}) is above "
+                f"max_failure_rate={policy.max_failure_rate:.0%}",
+            )
+    if pending:
+        return verdict(Decision.WAIT, f"{pending} device(s) still pending")
+    if last_wave:
+        return verdict(Decision.DONE, f"all {finished} device(s) finished, {failures} failed")
+    return verdict(Decision.CONTINUE, f"wave healthy: {failures}/{finished} failed")

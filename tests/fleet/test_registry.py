@@ -1,0 +1,31 @@
+"""The SQLite record of devices, deployments and reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.registry import Registry
+from fleet.rollout import Device, Outcome
+
+
+def test_devices_deployments_reports_survive_reopen(tmp_path):
+    path = tmp_path / "fleet.sqlite"
+    with Registry(path) as reg:
+        reg.upsert_device(Device("pi-1", "raspberry-pi-4", frozenset({"kitchen"})), online=True)
+        reg.upsert_device(Device("pi-1", "raspberry-pi-4", frozenset({"kitchen", "beta"})))
+        reg.add_deployment("d1", "pi-1", "ab" * 32, 1234, rollout_id="r1", wave=0)
+        reg.add_report("d1", "pi-1", "received", {"state": "received"})
+        reg.add_report("d1", "pi-1", "active", {"state": "active", "p90_ms": 1.5})
+        reg.finish_deployment("d1", Outcome.ACTIVE)
+    with Registry(path) as reg:
+        assert reg.devices() == [Device("pi-1", "raspberry-pi-4", frozenset({"kitchen", "beta"}))]
+        assert reg.device_rows()[0]["online"] == 1  # an upsert without `online` keeps it
+        assert reg.outcomes("r1") == {"pi-1": Outcome.ACTIVE}
+        assert [r["state"] for r in reg.reports("d1")] == ["received", "active"]
+        assert reg.reports("d1")[1]["body"]["p90_ms"] == 1.5
+        assert reg.deployments("pi-1")[0]["finished_at"] is not None
+
+
+def test_unknown_deployment_is_an_error(tmp_path):
+    with Registry(tmp_path / "f.sqlite") as reg, pytest.raises(KeyError, match="nope"):
+        reg.finish_deployment("nope", Outcome.FAILED)

@@ -1,0 +1,191 @@
+"""`paoding-edge profiles`: list, show, validate and calibrate device profiles.
+
+paoding-edge profiles                      # the table of known profiles
+paoding-edge profiles show raspberry-pi-4  # one profile, as YAML
+paoding-edge profiles validate my.yaml     # field-level errors, exit 2 when bad
+paoding-edge profiles calibrate dev-host --from-reports out/report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pruner.errors import PaodingError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.add_parser("list", help="list the known profiles (the default)")
+    show = sub.add_parser("show", help="print one profile")
+    show.add_argument("profile", help="profile id or file")
+    show.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    val = sub.add_parser("validate", help="validate profile files; errors name the field")
+    val.add_argument("files", nargs="+")
+    cal = sub.add_parser("calibrate", help="refit a profile's latency model from measured reports")
+    cal.add_argument("profile", help="profile id or file")
+    cal.add_argument(
+        "--from-reports",
+        nargs="+",
+        required=True,
+        metavar="JSON",
+        help="tune/demo/bench reports holding 'measurements', or measurement lists",
+    )
+    cal.add_argument(
+        "-o",
+        "--output",
+        help="where to write the calibrated profile (default: the user profile directory)",
+    )
+    cal.add_argument(
+        "--allow-emulated",
+        action="store_true",
+        help="accept emulated measurements for a profile that is not an emulation",
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _list() -> int:
+    import device_profiles as dp
+
+    rows = []
+    for pid in dp.list_profiles():
+        try:
+            p = dp.load(pid)
+        except dp.ProfileError as exc:
+            rows.append([pid, f"INVALID: {exc}", "", "", "", "", "", ""])
+            continue
+        b = p.budgets
+        rows.append(
+            [
+                p.id,
+                p.name,
+                f"{p.runtime.interpreter} {p.runtime.version} x{p.runtime.threads}",
+                f"{b.p90_latency_ms:g}",
+                f"{b.peak_memory_mb:g}",
+                f"{b.model_size_kb:g}",
+                p.latency.provenance,
+                "yes" if p.emulated else "no",
+            ]
+        )
+    header = ["id", "name", "runtime", "p90 ms", "mem MB", "size KB", "latency model", "emulated"]
+    print(_table(rows, header))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    import device_profiles as dp
+
+    p = dp.load(args.profile)
+    where = dp.locate(p.id) if not Path(args.profile).suffix else Path(args.profile)
+    if args.json:
+        print(json.dumps(p.model_dump(mode="json", exclude_none=True), indent=2))
+    else:
+        print(f"# {where}")
+        print(dp.dump(p), end="")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import device_profiles as dp
+
+    bad = []
+    for f in args.files:
+        try:
+            p = dp.load_file(f)
+            print(f"{f}: ok ({p.id})")
+        except dp.ProfileError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise dp.ProfileError("; ".join(bad) if len(bad) > 1 else bad[0])
+    return 0
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PaodingError(f"cannot read report {path}: {exc}") from None
+    if isinstance(data, dict) and "measurements" in data:
+        data = data["measurements"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        raise PaodingError(f"report {path} holds no measurements (expected 'measurements': [...])")
+    return data
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import device_profiles as dp
+    from device_profiles import latency
+
+    profile = dp.load(args.profile)
+    data: list[latency.Measurement] = []
+    for f in args.from_reports:
+        for i, rec in enumerate(_records(Path(f))):
+            if rec.get("profile") not in (None, profile.id):
+                continue  # measured on another device class
+            try:
+                data.append(latency.Measurement.from_dict(rec))
+            except ValueError as exc:
+                raise PaodingError(f"{f}: measurement {i}: {exc}") from None
+    if not data:
+        raise PaodingError(f"the reports hold no measurements for profile {profile.id!r}")
+    emulated = sum(m.emulated for m in data)
+    if emulated and not profile.emulated and not args.allow_emulated:
+        raise PaodingError(
+            f"{emulated} of {len(data)} measurements were taken under host emulation; "
+            f"calibrate an emulated profile, or pass --allow-emulated"
+        )
+    kind = "emulated on the development host" if emulated else "measured on the device"
+    source = (
+        f"Calibrated from {len(data)} measurements ({kind}) in "
+        f"{', '.join(Path(f).name for f in args.from_reports)}; previous model: "
+        f"{profile.latency.provenance}."
+    )
+    before = latency.error_summary(latency.relative_errors(profile.latency, data))
+    try:
+        fitted = latency.fit(profile.latency, data, source=source)
+    except ValueError as exc:
+        raise PaodingError(str(exc)) from None
+    new = profile.model_copy(update={"latency": fitted})
+    dp.validate(new.model_dump(mode="json"), "calibrated profile")
+    out = Path(args.output) if args.output else dp.user_dir() / f"{profile.id}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(
+        f"# Calibrated by `paoding-edge profiles calibrate` from {len(data)} measurements.\n"
+        + dp.dump(new)
+    )
+    tmp.replace(out)
+    after = fitted.calibration_error or {}
+    print(f"calibrated {profile.id} from {len(data)} measurements ({kind})")
+    print(
+        f"  relative p90 error before: median {before.get('median_abs', 0):.1%}, "
+        f"within 15%: {before.get('within_15pct', 0):.0%}"
+    )
+    print(
+        f"  relative p90 error after:  median {after.get('median_abs', 0):.1%}, "
+        f"within 15%: {after.get('within_15pct', 0):.0%} (in-sample)"
+    )
+    print(f"  written to {out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    action = getattr(args, "action", None) or "list"
+    if action == "list":
+        return _list()
+    if action == "show":
+        return _show(args)
+    if action == "validate":
+        return _validate(args)
+    return _calibrate(args)

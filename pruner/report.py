@@ -1,0 +1,143 @@
+"""The JSON report and the PNG plot of a pruning trajectory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIZE_KEYS = (("params", "parameters"), ("macs", "MACs"), ("tflite_bytes", "TFLite bytes"))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars and arrays converted, keys as strings,
+    NaN and infinities as null, objects with ``to_dict``/``get_config`` expanded."""
+    if isinstance(obj, Mapping):
+        return {_key(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    for attr in ("to_dict", "get_config"):
+        if callable(getattr(obj, attr, None)):
+            return to_jsonable(getattr(obj, attr)())
+    if hasattr(obj, "__dataclass_fields__"):
+        return to_jsonable({f: getattr(obj, f) for f in obj.__dataclass_fields__})
+    return str(obj)
+
+
+def _key(k: Any) -> str:
+    if isinstance(k, (float, np.floating)):
+        return repr(float(k))
+    return str(k)
+
+
+def write_json(report_dict: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write the report as indented JSON, atomically; return the path."""
+    path = Path(path)
+    text = json.dumps(to_jsonable(report_dict), indent=2, sort_keys=False, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _rows(report_dict: Any) -> list[Mapping[str, Any]]:
+    rows = report_dict.get("trajectory", []) if isinstance(report_dict, Mapping) else report_dict
+    return [to_jsonable(r) for r in rows]
+
+
+def _series(rows: list[Mapping[str, Any]], get: Any) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        value = get(r)
+        if value is not None and r.get("ratio") is not None:
+            xs.append(100.0 * float(r["ratio"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.PathLike) -> Path:
+    """Plot accuracy, robust accuracy per attack and eps, and fidelity (left) and
+    the relative size (right) against the share of units pruned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(report_dict)
+    fig, (ax, ax_size) = plt.subplots(1, 2, figsize=(12, 4.5))
+    try:
+        styles = {"fgsm": ":", "pgd": "--"}
+        for name, label in (("accuracy", "accuracy"), ("fidelity", "fidelity (eval set)"),
+                            ("fidelity_random", "fidelity (random inputs)")):
+            xs, ys = _series(rows, lambda r, n=name: r.get(n))
+            if xs:
+                ax.plot(xs, ys, "o-" if name == "accuracy" else "s-", label=label)
+        attacks = sorted({a for r in rows for a in (r.get("robust") or {})})
+        for attack in attacks:
+            eps = sorted({e for r in rows for e in (r.get("robust") or {}).get(attack, {})},
+                         key=float)
+            for e in eps:
+                xs, ys = _series(rows, lambda r, a=attack, e=e: (r.get("robust") or {})
+                                 .get(a, {}).get(e))
+                if xs:
+                    ax.plot(xs, ys, styles.get(attack, "-."), marker=".",
+                            label=f"{attack.upper()} eps={e}")
+        ax.set_xlabel("units pruned (%)")
+        ax.set_ylabel("share of samples")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("quality")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
+        for key, label in SIZE_KEYS:
+            first = next((r.get(key) for r in rows if r.get(key)), None)
+            xs, ys = _series(rows, lambda r, k=key, f=first: (
+                100.0 * r[k] / f if f and r.get(k) is not None else None))
+            if xs:
+                ax_size.plot(xs, ys, "o-", label=label)
+        ax_size.set_xlabel("units pruned (%)")
+        ax_size.set_ylabel("% of the first row")
+        ax_size.set_title("size")
+        ax_size.grid(alpha=0.3)
+        if ax_size.get_legend_handles_labels()[0]:
+            ax_size.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(png_path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,190 @@
+"""`paoding-edge prune` and `paoding-edge probes` end to end, in-process, and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+keras = pytest.importorskip("keras")
+pytest.importorskip("ai_edge_litert")
+
+from pruner import datasets, report  # noqa: E402
+from pruner.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A digits MLP trained for a few epochs, its evaluation data, and bad inputs."""
+    d = tmp_path_factory.mktemp("cli")
+    x_tr, y_tr, x_te, y_te = datasets.digits28(0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x_tr, y_tr, epochs=4, batch_size=64, verbose=0)
+    model.save(d / "model.keras")
+    np.savez(d / "data.npz", x=x_te[:120], y=y_te[:120])
+    np.savez(d / "wrong_shape.npz", x=np.zeros((10, 64), np.float32), y=np.zeros(10, int))
+    np.savez(d / "pickled.npz", x=np.array([None] * 3, dtype=object), y=np.zeros(3, int))
+    (d / "corrupt.keras").write_bytes(b"PK\x03\x04 this is not a model" * 10)
+    odd = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.LayerNormalization(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    odd.save(d / "layernorm.keras")
+    acc = float(np.mean(np.asarray(model(x_te[:120])).argmax(1) == y_te[:120]))
+    return {"dir": d, "acc": acc, "x": x_te[:120], "y": y_te[:120]}
+
+
+def siblings(path):
+    """Entries beside path whose name starts like a staging directory for it."""
+    return [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+
+
+def test_prune_end_to_end(files, tmp_path, capsys):
+    d = files["dir"]
+    out = tmp_path / "out"
+    rc = main(["prune", str(d / "model.keras"), "--target", "0.3", "--mode", "paoding",
+               "--seed", "7", "--eval-data", str(d / "data.npz"), "--eps", "0.02", "0.1",
+               "--export", "float32", "dynamic", "--step", "0.1", "-o", str(out)])
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["pruned.keras", "pruned.tflite", "pruned_dynamic.tflite", "report.json",
+                     "report.png"]
+    assert siblings(out) == []
+    body = json.loads((out / "report.json").read_text())
+    rows = body["trajectory"]
+    assert len(rows) >= 2
+    assert rows[-1]["ratio"] == pytest.approx(0.3, abs=0.06)
+    assert rows[-1]["params"] < rows[0]["params"]
+    assert 0.0 <= rows[-1]["accuracy"] <= 1.0
+    assert set(body["exports"]) == {"float32", "dynamic"}
+    assert body["exports"]["dynamic"]["bytes"] < body["exports"]["float32"]["bytes"]
+    assert ["FULLY_CONNECTED", 1] in body["exports"]["float32"]["ops"]
+    assert body["command"]["seed"] == 7 and body["command"]["eps"] == [0.02, 0.1]
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # the exports are the pruned model
+    from pruner.export import run_tflite
+
+    pruned = keras.models.load_model(out / "pruned.keras", compile=False)
+    assert pruned.count_params() < keras.models.load_model(d / "model.keras").count_params()
+    tfl = run_tflite((out / "pruned.tflite").read_bytes(), files["x"])
+    np.testing.assert_allclose(tfl, np.asarray(pruned(files["x"])), atol=1e-4)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_prune_into_existing_dir_keeps_other_files(files, tmp_path):
+    d = files["dir"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    (out / "report.json").write_text("old")
+    rc = main(["prune", str(d / "model.keras"), "--target", "0.2", "--mode", "magnitude",
+               "--no-progress", "-o", str(out)])
+    assert rc == 0
+    assert (out / "keep.txt").read_text() == "mine"
+    body = json.loads((out / "report.json").read_text())  # replaced
+    assert body["command"]["mode"] == "magnitude" and body["command"]["eval_data"] is None
+    assert siblings(out) == []
+
+
+BAD = [
+    (["MISSING.keras"], "not found|does not exist"),
+    (["corrupt.keras"], "cannot load"),
+    (["layernorm.keras"], "LayerNormalization"),
+    (["model.keras", "--target", "1.5"], "target"),
+    (["model.keras", "--target", "0"], "target"),
+    (["model.keras", "--eval-data", "wrong_shape.npz"], "shape"),
+    (["model.keras", "--eval-data", "pickled.npz"], "unreadable"),
+    (["model.keras", "--eval-data", "MISSING.npz"], "does not exist"),
+    (["model.keras", "--input-range", "1", "0"], "input-range"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dir", "existing-dir"])
+def test_prune_bad_input(files, tmp_path, capsys, argv, message, existing):
+    d = files["dir"]
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "report.json").write_text("previous")
+    args = [str(d / a) if a.endswith((".keras", ".npz")) else a for a in argv]
+    capsys.readouterr()
+    rc = main(["prune", *args, "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("paoding-edge prune: error: ")
+    import re
+
+    assert re.search(message, err), err
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+        assert (out / "report.json").read_text() == "previous"
+    else:
+        assert not out.exists()
+    assert siblings(out) == []
+
+
+def test_probes_command(files, tmp_path, capsys):
+    d = files["dir"]
+    out = tmp_path / "sub" / "probes.npz"
+    rc = main(["probes", str(d / "model.keras"), "--eval-data", str(d / "data.npz"),
+               "--eps", "0.05", "--n", "20", "-o", str(out)])
+    assert rc == 0
+    from pruner.probes import load_probes
+
+    bundle = load_probes(out)
+    assert bundle["x"].shape == (20 * 3, 784)
+    meta = json.loads(str(bundle["meta"]))
+    from pruner.cli_prune import sha256_file
+
+    assert meta["model_sha256"] == sha256_file(d / "model.keras")
+    clean = bundle["kind"] == "clean"
+    acc = np.mean(bundle["reference"][clean].argmax(1) == bundle["y"][clean])
+    pgd = bundle["kind"] == "pgd"
+    assert np.mean(bundle["reference"][pgd].argmax(1) == bundle["y"][pgd]) <= acc
+    assert "60 probes" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["probes.npz"]
+
+    bad = tmp_path / "bad.npz"
+    rc = main(["probes", str(d / "model.keras"), "--eval-data", str(d / "wrong_shape.npz"),
+               "-o", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "shape" in err
+    assert not bad.exists() and list(tmp_path.glob(".bad.npz*")) == []
+
+
+def test_report_json_and_plot(tmp_path):
+    rows = [
+        {"step": 0, "ratio": 0.0, "params": 1000, "macs": 900, "tflite_bytes": 5000,
+         "accuracy": np.float32(0.9), "robust": {"fgsm": {0.01: 0.8, 0.1: 0.2},
+                                                 "pgd": {0.01: 0.7}},
+         "fidelity": 1.0, "fidelity_random": 1.0, "seconds": 0.1},
+        {"step": 1, "ratio": np.float64(0.25), "params": np.int64(700), "macs": 600,
+         "tflite_bytes": 3500, "accuracy": 0.85, "robust": {"fgsm": {0.01: 0.75, 0.1: 0.1},
+                                                            "pgd": {0.01: float("nan")}},
+         "fidelity": 0.95, "fidelity_random": 0.9, "units": np.array([10, 5]), "seconds": 1},
+    ]
+    path = report.write_json({"trajectory": rows}, tmp_path / "r.json")
+    back = json.loads(path.read_text())
+    assert back["trajectory"][0]["robust"]["fgsm"] == {"0.01": 0.8, "0.1": 0.2}
+    assert back["trajectory"][1]["robust"]["pgd"]["0.01"] is None
+    assert back["trajectory"][1]["units"] == [10, 5] and back["trajectory"][1]["params"] == 700
+    png = report.plot_trajectory(back, tmp_path / "r.png")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+    # data-free runs have no accuracy: still a plot
+    bare = [{"ratio": 0.0, "params": 10, "accuracy": None}, {"ratio": 0.5, "params": 5}]
+    assert report.plot_trajectory(bare, tmp_path / "b.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "r.json", "r.png"]

@@ -1,0 +1,176 @@
+"""Input boxes and sound interval bound propagation (IBP) through a PruneGraph's ops.
+
+Two modes share one walk over the ops:
+
+* values: bounds [lo, hi] of every activation for all inputs in the box
+  (affine maps split W into W+ and W-, monotone maps apply to both ends);
+* deviations: bounds of the change of every activation when a consumer's
+  pre-activation changes by an interval (no biases; a monotone activation
+  with Lipschitz constant L maps [d_lo, d_hi] into L*[min(0, d_lo), max(0, d_hi)]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pruner.errors import ConfigError
+from pruner.graph import Op, PruneGraph, bn_affine, kernel_bias
+
+
+class InputBox:
+    """Per-feature input range [lo, hi]; scalars or arrays that broadcast to one input."""
+
+    def __init__(self, lo: Any = 0.0, hi: Any = 1.0) -> None:
+        lo_a = np.asarray(lo, dtype=np.float64)
+        hi_a = np.asarray(hi, dtype=np.float64)
+        try:
+            np.broadcast_shapes(lo_a.shape, hi_a.shape)
+        except ValueError as exc:
+            raise ConfigError(
+                f"input box lo {lo_a.shape} and hi {hi_a.shape} must broadcast"
+            ) from exc
+        if not (np.all(np.isfinite(lo_a)) and np.all(np.isfinite(hi_a))):
+            raise ConfigError("input box bounds must be finite")
+        if np.any(lo_a > hi_a):
+            raise ConfigError("input box needs lo <= hi for every feature")
+        self.lo: float | np.ndarray = float(lo_a) if lo_a.ndim == 0 else lo_a
+        self.hi: float | np.ndarray = float(hi_a) if hi_a.ndim == 0 else hi_a
+
+    def arrays(self, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) broadcast to one input of ``input_shape``."""
+        try:
+            lo = np.broadcast_to(np.asarray(self.lo, np.float64), input_shape)
+            hi = np.broadcast_to(np.asarray(self.hi, np.float64), input_shape)
+        except ValueError as exc:
+            raise ConfigError(f"input box does not fit the input shape {input_shape}") from exc
+        return lo.copy(), hi.copy()
+
+    def get_config(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            return np.asarray(v).tolist() if np.ndim(v) else float(v)
+
+        return {"lo": plain(self.lo), "hi": plain(self.hi)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> InputBox:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"InputBox(lo={self.get_config()['lo']!r}, hi={self.get_config()['hi']!r})"
+
+
+# --- one op, both modes ---------------------------------------------------------------
+
+
+def _call(layer: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(layer(x.astype(np.float32), training=False), dtype=np.float64)
+
+
+def _affine(layer: Any, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple:
+    kernel, b = kernel_bias(layer)
+    kernel = kernel.astype(np.float64)
+    if type(layer).__name__ == "Dense":
+        c = center @ kernel
+        r = radius @ np.abs(kernel)
+    else:
+        import tensorflow as tf
+
+        def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+            y = tf.nn.conv2d(
+                x.astype(np.float32),
+                k.astype(np.float32),
+                strides=(1, *layer.strides, 1),
+                padding=layer.padding.upper(),
+                dilations=(1, *layer.dilation_rate, 1),
+            )
+            return y.numpy().astype(np.float64)
+
+        c = conv(center, kernel)
+        r = conv(radius, np.abs(kernel))
+    if bias:
+        c = c + b
+    return c, np.maximum(r, 0.0)
+
+
+def step_values(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of op(x) for x in [lo, hi] (batched on the first axis)."""
+    if op.kind == "affine":
+        c, r = _affine(op.layer, (lo + hi) / 2, (hi - lo) / 2, bias=True)
+        return c - r, c + r
+    if op.kind == "bn":
+        scale, shift = bn_affine(op.layer)
+        a, b = scale * lo + shift, scale * hi + shift
+        return np.minimum(a, b), np.maximum(a, b)
+    if (
+        op.kind == "act"
+        and op.layer is not None
+        and type(op.layer).__name__
+        in (
+            "Dense",
+            "Conv2D",
+        )
+    ):
+        fn = op.layer.activation
+        return (
+            np.asarray(fn(lo.astype(np.float32)), np.float64),
+            np.asarray(fn(hi.astype(np.float32)), np.float64),
+        )
+    if op.kind in ("act", "linear", "max"):
+        return _call(op.layer, lo), _call(op.layer, hi)
+    return lo, hi  # output_act: not propagated
+
+
+def _min_pool(layer: Any, x: np.ndarray) -> np.ndarray:
+    return -_call(layer, -x)
+
+
+def step_deviation(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of the change of op's output when its input changes by [lo, hi]."""
+    if op.kind == "affine":
+        c, r = _affine(op.layer, (lo + hi) / 2, (hi - lo) / 2, bias=False)
+        return c - r, c + r
+    if op.kind == "bn":
+        scale, _ = bn_affine(op.layer)
+        a, b = scale * lo, scale * hi
+        return np.minimum(a, b), np.maximum(a, b)
+    if op.kind == "act":
+        if op.activation == "linear":
+            return lo, hi
+        return op.lipschitz * np.minimum(lo, 0.0), op.lipschitz * np.maximum(hi, 0.0)
+    if op.kind == "linear":
+        return _call(op.layer, lo), _call(op.layer, hi)
+    if op.kind == "max":
+        return _min_pool(op.layer, lo), _call(op.layer, hi)
+    return lo, hi
+
+
+# --- whole network ---------------------------------------------------------------------
+
+
+def interval_bounds(graph: PruneGraph, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
+    """bounds[i] = (lo, hi) of the INPUT of ops[i] (one sample, no batch axis); the last
+    entry is the output of the final op. Sound for every input inside ``box``."""
+    lo, hi = box.arrays(graph.input_shape)
+    lo, hi = lo[None], hi[None]
+    out = [(lo[0], hi[0])]
+    for op in graph.ops:
+        lo, hi = step_values(op, lo, hi)
+        out.append((lo[0], hi[0]))
+    return out
+
+
+def propagate_deviation(
+    graph: PruneGraph, start: int, lo: np.ndarray, hi: np.ndarray, batch: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carry a batch of deviation intervals at the input of ops[start] to the output
+    layer's pre-activation (the logits). Returns ([m, n_out], [m, n_out])."""
+    outs_lo, outs_hi = [], []
+    for i in range(0, len(lo), batch):
+        dlo, dhi = lo[i : i + batch], hi[i : i + batch]
+        for op in graph.ops[start : graph.output_op + 1]:
+            dlo, dhi = step_deviation(op, dlo, dhi)
+        outs_lo.append(dlo.reshape(len(dlo), -1))
+        outs_hi.append(dhi.reshape(len(dhi), -1))
+    return np.concatenate(outs_lo), np.concatenate(outs_hi)

@@ -1,0 +1,202 @@
+"""Criteria: they score units or pairs of units, and never choose or cut.
+
+A pair (a, b) means "keep a, remove b and fold b's outgoing weights into a"
+with factor gamma. Matrices are indexed [a, b].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pruner.bounds import propagate_deviation
+from pruner.errors import ConfigError
+from pruner.graph import Group, PruneGraph, incoming, kernel_bias, outgoing
+
+
+@dataclass
+class UnitView:
+    """What criteria may read about one group at one step."""
+
+    graph: PruneGraph
+    group: Group
+    w_in: np.ndarray  # [n, fan_in + 1], BatchNormalization folded
+    w_out: np.ndarray  # [n, k]
+    orig_ids: np.ndarray  # original unit index of every current unit
+    bounds: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        graph: PruneGraph,
+        group: Group,
+        orig_ids: np.ndarray,
+        bounds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> UnitView:
+        return cls(graph, group, incoming(group), outgoing(group), np.asarray(orig_ids), bounds)
+
+    @property
+    def n(self) -> int:
+        return self.w_in.shape[0]
+
+
+class PairSaliency:
+    """gamma(a,b) = max(0, <w_a,w_b>/||w_a||^2) and s(a,b) = ||w_b - gamma w_a|| * ||o_b||.
+
+    ``gamma="auto"`` uses the ratio for positively homogeneous activations
+    (ReLU, linear) and 1 otherwise; ``gamma="one"`` always uses 1 (Srinivas &
+    Babu). The diagonal is +inf.
+    """
+
+    def __init__(self, gamma: str = "auto") -> None:
+        if gamma not in ("auto", "one"):
+            raise ConfigError(f"gamma must be 'auto' or 'one', got {gamma!r}")
+        self.gamma = gamma
+
+    def __call__(self, view: UnitView) -> tuple[np.ndarray, np.ndarray]:
+        w = view.w_in
+        gram = w @ w.T
+        sq = np.diag(gram).copy()
+        if self.gamma == "auto" and view.group.homogeneous:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gamma = np.where(sq[:, None] > 0, gram / sq[:, None], 0.0)
+            gamma = np.maximum(gamma, 0.0)
+        else:
+            gamma = np.ones_like(gram)
+        # ||w_b - g w_a||^2 = ||w_b||^2 - 2 g <w_a, w_b> + g^2 ||w_a||^2
+        dist2 = sq[None, :] - 2.0 * gamma * gram + gamma**2 * sq[:, None]
+        out_norm = np.linalg.norm(view.w_out, axis=1)
+        saliency = np.sqrt(np.maximum(dist2, 0.0)) * out_norm[None, :]
+        np.fill_diagonal(saliency, np.inf)
+        return gamma, saliency
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> np.ndarray:
+    """Normalised entropy of the clusters of similar intervals, one value per row.
+
+    Intervals sorted by lower end join their predecessor's cluster when the two
+    overlap by at least ``threshold`` of their union; all-similar gives 0,
+    all-different gives 1.
+    """
+    m, k = lo.shape
+    if k < 2:
+        return np.zeros(m)
+    order = np.argsort(lo, axis=1, kind="stable")
+    lo_s = np.take_along_axis(lo, order, axis=1)
+    hi_s = np.take_along_axis(hi, order, axis=1)
+    inter = np.minimum(hi_s[:, 1:], hi_s[:, :-1]) - np.maximum(lo_s[:, 1:], lo_s[:, :-1])
+    union = np.maximum(hi_s[:, 1:], hi_s[:, :-1]) - np.minimum(lo_s[:, 1:], lo_s[:, :-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.where(union > 0, np.maximum(inter, 0.0) / union, 1.0)
+    new = np.concatenate([np.zeros((m, 1), dtype=np.int64), (sim < threshold).astype(np.int64)], 1)
+    cluster = np.cumsum(new, axis=1)
+    counts = (cluster[:, :, None] == np.arange(k)[None, None, :]).sum(axis=1)
+    p = counts / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return ent / np.log(k)
+
+
+class RobustnessImpact:
+    """Data-free robustness impact of merges, from sound interval bounds.
+
+    Removing b (keeping a with gamma) changes the consumer's input by
+    gamma*h_a - h_b in [gamma*lo_a - hi_b, gamma*hi_a - lo_b]; that deviation is
+    carried soundly to the logits. score = alpha*sig(L/L_ref) + beta*sig(ENT),
+    L = L1 width of the logit deviation, ENT its interval entropy. Lower is better.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.75,
+        beta: float = 0.25,
+        entropy_threshold: float = 0.9,
+        batch: int = 256,
+    ) -> None:
+        if alpha < 0 or beta < 0 or alpha + beta <= 0:
+            raise ConfigError(
+                f"alpha and beta must be >= 0 with a positive sum, got {alpha}, {beta}"
+            )
+        if not 0.0 < entropy_threshold <= 1.0:
+            raise ConfigError(f"entropy_threshold must be in (0, 1], got {entropy_threshold}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.entropy_threshold = float(entropy_threshold)
+        self.batch = int(batch)
+
+    def deviation(
+        self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of the logits' change for every pair: ([m, n_out], [m, n_out])."""
+        if view.bounds is None:
+            raise ConfigError("robustness impact needs interval bounds")
+        c = view.group.consumer_op
+        lo_in, hi_in = view.bounds[c]
+        shape = lo_in.shape
+        n = view.n
+        lo2, hi2 = lo_in.reshape(-1, n), hi_in.reshape(-1, n)  # [positions, units]
+        outs_lo, outs_hi = [], []
+        for i in range(0, len(a), self.batch):
+            ai, bi, gi = a[i : i + self.batch], b[i : i + self.batch], gamma[i : i + self.batch]
+            m = len(ai)
+            d_lo = gi[:, None] * lo2[:, ai].T - hi2[:, bi].T  # [m, positions]
+            d_hi = gi[:, None] * hi2[:, ai].T - lo2[:, bi].T
+            full_lo = np.zeros((m, lo2.shape[0], n))
+            full_hi = np.zeros((m, lo2.shape[0], n))
+            full_lo[np.arange(m), :, bi] = d_lo
+            full_hi[np.arange(m), :, bi] = d_hi
+            o_lo, o_hi = propagate_deviation(
+                view.graph, c, full_lo.reshape(m, *shape), full_hi.reshape(m, *shape), self.batch
+            )
+            outs_lo.append(o_lo)
+            outs_hi.append(o_hi)
+        if not outs_lo:
+            return np.zeros((0, 1)), np.zeros((0, 1))
+        return np.concatenate(outs_lo), np.concatenate(outs_hi)
+
+    def terms(
+        self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(L, ENT) for every pair."""
+        lo, hi = self.deviation(view, a, b, gamma)
+        return (hi - lo).sum(axis=1), interval_entropy(lo, hi, self.entropy_threshold)
+
+    def score(self, width: np.ndarray, entropy: np.ndarray, l_ref: float) -> np.ndarray:
+        """alpha*sig(L/L_ref) + beta*sig(ENT)."""
+        l_ref = l_ref if l_ref > 0 else 1.0
+        return self.alpha * _sigmoid(width / l_ref) + self.beta * _sigmoid(entropy)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "entropy_threshold": self.entropy_threshold,
+        }
+
+
+class L1Magnitude:
+    """Per-unit L1 norm of the incoming kernel (Li et al. 2017); low means remove first."""
+
+    def __call__(self, view: UnitView) -> np.ndarray:
+        kernel, _ = kernel_bias(view.group.producer)
+        return np.abs(kernel.reshape(-1, kernel.shape[-1])).sum(axis=0).astype(np.float64)
+
+
+class RandomScore:
+    """Seeded random per-unit scores, drawn once per original unit so a run is a fixed order."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self._scores: dict[str, np.ndarray] = {}
+
+    def __call__(self, view: UnitView) -> np.ndarray:
+        name = view.group.name
+        if name not in self._scores:
+            size = int(view.orig_ids.max()) + 1 if view.orig_ids.size else 0
+            self._scores[name] = self.rng.random(size)
+        return self._scores[name][view.orig_ids]

@@ -1,0 +1,317 @@
+"""The prunable structure of a Keras model: an ordered chain of ops and its groups.
+
+A group is one producer (a hidden Dense or Conv2D), its optional
+BatchNormalization, the pass-through layers after it and the one consumer
+that reads its units. The graph reads weights; it never edits them
+(``surgery`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pruner.errors import ConfigError, UnsupportedLayerError
+
+# activation name -> (positively homogeneous, Lipschitz constant); all monotone.
+ACTIVATIONS: dict[str, tuple[bool, float]] = {
+    "linear": (True, 1.0),
+    "relu": (True, 1.0),
+    "leaky_relu": (True, 1.0),
+    "relu6": (False, 1.0),
+    "elu": (False, 1.0),
+    "selu": (False, 1.7581),
+    "sigmoid": (False, 0.25),
+    "hard_sigmoid": (False, 1.0),
+    "tanh": (False, 1.0),
+    "hard_tanh": (False, 1.0),
+    "softplus": (False, 1.0),
+}
+
+PRODUCERS = ("Dense", "Conv2D")
+LINEAR_PASS = (  # positive linear maps: bounds go through the layer as they are
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "AveragePooling2D",
+    "Flatten",
+    "GlobalAveragePooling2D",
+)
+MAX_PASS = ("MaxPooling2D", "GlobalMaxPooling2D")
+ACT_LAYERS = ("Activation", "ReLU", "LeakyReLU", "ELU")
+OUTPUT_ONLY = ("Softmax",)
+IDENTITY_AT_INFERENCE = LINEAR_PASS[:6]
+
+
+@dataclass
+class Op:
+    """One step of the forward pass, as bound propagation sees it.
+
+    kind: ``affine`` (Dense/Conv2D without activation), ``act`` (monotone
+    elementwise), ``bn`` (per-channel affine), ``linear`` (positive linear
+    pass-through), ``max`` (max pooling), ``output_act`` (after the last
+    affine op: not propagated).
+    """
+
+    kind: str
+    layer: Any
+    activation: str = "linear"
+    homogeneous: bool = True
+    lipschitz: float = 1.0
+
+
+@dataclass
+class Group:
+    """A producer's units and where its consumer reads them."""
+
+    producer: Any
+    consumer: Any
+    bn: Any = None
+    producer_op: int = 0  # index of the producer's affine op in PruneGraph.ops
+    consumer_op: int = 0  # index of the consumer's affine op
+    homogeneous: bool = True
+    flatten_positions: int = 0  # >0: a Flatten sits between, with this many positions
+
+    @property
+    def name(self) -> str:
+        return self.producer.name
+
+    @property
+    def width(self) -> int:
+        return int(self.producer.get_weights()[0].shape[-1])
+
+    def consumer_rows(self, units: np.ndarray) -> np.ndarray:
+        """Consumer kernel input indices read by ``units``: shape [len(units), positions].
+
+        Channels-last Flatten: flattened index = position * C + channel.
+        """
+        units = np.asarray(units, dtype=np.int64)
+        if self.flatten_positions:
+            pos = np.arange(self.flatten_positions, dtype=np.int64)
+            return pos[None, :] * self.width + units[:, None]
+        return units[:, None]
+
+
+@dataclass
+class PruneGraph:
+    """The model's layers in order, its ops and its prunable groups."""
+
+    model: Any
+    layers: list[Any]
+    ops: list[Op]
+    groups: list[Group] = field(default_factory=list)
+    output_op: int = 0  # index of the output layer's affine op
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+def _unsupported(layer: Any, why: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(
+        f"layer {layer.name!r} ({type(layer).__name__}) is not supported: {why}"
+    )
+
+
+def _chain(model: Any) -> list[Any]:
+    """The model's layers (no InputLayer) if they form a single chain."""
+    if type(model).__name__ not in ("Sequential", "Functional", "Model"):
+        raise UnsupportedLayerError(
+            f"model {model.name!r} ({type(model).__name__}) is not supported: "
+            "only Sequential and Functional models can be pruned"
+        )
+    if not getattr(model, "inputs", None):
+        raise ConfigError(
+            f"model {model.name!r} is not built: give it an Input or call it on data first"
+        )
+    layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
+    for layer in layers:  # the layer kinds first, so the error names the odd layer
+        cls = type(layer).__name__
+        if hasattr(layer, "layers"):
+            raise _unsupported(layer, "nested models cannot be pruned; flatten the model first")
+        known = PRODUCERS + LINEAR_PASS + MAX_PASS + ACT_LAYERS + OUTPUT_ONLY
+        if cls not in known and cls != "BatchNormalization":
+            raise _unsupported(layer, "the pruner cannot remove units through this layer")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs: only single-input, single-output chains are supported"
+        )
+    previous = None
+    for layer in layers:
+        nodes = layer._inbound_nodes
+        if len(nodes) != 1:
+            raise _unsupported(layer, "a layer called more than once (shared) cannot be pruned")
+        parents = [p.operation for p in nodes[0].parent_nodes]
+        if len(parents) != 1:
+            raise _unsupported(layer, f"it reads {len(parents)} tensors")
+        if previous is not None and parents[0] is not previous:
+            raise _unsupported(layer, "the model is not a single chain of layers (it branches)")
+        previous = layer
+    return layers
+
+
+def _activation_name(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return {"leakyrelu": "leaky_relu", "silu": "silu", "swish": "silu"}.get(name, name)
+
+
+def _act_op(layer: Any, name: str) -> Op:
+    if name not in ACTIVATIONS:
+        raise _unsupported(
+            layer, f"activation {name!r} inside the network (supported: {', '.join(ACTIVATIONS)})"
+        )
+    homogeneous, lipschitz = ACTIVATIONS[name]
+    return Op("act", layer, name, homogeneous, lipschitz)
+
+
+def _layer_ops(layer: Any) -> list[Op]:
+    cls = type(layer).__name__
+    if cls in PRODUCERS:
+        if cls == "Conv2D":
+            if layer.data_format != "channels_last":
+                raise _unsupported(layer, "only channels_last convolutions are supported")
+            if getattr(layer, "groups", 1) != 1:
+                raise _unsupported(layer, "grouped convolutions couple channels")
+        ops = [Op("affine", layer)]
+        name = _activation_name(layer.activation)
+        if name != "linear":
+            ops.append(_act_op(layer, name) if name in ACTIVATIONS else Op("raw", layer, name))
+        return ops
+    if cls == "BatchNormalization":
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        if axis not in (-1, len(layer.input.shape) - 1):
+            raise _unsupported(layer, "only last-axis (channels_last) normalization is supported")
+        return [Op("bn", layer)]
+    if cls in LINEAR_PASS:
+        return [Op("linear", layer)]
+    if cls in MAX_PASS:
+        return [Op("max", layer)]
+    if cls in OUTPUT_ONLY:
+        return [Op("raw", layer, "softmax", False)]
+    if cls == "Activation":
+        name = _activation_name(layer.activation)
+        return [_act_op(layer, name) if name in ACTIVATIONS else Op("raw", layer, name)]
+    if cls == "ReLU":
+        homogeneous = layer.max_value is None and float(layer.threshold) == 0.0
+        slope = float(layer.negative_slope)
+        return [Op("act", layer, "relu", homogeneous, max(1.0, slope))]
+    if cls == "LeakyReLU":
+        slope = float(getattr(layer, "negative_slope", getattr(layer, "alpha", 0.3)))
+        return [Op("act", layer, "leaky_relu", slope >= 0, max(1.0, abs(slope)))]
+    if cls == "ELU":
+        return [Op("act", layer, "elu", False, max(1.0, float(layer.alpha)))]
+    raise _unsupported(layer, "unknown layer type")  # pragma: no cover - _chain refuses it
+
+
+def build_graph(model: Any) -> PruneGraph:
+    """The prunable groups of ``model``; UnsupportedLayerError names any layer it cannot handle."""
+    layers = _chain(model)
+    ops: list[Op] = []
+    for layer in layers:
+        ops.extend(_layer_ops(layer))
+    affine = [i for i, op in enumerate(ops) if op.kind == "affine"]
+    if not affine:
+        raise UnsupportedLayerError(f"model {model.name!r} has no Dense or Conv2D layer to prune")
+    output_op = affine[-1]
+    for op in ops[output_op + 1 :]:  # after the output layer anything goes: it is not propagated
+        if op.kind in ("act", "raw"):
+            op.kind = "output_act"
+    raw = [op for op in ops[:output_op] if op.kind == "raw"]
+    if raw:
+        raise _unsupported(raw[0].layer, f"activation {raw[0].activation!r} inside the network")
+    graph = PruneGraph(model=model, layers=layers, ops=ops, output_op=output_op)
+    for p, c in zip(affine[:-1], affine[1:], strict=True):
+        graph.groups.append(_group(ops, p, c))
+    return graph
+
+
+def _group(ops: list[Op], p: int, c: int) -> Group:
+    producer, consumer = ops[p].layer, ops[c].layer
+    group = Group(producer=producer, consumer=consumer, producer_op=p, consumer_op=c)
+    nonlinear_seen = False
+    for op in ops[p + 1 : c]:
+        cls = type(op.layer).__name__
+        if op.kind == "act":
+            nonlinear_seen = nonlinear_seen or op.activation != "linear"
+            group.homogeneous = group.homogeneous and op.homogeneous
+        elif op.kind == "bn":
+            between = [type(o.layer).__name__ for o in ops[p + 1 : ops.index(op)]]
+            if (
+                group.bn is not None
+                or nonlinear_seen
+                or any(b not in IDENTITY_AT_INFERENCE for b in between)
+            ):
+                raise _unsupported(
+                    op.layer,
+                    "BatchNormalization is supported only right after a Dense/Conv2D "
+                    "(before its nonlinearity)",
+                )
+            group.bn = op.layer
+        elif cls == "Flatten":
+            shape = op.layer.input.shape[1:]
+            group.flatten_positions = int(np.prod(shape[:-1])) if len(shape) > 1 else 0
+        elif cls in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            group.flatten_positions = 0
+    if type(consumer).__name__ == "Conv2D" and len(consumer.input.shape) != 4:
+        raise _unsupported(consumer, "a Conv2D must read a 4-D tensor")  # pragma: no cover
+    return group
+
+
+# --- reading the units' weights -----------------------------------------------------------
+
+
+def bn_affine(bn: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode BatchNormalization as y = scale * x + shift (per channel)."""
+    names = [w.path.split("/")[-1] for w in bn.weights]
+    values = dict(zip(names, bn.get_weights(), strict=True))
+    n = values["moving_mean"].shape[0]
+    gamma = values.get("gamma", np.ones(n, np.float32))
+    beta = values.get("beta", np.zeros(n, np.float32))
+    scale = gamma / np.sqrt(values["moving_variance"] + bn.epsilon)
+    shift = beta - values["moving_mean"] * scale
+    return scale.astype(np.float64), shift.astype(np.float64)
+
+
+def kernel_bias(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A Dense/Conv2D layer's kernel and bias (zeros when it has none)."""
+    weights = layer.get_weights()
+    kernel = weights[0]
+    bias = weights[1] if layer.use_bias else np.zeros(kernel.shape[-1], kernel.dtype)
+    return kernel, bias
+
+
+def incoming(group: Group) -> np.ndarray:
+    """Each unit's incoming vector (kernel column or flattened filter, bias last).
+
+    Inference-mode BatchNormalization is folded in. Shape [units, fan_in + 1].
+    """
+    kernel, bias = kernel_bias(group.producer)
+    w = kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64)
+    b = bias.astype(np.float64)
+    if group.bn is not None:
+        scale, shift = bn_affine(group.bn)
+        w = w * scale[:, None]
+        b = b * scale + shift
+    return np.concatenate([w, b[:, None]], axis=1)
+
+
+def outgoing(group: Group) -> np.ndarray:
+    """Each unit's outgoing vector (the consumer weights that read it). Shape [units, k]."""
+    kernel = group.consumer.get_weights()[0].astype(np.float64)
+    n = group.width
+    if type(group.consumer).__name__ == "Conv2D":
+        return np.moveaxis(kernel, 2, 0).reshape(n, -1)
+    rows = group.consumer_rows(np.arange(n))  # [n, positions]
+    return kernel[rows].reshape(n, -1)

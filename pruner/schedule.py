@@ -1,0 +1,107 @@
+"""When to prune and when to stop: plain, validating, serialisable objects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from pruner.errors import ConfigError
+
+
+class Schedule:
+    """Progressive pruning: each step removes ``step`` of every layer's original width,
+    until ``target`` of the prunable units are gone."""
+
+    def __init__(self, target: float = 0.5, step: float = 0.05) -> None:
+        if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+            raise ConfigError(f"target must be in the open range (0, 1), got {target!r}")
+        if not isinstance(step, (int, float)) or not 0.0 < float(step) <= 1.0:
+            raise ConfigError(f"step must be in the range (0, 1], got {step!r}")
+        self.target = float(target)
+        self.step = float(step)
+
+    def layer_target(self, width: int) -> int:
+        """Units to remove from a layer of ``width`` original units (it keeps at least one)."""
+        return max(0, min(width - 1, int(round(self.target * width))))
+
+    def layer_quota(self, width: int) -> int:
+        """Units one step removes from a layer of ``width`` original units."""
+        return max(1, math.ceil(self.step * width - 1e-9))
+
+    @property
+    def max_steps(self) -> int:
+        return math.ceil(self.target / self.step - 1e-9) + 1
+
+    def get_config(self) -> dict[str, Any]:
+        return {"target": self.target, "step": self.step}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Schedule:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"Schedule(target={self.target}, step={self.step})"
+
+
+def _retention(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ConfigError(f"{name} must be in the range (0, 1], got {value!r}")
+    return float(value)
+
+
+class StopCriteria:
+    """Stop early when accuracy or robust accuracy retention (pruned / original) falls
+    below a floor, or when ``budget(model)`` returns True (the device budget is met)."""
+
+    def __init__(
+        self,
+        min_accuracy_retention: float | None = None,
+        min_robust_retention: float | None = None,
+        budget: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.min_accuracy_retention = _retention("min_accuracy_retention", min_accuracy_retention)
+        self.min_robust_retention = _retention("min_robust_retention", min_robust_retention)
+        if budget is not None and not callable(budget):
+            raise ConfigError("budget must be a callable model -> bool")
+        self.budget = budget
+
+    @property
+    def needs_eval(self) -> bool:
+        return self.min_accuracy_retention is not None or self.min_robust_retention is not None
+
+    def floor_crossed(
+        self,
+        accuracy: float | None,
+        robust: float | None,
+        base_acc: float | None,
+        base_robust: float | None,
+    ) -> str | None:
+        """Why a floor is crossed (a short reason), or None."""
+        if self.min_accuracy_retention is not None and accuracy is not None and base_acc:
+            kept = accuracy / base_acc
+            if kept < self.min_accuracy_retention:
+                return f"accuracy retention {kept:.3f} < {self.min_accuracy_retention}"
+        if self.min_robust_retention is not None and robust is not None and base_robust:
+            kept = robust / base_robust
+            if kept < self.min_robust_retention:
+                return f"robust accuracy retention {kept:.3f} < {self.min_robust_retention}"
+        return None
+
+    def budget_met(self, model: Any) -> bool:
+        return bool(self.budget(model)) if self.budget is not None else False
+
+    def get_config(self) -> dict[str, Any]:
+        """The floors (a budget callable is not serialisable and is left out)."""
+        return {
+            "min_accuracy_retention": self.min_accuracy_retention,
+            "min_robust_retention": self.min_robust_retention,
+        }
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], budget: Callable[[Any], bool] | None = None
+    ) -> StopCriteria:
+        return cls(**config, budget=budget)

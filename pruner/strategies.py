@@ -1,0 +1,190 @@
+"""Selection strategies: they choose units (and merges) from criteria scores; they never cut.
+
+Every strategy answers ``select(view, quota, step) -> GroupPlan`` for one
+group at one progressive step. A strategy object lives for one pruning run
+and remembers what it already chose (by original unit index).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
+from pruner.errors import ConfigError
+from pruner.surgery import GroupPlan
+
+
+class Annealing:
+    """Simulated annealing over candidate pairs (the Paoding selection).
+
+    Pairs are walked in ascending saliency. A pair is accepted when its
+    robustness score is <= tau, the layer's running threshold, or else with
+    probability exp(-(score - tau) / T); on acceptance tau <- score. T = t0 *
+    cooling**step falls geometrically with the step. Removed units and their
+    keepers are not reused within a step; a keeper may absorb more units in
+    later steps. All draws come from ``rng``.
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        saliency: PairSaliency | None = None,
+        impact: RobustnessImpact | None = None,
+        t0: float = 0.05,
+        cooling: float = 0.9,
+        chunk: int = 2048,
+    ) -> None:
+        if t0 < 0:
+            raise ConfigError(f"t0 must be >= 0, got {t0}")
+        if not 0.0 < cooling <= 1.0:
+            raise ConfigError(f"cooling must be in (0, 1], got {cooling}")
+        if chunk < 1:
+            raise ConfigError(f"chunk must be >= 1, got {chunk}")
+        self.rng = rng
+        self.saliency = saliency or PairSaliency()
+        self.impact = impact or RobustnessImpact()
+        self.t0, self.cooling, self.chunk = float(t0), float(cooling), int(chunk)
+        self.accepted: dict[str, set[tuple[int, int]]] = {}
+
+    def temperature(self, step: int) -> float:
+        return self.t0 * self.cooling**step
+
+    def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
+        n = view.n
+        gamma, sal = self.saliency(view)
+        flat = sal.ravel()
+        order = np.argsort(flat, kind="stable")
+        order = order[np.isfinite(flat[order])]
+        cand_a, cand_b = order // n, order % n
+        history = self.accepted.setdefault(view.group.name, set())
+        ids = view.orig_ids
+        temp = self.temperature(step)
+        removed: set[int] = set()
+        keepers: set[int] = set()
+        plan = GroupPlan()
+        state = {"tau": None}
+        l_ref: float | None = None
+        scored_a: list[np.ndarray] = []
+        scored_b: list[np.ndarray] = []
+        scored_s: list[np.ndarray] = []
+
+        def eligible(a: int, b: int) -> bool:
+            return (
+                b not in removed
+                and b not in keepers
+                and a not in removed
+                and (int(ids[a]), int(ids[b])) not in history
+            )
+
+        def walk(a_arr: np.ndarray, b_arr: np.ndarray, s_arr: np.ndarray) -> None:
+            for a, b, s in zip(a_arr.tolist(), b_arr.tolist(), s_arr.tolist(), strict=True):
+                if len(plan.remove) >= quota:
+                    return
+                if not eligible(a, b):
+                    continue
+                tau = state["tau"]
+                accept = tau is None or s <= tau
+                if not accept and temp > 0:
+                    accept = bool(self.rng.random() < math.exp(-(s - tau) / temp))
+                if accept:
+                    state["tau"] = s
+                    removed.add(b)
+                    keepers.add(a)
+                    plan.remove.append(b)
+                    plan.merges.append((a, b, float(gamma[a, b])))
+                    history.add((int(ids[a]), int(ids[b])))
+
+        pos = 0
+        while len(plan.remove) < quota and pos < len(order):
+            a_c, b_c = cand_a[pos : pos + self.chunk], cand_b[pos : pos + self.chunk]
+            pos += self.chunk
+            keep = np.array(
+                [eligible(a, b) for a, b in zip(a_c.tolist(), b_c.tolist(), strict=True)],
+                dtype=bool,
+            )
+            a_c, b_c = a_c[keep], b_c[keep]
+            if not a_c.size:
+                continue
+            width, ent = self.impact.terms(view, a_c, b_c, gamma[a_c, b_c])
+            if l_ref is None:
+                l_ref = float(np.median(width))
+            scores = self.impact.score(width, ent, l_ref)
+            scored_a.append(a_c)
+            scored_b.append(b_c)
+            scored_s.append(scores)
+            walk(a_c, b_c, scores)
+        if len(plan.remove) < quota and scored_a:  # re-walk what is left, threshold reset
+            all_a, all_b = np.concatenate(scored_a), np.concatenate(scored_b)
+            all_s = np.concatenate(scored_s)
+            while len(plan.remove) < quota:
+                ok = np.array(
+                    [eligible(a, b) for a, b in zip(all_a.tolist(), all_b.tolist(), strict=True)],
+                    dtype=bool,
+                )
+                if not ok.any():
+                    break
+                all_a, all_b, all_s = all_a[ok], all_b[ok], all_s[ok]
+                need = quota - len(plan.remove)
+                state["tau"] = float(np.sort(all_s)[min(need, len(all_s)) - 1])
+                before = len(plan.remove)
+                walk(all_a, all_b, all_s)
+                if len(plan.remove) == before:  # pragma: no cover - tau admits one at least
+                    break
+        return plan
+
+
+class Greedy(Annealing):
+    """Annealing at temperature 0: only pairs at or under the running threshold."""
+
+    def __init__(self, rng: np.random.Generator, **kwargs) -> None:
+        kwargs["t0"] = 0.0
+        super().__init__(rng, **kwargs)
+
+
+class OneShotPairs:
+    """Srinivas & Babu (2015): gamma = 1, lowest saliency first, each unit in one pair at most.
+
+    Choices only depend on the original weights, so the progressive steps give
+    the one-shot result at every ratio; at most half of a layer can go.
+    """
+
+    def __init__(self, saliency: PairSaliency | None = None) -> None:
+        self.saliency = saliency or PairSaliency(gamma="one")
+        self.used: dict[str, set[int]] = {}
+
+    def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
+        n = view.n
+        gamma, sal = self.saliency(view)
+        flat = sal.ravel()
+        order = np.argsort(flat, kind="stable")
+        order = order[np.isfinite(flat[order])]
+        used = self.used.setdefault(view.group.name, set())
+        ids = view.orig_ids.tolist()
+        plan = GroupPlan()
+        for a, b in zip((order // n).tolist(), (order % n).tolist(), strict=True):
+            if len(plan.remove) >= quota:
+                break
+            if ids[a] in used or ids[b] in used:
+                continue
+            used.update((ids[a], ids[b]))
+            plan.remove.append(b)
+            plan.merges.append((a, b, float(gamma[a, b])))
+        return plan
+
+
+class OneShotRanking:
+    """Remove the units with the lowest per-unit score (no compensation).
+
+    With L1Magnitude this is one-shot L1-norm structured pruning; with
+    RandomScore it is seeded random pruning.
+    """
+
+    def __init__(self, criterion: L1Magnitude | RandomScore) -> None:
+        self.criterion = criterion
+
+    def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
+        scores = self.criterion(view)
+        order = np.argsort(scores, kind="stable")
+        return GroupPlan(remove=sorted(order[:quota].tolist()))

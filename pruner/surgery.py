@@ -1,0 +1,128 @@
+"""The one place that edits weights: physical removal of units, with merges.
+
+For each group, merges (keep a, remove b, gamma) first fold b's outgoing
+consumer weights into a's (o_a += gamma * o_b); then the removed units lose
+their kernel column / filter, bias, BatchNormalization channel and the
+consumer's input rows / channels. A new, smaller model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pruner.errors import ConfigError
+from pruner.graph import Group, PruneGraph
+
+
+@dataclass
+class GroupPlan:
+    """Units to remove from one group and the merges that compensate some of them."""
+
+    remove: list[int] = field(default_factory=list)
+    merges: list[tuple[int, int, float]] = field(default_factory=list)  # (keep, remove, gamma)
+
+
+Plan = dict[str, GroupPlan]  # producer layer name -> its plan
+
+
+def _validate(group: Group, gp: GroupPlan) -> np.ndarray:
+    n = group.width
+    remove = np.unique(np.asarray(gp.remove, dtype=np.int64))
+    if remove.size != len(gp.remove):
+        raise ConfigError(f"{group.name}: a unit is listed for removal twice")
+    if remove.size and (remove[0] < 0 or remove[-1] >= n):
+        raise ConfigError(f"{group.name}: unit index out of range [0, {n})")
+    if remove.size >= n:
+        raise ConfigError(f"{group.name}: a layer must keep at least one unit")
+    removed = set(remove.tolist())
+    for a, b, g in gp.merges:
+        if b not in removed:
+            raise ConfigError(f"{group.name}: merge source {b} is not removed")
+        if a in removed:
+            raise ConfigError(f"{group.name}: merge target {a} is itself removed")
+        if not np.isfinite(g):
+            raise ConfigError(f"{group.name}: merge factor must be finite")
+    return np.setdiff1d(np.arange(n), remove)
+
+
+def _merge_consumer(group: Group, kernel: np.ndarray, merges: list) -> np.ndarray:
+    kernel = kernel.astype(np.float64).copy()
+    conv = type(group.consumer).__name__ == "Conv2D"
+    for a, b, g in merges:
+        if conv:
+            kernel[:, :, a, :] += g * kernel[:, :, b, :]
+        else:
+            rows_a = group.consumer_rows(np.array([a]))[0]
+            rows_b = group.consumer_rows(np.array([b]))[0]
+            kernel[rows_a] += g * kernel[rows_b]
+    return kernel
+
+
+def _slice_consumer(group: Group, kernel: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    if type(group.consumer).__name__ == "Conv2D":
+        return kernel[:, :, keep, :]
+    rows = group.consumer_rows(keep).T.reshape(-1)  # position-major, as Flatten lays them out
+    return kernel[np.sort(rows)]
+
+
+def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
+    """A new model with the plan's units physically removed (``model`` is not changed)."""
+    weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
+    widths: dict[str, int] = {}
+    known = {g.name for g in graph.groups}
+    for name in plan:
+        if name not in known:
+            raise ConfigError(f"no prunable layer named {name!r}")
+    for group in graph.groups:
+        gp = plan.get(group.name)
+        if gp is None or not gp.remove:
+            continue
+        keep = _validate(group, gp)
+        prod = weights[group.producer.name]
+        prod[0] = prod[0][..., keep]
+        if group.producer.use_bias:
+            prod[1] = prod[1][keep]
+        if group.bn is not None:
+            weights[group.bn.name] = [w[keep] for w in weights[group.bn.name]]
+        cons = weights[group.consumer.name]
+        dtype = cons[0].dtype
+        merged = _merge_consumer(group, cons[0], gp.merges)
+        cons[0] = _slice_consumer(group, merged, keep).astype(dtype)
+        widths[group.producer.name] = int(keep.size)
+    return rebuild(model, graph, widths, weights)
+
+
+def rebuild(model: Any, graph: PruneGraph, widths: dict[str, int], weights: dict) -> Any:
+    """Build a model of the same chain with new producer widths and set its weights."""
+    import keras
+
+    inp = model.inputs[0]
+    sequential = type(model).__name__ == "Sequential"
+    name = None if sequential else inp._keras_history[0].name
+    new_input = keras.Input(shape=tuple(inp.shape[1:]), dtype=inp.dtype, name=name)
+    new_layers = []
+    for layer in graph.layers:
+        config = layer.get_config()
+        if layer.name in widths:
+            key = "units" if type(layer).__name__ == "Dense" else "filters"
+            config[key] = widths[layer.name]
+        new_layers.append(type(layer).from_config(config))
+    if sequential:
+        new_model = keras.Sequential([new_input, *new_layers], name=model.name)
+    else:
+        x = new_input
+        for new in new_layers:
+            x = new(x)
+        new_model = keras.Model(new_input, x, name=model.name)
+    for layer, new in zip(graph.layers, new_layers, strict=True):
+        if weights[layer.name]:
+            new.set_weights(weights[layer.name])
+    return new_model
+
+
+def remove_units(model: Any, graph: PruneGraph, units: dict[str, list[int]]) -> Any:
+    """Plain removal (no compensation) of ``units`` per producer layer name."""
+    return apply_plan(model, graph, {k: GroupPlan(remove=list(v)) for k, v in units.items()})

@@ -153,6 +153,7 @@ def staged_dir(output: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if out.exists():
             for item in tmp.iterdir():
                 os.replace(item, out / item.name)
@@ -165,6 +166,12 @@ def staged_dir(output: str | os.PathLike) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def note(command: str, message: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pruner.errors import ConfigError, PaodingError
+from pruner.export import file_mode
 
 KINDS = ("clean", "fgsm", "pgd")
 REQUIRED = ("x", "y", "kind", "eps", "reference", "meta")
@@ -189,6 +190,7 @@ def save_probes(bundle: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **{k: np.asarray(v) for k, v in bundle.items()})
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from pruner.export import file_mode
+
 SIZE_KEYS = (("params", "parameters"), ("macs", "MACs"), ("tflite_bytes", "TFLite bytes"))
 
 
@@ -58,6 +60,7 @@ def write_json(report_dict: Mapping[str, Any], path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -90,7 +93,8 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
     import matplotlib.pyplot as plt
 
     rows = _rows(report_dict)
-    fig, (ax, ax_size) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax, ax_size) = plt.subplots(
+        1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.4, 1], "wspace": 0.55})
     try:
         styles = {"fgsm": ":", "pgd": "--"}
         for name, label in (("accuracy", "accuracy"), ("fidelity", "fidelity (eval set)"),
@@ -99,14 +103,15 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
             if xs:
                 ax.plot(xs, ys, "o-" if name == "accuracy" else "s-", label=label)
         attacks = sorted({a for r in rows for a in (r.get("robust") or {})})
+        all_eps = sorted({e for r in rows for a in attacks
+                          for e in (r.get("robust") or {}).get(a, {})}, key=float)
+        colours = plt.get_cmap("plasma")(np.linspace(0.15, 0.8, max(len(all_eps), 1)))
         for attack in attacks:
-            eps = sorted({e for r in rows for e in (r.get("robust") or {}).get(attack, {})},
-                         key=float)
-            for e in eps:
+            for colour, e in zip(colours, all_eps, strict=False):
                 xs, ys = _series(rows, lambda r, a=attack, e=e: (r.get("robust") or {})
                                  .get(a, {}).get(e))
                 if xs:
-                    ax.plot(xs, ys, styles.get(attack, "-."), marker=".",
+                    ax.plot(xs, ys, styles.get(attack, "-."), marker=".", color=colour,
                             label=f"{attack.upper()} eps={e}")
         ax.set_xlabel("units pruned (%)")
         ax.set_ylabel("share of samples")
@@ -114,7 +119,7 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
         ax.set_title("quality")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         for key, label in SIZE_KEYS:
             first = next((r.get(key) for r in rows if r.get(key)), None)
             xs, ys = _series(rows, lambda r, k=key, f=first: (
@@ -127,12 +132,13 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
         ax_size.grid(alpha=0.3)
         if ax_size.get_legend_handles_labels()[0]:
             ax_size.legend(fontsize=8)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.06, right=0.97, bottom=0.12)
         path = Path(png_path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
         os.close(fd)
         try:
             fig.savefig(tmp, dpi=110)
+            os.chmod(tmp, file_mode())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

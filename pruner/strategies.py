@@ -21,7 +21,9 @@ class Annealing:
 
     Pairs are walked in ascending saliency. A pair is accepted when its
     robustness score is <= tau, the layer's running threshold, or else with
-    probability exp(-(score - tau) / T); on acceptance tau <- score. T = t0 *
+    probability exp(-(score - tau) / T); on acceptance tau <- score. tau starts at
+    the best score of the step's candidates (and is reset to the best remaining
+    one when a walk ends short of the quota). T = t0 *
     cooling**step falls geometrically with the step. Removed units and their
     keepers are not reused within a step; a keeper may absorb more units in
     later steps. All draws come from ``rng``.
@@ -48,6 +50,12 @@ class Annealing:
         self.t0, self.cooling, self.chunk = float(t0), float(cooling), int(chunk)
         self.accepted: dict[str, set[tuple[int, int]]] = {}
 
+    @staticmethod
+    def _eligible_mask(a: np.ndarray, b: np.ndarray, eligible) -> np.ndarray:
+        return np.array(
+            [eligible(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool
+        )
+
     def temperature(self, step: int) -> float:
         return self.t0 * self.cooling**step
 
@@ -64,11 +72,8 @@ class Annealing:
         removed: set[int] = set()
         keepers: set[int] = set()
         plan = GroupPlan()
-        state = {"tau": None}
+        state: dict[str, float | None] = {"tau": None}
         l_ref: float | None = None
-        scored_a: list[np.ndarray] = []
-        scored_b: list[np.ndarray] = []
-        scored_s: list[np.ndarray] = []
 
         def eligible(a: int, b: int) -> bool:
             return (
@@ -85,7 +90,7 @@ class Annealing:
                 if not eligible(a, b):
                     continue
                 tau = state["tau"]
-                accept = tau is None or s <= tau
+                accept = s <= tau
                 if not accept and temp > 0:
                     accept = bool(self.rng.random() < math.exp(-(s - tau) / temp))
                 if accept:
@@ -96,42 +101,34 @@ class Annealing:
                     plan.merges.append((a, b, float(gamma[a, b])))
                     history.add((int(ids[a]), int(ids[b])))
 
+        pool_a = np.zeros(0, np.int64)
+        pool_b = np.zeros(0, np.int64)
+        pool_s = np.zeros(0)
         pos = 0
-        while len(plan.remove) < quota and pos < len(order):
+        while len(plan.remove) < quota:
+            if pool_a.size:
+                ok = self._eligible_mask(pool_a, pool_b, eligible)
+                pool_a, pool_b, pool_s = pool_a[ok], pool_b[ok], pool_s[ok]
+            if pool_a.size:  # the last walk ended short: walk again from the best left
+                state["tau"] = float(pool_s.min())
+                walk(pool_a, pool_b, pool_s)
+                continue
+            if pos >= len(order):
+                break
             a_c, b_c = cand_a[pos : pos + self.chunk], cand_b[pos : pos + self.chunk]
             pos += self.chunk
-            keep = np.array(
-                [eligible(a, b) for a, b in zip(a_c.tolist(), b_c.tolist(), strict=True)],
-                dtype=bool,
-            )
-            a_c, b_c = a_c[keep], b_c[keep]
+            ok = self._eligible_mask(a_c, b_c, eligible)
+            a_c, b_c = a_c[ok], b_c[ok]
             if not a_c.size:
                 continue
             width, ent = self.impact.terms(view, a_c, b_c, gamma[a_c, b_c])
             if l_ref is None:
                 l_ref = float(np.median(width))
             scores = self.impact.score(width, ent, l_ref)
-            scored_a.append(a_c)
-            scored_b.append(b_c)
-            scored_s.append(scores)
+            if state["tau"] is None:  # start from the best score: the walk must earn the rest
+                state["tau"] = float(scores.min())
+            pool_a, pool_b, pool_s = a_c, b_c, scores
             walk(a_c, b_c, scores)
-        if len(plan.remove) < quota and scored_a:  # re-walk what is left, threshold reset
-            all_a, all_b = np.concatenate(scored_a), np.concatenate(scored_b)
-            all_s = np.concatenate(scored_s)
-            while len(plan.remove) < quota:
-                ok = np.array(
-                    [eligible(a, b) for a, b in zip(all_a.tolist(), all_b.tolist(), strict=True)],
-                    dtype=bool,
-                )
-                if not ok.any():
-                    break
-                all_a, all_b, all_s = all_a[ok], all_b[ok], all_s[ok]
-                need = quota - len(plan.remove)
-                state["tau"] = float(np.sort(all_s)[min(need, len(all_s)) - 1])
-                before = len(plan.remove)
-                walk(all_a, all_b, all_s)
-                if len(plan.remove) == before:  # pragma: no cover - tau admits one at least
-                    break
         return plan
 
 

@@ -1,0 +1,149 @@
+"""The public verbs: validation, trajectory, stopping, TFLite of a pruned model, I/O."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from models import convnet, mlp  # noqa: E402
+
+from pruner.api import PruneResult, StepRecord, prune, prune_steps  # noqa: E402
+from pruner.bounds import InputBox  # noqa: E402
+from pruner.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
+from pruner.io import load_model  # noqa: E402
+from pruner.metrics import count_params  # noqa: E402
+from pruner.schedule import Schedule, StopCriteria  # noqa: E402
+
+FAST = dict(progress=False, measure_tflite=False, n_random=0)
+FIELDS = {
+    "step",
+    "ratio",
+    "units",
+    "params",
+    "macs",
+    "tflite_bytes",
+    "accuracy",
+    "robust",
+    "fidelity",
+    "fidelity_random",
+    "seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mlp(widths=(16, 12), inputs=6, seed=5)
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    x = np.random.default_rng(0).uniform(0, 1, (64, 6)).astype(np.float32)
+    return x, np.asarray(model(x)).argmax(axis=1)  # the model is 100% right on its own labels
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, 1.5, -0.1])
+def test_target_outside_the_open_range_is_refused(model, target):
+    with pytest.raises(ConfigError, match=r"\(0, 1\)"):
+        prune(model, target, **FAST)
+
+
+def test_eval_data_of_the_wrong_shape_names_both_shapes(model):
+    x = np.zeros((4, 7), np.float32)
+    with pytest.raises(DataError, match=r"\(7,\).*\(6,\)"):
+        prune(model, 0.3, eval_data=(x, np.zeros(4)), **FAST)
+    with pytest.raises(ConfigError, match="mode"):
+        prune(model, 0.3, "nope", **FAST)
+
+
+def test_prune_steps_yields_the_original_then_each_step(model, data):
+    rows = list(
+        prune_steps(
+            model,
+            0.3,
+            seed=1,
+            eval_data=data,
+            eps=(0.05,),
+            attacks=("fgsm",),
+            progress=False,
+            measure_tflite=False,
+            n_random=32,
+        )
+    )
+    records = [r for r, _ in rows]
+    assert records[0].step == 0 and records[0].ratio == 0.0 and rows[0][1] is model
+    assert records[0].accuracy == 1.0 and records[0].fidelity == 1.0
+    assert [r.step for r in records] == list(range(len(records)))
+    assert all(b.ratio > a.ratio for a, b in zip(records, records[1:], strict=False))
+    assert all(b.params < a.params for a, b in zip(records, records[1:], strict=False))
+    last = records[-1]
+    assert last.stop == "target reached" and last.ratio == pytest.approx(0.3, abs=0.05)
+    assert set(last.to_dict()) >= FIELDS
+    assert set(last.robust) == {"fgsm"} and 0.05 in last.robust["fgsm"]
+    assert 0.0 <= last.fidelity_random <= 1.0
+    assert rows[-1][1].layers[0].units == last.units[model.layers[0].name]
+
+
+def test_accuracy_floor_stops_and_keeps_the_last_good_model(model, data):
+    stop = StopCriteria(min_accuracy_retention=0.99)
+    result = prune(model, 0.9, seed=0, step=0.1, eval_data=data, attacks=(), stop=stop, **FAST)
+    assert "accuracy retention" in result.stop_reason
+    crossed = result.trajectory[-1]
+    assert crossed.accuracy < 0.99
+    assert result.final.accuracy >= 0.99
+    assert count_params(result.model) == result.final.params
+
+
+def test_budget_callback_stops_the_run(model):
+    limit = count_params(model) * 0.8
+    stop = StopCriteria(budget=lambda m: count_params(m) <= limit)
+    result = prune(model, 0.9, seed=0, stop=stop, **FAST)
+    assert result.stop_reason == "budget met"
+    assert count_params(result.model) <= limit < result.trajectory[-2].params
+
+
+def test_pruned_conv_model_exports_to_tflite_with_the_same_outputs(tmp_path):
+    export = pytest.importorskip("pruner.export")
+    pytest.importorskip("ai_edge_litert")
+    original = convnet(seed=3)
+    result = prune(original, 0.4, seed=3, **FAST)
+    assert result.final.ratio >= 0.35
+    data = export.export_tflite(result.model)
+    x = np.random.default_rng(4).uniform(0, 1, (10, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(export.run_tflite(data, x), result.model(x), atol=1e-4)
+    out = result.save(tmp_path / "out")
+    assert {"pruned.keras", "pruned.tflite", "report.json"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "paoding" and len(report["trajectory"]) == len(result.trajectory)
+    reloaded = load_model(out / "pruned.keras")
+    np.testing.assert_allclose(reloaded(x), result.model(x), atol=1e-6)
+
+
+def test_load_model_errors_and_h5(tmp_path, model):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        load_model(bad)
+    model.save(tmp_path / "m.h5")
+    loaded = load_model(tmp_path / "m.h5")
+    assert count_params(loaded) == count_params(model)
+
+
+def test_plain_objects_validate_and_round_trip():
+    s = Schedule(target=0.6, step=0.1)
+    assert Schedule.from_config(s.get_config()).get_config() == s.get_config()
+    assert s.layer_quota(16) == 2 and s.layer_target(16) == 10
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        Schedule(step=0)
+    c = StopCriteria(min_accuracy_retention=0.9)
+    assert StopCriteria.from_config(c.get_config()).get_config() == c.get_config()
+    with pytest.raises(ConfigError, match="min_robust_retention"):
+        StopCriteria(min_robust_retention=2.0)
+    assert isinstance(StepRecord(0, 0.0, {}, 1, 1).to_dict(), dict)
+    assert PruneResult.__dataclass_fields__.keys() >= {"model", "trajectory"}
+    assert InputBox(0, 1).get_config() == {"lo": 0.0, "hi": 1.0}

@@ -1,0 +1,90 @@
+"""Interval bounds are sound; the merge deviation bound contains the real deviation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from models import convnet, mlp  # noqa: E402
+
+from pruner.bounds import InputBox, interval_bounds  # noqa: E402
+from pruner.criteria import PairSaliency, RobustnessImpact, UnitView  # noqa: E402
+from pruner.errors import ConfigError  # noqa: E402
+from pruner.graph import build_graph  # noqa: E402
+from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def conv():
+    return convnet(seed=1)
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return mlp(widths=(9, 7), inputs=5, seed=2)
+
+
+def _intermediates(model, x):
+    """Input of every layer and the final output."""
+    outs = [x]
+    h = x
+    for layer in model.layers:
+        h = np.asarray(layer(h, training=False))
+        outs.append(h)
+    return outs
+
+
+@pytest.mark.parametrize("which", ["dense", "conv"])
+def test_ibp_bounds_hold_for_points_in_the_box(which, request):
+    model = request.getfixturevalue(which)
+    graph = build_graph(model)
+    box = InputBox(-0.5, 1.0)
+    bounds = interval_bounds(graph, box)
+    x = np.random.default_rng(0).uniform(-0.5, 1.0, (200, *graph.input_shape)).astype("f4")
+    # the logits: input of the op after the output layer's affine op
+    lo, hi = bounds[graph.output_op + 1]
+    y = np.asarray(model(x))
+    assert np.all(y >= lo - 1e-4) and np.all(y <= hi + 1e-4)
+    # every consumer's input (where the deviation bounds start)
+    acts = _intermediates(model, x)
+    for group in graph.groups:
+        lo, hi = bounds[group.consumer_op]
+        h = acts[graph.layers.index(group.consumer)]
+        assert np.all(h >= lo - 1e-4) and np.all(h <= hi + 1e-4)
+    assert np.all(bounds[-1][0] <= bounds[-1][1])
+
+
+@pytest.mark.parametrize("which", ["dense", "conv"])
+def test_deviation_bound_contains_the_real_deviation(which, request):
+    model = request.getfixturevalue(which)
+    graph = build_graph(model)
+    box = InputBox(0.0, 1.0)
+    bounds = interval_bounds(graph, box)
+    x = np.random.default_rng(1).uniform(0, 1, (200, *graph.input_shape)).astype("f4")
+    impact = RobustnessImpact()
+    for group in graph.groups:
+        view = UnitView.of(graph, group, np.arange(group.width), bounds)
+        gamma, _ = PairSaliency()(view)
+        a = np.array([0, 2, 1])
+        b = np.array([1, 0, 3])
+        lo, hi = impact.deviation(view, a, b, gamma[a, b])
+        for i in range(len(a)):
+            plan = {group.name: GroupPlan([int(b[i])], [(int(a[i]), int(b[i]), gamma[a[i], b[i]])])}
+            pruned = apply_plan(model, graph, plan)
+            dev = np.asarray(pruned(x)) - np.asarray(model(x))
+            assert np.all(dev >= lo[i] - 1e-4) and np.all(dev <= hi[i] + 1e-4)
+        width, ent = impact.terms(view, a, b, gamma[a, b])
+        assert np.all(width >= 0) and np.all((ent >= 0) & (ent <= 1))
+
+
+def test_input_box_validates_and_round_trips():
+    with pytest.raises(ConfigError, match="lo <= hi"):
+        InputBox(1.0, 0.0)
+    box = InputBox([0.0, -1.0], [1.0, 1.0])
+    assert InputBox.from_config(box.get_config()).get_config() == box.get_config()
+    lo, hi = box.arrays((3, 2))
+    assert lo.shape == (3, 2) and hi[0, 1] == 1.0
+    with pytest.raises(ConfigError, match="does not fit"):
+        box.arrays((3,))

@@ -1,0 +1,96 @@
+"""Graph: prunable groups of supported models, clear refusals for the rest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from models import convnet, mlp  # noqa: E402
+
+from pruner.errors import UnsupportedLayerError  # noqa: E402
+from pruner.graph import build_graph, incoming, outgoing  # noqa: E402
+
+L = keras.layers
+
+
+def test_dense_groups_skip_the_output_layer():
+    model = mlp(widths=(12, 10, 8))
+    graph = build_graph(model)
+    assert [g.width for g in graph.groups] == [12, 10, 8]
+    assert graph.groups[-1].consumer is model.layers[-1]
+    assert all(g.homogeneous for g in graph.groups)
+    assert incoming(graph.groups[0]).shape == (12, 6 + 1)
+    assert outgoing(graph.groups[0]).shape == (12, 10)
+
+
+def test_conv_groups_find_batchnorm_and_flatten_positions():
+    graph = build_graph(convnet())
+    first, second, dense = graph.groups
+    assert first.bn is not None and second.bn is not None and dense.bn is None
+    assert second.flatten_positions == 4  # 2x2 positions after the valid conv
+    np.testing.assert_array_equal(second.consumer_rows(np.array([1])), [[1, 6, 11, 16]])
+    assert outgoing(second).shape == (5, 4 * 7)
+
+
+def test_non_homogeneous_activation_is_marked():
+    graph = build_graph(mlp(activation="tanh"))
+    assert not any(g.homogeneous for g in graph.groups)
+
+
+def _functional(make):
+    inp = keras.Input((6,))
+    a = L.Dense(4, name="left")(inp)
+    b = L.Dense(4, name="right")(inp)
+    return keras.Model(inp, L.Dense(2)(make(a, b)))
+
+
+@pytest.mark.parametrize(
+    "build, name, cls",
+    [
+        (lambda: _functional(lambda a, b: L.Add(name="the_add")([a, b])), "the_add", "Add"),
+        (
+            lambda: _functional(lambda a, b: L.Concatenate(name="cat")([a, b])),
+            "cat",
+            "Concatenate",
+        ),
+        (
+            lambda: keras.Sequential(
+                [keras.Input((6, 6, 2)), L.DepthwiseConv2D(3, name="dw"), L.Flatten(), L.Dense(2)]
+            ),
+            "dw",
+            "DepthwiseConv2D",
+        ),
+        (
+            lambda: keras.Sequential([keras.Input((5, 3)), L.LSTM(4, name="rnn"), L.Dense(2)]),
+            "rnn",
+            "LSTM",
+        ),
+    ],
+    ids=["add", "concatenate", "depthwise", "lstm"],
+)
+def test_unsupported_layers_are_named(build, name, cls):
+    with pytest.raises(UnsupportedLayerError, match=rf"'{name}' \({cls}\)"):
+        build_graph(build())
+
+
+def test_batchnorm_after_nonlinearity_is_refused():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(5, activation="relu"),
+            L.BatchNormalization(name="late_bn"),
+            L.Dense(2),
+        ]
+    )
+    with pytest.raises(UnsupportedLayerError, match="late_bn"):
+        build_graph(model)
+
+
+def test_branching_model_is_refused():
+    inp = keras.Input((4,))
+    h = L.Dense(5, name="trunk")(inp)
+    model = keras.Model(inp, [L.Dense(2)(h), L.Dense(3)(h)])
+    with pytest.raises(UnsupportedLayerError, match="outputs"):
+        build_graph(model)

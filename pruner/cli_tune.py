@@ -1,0 +1,201 @@
+"""`paoding-edge tune`: the pruning and export that meet a device profile's budgets.
+
+    paoding-edge tune model.keras --profile raspberry-pi-4 --eval-data digits28 -o out/
+    paoding-edge tune model.keras --profile raspberry-pi-4-emulated --eval-data data.npz \\
+        --verify-on pi-01 --broker mqtt://127.0.0.1:1883 --key keys/paoding.key -o out/
+
+Prints the table of candidates (the chosen one marked '*'), writes
+out/model.tflite, out/model.keras, out/report.json and out/report.png. When
+no candidate meets the budgets it still writes the report and plot, names
+the closest candidate and the budget it misses, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pruner.errors import ConfigError, DataError
+
+BUNDLED = ("digits28", "breast-cancer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="Keras model (.keras or .h5)")
+    parser.add_argument("--profile", required=True, help="device profile id or file")
+    parser.add_argument(
+        "--eval-data",
+        help="labelled evaluation data: an .npz with x and y, or a bundled set "
+        f"({', '.join(BUNDLED)}: its test split). Without it, accuracy is agreement "
+        "with the original on random inputs from the input box",
+    )
+    parser.add_argument(
+        "--input-box",
+        nargs=2,
+        type=float,
+        default=(0.0, 1.0),
+        metavar=("LO", "HI"),
+        help="input range (default 0 1)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="paoding",
+        help="pruning modes to search, comma-separated (default paoding)",
+    )
+    parser.add_argument("--seeds", default="0", help="seeds to search, comma-separated")
+    parser.add_argument("--exports", help="export types to search (default: the profile's)")
+    parser.add_argument(
+        "--max-ratio", type=float, default=0.9, help="most units to remove (default 0.9)"
+    )
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=0.1,
+        help="pruning step as a share of each layer (default 0.1)",
+    )
+    parser.add_argument(
+        "--per-export",
+        type=int,
+        default=2,
+        help="quantised candidates to export per type (default 2)",
+    )
+    parser.add_argument("--eps", default="0.05", help="attack epsilons, comma-separated")
+    parser.add_argument(
+        "--verify-on",
+        metavar="DEVICE_ID",
+        help="measure the chosen candidate on this agent over MQTT",
+    )
+    parser.add_argument("--broker", help="broker URL for --verify-on (mqtt://host:port)")
+    parser.add_argument("--key", help="signing key for the deployment (Ed25519 PEM)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="verify rounds: next candidate after a measured miss (default 3)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for each device report (default 180)",
+    )
+    parser.add_argument("-o", "--output", required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _csv(text: str, kind: type, name: str) -> list[Any]:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be a comma-separated list of {kind.__name__}") from None
+    if not values:
+        raise ConfigError(f"--{name} is empty")
+    return values
+
+
+def load_eval_data(spec: str | None, model: Any) -> tuple[Any, Any] | None:
+    """(x, y) from an .npz file or a bundled data set shaped for ``model``."""
+    import numpy as np
+
+    if spec is None:
+        return None
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if spec in BUNDLED:
+        from pruner import datasets
+
+        if spec == "digits28":
+            _, _, x, y = datasets.digits28(flatten=len(shape) == 1)
+        else:
+            _, _, x, y = datasets.breast_cancer()
+        return x, y
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(
+            f"eval data not found: {spec} (an .npz with x and y, or one of {', '.join(BUNDLED)})"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x", "y") if k not in data]
+            if missing:
+                raise DataError(
+                    f"eval data {path} lacks {', '.join(missing)} (has {', '.join(data.files)})"
+                )
+            return data["x"], data["y"]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read eval data {path}: {exc}") from None
+
+
+def probes_for(search: Any, n: int = 100) -> dict[str, Any]:
+    """Probe bundle crafted on the original model from the search's evaluation inputs."""
+    from pruner.probes import build_probes
+
+    return build_probes(
+        search.model,
+        search.x,
+        search.y,
+        eps=search.eps,
+        box=search.box,
+        attacks=search.attacks,
+        n=min(n, len(search.x)),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import device_profiles
+    from pruner import tune as tn
+    from pruner.bounds import InputBox
+    from pruner.io import load_model
+
+    profile = device_profiles.load(args.profile)
+    if args.verify_on and not args.broker:
+        raise ConfigError("--verify-on needs --broker mqtt://host:port")
+    out = Path(args.output)
+    model = load_model(args.model)
+    data = load_eval_data(args.eval_data, model)
+    modes = _csv(args.modes, str, "modes")
+    seeds = _csv(args.seeds, int, "seeds")
+    eps = _csv(args.eps, float, "eps")
+    exports = _csv(args.exports, str, "exports") if args.exports else None
+    search = tn.Search.create(
+        model, data, input_box=InputBox(*args.input_box), eps=eps, progress=not args.no_progress
+    )
+    result = tn.tune(
+        model,
+        profile,
+        search=search,
+        modes=modes,
+        seeds=seeds,
+        exports=exports,
+        max_ratio=args.max_ratio,
+        step=args.step,
+        per_export=args.per_export,
+        progress=not args.no_progress,
+    )
+    print(result.table())
+    print(result.statement)
+    if args.verify_on and result.chosen is not None:
+        deployer = tn.mqtt_deployer(
+            args.verify_on,
+            args.broker,
+            profile,
+            probes=probes_for(search),
+            key=args.key,
+            timeout=args.timeout,
+        )
+        tn.verify(result, search, deployer, rounds=args.rounds)
+        print(result.table())
+        print(result.statement)
+        for v in result.verification:
+            if v.get("emulated"):
+                print(
+                    f"note: latency measured on {v['device_id']} under HOST EMULATION "
+                    f"({v.get('emulation')}), not on a real device"
+                )
+    result.save(out)
+    print(
+        f"wrote {out}/report.json, {out}/report.png"
+        + (f", {out}/model.tflite, {out}/model.keras" if result.chosen else "")
+    )
+    tn.raise_if_impossible(result)
+    return 0

@@ -230,6 +230,10 @@ def run(args: argparse.Namespace) -> int:
             files[q] = {"file": name, "bytes": len(data),
                         "sha256": hashlib.sha256(data).hexdigest(),
                         "ops": [[op, v] for op, v in tflite_ops(data)]}
+            if q == "int8":
+                files[q]["calibration"] = (
+                    f"{len(calib)} evaluation samples" if calib is not None
+                    else "random inputs from the input box")
         body = report.to_jsonable(result.to_dict())
         body = body if isinstance(body, dict) else {"result": body}
         body["exports"] = files

@@ -86,18 +86,22 @@ def test_prune_end_to_end(files, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_prune_into_existing_dir_keeps_other_files(files, tmp_path):
+def test_prune_into_existing_dir_keeps_other_files(files, tmp_path, capsys):
     d = files["dir"]
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     (out / "report.json").write_text("old")
     rc = main(["prune", str(d / "model.keras"), "--target", "0.2", "--mode", "magnitude",
-               "--no-progress", "-o", str(out)])
+               "--export", "int8", "--no-progress", "-o", str(out)])
     assert rc == 0
+    assert "random inputs" in capsys.readouterr().err  # int8 without data says so
     assert (out / "keep.txt").read_text() == "mine"
     body = json.loads((out / "report.json").read_text())  # replaced
     assert body["command"]["mode"] == "magnitude" and body["command"]["eval_data"] is None
+    assert body["exports"]["int8"]["calibration"] == "random inputs from the input box"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "keep.txt", "pruned.keras", "pruned_int8.tflite", "report.json", "report.png"]
     assert siblings(out) == []
 
 

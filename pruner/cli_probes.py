@@ -10,7 +10,14 @@ import argparse
 import os
 from pathlib import Path
 
-from pruner.cli_prune import add_common, check_eps, check_fits, check_range, load_eval_data
+from pruner.cli_prune import (
+    add_common,
+    check_eps,
+    check_fits,
+    check_in_range,
+    check_range,
+    load_eval_data,
+)
 from pruner.errors import ConfigError, ModelLoadError
 
 
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ConfigError(f"-o {out} is a directory; give a file name")
     x, y = load_eval_data(args.eval_data)
+    check_in_range(x, lo, hi)
     if not Path(args.model).is_file():
         raise ModelLoadError(f"model file {args.model} does not exist")
 

@@ -126,6 +126,14 @@ def check_fits(model: Any, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"evaluation labels must be in [0, {classes}), got {y.min()}..{y.max()}")
 
 
+def check_in_range(x: np.ndarray, lo: float, hi: float) -> None:
+    """DataError when evaluation inputs lie outside the input box (say, 0..255 pixels)."""
+    tol = 1e-6 * max(1.0, hi - lo)
+    if x.min() < lo - tol or x.max() > hi + tol:
+        raise DataError(f"evaluation data x spans [{x.min():g}, {x.max():g}], outside "
+                        f"--input-range {lo:g} {hi:g}")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -189,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = check_range(*args.input_range)
     exports = list(dict.fromkeys(args.export))
     eval_data = load_eval_data(args.eval_data) if args.eval_data else None
+    if eval_data is not None:
+        check_in_range(eval_data[0], lo, hi)
     if not Path(args.model).is_file():
         from pruner.errors import ModelLoadError
 

@@ -34,6 +34,8 @@ def files(tmp_path_factory):
     np.savez(d / "data.npz", x=x_te[:120], y=y_te[:120])
     np.savez(d / "wrong_shape.npz", x=np.zeros((10, 64), np.float32), y=np.zeros(10, int))
     np.savez(d / "pickled.npz", x=np.array([None] * 3, dtype=object), y=np.zeros(3, int))
+    np.savez(d / "pixels.npz", x=x_te[:10] * 255, y=y_te[:10])
+    np.savez(d / "labels.npz", x=x_te[:10], y=y_te[:10] + 10)
     (d / "corrupt.keras").write_bytes(b"PK\x03\x04 this is not a model" * 10)
     odd = keras.Sequential([
         keras.Input((784,)),
@@ -115,6 +117,8 @@ BAD = [
     (["model.keras", "--eval-data", "pickled.npz"], "unreadable"),
     (["model.keras", "--eval-data", "MISSING.npz"], "does not exist"),
     (["model.keras", "--input-range", "1", "0"], "input-range"),
+    (["model.keras", "--eval-data", "pixels.npz"], "outside --input-range"),
+    (["model.keras", "--eval-data", "labels.npz"], "labels must be in"),
 ]
 
 

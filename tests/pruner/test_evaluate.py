@@ -57,6 +57,30 @@ def test_fgsm_moves_by_eps_sign_w_and_clips(data, softmax):
     assert np.all(adv[:, 3] == x[:, 3])  # zero weight: no gradient, no move
 
 
+@pytest.mark.parametrize("head", ["dense-softmax", "softmax-layer", "functional"])
+def test_saturated_softmax_still_has_a_gradient(data, head):
+    """p = 1 in float32 would kill a probability gradient: the loss must see the logits."""
+    x, y = data
+    big = np.stack([W, -W], axis=1) * 10.0  # margins up to 70: p == 1, logits fine
+    if head == "dense-softmax":
+        model = keras.Sequential([keras.Input((4,)),
+                                  keras.layers.Dense(2, use_bias=False, activation="softmax")])
+    elif head == "softmax-layer":
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, use_bias=False),
+                                  keras.layers.Softmax()])
+    else:
+        inp = keras.Input((4,))
+        model = keras.Model(inp, keras.layers.Dense(2, use_bias=False,
+                                                    activation="softmax")(inp))
+    model.layers[-1 if head != "softmax-layer" else 0].set_weights([big])
+    if head == "softmax-layer":
+        model.layers[0].set_weights([big])
+    p = np.asarray(model(x))
+    assert np.mean(p.max(1) == 1.0) > 0.2  # saturated
+    adv = evaluate.fgsm(model, x, y, 0.05, Box(0.0, 1.0))
+    np.testing.assert_allclose(adv, expected_fgsm(x, y, 0.05), atol=1e-7)
+
+
 def test_fgsm_per_feature_box(data):
     x, y = data
     lo = np.array([0.0, 0.2, 0.0, 0.0], np.float32)

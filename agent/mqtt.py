@@ -1,0 +1,367 @@
+"""The MQTT adapter: the only module that imports paho (2.x, VERSION2 callbacks).
+
+``Broker`` says where and how to connect (TLS, username/password); ``Will``
+is the Last Will; ``MqttClient`` connects, keeps its subscriptions across
+reconnects, dispatches messages to handlers and turns publish acks into
+futures. Failures are the adapter's own errors (``BrokerUnavailable`` names
+host:port).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], None]
+
+
+class MqttError(AgentError):
+    """Base class of the adapter's errors."""
+
+
+class BrokerUnavailable(MqttError):
+    """The broker cannot be reached or refused the connection."""
+
+
+class PublishTimeout(MqttError):
+    """A QoS>0 publish was not acknowledged in time."""
+
+
+class NotConnected(MqttError):
+    """An operation needs a connection the client does not have."""
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where to connect. ``from_url('mqtts://user@host:8883')`` parses a URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    keepalive: int = 30
+    protocol: str = "3.1.1"
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("broker host is empty")
+        if not 0 < int(self.port) < 65536:
+            raise ValueError(f"broker port {self.port} outside 1..65535")
+        if self.protocol not in ("3.1.1", "5"):
+            raise ValueError(f"MQTT protocol {self.protocol!r}: use '3.1.1' or '5'")
+        if not 5 <= self.keepalive <= 3600:
+            raise ValueError(f"keepalive {self.keepalive}s outside 5..3600")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> Broker:
+        """mqtt://, tcp:// (1883) or mqtts://, ssl:// (8883); user:password@ optional."""
+        if "://" not in url:
+            url = "mqtt://" + url
+        parsed = urlparse(url)
+        scheme = parsed.scheme.lower()
+        if scheme not in ("mqtt", "tcp", "mqtts", "ssl", "tls"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        tls = scheme in ("mqtts", "ssl", "tls")
+        try:
+            port = parsed.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ValueError(f"broker URL {url!r}: {exc}") from None
+        if not parsed.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        kwargs: dict[str, object] = {"host": parsed.hostname, "port": port, "tls": tls}
+        if parsed.username:
+            kwargs["username"] = unquote(parsed.username)
+        if parsed.password:
+            kwargs["password"] = unquote(parsed.password)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class PublishFuture:
+    """A publish in flight: ``wait(timeout)`` returns when the broker acked it."""
+
+    def __init__(self, mid: int, future: Future[None]) -> None:
+        self.mid = mid
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self._future.result(timeout)
+        except FutureTimeout:
+            raise PublishTimeout(f"publish {self.mid} not acknowledged in {timeout}s") from None
+
+    def add_done_callback(self, fn: Callable[[PublishFuture], None]) -> None:
+        self._future.add_done_callback(lambda _f: fn(self))
+
+
+_RC_TEXT = {
+    1: "unacceptable protocol version",
+    2: "client id rejected",
+    3: "server unavailable",
+    4: "bad username or password",
+    5: "not authorised",
+}
+
+
+class MqttClient:
+    """A paho client with futures for acks, remembered subscriptions and hooks."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        client_id: str,
+        *,
+        clean_session: bool = False,
+        will: Will | None = None,
+        max_inflight: int = 64,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        version = (MQTTProtocolVersion.MQTTv5 if broker.protocol == "5"
+                   else MQTTProtocolVersion.MQTTv311)
+        kwargs: dict[str, object] = {"protocol": version}
+        if version == MQTTProtocolVersion.MQTTv311:
+            kwargs["clean_session"] = clean_session
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+        self._clean_session = clean_session
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=4)
+        if broker.username is not None:
+            self._client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            self._client.tls_set(
+                ca_certs=broker.ca_file,
+                certfile=broker.cert_file,
+                keyfile=broker.key_file,
+                cert_reqs=ssl.CERT_NONE if broker.insecure else ssl.CERT_REQUIRED,
+            )
+            if broker.insecure:
+                self._client.tls_insecure_set(True)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[None]] = {}
+        self._early_acks: set[int] = set()
+        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._on_connect_hooks: list[Callable[[], None]] = []
+        self._on_disconnect_hooks: list[Callable[[], None]] = []
+        self._connected = threading.Event()
+        self._connack: Future[int] = Future()
+        self._suback_mids: dict[int, threading.Event] = {}
+        self._started = False
+        self._first_subscribed = threading.Event()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` (in the network thread) after every successful connect."""
+        self._on_connect_hooks.append(hook)
+
+    def on_disconnect(self, hook: Callable[[], None]) -> None:
+        self._on_disconnect_hooks.append(hook)
+
+    def connect(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """Connect and start the network thread (which reconnects on its own).
+
+        With ``wait`` a broker that cannot be reached is a ``BrokerUnavailable``
+        naming host:port; without it the client keeps trying in the background.
+        """
+        b = self.broker
+        if wait:
+            try:
+                self._client.connect(b.host, b.port, keepalive=b.keepalive)
+            except (OSError, ssl.SSLError) as exc:
+                raise BrokerUnavailable(
+                    f"cannot connect to MQTT broker at {b.address}: {exc}") from None
+            self._client.loop_start()
+            self._started = True
+            try:
+                rc = self._connack.result(timeout)
+            except FutureTimeout:
+                self.close()
+                raise BrokerUnavailable(
+                    f"MQTT broker at {b.address} did not answer in {timeout}s") from None
+            if rc != 0:
+                self.close()
+                text = _RC_TEXT.get(rc, f"code {rc}")
+                raise BrokerUnavailable(f"MQTT broker at {b.address} refused: {text}")
+            # subscriptions are in place before the caller publishes anything
+            if not self._first_subscribed.wait(timeout):
+                self.close()
+                raise BrokerUnavailable(
+                    f"MQTT broker at {b.address} did not acknowledge the subscriptions")
+        else:
+            self._client.connect_async(b.host, b.port, keepalive=b.keepalive)
+            self._client.loop_start()
+            self._started = True
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def close(self) -> None:
+        """Disconnect cleanly (no Last Will) and stop the network thread."""
+        try:
+            self._client.disconnect()
+        except Exception:  # noqa: BLE001 - closing must not raise
+            pass
+        if self._started:
+            self._client.loop_stop()
+            self._started = False
+        self._connected.clear()
+
+    # -- operations -------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        with self._lock:
+            self._subscriptions[topic_filter] = (qos, handler)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._subscriptions.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        *, require_connection: bool = False,
+    ) -> PublishFuture:
+        """Publish; the future completes when the broker acks (QoS 0: when sent).
+
+        While disconnected paho keeps QoS>0 messages and sends them after the
+        reconnect, unless ``require_connection`` (then ``NotConnected``).
+        """
+        if require_connection and not self.connected:
+            raise NotConnected(f"not connected to MQTT broker at {self.broker.address}")
+        fut: Future[None] = Future()
+        # paho's own lock is taken inside publish(): never hold ours around it
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            fut.set_exception(MqttError(f"publish to {topic} failed: "
+                                        f"{paho.error_string(info.rc)}"))
+            return PublishFuture(info.mid, fut)
+        with self._lock:
+            if info.mid in self._early_acks:  # acked before we got here
+                self._early_acks.discard(info.mid)
+                acked = True
+            else:
+                self._pending[info.mid] = fut
+                acked = False
+        if acked:
+            fut.set_result(None)
+        return PublishFuture(info.mid, fut)
+
+    # -- paho callbacks (network thread) -----------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        rc = int(reason_code.value) if hasattr(reason_code, "value") else int(reason_code)
+        if rc == 0x80 or rc >= 0x80:  # MQTT 5 failure codes
+            rc = 5
+        if rc != 0:
+            log.warning("broker %s refused connection: %s", self.broker.address, reason_code)
+            if not self._connack.done():
+                self._connack.set_result(rc)
+            return
+        self._connected.set()
+        with self._lock:
+            subs = list(self._subscriptions.items())
+        subscribed = threading.Event()
+        if subs:
+            _rc, mid = client.subscribe([(t, q) for t, (q, _h) in subs])
+            with self._lock:
+                self._suback_mids[mid] = subscribed
+        else:
+            subscribed.set()
+        if not self._connack.done():
+            self._connack.set_result(rc)
+            self._first_subscribed = subscribed
+        for hook in list(self._on_connect_hooks):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook must not kill the network thread
+                log.exception("on_connect hook failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            log.info("disconnected from %s: %s", self.broker.address, reason_code)
+        for hook in list(self._on_disconnect_hooks):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001
+                log.exception("on_disconnect hook failed")
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+        with self._lock:
+            fut = self._pending.pop(mid, None)
+            if fut is None:
+                self._early_acks.add(mid)
+                return
+        if not fut.done():
+            fut.set_result(None)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        with self._lock:
+            ev = self._suback_mids.pop(mid, None)
+        if ev is not None:
+            ev.set()
+        for rc in reason_codes:
+            if getattr(rc, "is_failure", False):
+                log.warning("broker %s refused a subscription: %s", self.broker.address, rc)
+
+    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+        with self._lock:
+            subs = list(self._subscriptions.items())
+        for topic_filter, (_qos, handler) in subs:
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                try:
+                    handler(message.topic, message.payload)
+                except Exception:  # noqa: BLE001 - never let one bad message kill the client
+                    log.exception("handler for %s failed", message.topic)
+                return

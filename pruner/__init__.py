@@ -16,11 +16,11 @@ _EXPORTS = {
     "Schedule": "pruner.schedule",
     "StopCriteria": "pruner.schedule",
     "InputBox": "pruner.bounds",
+    "prune_steps": "pruner.api",
+    "StepRecord": "pruner.api",
     "load_model": "pruner.io",
-    "evaluate": "pruner.evaluate",
     "export_tflite": "pruner.export",
     "build_probes": "pruner.probes",
-    "tune": "pruner.tune",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -28,6 +28,11 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pruner' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
+    try:  # a submodule, e.g. pruner.evaluate or pruner.tune
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module 'pruner' has no attribute {name!r}")

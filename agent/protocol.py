@@ -230,6 +230,7 @@ class TransferStats(WireModel):
     chunks: int = Field(ge=0)
     seconds: float = Field(ge=0)
     resumed: bool = False
+    resumed_chunks: int = Field(default=0, ge=0)  # already on disk when the agent restarted
 
 
 class Report(Versioned):

@@ -353,6 +353,8 @@ class Agent:
             tr = self._transfer
         if tr is None or tr.complete:
             return
+        if time.monotonic() - tr.last_chunk > 0.2:
+            tr.flush()
         quiet = time.monotonic() - max(tr.last_chunk, self._last_need)
         if quiet > self.settings.stall_seconds:
             log.info("transfer %s stalled: asking again for missing chunks",
@@ -366,7 +368,8 @@ class Agent:
             return
         tr.close()
         stats = TransferStats(bytes=tr.bytes_total, chunks=tr.chunks_total,
-                              seconds=round(tr.seconds, 6), resumed=tr.resumed)
+                              seconds=round(tr.seconds, 6), resumed=tr.resumed,
+                              resumed_chunks=tr.resumed_chunks)
         ctx = Context(
             storage=self.storage, manifest=tr.manifest, transfer_dir=tr.directory,
             device_id=self.settings.device_id, emit=self.emit, trust=self.settings.trust,

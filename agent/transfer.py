@@ -36,7 +36,7 @@ class ArtifactReceiver:
     """One artifact being received into ``directory/<name>.part``."""
 
     def __init__(self, directory: Path, name: str, artifact: Artifact,
-                 flush_every: int = 64, flush_seconds: float = 0.5) -> None:
+                 flush_every: int = 16, flush_seconds: float = 0.5) -> None:
         self.directory = directory
         self.name = name
         self.artifact = artifact
@@ -90,9 +90,10 @@ class ArtifactReceiver:
                 self._flush_locked()
         return True
 
-    def flush(self) -> None:
+    def flush(self, only_dirty: bool = False) -> None:
         with self._lock:
-            self._flush_locked()
+            if not only_dirty or self._dirty:
+                self._flush_locked()
 
     def _flush_locked(self) -> None:
         if self._fd < 0:
@@ -136,7 +137,8 @@ class Transfer:
         self.started = time.monotonic()
         self.finished: float | None = None
         self.last_chunk = time.monotonic()
-        self.resumed = any(r.resumed_from for r in self.receivers.values())
+        self.resumed_chunks = sum(r.resumed_from for r in self.receivers.values())
+        self.resumed = self.resumed_chunks > 0
 
     @property
     def complete(self) -> bool:
@@ -170,6 +172,11 @@ class Transfer:
     def seconds(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()
         return end - self.started
+
+    def flush(self) -> None:
+        """Persist what was received so far (the agent calls this when the link is idle)."""
+        for r in self.receivers.values():
+            r.flush(only_dirty=True)
 
     def close(self) -> None:
         for r in self.receivers.values():

@@ -66,6 +66,7 @@ class DeploymentReport(BaseModel):
     model_size: int
     chunk_size: int
     chunks: int
+    chunks_sent: int  # chunk messages the host published (re-sends included)
     signed_by: str | None = None
     runtime: RuntimeInfo | None = None
     benchmark: BenchmarkResult | None = None
@@ -320,11 +321,11 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
         for t in (topics.report, topics.need):
             client.unsubscribe(t)
         client.close()
-    return _summarise(manifest, final, reports, t0, received_at)
+    return _summarise(manifest, final, reports, t0, received_at, sender.sent)
 
 
 def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               received_at: float | None) -> DeploymentReport:
+               received_at: float | None, sent: int) -> DeploymentReport:
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
     checks = next((r.checks for r in reversed(reports) if r.checks), None)
     transfer = next((r.transfer for r in reports if r.transfer), None)
@@ -334,7 +335,7 @@ def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: flo
         deployment_id=manifest.deployment_id, device_id=manifest.device_id,
         state=final.state, ok=final.state == "active", reason=final.reason,
         model_sha256=manifest.model.sha256, model_size=manifest.model.size,
-        chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks,
+        chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks, chunks_sent=sent,
         signed_by=manifest.signature.key_id if manifest.signature else None,
         runtime=bench.runtime if bench else final.runtime, benchmark=bench, checks=checks,
         transfer=transfer, transfer_seconds=tsec,

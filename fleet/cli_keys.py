@@ -1,0 +1,49 @@
+"""`paoding-edge keys`: make an Ed25519 signing key pair (or an HMAC secret)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = sub.add_parser("new", help="make DIR/NAME.key (private) and DIR/NAME.pub (public)")
+    new.add_argument("dir", help="directory for the key files (created if missing)")
+    new.add_argument("--name", default="paoding", help="file name stem (default paoding)")
+    new.add_argument("--force", action="store_true", help="overwrite existing files")
+    new.add_argument("--hmac", action="store_true",
+                     help="make a shared HMAC-SHA256 secret DIR/NAME.hmac instead")
+    show = sub.add_parser("show", help="print the key id of a key file")
+    show.add_argument("file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent.errors import KeyFileError
+    from fleet.keys import load_signing_key, load_verify_key, new_key_pair, write_hmac_secret
+
+    if args.keys_command == "show":
+        try:
+            key = load_verify_key(args.file)
+        except KeyFileError:
+            key = load_signing_key(args.file).public_key()
+        print(f"{key.alg} key {key.key_id}")
+        return 0
+    if args.hmac:
+        path = Path(args.dir) / f"{args.name}.hmac"
+        if path.exists() and not args.force:
+            raise KeyFileError(f"{path} already exists (use --force to overwrite)")
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        write_hmac_secret(path)
+        print(f"HMAC secret: {path} (key id {load_verify_key(path).key_id}); "
+              "give the same file to the agent with --trust-hmac")
+        return 0
+    try:
+        out = new_key_pair(args.dir, args.name, overwrite=args.force)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{exc} (use --force to overwrite)") from None
+    print(f"private key: {out['private']} (keep it on the host)")
+    print(f"public key:  {out['public']} (give it to agents: --trust-key)")
+    print(f"key id:      {out['key_id']}")
+    return 0

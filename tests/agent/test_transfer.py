@@ -1,0 +1,68 @@
+"""Chunk reassembly on disk, duplicates, bad chunks, resume after a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from agent.errors import TransferError
+from agent.protocol import Manifest
+from agent.transfer import Transfer, to_ranges
+
+
+def setup(tmp_path, size=10_000, chunk=1024):
+    blob = os.urandom(size)
+    m = Manifest(deployment_id="d1", device_id="pi-1",
+                 model={"sha256": hashlib.sha256(blob).hexdigest(), "size": size,
+                        "chunk_size": chunk})
+    return blob, m
+
+
+def chunk(blob, i, n=1024):
+    return blob[i * n:(i + 1) * n]
+
+
+def test_out_of_order_with_duplicates(tmp_path):
+    blob, m = setup(tmp_path)
+    tr = Transfer(tmp_path / "t", m)
+    order = [9, 0, 5, 5, 1, 2, 3, 4, 6, 7, 8, 0]
+    new = [tr.write("model", i, chunk(blob, i)) for i in order]
+    assert new.count(False) == 2
+    assert tr.complete and tr.missing() == {}
+    assert tr.receivers["model"].sha256() == m.model.sha256
+    tr.close()
+
+
+def test_bad_chunks_are_refused(tmp_path):
+    blob, m = setup(tmp_path)
+    tr = Transfer(tmp_path / "t", m)
+    with pytest.raises(TransferError, match="expected 1024"):
+        tr.write("model", 0, b"x" * 10)
+    with pytest.raises(TransferError, match="outside"):
+        tr.write("model", 10, b"x")
+    with pytest.raises(TransferError, match="no probes"):
+        tr.write("probes", 0, b"x")
+    tr.close()
+
+
+def test_resume_after_restart(tmp_path):
+    blob, m = setup(tmp_path)
+    tr = Transfer(tmp_path / "t", m)
+    for i in (0, 1, 2, 7):
+        tr.write("model", i, chunk(blob, i))
+    tr.flush()
+    del tr  # as after a kill: no close()
+    again = Transfer(tmp_path / "t", m)
+    assert again.resumed and again.resumed_chunks == 4
+    assert again.missing() == {"model": [(3, 7), (8, 10)]}
+    for i in (3, 4, 5, 6, 8, 9):
+        again.write("model", i, chunk(blob, i))
+    assert again.complete and again.receivers["model"].sha256() == m.model.sha256
+    again.close()
+
+
+def test_to_ranges():
+    assert to_ranges([0, 1, 2, 5, 7, 8]) == [(0, 3), (5, 6), (7, 9)]
+    assert to_ranges([]) == []

@@ -290,6 +290,8 @@ def prune_steps(
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     meter = _Meter(model, data, box, opts)
     needs_bounds = mode in ("paoding", "greedy")
+    one_shot = not needs_bounds
+    graph0 = graph
 
     from tqdm.auto import tqdm
 
@@ -309,24 +311,37 @@ def prune_steps(
         while True:
             number += 1
             t = time.perf_counter()
-            graph = build_graph(current)
+            if one_shot:  # every ratio is a one-shot selection on the original model
+                graph, source = graph0, model
+                done = {name: 0 for name in widths0}
+            else:
+                graph, source = build_graph(current), current
+                done = {g.name: widths0[g.name] - g.width for g in graph.groups}
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
             for group in graph.groups:
-                done = widths0[group.name] - group.width
-                quota = min(schedule.layer_quota(widths0[group.name]), goals[group.name] - done)
+                name = group.name
+                per_step = schedule.layer_quota(widths0[name])
+                quota = min(per_step * (number if one_shot else 1), goals[name] - done[name])
                 if quota <= 0:
                     continue
-                view = UnitView.of(graph, group, orig_ids[group.name], bounds)
+                ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
+                view = UnitView.of(graph, group, ids, bounds)
                 gp = strategy.select(view, quota, number - 1)
                 if gp.remove:
-                    plan[group.name] = gp
-            if not plan:
+                    plan[name] = gp
+            removed_before = total0 - sum(len(ids) for ids in orig_ids.values())
+            removed_now = sum(len(gp.remove) for gp in plan.values())
+            if not one_shot:
+                removed_now += removed_before
+            if not plan or removed_now <= removed_before:
                 previous.stop = previous.stop or "a step could prune nothing more"
                 return
-            current = apply_plan(current, graph, plan)
-            for name, gp in plan.items():
-                orig_ids[name] = np.delete(orig_ids[name], gp.remove)
+            current = apply_plan(source, graph, plan)
+            for name in widths0:
+                gone = plan[name].remove if name in plan else []
+                base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
+                orig_ids[name] = np.delete(base_ids, gone)
             units = {name: len(ids) for name, ids in orig_ids.items()}
             ratio = (total0 - sum(units.values())) / total0
             rec = meter(current, number, ratio, units)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pruner.errors import ConfigError
-from pruner.graph import Op, PruneGraph, bn_affine, kernel_bias
+from pruner.graph import Op, PruneGraph
 
 
 class InputBox:
@@ -65,15 +65,19 @@ class InputBox:
 
 
 def _call(layer: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(layer(x.astype(np.float32), training=False), dtype=np.float64)
+    return np.asarray(layer(x.astype(np.float32), training=False), dtype=x.dtype)
 
 
-def _affine(layer: Any, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple:
-    kernel, b = kernel_bias(layer)
-    kernel = kernel.astype(np.float64)
+def _affine(op: Op, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple:
+    """W center (+ b) and |W| radius: the interval image of center +- radius."""
+    arrays = op.arrays()
+    layer = op.layer
+    wide = center.dtype == np.float64
+    kernel = arrays["kernel"] if wide else arrays["kernel32"]
+    abs_kernel = arrays["abs_kernel"] if wide else arrays["abs_kernel32"]
     if type(layer).__name__ == "Dense":
         c = center @ kernel
-        r = radius @ np.abs(kernel)
+        r = radius @ abs_kernel
     else:
         import tensorflow as tf
 
@@ -85,22 +89,22 @@ def _affine(layer: Any, center: np.ndarray, radius: np.ndarray, bias: bool) -> t
                 padding=layer.padding.upper(),
                 dilations=(1, *layer.dilation_rate, 1),
             )
-            return y.numpy().astype(np.float64)
+            return y.numpy().astype(center.dtype)
 
         c = conv(center, kernel)
-        r = conv(radius, np.abs(kernel))
+        r = conv(radius, abs_kernel)
     if bias:
-        c = c + b
+        c = c + arrays["bias"]
     return c, np.maximum(r, 0.0)
 
 
 def step_values(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sound bounds of op(x) for x in [lo, hi] (batched on the first axis)."""
     if op.kind == "affine":
-        c, r = _affine(op.layer, (lo + hi) / 2, (hi - lo) / 2, bias=True)
+        c, r = _affine(op, (lo + hi) / 2, (hi - lo) / 2, bias=True)
         return c - r, c + r
     if op.kind == "bn":
-        scale, shift = bn_affine(op.layer)
+        scale, shift = op.arrays()["scale"], op.arrays()["shift"]
         a, b = scale * lo + shift, scale * hi + shift
         return np.minimum(a, b), np.maximum(a, b)
     if (
@@ -114,11 +118,14 @@ def step_values(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.
     ):
         fn = op.layer.activation
         return (
-            np.asarray(fn(lo.astype(np.float32)), np.float64),
-            np.asarray(fn(hi.astype(np.float32)), np.float64),
+            np.asarray(fn(lo.astype(np.float32)), lo.dtype),
+            np.asarray(fn(hi.astype(np.float32)), hi.dtype),
         )
     if op.kind in ("act", "linear", "max"):
         return _call(op.layer, lo), _call(op.layer, hi)
+    if op.kind == "pre":  # elementwise monotone in either direction, or a reshape
+        a, b = _call(op.layer, lo), _call(op.layer, hi)
+        return np.minimum(a, b), np.maximum(a, b)
     return lo, hi  # output_act: not propagated
 
 
@@ -129,10 +136,10 @@ def _min_pool(layer: Any, x: np.ndarray) -> np.ndarray:
 def step_deviation(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sound bounds of the change of op's output when its input changes by [lo, hi]."""
     if op.kind == "affine":
-        c, r = _affine(op.layer, (lo + hi) / 2, (hi - lo) / 2, bias=False)
+        c, r = _affine(op, (lo + hi) / 2, (hi - lo) / 2, bias=False)
         return c - r, c + r
     if op.kind == "bn":
-        scale, _ = bn_affine(op.layer)
+        scale = op.arrays()["scale"].astype(lo.dtype)
         a, b = scale * lo, scale * hi
         return np.minimum(a, b), np.maximum(a, b)
     if op.kind == "act":

@@ -103,12 +103,66 @@ def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> 
     return ent / np.log(k)
 
 
+def difference_bounds(
+    view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of h_b - gamma*h_a at the consumer's input, [m, positions] each.
+
+    The pre-activation difference is linear in the producer's input; a monotone
+    activation f with Lipschitz constant L maps a difference d of its inputs into
+    L*[min(0, d), max(0, d)] (gamma*f(z) = f(gamma*z) for the homogeneous ones,
+    and gamma = 1 otherwise).
+    """
+    from pruner.bounds import step_deviation
+
+    graph, group = view.graph, view.group
+    lo_x, hi_x = view.bounds[group.producer_op]
+    xc = ((lo_x + hi_x) / 2).astype(np.float64)
+    xr = ((hi_x - lo_x) / 2).astype(np.float64)
+    diff = view.w_in[b] - gamma[:, None] * view.w_in[a]  # [m, fan_in + 1]
+    weights, bias = diff[:, :-1], diff[:, -1]
+    if type(group.producer).__name__ == "Dense":
+        center = xc @ weights.T + bias  # [..., m]
+        radius = xr @ np.abs(weights).T
+    else:
+        import tensorflow as tf
+
+        layer = group.producer
+        kernel = weights.T.reshape(*layer.kernel_size, xc.shape[-1], len(a))
+
+        def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+            y = tf.nn.conv2d(
+                x[None].astype(np.float32),
+                k.astype(np.float32),
+                strides=(1, *layer.strides, 1),
+                padding=layer.padding.upper(),
+                dilations=(1, *layer.dilation_rate, 1),
+            )
+            return y.numpy()[0].astype(np.float64)
+
+        center = conv(xc, kernel) + bias
+        radius = conv(xr, np.abs(kernel))
+    lo = np.moveaxis(center - radius, -1, 0)[..., None].astype(np.float32)  # [m, ..., 1]
+    hi = np.moveaxis(center + radius, -1, 0)[..., None].astype(np.float32)
+    start = group.producer_op + 1
+    if group.bn is not None:  # already folded into w_in
+        start = next(i for i in range(start, group.consumer_op) if graph.ops[i].layer is group.bn)
+        start += 1
+    for op in graph.ops[start : group.consumer_op]:
+        lo, hi = step_deviation(op, lo, hi)
+    return lo.reshape(len(a), -1), hi.reshape(len(a), -1)
+
+
 class RobustnessImpact:
     """Data-free robustness impact of merges, from sound interval bounds.
 
     Removing b (keeping a with gamma) changes the consumer's input by
     gamma*h_a - h_b in [gamma*lo_a - hi_b, gamma*hi_a - lo_b]; that deviation is
-    carried soundly to the logits. score = alpha*sig(L/L_ref) + beta*sig(ENT),
+    carried soundly to the logits. With ``tight`` (the default) it is intersected
+    with a second sound bound that follows the pair's own weights: the
+    pre-activation difference z_b - gamma*z_a = (w_b - gamma*w_a).[x, 1] is bounded
+    over the layer's input bounds, then carried through the monotone,
+    1-Lipschitz activation and pooling between the two layers. score = alpha*sig(L/L_ref) + beta*sig(ENT),
     L = L1 width of the logit deviation, ENT its interval entropy. Lower is better.
     """
 
@@ -118,6 +172,7 @@ class RobustnessImpact:
         beta: float = 0.25,
         entropy_threshold: float = 0.9,
         batch: int = 256,
+        tight: bool = True,
     ) -> None:
         if alpha < 0 or beta < 0 or alpha + beta <= 0:
             raise ConfigError(
@@ -128,6 +183,7 @@ class RobustnessImpact:
         self.alpha, self.beta = float(alpha), float(beta)
         self.entropy_threshold = float(entropy_threshold)
         self.batch = int(batch)
+        self.tight = bool(tight)
 
     def deviation(
         self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
@@ -135,29 +191,53 @@ class RobustnessImpact:
         """Bounds of the logits' change for every pair: ([m, n_out], [m, n_out])."""
         if view.bounds is None:
             raise ConfigError("robustness impact needs interval bounds")
-        c = view.group.consumer_op
+        group = view.group
+        c = group.consumer_op
         lo_in, hi_in = view.bounds[c]
         shape = lo_in.shape
         n = view.n
-        lo2, hi2 = lo_in.reshape(-1, n), hi_in.reshape(-1, n)  # [positions, units]
+        lo2 = lo_in.reshape(-1, n).astype(np.float32)  # [positions, units]
+        hi2 = hi_in.reshape(-1, n).astype(np.float32)
+        gamma = gamma.astype(np.float32)
+        op = view.graph.ops[c]
+        rows_direct = type(group.consumer).__name__ == "Dense" and (
+            group.flatten_positions > 0 or lo_in.ndim == 1
+        )
         outs_lo, outs_hi = [], []
         for i in range(0, len(a), self.batch):
             ai, bi, gi = a[i : i + self.batch], b[i : i + self.batch], gamma[i : i + self.batch]
             m = len(ai)
             d_lo = gi[:, None] * lo2[:, ai].T - hi2[:, bi].T  # [m, positions]
             d_hi = gi[:, None] * hi2[:, ai].T - lo2[:, bi].T
-            full_lo = np.zeros((m, lo2.shape[0], n))
-            full_hi = np.zeros((m, lo2.shape[0], n))
-            full_lo[np.arange(m), :, bi] = d_lo
-            full_hi[np.arange(m), :, bi] = d_hi
-            o_lo, o_hi = propagate_deviation(
-                view.graph, c, full_lo.reshape(m, *shape), full_hi.reshape(m, *shape), self.batch
-            )
+            if self.tight:  # intersect with the bound through the pair's own weights
+                t_lo, t_hi = difference_bounds(view, ai, bi, gi)
+                d_lo, d_hi = np.maximum(d_lo, -t_hi), np.minimum(d_hi, -t_lo)
+            if rows_direct:  # b's consumer rows only: no need to expand to the full input
+                kernel = op.arrays()["kernel32"][group.consumer_rows(bi)]  # [m, positions, k]
+                center = np.einsum("mp,mpk->mk", (d_lo + d_hi) / 2, kernel)
+                radius = np.einsum("mp,mpk->mk", (d_hi - d_lo) / 2, np.abs(kernel))
+                o_lo, o_hi = propagate_deviation(
+                    view.graph, c + 1, center - radius, center + radius, self.batch
+                )
+            else:
+                full_lo = np.zeros((m, lo2.shape[0], n), np.float32)
+                full_hi = np.zeros((m, lo2.shape[0], n), np.float32)
+                full_lo[np.arange(m), :, bi] = d_lo
+                full_hi[np.arange(m), :, bi] = d_hi
+                o_lo, o_hi = propagate_deviation(
+                    view.graph,
+                    c,
+                    full_lo.reshape(m, *shape),
+                    full_hi.reshape(m, *shape),
+                    self.batch,
+                )
             outs_lo.append(o_lo)
             outs_hi.append(o_hi)
         if not outs_lo:
             return np.zeros((0, 1)), np.zeros((0, 1))
-        return np.concatenate(outs_lo), np.concatenate(outs_hi)
+        return np.concatenate(outs_lo).astype(np.float64), np.concatenate(outs_hi).astype(
+            np.float64
+        )
 
     def terms(
         self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray

@@ -41,7 +41,12 @@ LINEAR_PASS = (  # positive linear maps: bounds go through the layer as they are
     "AveragePooling2D",
     "Flatten",
     "GlobalAveragePooling2D",
+    "ZeroPadding2D",
+    "Cropping2D",
+    "UpSampling2D",
 )
+# Layers that may only come before the first Dense/Conv2D (input preprocessing).
+PRE_ONLY = ("Rescaling", "Reshape", "Normalization", "Permute")
 MAX_PASS = ("MaxPooling2D", "GlobalMaxPooling2D")
 ACT_LAYERS = ("Activation", "ReLU", "LeakyReLU", "ELU")
 OUTPUT_ONLY = ("Softmax",)
@@ -54,7 +59,8 @@ class Op:
 
     kind: ``affine`` (Dense/Conv2D without activation), ``act`` (monotone
     elementwise), ``bn`` (per-channel affine), ``linear`` (positive linear
-    pass-through), ``max`` (max pooling), ``output_act`` (after the last
+    pass-through), ``max`` (max pooling), ``pre`` (elementwise-monotone input
+    preprocessing before the first affine op), ``output_act`` (after the last
     affine op: not propagated).
     """
 
@@ -63,6 +69,21 @@ class Op:
     activation: str = "linear"
     homogeneous: bool = True
     lipschitz: float = 1.0
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def arrays(self) -> dict[str, Any]:
+        """The op's weights as numpy arrays, read once (a graph lives for one step)."""
+        if not self.cache:
+            if self.kind == "affine":
+                kernel, bias = kernel_bias(self.layer)
+                self.cache["kernel"] = kernel.astype(np.float64)
+                self.cache["abs_kernel"] = np.abs(self.cache["kernel"])
+                self.cache["kernel32"] = kernel.astype(np.float32)
+                self.cache["abs_kernel32"] = np.abs(self.cache["kernel32"])
+                self.cache["bias"] = bias.astype(np.float64)
+            elif self.kind == "bn":
+                self.cache["scale"], self.cache["shift"] = bn_affine(self.layer)
+        return self.cache
 
 
 @dataclass
@@ -140,7 +161,7 @@ def _chain(model: Any) -> list[Any]:
         cls = type(layer).__name__
         if hasattr(layer, "layers"):
             raise _unsupported(layer, "nested models cannot be pruned; flatten the model first")
-        known = PRODUCERS + LINEAR_PASS + MAX_PASS + ACT_LAYERS + OUTPUT_ONLY
+        known = PRODUCERS + LINEAR_PASS + MAX_PASS + ACT_LAYERS + OUTPUT_ONLY + PRE_ONLY
         if cls not in known and cls != "BatchNormalization":
             raise _unsupported(layer, "the pruner cannot remove units through this layer")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -148,12 +169,19 @@ def _chain(model: Any) -> list[Any]:
             f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
             "outputs: only single-input, single-output chains are supported"
         )
+    if type(model).__name__ == "Sequential":
+        return layers  # a chain by construction
+    nodes = [node for depth in model._nodes_by_depth.values() for node in depth]
+    parents_of: dict[int, list[Any]] = {}
+    for node in nodes:
+        if type(node.operation).__name__ == "InputLayer":
+            continue
+        if id(node.operation) in parents_of:
+            raise _unsupported(node.operation, "a layer called more than once cannot be pruned")
+        parents_of[id(node.operation)] = [p.operation for p in node.parent_nodes]
     previous = None
     for layer in layers:
-        nodes = layer._inbound_nodes
-        if len(nodes) != 1:
-            raise _unsupported(layer, "a layer called more than once (shared) cannot be pruned")
-        parents = [p.operation for p in nodes[0].parent_nodes]
+        parents = parents_of.get(id(layer), [])
         if len(parents) != 1:
             raise _unsupported(layer, f"it reads {len(parents)} tensors")
         if previous is not None and parents[0] is not previous:
@@ -200,6 +228,8 @@ def _layer_ops(layer: Any) -> list[Op]:
         return [Op("max", layer)]
     if cls in OUTPUT_ONLY:
         return [Op("raw", layer, "softmax", False)]
+    if cls in PRE_ONLY:
+        return [Op("pre", layer)]
     if cls == "Activation":
         name = _activation_name(layer.activation)
         return [_act_op(layer, name) if name in ACTIVATIONS else Op("raw", layer, name)]
@@ -225,6 +255,9 @@ def build_graph(model: Any) -> PruneGraph:
     if not affine:
         raise UnsupportedLayerError(f"model {model.name!r} has no Dense or Conv2D layer to prune")
     output_op = affine[-1]
+    late = [op for op in ops[affine[0] :] if op.kind == "pre"]
+    if late:
+        raise _unsupported(late[0].layer, "it may only come before the first Dense or Conv2D")
     for op in ops[output_op + 1 :]:  # after the output layer anything goes: it is not propagated
         if op.kind in ("act", "raw"):
             op.kind = "output_act"

@@ -22,8 +22,9 @@ class Schedule:
         self.step = float(step)
 
     def layer_target(self, width: int) -> int:
-        """Units to remove from a layer of ``width`` original units (it keeps at least one)."""
-        return max(0, min(width - 1, int(round(self.target * width))))
+        """Units to remove from a layer of ``width`` original units: never more than the
+        target share, and the layer keeps at least one."""
+        return max(0, min(width - 1, math.floor(self.target * width + 1e-9)))
 
     def layer_quota(self, width: int) -> int:
         """Units one step removes from a layer of ``width`` original units."""

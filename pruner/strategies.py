@@ -143,13 +143,12 @@ class Greedy(Annealing):
 class OneShotPairs:
     """Srinivas & Babu (2015): gamma = 1, lowest saliency first, each unit in one pair at most.
 
-    Choices only depend on the original weights, so the progressive steps give
-    the one-shot result at every ratio; at most half of a layer can go.
+    Stateless: given the original model and a cumulative quota it returns the
+    one-shot selection at that ratio; at most half of a layer can go.
     """
 
     def __init__(self, saliency: PairSaliency | None = None) -> None:
         self.saliency = saliency or PairSaliency(gamma="one")
-        self.used: dict[str, set[int]] = {}
 
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
         n = view.n
@@ -157,7 +156,7 @@ class OneShotPairs:
         flat = sal.ravel()
         order = np.argsort(flat, kind="stable")
         order = order[np.isfinite(flat[order])]
-        used = self.used.setdefault(view.group.name, set())
+        used: set[int] = set()
         ids = view.orig_ids.tolist()
         plan = GroupPlan()
         for a, b in zip((order // n).tolist(), (order % n).tolist(), strict=True):

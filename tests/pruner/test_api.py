@@ -120,6 +120,8 @@ def test_pruned_conv_model_exports_to_tflite_with_the_same_outputs(tmp_path):
     assert report["mode"] == "paoding" and len(report["trajectory"]) == len(result.trajectory)
     reloaded = load_model(out / "pruned.keras")
     np.testing.assert_allclose(reloaded(x), result.model(x), atol=1e-6)
+    again = prune(reloaded, 0.2, "magnitude", **FAST)  # a loaded model prunes further
+    assert again.final.params < result.final.params
 
 
 def test_load_model_errors_and_h5(tmp_path, model):

@@ -75,6 +75,8 @@ def test_deviation_bound_contains_the_real_deviation(which, request):
             pruned = apply_plan(model, graph, plan)
             dev = np.asarray(pruned(x)) - np.asarray(model(x))
             assert np.all(dev >= lo[i] - 1e-4) and np.all(dev <= hi[i] + 1e-4)
+        loose_lo, loose_hi = RobustnessImpact(tight=False).deviation(view, a, b, gamma[a, b])
+        assert np.all(lo >= loose_lo - 1e-5) and np.all(hi <= loose_hi + 1e-5)
         width, ent = impact.terms(view, a, b, gamma[a, b])
         assert np.all(width >= 0) and np.all((ent >= 0) & (ent <= 1))
 

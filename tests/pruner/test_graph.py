@@ -88,6 +88,24 @@ def test_batchnorm_after_nonlinearity_is_refused():
         build_graph(model)
 
 
+def test_input_preprocessing_is_allowed_only_before_the_first_layer():
+    model = keras.Sequential(
+        [keras.Input((4, 4)), L.Rescaling(0.5, 0.1), L.Reshape((16,)), L.Dense(5), L.Dense(2)]
+    )
+    assert [g.width for g in build_graph(model).groups] == [5]
+    late = keras.Sequential(
+        [
+            keras.Input((4,)),
+            L.Dense(6),
+            L.Reshape((3, 2), name="late_reshape"),
+            L.Flatten(),
+            L.Dense(2),
+        ]
+    )
+    with pytest.raises(UnsupportedLayerError, match="late_reshape"):
+        build_graph(late)
+
+
 def test_branching_model_is_refused():
     inp = keras.Input((4,))
     h = L.Dense(5, name="trunk")(inp)

@@ -89,6 +89,14 @@ def test_baseline_pairs_each_unit_once_and_refuses_more_than_half(model):
         prune(model, 0.6, "baseline", **FAST)
 
 
+@pytest.mark.parametrize("mode", ["baseline", "magnitude", "random"])
+def test_one_shot_modes_do_not_depend_on_the_step(model, mode):
+    fine = prune(model, 0.5, mode, seed=2, step=0.1, **FAST)
+    coarse = prune(model, 0.5, mode, seed=2, step=0.5, **FAST)
+    assert len(fine.trajectory) > len(coarse.trajectory) == 2
+    assert _weights_bytes(fine.model) == _weights_bytes(coarse.model)
+
+
 def test_magnitude_removes_the_smallest_l1_units(model):
     view = _view(model, bounds=False)
     plan = OneShotRanking(L1Magnitude()).select(view, 4, 0)

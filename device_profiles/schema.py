@@ -148,6 +148,11 @@ class Emulation(_Strict):
     slowdown: float = Field(
         default=1.0, ge=1.0, le=1000, description="deterministic factor applied to timings"
     )
+    priority: Literal["normal", "realtime"] = Field(
+        default="normal",
+        description="realtime: SCHED_FIFO on the CPU set, so that other host load does not "
+        "disturb the measurement (the quota then uses cgroup RT bandwidth)",
+    )
 
     @field_validator("cpuset")
     @classmethod

@@ -1,0 +1,93 @@
+"""The tflite-runtime 2.14 rule holds against the real runtime, in an environment of its own.
+
+The fixture builds that environment (a venv with tflite-runtime 2.14.0 and
+numpy<2, which the runtime needs) in the pytest cache the first time; the
+test is skipped, saying why, only when the package index cannot provide it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TUNE_KW
+
+from pruner import tune as tn
+
+RUN = r"""
+import sys, numpy as np
+from tflite_runtime.interpreter import Interpreter
+try:
+    it = Interpreter(model_path=sys.argv[1])
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+    it.invoke()
+    out = it.get_tensor(it.get_output_details()[0]["index"])
+    print("OK", out.shape)
+except Exception as exc:
+    print("FAIL", str(exc).splitlines()[0])
+"""
+
+
+@pytest.fixture(scope="session")
+def tflite_runtime_python(pytestconfig) -> Path:
+    """Python of a venv holding tflite-runtime 2.14.0 and numpy<2 (created when missing)."""
+    venv = Path(pytestconfig.cache.mkdir("tflite-runtime-2.14-venv"))
+    py = venv / "bin" / "python"
+    check = [
+        str(py),
+        "-c",
+        "import tflite_runtime, numpy; assert tflite_runtime.__version__ == '2.14.0'",
+    ]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return py
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
+    ]
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            pytest.skip(
+                f"cannot build the tflite-runtime 2.14 environment ({' '.join(cmd[:4])}): "
+                f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}"
+            )
+    return py
+
+
+def _load(py: Path, blob: bytes, tmp_path: Path, name: str) -> str:
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(blob)
+    res = subprocess.run(
+        [str(py), "-c", RUN, str(path)], capture_output=True, text=True, timeout=120
+    )
+    return res.stdout.strip() or res.stderr.strip()[-300:]
+
+
+@pytest.mark.slow
+def test_chosen_model_loads_in_tflite_runtime_2_14(
+    search, make_profile, tflite_runtime_python, tmp_path
+):
+    pid = make_profile(
+        "zero-like",
+        base="raspberry-pi-zero-2w",
+        budgets__p90_latency_ms=1000,
+        budgets__model_size_kb=10_000,
+        budgets__min_accuracy_retention=0.5,
+        budgets__min_robust_retention=0.1,
+    )
+    r = tn.tune(search.model, pid, search=search, **TUNE_KW)
+    assert r.chosen is not None
+    assert _load(tflite_runtime_python, r.model_bytes, tmp_path, "chosen").startswith("OK")
+    # every candidate the rule accepts loads; every one it refuses fails to load
+    for c in r.candidates:
+        step = next(s for s in search.steps[(c.mode, c.seed)] if s.step == c.step)
+        got = _load(tflite_runtime_python, search.export(step, c.export), tmp_path, "c")
+        if c.runtime_error:
+            assert got.startswith("FAIL") and "version" in got, (c.key, got)
+        else:
+            assert got.startswith("OK"), (c.key, got)
+    assert any(c.runtime_error for c in r.candidates), "expected dynamic-range to be refused"

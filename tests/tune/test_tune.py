@@ -1,0 +1,167 @@
+"""The tuner on a small model: search, choice, report, impossible budgets, op-version rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TUNE_KW
+
+import device_profiles as dp
+from pruner import tune as tn
+from pruner.cli import main
+from pruner.errors import BudgetError
+
+
+def test_search_chooses_best_robust_that_meets_budgets(search, make_profile, tmp_path):
+    pid = make_profile(
+        "loose",
+        budgets__model_size_kb=60,
+        budgets__p90_latency_ms=5.0,
+        budgets__min_accuracy_retention=0.9,
+        budgets__min_robust_retention=0.5,
+    )
+    r = tn.tune(search.model, pid, search=search, **TUNE_KW)
+    assert r.chosen is not None and r.chosen.meets and r.chosen.chosen
+    ok = [c for c in r.candidates if c.meets]
+    assert r.chosen.robust == max(c.robust for c in ok)
+    assert all(c.size_kb <= 60 for c in ok)
+    assert {c.export for c in r.candidates} >= {"float32", "int8"}
+    # sizes are the exact .tflite sizes of what would be shipped
+    assert r.model_bytes is not None and len(r.model_bytes) / 1024 == pytest.approx(
+        r.chosen.size_kb
+    )
+    table = r.table()
+    assert table.count("\n*  ") == 1 and r.chosen.key in table
+    out = r.save(tmp_path / "out")
+    assert {p.name for p in out.iterdir()} == {
+        "model.tflite",
+        "model.keras",
+        "report.json",
+        "report.png",
+    }
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["chosen"]["key"] == r.chosen.key
+    assert len(rep["candidates"]) == len(r.candidates)
+    assert (out / "report.png").stat().st_size > 10_000
+
+
+def test_pruning_is_needed_when_size_is_tight(search, make_profile):
+    f32 = tn.tune(search.model, make_profile("f32", exports=["float32"]), search=search, **TUNE_KW)
+    full = f32.original.size_kb
+    pid = make_profile(
+        "tight",
+        exports=["float32"],
+        budgets__model_size_kb=round(full * 0.7),
+        budgets__min_accuracy_retention=0.5,
+        budgets__min_robust_retention=0.3,
+    )
+    r = tn.tune(search.model, pid, search=search, **TUNE_KW)
+    assert r.chosen is not None and r.chosen.ratio > 0
+    assert r.original.misses and "model size" in r.original.misses[0]
+
+
+def test_impossible_budget_names_closest_and_miss(search, make_profile):
+    pid = make_profile("impossible", budgets__model_size_kb=1, budgets__p90_latency_ms=0.0001)
+    r = tn.tune(search.model, pid, search=search, **TUNE_KW)
+    assert r.chosen is None and r.model_bytes is None
+    assert "no candidate meets every budget of impossible" in r.statement
+    assert "the closest is" in r.statement and "model size" in r.statement
+    assert "p90 latency" in r.statement
+    with pytest.raises(BudgetError, match="closest"):
+        tn.raise_if_impossible(r)
+
+
+def test_cli_impossible_exits_2_and_writes_report(small_model, make_profile, tmp_path, capsys):
+    path, (x, y) = small_model
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+    pid = make_profile("impossible-cli", budgets__model_size_kb=1)
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "tune",
+            str(path),
+            "--profile",
+            pid,
+            "--eval-data",
+            str(tmp_path / "eval.npz"),
+            "--max-ratio",
+            "0.4",
+            "--step",
+            "0.2",
+            "--exports",
+            "float32,int8",
+            "--no-progress",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) >= 1 and "no candidate meets every budget" in err[-1]
+    assert "model size" in err[-1]
+    assert "candidate" in captured.out  # the table was printed
+    assert (out / "report.json").is_file() and not (out / "model.tflite").exists()
+
+
+def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
+    path, _ = small_model
+    rc = main(
+        [
+            "tune",
+            str(path),
+            "--profile",
+            "raspberry-pi-4",
+            "--eval-data",
+            str(tmp_path / "missing.npz"),
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2 and "eval data not found" in capsys.readouterr().err
+    rc = main(
+        ["tune", str(path), "--profile", "raspberry-pi-4", "--eps", "x", "-o", str(tmp_path / "o")]
+    )
+    assert rc == 2 and "--eps must be" in capsys.readouterr().err
+    rc = main(
+        [
+            "tune",
+            str(path),
+            "--profile",
+            "raspberry-pi-4",
+            "--verify-on",
+            "d1",
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2 and "--broker" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_op_version_rule():
+    p14 = dp.load("raspberry-pi-zero-2w")
+    reason = tn.runtime_check(p14, [("FULLY_CONNECTED", 12), ("SOFTMAX", 1)])
+    assert reason == "tflite-runtime 2.14 cannot load FULLY_CONNECTED v12 > v10"
+    assert tn.runtime_check(p14, [("FULLY_CONNECTED", 9), ("QUANTIZE", 3)]) is None
+    assert "not in the" in tn.runtime_check(p14, [("STABLEHLO_ADD", 1)])
+    assert tn.runtime_check(dp.load("raspberry-pi-4"), [("FULLY_CONNECTED", 12)]) is None
+
+
+def test_tflite_runtime_profile_never_ships_unloadable(search, make_profile):
+    pid = make_profile(
+        "old-runtime",
+        base="raspberry-pi-zero-2w",
+        exports=["dynamic", "float32"],
+        budgets__p90_latency_ms=1000,
+        budgets__model_size_kb=10_000,
+        budgets__min_accuracy_retention=0.5,
+        budgets__min_robust_retention=0.1,
+    )
+    r = tn.tune(search.model, pid, search=search, **TUNE_KW)
+    dyn = [c for c in r.candidates if c.export == "dynamic"]
+    assert dyn and all("FULLY_CONNECTED v12 > v10" in (c.runtime_error or "") for c in dyn)
+    assert r.chosen is not None and r.chosen.export == "float32"
+    assert "runtime" in r.table()

@@ -31,6 +31,12 @@ from pruner.surgery import apply_plan
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
 ATTACKS = ("fgsm", "pgd")
+# Reasons a run ends that keep the last model (a crossed floor keeps the one before).
+TARGET_REACHED = "target reached"
+BUDGET_MET = "budget met"
+NO_PROGRESS = "a step could prune nothing more"
+NOTHING_TO_PRUNE = "nothing to prune"
+KEEPS_MODEL = (TARGET_REACHED, BUDGET_MET, NO_PROGRESS, NOTHING_TO_PRUNE)
 
 
 @dataclass
@@ -303,7 +309,7 @@ def prune_steps(
         base = meter(model, 0, 0.0, dict(widths0))
         base.seconds = time.perf_counter() - t
         if not graph.groups or all(g == 0 for g in goals.values()):
-            base.stop = "nothing to prune"
+            base.stop = NOTHING_TO_PRUNE
             yield base, model
             return
         yield base, model
@@ -335,7 +341,7 @@ def prune_steps(
             if not one_shot:
                 removed_now += removed_before
             if not plan or removed_now <= removed_before:
-                previous.stop = previous.stop or "a step could prune nothing more"
+                previous.stop = previous.stop or NO_PROGRESS
                 return
             current = apply_plan(source, graph, plan)
             for name in widths0:
@@ -351,9 +357,9 @@ def prune_steps(
             robust = _robust_retention(rec, base)
             reason = stop.floor_crossed(rec.accuracy, robust, base.accuracy, 1.0)
             if reason is None and stop.budget_met(current):
-                reason = "budget met"
+                reason = BUDGET_MET
             if reason is None and all(widths0[n] - units[n] >= goals[n] for n in units):
-                reason = "target reached"
+                reason = TARGET_REACHED
             rec.stop = reason
             yield rec, current
             if reason is not None:
@@ -363,34 +369,74 @@ def prune_steps(
         bar.close()
 
 
-def prune(model: Any, target: float = 0.5, mode: str = "paoding", **kwargs: Any) -> PruneResult:
-    """Prune ``model`` to ``target`` (share of prunable units removed); see prune_steps.
+def prune(
+    model: Any,
+    target: float = 0.5,
+    mode: str = "paoding",
+    *,
+    seed: int = 0,
+    step: float = 0.05,
+    schedule: Schedule | None = None,
+    stop: StopCriteria | None = None,
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+    input_box: InputBox | None = None,
+    eps: Sequence[float] = (0.01, 0.05, 0.1),
+    attacks: Sequence[str] = ATTACKS,
+    pgd_steps: int = 10,
+    n_random: int = 512,
+    measure_tflite: bool = True,
+    progress: bool = True,
+    alpha: float = 0.75,
+    beta: float = 0.25,
+    entropy_threshold: float = 0.9,
+    t0: float = 0.05,
+    cooling: float = 0.9,
+    max_candidates: int = 2048,
+) -> PruneResult:
+    """Prune ``model`` until ``target`` of its prunable units are gone; see prune_steps.
 
     The result's model is the last one within the stop floors (the step that
-    crossed a floor stays in the trajectory).
+    crossed a floor stays in the trajectory, marked with its reason).
     """
+    schedule = schedule or Schedule(target=target, step=step)
+    stop = stop or StopCriteria()
+    input_box = input_box or InputBox(0.0, 1.0)
     trajectory: list[StepRecord] = []
     chosen = None
-    for rec, m in prune_steps(model, target, mode, **kwargs):
+    steps = prune_steps(
+        model,
+        schedule.target,
+        mode,
+        seed=seed,
+        schedule=schedule,
+        stop=stop,
+        eval_data=eval_data,
+        input_box=input_box,
+        eps=eps,
+        attacks=attacks,
+        pgd_steps=pgd_steps,
+        n_random=n_random,
+        measure_tflite=measure_tflite,
+        progress=progress,
+        alpha=alpha,
+        beta=beta,
+        entropy_threshold=entropy_threshold,
+        t0=t0,
+        cooling=cooling,
+        max_candidates=max_candidates,
+    )
+    for rec, pruned in steps:
         trajectory.append(rec)
-        floor = rec.stop not in (
-            None,
-            "budget met",
-            "target reached",
-            "a step could prune nothing more",
-            "nothing to prune",
-        )
-        if not floor:
-            chosen = m
-    schedule = kwargs.get("schedule") or Schedule(target=target, step=kwargs.get("step", 0.05))
+        if rec.stop is None or rec.stop in KEEPS_MODEL:
+            chosen = pruned
     return PruneResult(
         model=chosen,
         trajectory=trajectory,
         mode=mode,
-        seed=int(kwargs.get("seed", 0)),
+        seed=int(seed),
         schedule=schedule,
-        input_box=kwargs.get("input_box") or InputBox(0.0, 1.0),
-        stop=kwargs.get("stop") or StopCriteria(),
+        input_box=input_box,
+        stop=stop,
         stop_reason=trajectory[-1].stop if trajectory else None,
-        eps=tuple(float(e) for e in kwargs.get("eps", (0.01, 0.05, 0.1))),
+        eps=tuple(float(e) for e in eps),
     )

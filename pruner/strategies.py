@@ -50,12 +50,6 @@ class Annealing:
         self.t0, self.cooling, self.chunk = float(t0), float(cooling), int(chunk)
         self.accepted: dict[str, set[tuple[int, int]]] = {}
 
-    @staticmethod
-    def _eligible_mask(a: np.ndarray, b: np.ndarray, eligible) -> np.ndarray:
-        return np.array(
-            [eligible(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)], dtype=bool
-        )
-
     def temperature(self, step: int) -> float:
         return self.t0 * self.cooling**step
 
@@ -67,57 +61,50 @@ class Annealing:
         order = order[np.isfinite(flat[order])]
         cand_a, cand_b = order // n, order % n
         history = self.accepted.setdefault(view.group.name, set())
-        ids = view.orig_ids
+        ids = view.orig_ids.tolist()
         temp = self.temperature(step)
-        removed: set[int] = set()
-        keepers: set[int] = set()
+        removed = np.zeros(n, dtype=bool)
+        keeper = np.zeros(n, dtype=bool)
         plan = GroupPlan()
-        state: dict[str, float | None] = {"tau": None}
+        tau: float | None = None
         l_ref: float | None = None
 
-        def eligible(a: int, b: int) -> bool:
-            return (
-                b not in removed
-                and b not in keepers
-                and a not in removed
-                and (int(ids[a]), int(ids[b])) not in history
-            )
+        def eligible(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return ~removed[b] & ~keeper[b] & ~removed[a]
 
         def walk(a_arr: np.ndarray, b_arr: np.ndarray, s_arr: np.ndarray) -> None:
+            nonlocal tau
             for a, b, s in zip(a_arr.tolist(), b_arr.tolist(), s_arr.tolist(), strict=True):
                 if len(plan.remove) >= quota:
                     return
-                if not eligible(a, b):
+                if removed[b] or keeper[b] or removed[a] or (ids[a], ids[b]) in history:
                     continue
-                tau = state["tau"]
                 accept = s <= tau
                 if not accept and temp > 0:
                     accept = bool(self.rng.random() < math.exp(-(s - tau) / temp))
                 if accept:
-                    state["tau"] = s
-                    removed.add(b)
-                    keepers.add(a)
+                    tau = s
+                    removed[b] = keeper[a] = True
                     plan.remove.append(b)
                     plan.merges.append((a, b, float(gamma[a, b])))
-                    history.add((int(ids[a]), int(ids[b])))
+                    history.add((ids[a], ids[b]))
 
-        pool_a = np.zeros(0, np.int64)
-        pool_b = np.zeros(0, np.int64)
+        pool_a = pool_b = np.zeros(0, np.int64)
         pool_s = np.zeros(0)
         pos = 0
         while len(plan.remove) < quota:
             if pool_a.size:
-                ok = self._eligible_mask(pool_a, pool_b, eligible)
+                ok = eligible(pool_a, pool_b)
                 pool_a, pool_b, pool_s = pool_a[ok], pool_b[ok], pool_s[ok]
             if pool_a.size:  # the last walk ended short: walk again from the best left
-                state["tau"] = float(pool_s.min())
+                tau = float(pool_s.min())
                 walk(pool_a, pool_b, pool_s)
                 continue
             if pos >= len(order):
                 break
             a_c, b_c = cand_a[pos : pos + self.chunk], cand_b[pos : pos + self.chunk]
             pos += self.chunk
-            ok = self._eligible_mask(a_c, b_c, eligible)
+            ok = eligible(a_c, b_c)
             a_c, b_c = a_c[ok], b_c[ok]
             if not a_c.size:
                 continue
@@ -125,8 +112,8 @@ class Annealing:
             if l_ref is None:
                 l_ref = float(np.median(width))
             scores = self.impact.score(width, ent, l_ref)
-            if state["tau"] is None:  # start from the best score: the walk must earn the rest
-                state["tau"] = float(scores.min())
+            if tau is None:  # start from the best score: the walk must earn the rest
+                tau = float(scores.min())
             pool_a, pool_b, pool_s = a_c, b_c, scores
             walk(a_c, b_c, scores)
         return plan

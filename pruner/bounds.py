@@ -68,6 +68,20 @@ def _call(layer: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(layer(x.astype(np.float32), training=False), dtype=x.dtype)
 
 
+def conv2d(layer: Any, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``layer``'s convolution (strides, padding, dilation) of x [N, H, W, C] with kernel."""
+    import tensorflow as tf
+
+    y = tf.nn.conv2d(
+        x.astype(np.float32),
+        kernel.astype(np.float32),
+        strides=(1, *layer.strides, 1),
+        padding=layer.padding.upper(),
+        dilations=(1, *layer.dilation_rate, 1),
+    )
+    return y.numpy().astype(x.dtype)
+
+
 def _affine(op: Op, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple:
     """W center (+ b) and |W| radius: the interval image of center +- radius."""
     arrays = op.arrays()
@@ -79,20 +93,8 @@ def _affine(op: Op, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple
         c = center @ kernel
         r = radius @ abs_kernel
     else:
-        import tensorflow as tf
-
-        def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-            y = tf.nn.conv2d(
-                x.astype(np.float32),
-                k.astype(np.float32),
-                strides=(1, *layer.strides, 1),
-                padding=layer.padding.upper(),
-                dilations=(1, *layer.dilation_rate, 1),
-            )
-            return y.numpy().astype(center.dtype)
-
-        c = conv(center, kernel)
-        r = conv(radius, abs_kernel)
+        c = conv2d(layer, center, kernel)
+        r = conv2d(layer, radius, abs_kernel)
     if bias:
         c = c + arrays["bias"]
     return c, np.maximum(r, 0.0)

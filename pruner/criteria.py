@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.bounds import propagate_deviation
+from pruner.bounds import conv2d, propagate_deviation, step_deviation
 from pruner.errors import ConfigError
 from pruner.graph import Group, PruneGraph, incoming, kernel_bias, outgoing
 
@@ -113,8 +113,6 @@ def difference_bounds(
     L*[min(0, d), max(0, d)] (gamma*f(z) = f(gamma*z) for the homogeneous ones,
     and gamma = 1 otherwise).
     """
-    from pruner.bounds import step_deviation
-
     graph, group = view.graph, view.group
     lo_x, hi_x = view.bounds[group.producer_op]
     xc = ((lo_x + hi_x) / 2).astype(np.float64)
@@ -125,23 +123,10 @@ def difference_bounds(
         center = xc @ weights.T + bias  # [..., m]
         radius = xr @ np.abs(weights).T
     else:
-        import tensorflow as tf
-
         layer = group.producer
         kernel = weights.T.reshape(*layer.kernel_size, xc.shape[-1], len(a))
-
-        def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
-            y = tf.nn.conv2d(
-                x[None].astype(np.float32),
-                k.astype(np.float32),
-                strides=(1, *layer.strides, 1),
-                padding=layer.padding.upper(),
-                dilations=(1, *layer.dilation_rate, 1),
-            )
-            return y.numpy()[0].astype(np.float64)
-
-        center = conv(xc, kernel) + bias
-        radius = conv(xr, np.abs(kernel))
+        center = conv2d(layer, xc[None], kernel)[0] + bias
+        radius = conv2d(layer, xr[None], np.abs(kernel))[0]
     lo = np.moveaxis(center - radius, -1, 0)[..., None].astype(np.float32)  # [m, ..., 1]
     hi = np.moveaxis(center + radius, -1, 0)[..., None].astype(np.float32)
     start = group.producer_op + 1
@@ -216,6 +201,23 @@ class RobustnessImpact:
                 kernel = op.arrays()["kernel32"][group.consumer_rows(bi)]  # [m, positions, k]
                 center = np.einsum("mp,mpk->mk", (d_lo + d_hi) / 2, kernel)
                 radius = np.einsum("mp,mpk->mk", (d_hi - d_lo) / 2, np.abs(kernel))
+                o_lo, o_hi = propagate_deviation(
+                    view.graph, c + 1, center - radius, center + radius, self.batch
+                )
+            elif type(group.consumer).__name__ == "Conv2D":  # one input channel per pair
+                kernel = op.arrays()["kernel32"]
+                d_c = ((d_lo + d_hi) / 2).reshape(m, *shape[:-1], 1)
+                d_r = ((d_hi - d_lo) / 2).reshape(m, *shape[:-1], 1)
+                center = radius = None
+                for u in np.unique(bi).tolist():
+                    sel = bi == u
+                    k_u = kernel[:, :, u : u + 1, :]
+                    c_u = conv2d(group.consumer, d_c[sel], k_u)
+                    r_u = conv2d(group.consumer, d_r[sel], np.abs(k_u))
+                    if center is None:
+                        center = np.empty((m, *c_u.shape[1:]), np.float32)
+                        radius = np.empty((m, *c_u.shape[1:]), np.float32)
+                    center[sel], radius[sel] = c_u, r_u
                 o_lo, o_hi = propagate_deviation(
                     view.graph, c + 1, center - radius, center + radius, self.batch
                 )

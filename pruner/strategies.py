@@ -26,7 +26,9 @@ class Annealing:
     one when a walk ends short of the quota). T = t0 *
     cooling**step falls geometrically with the step. Removed units and their
     keepers are not reused within a step; a keeper may absorb more units in
-    later steps. All draws come from ``rng``.
+    later steps. All draws come from ``rng``. Robustness scores are computed
+    lazily, in chunks of pairs that double from max(first_chunk, 8 * quota) up
+    to ``chunk``, so only the low-saliency end of the list is scored.
     """
 
     def __init__(
@@ -37,17 +39,19 @@ class Annealing:
         t0: float = 0.05,
         cooling: float = 0.9,
         chunk: int = 2048,
+        first_chunk: int = 64,
     ) -> None:
         if t0 < 0:
             raise ConfigError(f"t0 must be >= 0, got {t0}")
         if not 0.0 < cooling <= 1.0:
             raise ConfigError(f"cooling must be in (0, 1], got {cooling}")
-        if chunk < 1:
-            raise ConfigError(f"chunk must be >= 1, got {chunk}")
+        if chunk < 1 or first_chunk < 1:
+            raise ConfigError(f"chunk sizes must be >= 1, got {first_chunk} and {chunk}")
         self.rng = rng
         self.saliency = saliency or PairSaliency()
         self.impact = impact or RobustnessImpact()
-        self.t0, self.cooling, self.chunk = float(t0), float(cooling), int(chunk)
+        self.t0, self.cooling = float(t0), float(cooling)
+        self.chunk, self.first_chunk = int(chunk), int(first_chunk)
         self.accepted: dict[str, set[tuple[int, int]]] = {}
 
     def temperature(self, step: int) -> float:
@@ -91,7 +95,7 @@ class Annealing:
 
         pool_a = pool_b = np.zeros(0, np.int64)
         pool_s = np.zeros(0)
-        pos = 0
+        pos = scored_chunks = 0
         while len(plan.remove) < quota:
             if pool_a.size:
                 ok = eligible(pool_a, pool_b)
@@ -102,8 +106,10 @@ class Annealing:
                 continue
             if pos >= len(order):
                 break
-            a_c, b_c = cand_a[pos : pos + self.chunk], cand_b[pos : pos + self.chunk]
-            pos += self.chunk
+            size = min(self.chunk, max(self.first_chunk, 8 * quota) << scored_chunks)
+            scored_chunks += 1
+            a_c, b_c = cand_a[pos : pos + size], cand_b[pos : pos + size]
+            pos += size
             ok = eligible(a_c, b_c)
             a_c, b_c = a_c[ok], b_c[ok]
             if not a_c.size:

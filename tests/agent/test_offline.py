@@ -1,0 +1,59 @@
+"""Offline: reports made while the broker is down arrive later; Last Will on death."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.protocol import Status, Topics
+from fleet.publisher import deploy
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+DEVICE = "pi-kitchen-01"
+
+
+def test_reports_spooled_while_broker_down_are_delivered(broker, inproc_agent, keys,
+                                                         small_model):
+    agent = inproc_agent(broker, trust=keys["trust"])
+    outage = {}
+
+    def progress(event, info):
+        if event == "report" and info["state"] == "installed" and not outage:
+            broker.stop()  # the agent is now benchmarking for ~1.5 s
+            outage["spooled"] = 0
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # wait for the final report to be spooled
+                outage["spooled"] = len(agent.storage.spool_list())
+                if agent.storage.history():
+                    break
+                time.sleep(0.05)
+            broker.start()
+
+    rep = deploy(small_model, DEVICE, broker.url, key=keys["private"], progress=progress,
+                 benchmark={"runs": 1, "min_seconds": 1.5}, timeout=60)
+    assert outage["spooled"] >= 2  # benchmarked and active were made offline
+    assert rep.ok and rep.states[-2:] == ["benchmarked", "active"]
+    deadline = time.monotonic() + 5
+    while agent.storage.spool_list() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.storage.spool_list() == []  # acknowledged, so removed
+
+
+def test_last_will_turns_status_offline(broker, agent_process, collector):
+    _c, got = collector(broker, Topics(DEVICE).status)
+    proc = agent_process(broker)
+    proc.wait_log("connected to")
+
+    def last_status(online: bool, timeout: float = 10) -> Status:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if got and Status.from_json(got[-1][1]).online is online:
+                return Status.from_json(got[-1][1])
+            time.sleep(0.05)
+        raise AssertionError(f"status never became online={online}: {got[-1:]}")
+
+    assert last_status(True).profile == "raspberry-pi-4"
+    proc.kill()  # SIGKILL: no goodbye, the broker publishes the will
+    st = last_status(False)
+    assert st.device_id == DEVICE

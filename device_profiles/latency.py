@@ -5,9 +5,15 @@ where the features of a TFLite model are counted per op and per kernel class:
 
 - ``dense_macs.<class>``: multiply-accumulates of FULLY_CONNECTED / BATCH_MATMUL;
 - ``conv_macs.<class>``: multiply-accumulates of CONV_2D / DEPTHWISE_CONV_2D;
+- ``conv_elements.<class>``: output elements of the convolutions (their
+  per-pixel cost, which dominates convolutions with few channels);
 - ``elements.<class>``: output elements of every other op (activations, pooling,
   reshapes, softmax, quantise/dequantise);
-- ``ops.<class>``: the number of ops (dispatch cost).
+- ``conv_ops.<class>`` and ``ops.<class>``: the number of convolutions and of
+  other ops (their fixed set-up and dispatch cost).
+
+A coefficient a profile does not give is derived from the float one
+(``DEFAULT_CLASS_RATIO``), or is 0 when that is missing too.
 
 The kernel class of an op is ``float`` (float weights and inputs; float16
 weights are dequantised at load time), ``hybrid`` (int8 weights, float
@@ -118,7 +124,9 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
             (int(np.prod(t["shape"])) if len(t["shape"]) else 1) * np.dtype(t["dtype"]).itemsize
             for t in outs
         )
-        counts[f"ops.{kclass}"] += 1
+        counts[f"{'conv_ops' if name in _CONV else 'ops'}.{kclass}"] += 1
+        if name in _CONV:
+            counts[f"conv_elements.{kclass}"] += float(out_elems)
         if name in _DENSE and len(ins) > 1:
             w = ins[1]["shape"]
             rows = out_elems // max(int(w[0]), 1) if len(w) else 1
@@ -138,7 +146,7 @@ def _coef(lm: LatencyModel, key: str) -> float:
     if key in lm.coefficients:
         return lm.coefficients[key]
     feature, _, kclass = key.partition(".")
-    return lm.coefficients[f"{feature}.float"] * DEFAULT_CLASS_RATIO[kclass]
+    return lm.coefficients.get(f"{feature}.float", 0.0) * DEFAULT_CLASS_RATIO[kclass]
 
 
 def predict_latency_ms(lm: LatencyModel, feats: ModelFeatures) -> float:
@@ -251,11 +259,18 @@ def fit(
     if len(data) < 3:
         raise ValueError(f"need at least 3 measurements to calibrate, got {len(data)}")
     keys = sorted({k for m in data for k, v in m.features.counts.items() if v})
-    prior_vals = np.array(
-        [max(_coef(prior, k), 1e-12) for k in keys] + [max(prior.overhead_ms, 1e-3)]
-    )
     x = np.array([[m.features.counts.get(k, 0.0) for k in keys] + [1.0] for m in data])
     y = np.array([m.p90_ms for m in data])
+    # Scale of each parameter: the prior, or (when the prior is 0) what the feature
+    # alone would need to explain an equal share of the typical latency.
+    typical = [
+        float(np.median(y[x[:, j] > 0] / x[x[:, j] > 0, j])) / (len(keys) + 1)
+        for j in range(len(keys))
+    ]
+    prior_vals = np.array(
+        [_coef(prior, k) if _coef(prior, k) > 0 else t for k, t in zip(keys, typical, strict=True)]
+        + [max(prior.overhead_ms, float(np.min(y)) / 4)]
+    )
     a = x * prior_vals / y[:, None]
     scale = _nnls_ridge(a, np.ones(len(y)), ridge)
     values = scale * prior_vals

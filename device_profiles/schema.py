@@ -29,7 +29,15 @@ KERNEL_CLASS: dict[str, str] = {
     "int8": "int8",
 }
 # Features the latency model knows (see device_profiles.latency).
-FEATURES: tuple[str, ...] = ("dense_macs", "conv_macs", "elements", "ops")
+FEATURES: tuple[str, ...] = (
+    "dense_macs",
+    "conv_macs",
+    "conv_elements",
+    "elements",
+    "conv_ops",
+    "ops",
+)
+REQUIRED_COEFFICIENTS: tuple[str, ...] = ("dense_macs.float", "conv_macs.float", "ops.float")
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 _VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
@@ -121,7 +129,7 @@ class LatencyModel(_Strict):
                 )
             if value < 0:
                 raise ValueError(f"coefficient {key!r} must be >= 0, got {value}")
-        missing = [f"{f}.float" for f in FEATURES if f"{f}.float" not in v]
+        missing = [k for k in REQUIRED_COEFFICIENTS if k not in v]
         if missing:
             raise ValueError(f"missing the float coefficients {missing}")
         return v

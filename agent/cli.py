@@ -56,7 +56,7 @@ def _emulation(profile_id: str) -> tuple[float, str]:
     from agent import emulation  # type: ignore[attr-defined]
 
     slowdown, description = emulation.apply(profile_id)
-    return float(slowdown), str(description)
+    return float(slowdown), str(description)[:1000]
 
 
 def _settings(args: argparse.Namespace) -> tuple[Any, str]:

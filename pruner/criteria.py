@@ -13,7 +13,15 @@ import numpy as np
 
 from pruner.bounds import conv2d, propagate_deviation, step_deviation
 from pruner.errors import ConfigError
-from pruner.graph import Group, PruneGraph, incoming, kernel_bias, outgoing
+from pruner.graph import (
+    Group,
+    PruneGraph,
+    incoming,
+    kernel_bias,
+    merge_terms,
+    outgoing,
+    post_affine,
+)
 
 
 @dataclass
@@ -69,6 +77,13 @@ class PairSaliency:
         dist2 = sq[None, :] - 2.0 * gamma * gram + gamma**2 * sq[:, None]
         out_norm = np.linalg.norm(view.w_out, axis=1)
         saliency = np.sqrt(np.maximum(dist2, 0.0)) * out_norm[None, :]
+        group = view.group
+        if group.post_bn is not None:  # the merge divides by s_a; max pooling needs k >= 0
+            scale, _ = post_affine(group)
+            bad = np.broadcast_to(scale[:, None] == 0, saliency.shape)
+            if group.post_max:
+                bad = bad | (gamma * scale[None, :] * scale[:, None] < 0)
+            saliency = np.where(bad, np.inf, saliency)
         np.fill_diagonal(saliency, np.inf)
         return gamma, saliency
 
@@ -106,7 +121,8 @@ def interval_entropy(lo: np.ndarray, hi: np.ndarray, threshold: float = 0.9) -> 
 def difference_bounds(
     view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sound bounds of h_b - gamma*h_a at the consumer's input, [m, positions] each.
+    """Sound bounds of y_b - (k*y_a + c) at the consumer's input, [m, positions] each
+    (y = h, k = gamma and c = 0 unless a BatchNormalization follows the nonlinearity).
 
     The pre-activation difference is linear in the producer's input; a monotone
     activation f with Lipschitz constant L maps a difference d of its inputs into
@@ -134,7 +150,13 @@ def difference_bounds(
         start = next(i for i in range(start, group.consumer_op) if graph.ops[i].layer is group.bn)
         start += 1
     for op in graph.ops[start : group.consumer_op]:
-        lo, hi = step_deviation(op, lo, hi)
+        if op.layer is group.post_bn and group.post_bn is not None:
+            # y_b - (k*y_a + c) = s_b * (h_b - gamma*h_a)
+            scale = post_affine(group)[0][b].reshape(-1, *([1] * (lo.ndim - 1)))
+            lo, hi = np.minimum(scale * lo, scale * hi), np.maximum(scale * lo, scale * hi)
+            lo, hi = lo.astype(np.float32), hi.astype(np.float32)
+        else:
+            lo, hi = step_deviation(op, lo, hi)
     return lo.reshape(len(a), -1), hi.reshape(len(a), -1)
 
 
@@ -142,7 +164,8 @@ class RobustnessImpact:
     """Data-free robustness impact of merges, from sound interval bounds.
 
     Removing b (keeping a with gamma) changes the consumer's input by
-    gamma*h_a - h_b in [gamma*lo_a - hi_b, gamma*hi_a - lo_b]; that deviation is
+    gamma*h_a - h_b in [gamma*lo_a - hi_b, gamma*hi_a - lo_b] (with a
+    BatchNormalization after the nonlinearity: k*y_a + c - y_b); that deviation is
     carried soundly to the logits. With ``tight`` (the default) it is intersected
     with a second sound bound that follows the pair's own weights: the
     pre-activation difference z_b - gamma*z_a = (w_b - gamma*w_a).[x, 1] is bounded
@@ -192,8 +215,13 @@ class RobustnessImpact:
         for i in range(0, len(a), self.batch):
             ai, bi, gi = a[i : i + self.batch], b[i : i + self.batch], gamma[i : i + self.batch]
             m = len(ai)
-            d_lo = gi[:, None] * lo2[:, ai].T - hi2[:, bi].T  # [m, positions]
-            d_hi = gi[:, None] * hi2[:, ai].T - lo2[:, bi].T
+            k, off = merge_terms(group, ai, bi, gi)
+            k = k.astype(np.float32)[:, None]
+            off = off.astype(np.float32)[:, None]
+            ka_lo = np.minimum(k * lo2[:, ai].T, k * hi2[:, ai].T)  # [m, positions]
+            ka_hi = np.maximum(k * lo2[:, ai].T, k * hi2[:, ai].T)
+            d_lo = ka_lo + off - hi2[:, bi].T
+            d_hi = ka_hi + off - lo2[:, bi].T
             if self.tight:  # intersect with the bound through the pair's own weights
                 t_lo, t_hi = difference_bounds(view, ai, bi, gi)
                 d_lo, d_hi = np.maximum(d_lo, -t_hi), np.minimum(d_hi, -t_lo)

@@ -97,6 +97,8 @@ class Group:
     consumer_op: int = 0  # index of the consumer's affine op
     homogeneous: bool = True
     flatten_positions: int = 0  # >0: a Flatten sits between, with this many positions
+    post_bn: Any = None  # a BatchNormalization after the nonlinearity: y = s * h + t
+    post_max: bool = False  # max pooling after post_bn (merges need s_b / s_a >= 0)
 
     @property
     def name(self) -> str:
@@ -274,25 +276,30 @@ def _group(ops: list[Op], p: int, c: int) -> Group:
     producer, consumer = ops[p].layer, ops[c].layer
     group = Group(producer=producer, consumer=consumer, producer_op=p, consumer_op=c)
     nonlinear_seen = False
-    for op in ops[p + 1 : c]:
+    post_at = None
+    for i in range(p + 1, c):
+        op = ops[i]
         cls = type(op.layer).__name__
         if op.kind == "act":
             nonlinear_seen = nonlinear_seen or op.activation != "linear"
             group.homogeneous = group.homogeneous and op.homogeneous
-        elif op.kind == "bn":
-            between = [type(o.layer).__name__ for o in ops[p + 1 : ops.index(op)]]
-            if (
-                group.bn is not None
-                or nonlinear_seen
-                or any(b not in IDENTITY_AT_INFERENCE for b in between)
-            ):
+            if post_at is not None and op.activation != "linear":
                 raise _unsupported(
-                    op.layer,
-                    "BatchNormalization is supported only right after a Dense/Conv2D "
-                    "(before its nonlinearity)",
+                    ops[post_at].layer,
+                    "a BatchNormalization that is not right after its Dense/Conv2D must not "
+                    "be followed by a nonlinearity",
                 )
-            group.bn = op.layer
-        elif cls == "Flatten":
+        elif op.kind == "bn":
+            if group.bn is not None or group.post_bn is not None:
+                raise _unsupported(op.layer, "two BatchNormalization layers on the same units")
+            between = [type(o.layer).__name__ for o in ops[p + 1 : i]]
+            if not nonlinear_seen and all(b in IDENTITY_AT_INFERENCE for b in between):
+                group.bn = op.layer  # folded into the producer
+            else:
+                group.post_bn, post_at = op.layer, i  # an affine map on the unit's output
+        elif op.kind == "max" and post_at is not None:
+            group.post_max = True
+        if cls == "Flatten":
             shape = op.layer.input.shape[1:]
             group.flatten_positions = int(np.prod(shape[:-1])) if len(shape) > 1 else 0
         elif cls in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
@@ -341,10 +348,36 @@ def incoming(group: Group) -> np.ndarray:
 
 
 def outgoing(group: Group) -> np.ndarray:
-    """Each unit's outgoing vector (the consumer weights that read it). Shape [units, k]."""
+    """Each unit's outgoing vector: the consumer weights that read it, times the scale
+    of a BatchNormalization after the nonlinearity. Shape [units, k]."""
     kernel = group.consumer.get_weights()[0].astype(np.float64)
     n = group.width
     if type(group.consumer).__name__ == "Conv2D":
-        return np.moveaxis(kernel, 2, 0).reshape(n, -1)
-    rows = group.consumer_rows(np.arange(n))  # [n, positions]
-    return kernel[rows].reshape(n, -1)
+        out = np.moveaxis(kernel, 2, 0).reshape(n, -1)
+    else:
+        rows = group.consumer_rows(np.arange(n))  # [n, positions]
+        out = kernel[rows].reshape(n, -1)
+    scale, _ = post_affine(group)
+    return out * scale[:, None]
+
+
+def post_affine(group: Group) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of the BatchNormalization after the nonlinearity (1 and 0 if none)."""
+    if group.post_bn is None:
+        return np.ones(group.width), np.zeros(group.width)
+    return bn_affine(group.post_bn)
+
+
+def merge_terms(
+    group: Group, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the consumer's input for b becomes when h_b is replaced by gamma * h_a:
+    y_b -> k * y_a + c, with k = gamma*s_b/s_a and c = t_b - k*t_a (k = gamma, c = 0
+    without a BatchNormalization after the nonlinearity)."""
+    gamma = np.asarray(gamma, np.float64)
+    if group.post_bn is None:
+        return gamma, np.zeros_like(gamma)
+    scale, shift = post_affine(group)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = gamma * scale[b] / scale[a]
+    return k, shift[b] - k * shift[a]

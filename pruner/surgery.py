@@ -1,7 +1,9 @@
 """The one place that edits weights: physical removal of units, with merges.
 
 For each group, merges (keep a, remove b, gamma) first fold b's outgoing
-consumer weights into a's (o_a += gamma * o_b); then the removed units lose
+consumer weights into a's (o_a += gamma * o_b; with a BatchNormalization after
+the nonlinearity, o_a += k * o_b and the consumer's bias takes the shift
+difference, see graph.merge_terms); then the removed units lose
 their kernel column / filter, bias, BatchNormalization channel and the
 consumer's input rows / channels. A new, smaller model is built.
 """
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pruner.errors import ConfigError
-from pruner.graph import Group, PruneGraph
+from pruner.graph import Group, PruneGraph, merge_terms
 
 
 @dataclass
@@ -48,17 +50,29 @@ def _validate(group: Group, gp: GroupPlan) -> np.ndarray:
     return np.setdiff1d(np.arange(n), remove)
 
 
-def _merge_consumer(group: Group, kernel: np.ndarray, merges: list) -> np.ndarray:
+def _merge_consumer(group: Group, kernel: np.ndarray, bias: np.ndarray | None, merges: list):
+    """o_a += k * o_b for every merge; a BatchNormalization after the nonlinearity
+    adds its shift difference c to the consumer's bias."""
     kernel = kernel.astype(np.float64).copy()
+    bias = None if bias is None else bias.astype(np.float64).copy()
+    if not merges:
+        return kernel, bias
+    a = np.array([m[0] for m in merges])
+    b = np.array([m[1] for m in merges])
+    k, c = merge_terms(group, a, b, np.array([m[2] for m in merges]))
     conv = type(group.consumer).__name__ == "Conv2D"
-    for a, b, g in merges:
+    for ai, bi, ki, ci in zip(a.tolist(), b.tolist(), k.tolist(), c.tolist(), strict=True):
         if conv:
-            kernel[:, :, a, :] += g * kernel[:, :, b, :]
+            kernel[:, :, ai, :] += ki * kernel[:, :, bi, :]
+            reads_b = kernel[:, :, bi, :].sum(axis=(0, 1))
         else:
-            rows_a = group.consumer_rows(np.array([a]))[0]
-            rows_b = group.consumer_rows(np.array([b]))[0]
-            kernel[rows_a] += g * kernel[rows_b]
-    return kernel
+            rows_a = group.consumer_rows(np.array([ai]))[0]
+            rows_b = group.consumer_rows(np.array([bi]))[0]
+            kernel[rows_a] += ki * kernel[rows_b]
+            reads_b = kernel[rows_b].sum(axis=0)
+        if ci != 0.0 and bias is not None:
+            bias += ci * reads_b
+    return kernel, bias
 
 
 def _slice_consumer(group: Group, kernel: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -85,12 +99,16 @@ def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
         prod[0] = prod[0][..., keep]
         if group.producer.use_bias:
             prod[1] = prod[1][keep]
-        if group.bn is not None:
-            weights[group.bn.name] = [w[keep] for w in weights[group.bn.name]]
+        for bn in (group.bn, group.post_bn):
+            if bn is not None:
+                weights[bn.name] = [w[keep] for w in weights[bn.name]]
         cons = weights[group.consumer.name]
         dtype = cons[0].dtype
-        merged = _merge_consumer(group, cons[0], gp.merges)
-        cons[0] = _slice_consumer(group, merged, keep).astype(dtype)
+        has_bias = group.consumer.use_bias
+        kernel, bias = _merge_consumer(group, cons[0], cons[1] if has_bias else None, gp.merges)
+        cons[0] = _slice_consumer(group, kernel, keep).astype(dtype)
+        if has_bias:
+            cons[1] = bias.astype(dtype)
         widths[group.producer.name] = int(keep.size)
     return rebuild(model, graph, widths, weights)
 

@@ -99,3 +99,28 @@ def gapnet(seed: int = 0, size: int = 8):
     )
     _randomize_bn(model, seed)
     return model
+
+
+def postbn_net(seed: int = 0, size: int = 8):
+    """BatchNormalization after the nonlinearity: Conv2D(relu)+BN+MaxPool, Conv2D(relu,
+    valid)+BN, Flatten, Dense(relu)+BN, Dense logits."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 1)),
+            L.Conv2D(5, 3, padding="same", activation="relu"),
+            L.BatchNormalization(),
+            L.MaxPooling2D(),
+            L.Conv2D(4, 3, padding="valid", activation="relu"),
+            L.BatchNormalization(),
+            L.Flatten(),
+            L.Dense(6, activation="relu"),
+            L.BatchNormalization(),
+            L.Dense(3),
+        ]
+    )
+    _randomize_bn(model, seed)
+    return model

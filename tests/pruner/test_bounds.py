@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp  # noqa: E402
+from models import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402
 from pruner.criteria import PairSaliency, RobustnessImpact, UnitView  # noqa: E402
@@ -19,6 +19,11 @@ from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
 @pytest.fixture(scope="module")
 def conv():
     return convnet(seed=1)
+
+
+@pytest.fixture(scope="module")
+def post():
+    return postbn_net(seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def test_ibp_bounds_hold_for_points_in_the_box(which, request):
     assert np.all(bounds[-1][0] <= bounds[-1][1])
 
 
-@pytest.mark.parametrize("which", ["dense", "conv"])
+@pytest.mark.parametrize("which", ["dense", "conv", "post"])
 def test_deviation_bound_contains_the_real_deviation(which, request):
     model = request.getfixturevalue(which)
     graph = build_graph(model)

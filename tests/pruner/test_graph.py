@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp  # noqa: E402
+from models import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.errors import UnsupportedLayerError  # noqa: E402
 from pruner.graph import build_graph, incoming, outgoing  # noqa: E402
@@ -75,12 +75,16 @@ def test_unsupported_layers_are_named(build, name, cls):
         build_graph(build())
 
 
-def test_batchnorm_after_nonlinearity_is_refused():
+def test_batchnorm_after_the_nonlinearity_is_a_post_affine_map():
+    graph = build_graph(postbn_net())
+    assert all(g.post_bn is not None and g.bn is None for g in graph.groups)
+    assert graph.groups[0].post_max and not graph.groups[1].post_max
     model = keras.Sequential(
         [
             keras.Input((4,)),
             L.Dense(5, activation="relu"),
             L.BatchNormalization(name="late_bn"),
+            L.ReLU(),
             L.Dense(2),
         ]
     )

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, gapnet, mlp  # noqa: E402
+from models import convnet, gapnet, mlp, postbn_net  # noqa: E402
 
 from pruner.criteria import PairSaliency, UnitView  # noqa: E402
 from pruner.errors import ConfigError  # noqa: E402
@@ -118,6 +118,26 @@ def test_merge_through_batchnorm_is_exact():
     pruned = apply_plan(model, graph, {conv.name: GroupPlan([4], [(2, 4, gam[2, 4])])})
     x = np.random.default_rng(2).uniform(0, 1, (8, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(pruned(x), model(x), atol=1e-5)
+
+
+def test_merge_with_batchnorm_after_the_nonlinearity_is_exact():
+    model = postbn_net(seed=1)
+    graph = build_graph(model)
+    x = np.random.default_rng(3).uniform(0, 1, (8, 8, 8, 1)).astype(np.float32)
+    plan = {}
+    for group, (a, b) in zip(graph.groups, [(0, 3), (1, 2), (4, 1)], strict=True):
+        k, bias = group.producer.get_weights()
+        gamma = 1.3
+        k[..., b] = gamma * k[..., a]
+        bias[b] = gamma * bias[a]
+        group.producer.set_weights([k, bias])
+        post = group.post_bn.get_weights()
+        post[0][[a, b]] = np.abs(post[0][[a, b]])  # same sign: max pooling stays exact
+        group.post_bn.set_weights(post)
+        plan[group.name] = GroupPlan([b], [(a, b, gamma)])
+    reference = np.asarray(model(x))
+    pruned = apply_plan(model, graph, plan)
+    np.testing.assert_allclose(pruned(x), reference, atol=1e-5)
 
 
 def test_params_and_macs_drop_as_predicted_dense():

@@ -248,7 +248,10 @@ def prune_steps(
 
     The run ends at the target, when a step prunes nothing, when a floor of
     ``stop`` is crossed (that step is still yielded, with ``stop`` set) or
-    when ``stop.budget(model)`` is met. ``model`` may be a path.
+    when ``stop.budget(model)`` is met. ``model`` may be a path; a ``schedule``
+    overrides ``target`` and ``step``. paoding and greedy prune the previous
+    step's model (recursive merges); baseline, magnitude and random select on
+    the original model at every ratio (one-shot).
     """
     if isinstance(model, (str, os.PathLike)):
         from pruner.io import load_model

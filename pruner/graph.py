@@ -88,7 +88,15 @@ class Op:
 
 @dataclass
 class Group:
-    """A producer's units and where its consumer reads them."""
+    """A producer's units and where its consumer reads them.
+
+    A BatchNormalization right after the producer (before any nonlinearity) is
+    ``bn`` and is folded into the units' incoming weights; one after the
+    nonlinearity is ``post_bn``, an affine map y = s*h + t on each unit's output.
+    Merges through ``post_bn`` move the shift difference into the consumer's
+    bias: exact for a Dense consumer and a 'valid' Conv2D; for a 'same'-padded
+    Conv2D (or a consumer without bias) it is exact away from the borders only.
+    """
 
     producer: Any
     consumer: Any
@@ -157,6 +165,12 @@ def _chain(model: Any) -> list[Any]:
     if not getattr(model, "inputs", None):
         raise ConfigError(
             f"model {model.name!r} is not built: give it an Input or call it on data first"
+        )
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ConfigError(
+            f"model {model.name!r} has input shape {shape}: every dimension but the batch "
+            "must be known for interval bounds"
         )
     layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
     for layer in layers:  # the layer kinds first, so the error names the odd layer

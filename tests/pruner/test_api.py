@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp  # noqa: E402
+from models import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.api import PruneResult, StepRecord, prune, prune_steps  # noqa: E402
 from pruner.bounds import InputBox  # noqa: E402
@@ -97,6 +97,32 @@ def test_accuracy_floor_stops_and_keeps_the_last_good_model(model, data):
     assert count_params(result.model) == result.final.params
 
 
+def test_robust_floor_stops_the_run(model, data):
+    stop = StopCriteria(min_robust_retention=0.999)
+    result = prune(
+        model,
+        0.9,
+        seed=0,
+        step=0.1,
+        eval_data=data,
+        eps=(0.05,),
+        attacks=("fgsm",),
+        stop=stop,
+        **FAST,
+    )
+    assert "robust accuracy retention" in result.stop_reason
+    assert result.final.step == result.trajectory[-1].step - 1
+
+
+@pytest.mark.parametrize("build", [lambda: mlp(functional=True), lambda: postbn_net()])
+def test_functional_and_post_batchnorm_models_prune(build):
+    original = build()
+    result = prune(original, 0.5, seed=1, **FAST)
+    assert result.stop_reason == "target reached"
+    assert type(result.model).__name__ == type(original).__name__
+    assert result.final.params < result.trajectory[0].params
+
+
 def test_budget_callback_stops_the_run(model):
     limit = count_params(model) * 0.8
     stop = StopCriteria(budget=lambda m: count_params(m) <= limit)
@@ -131,6 +157,10 @@ def test_load_model_errors_and_h5(tmp_path, model):
     bad.write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="cannot load"):
         load_model(bad)
+    text = tmp_path / "model.txt"
+    text.write_text("x")
+    with pytest.raises(ModelLoadError, match="unknown model format"):
+        load_model(text)
     model.save(tmp_path / "m.h5")
     loaded = load_model(tmp_path / "m.h5")
     assert count_params(loaded) == count_params(model)

@@ -27,6 +27,16 @@ def post():
 
 
 @pytest.fixture(scope="module")
+def tanh():
+    return mlp(widths=(8, 6), inputs=5, seed=3, activation="tanh")
+
+
+@pytest.fixture(scope="module")
+def elu():
+    return mlp(widths=(8, 6), inputs=5, seed=4, activation="elu")
+
+
+@pytest.fixture(scope="module")
 def dense():
     return mlp(widths=(9, 7), inputs=5, seed=2)
 
@@ -41,7 +51,7 @@ def _intermediates(model, x):
     return outs
 
 
-@pytest.mark.parametrize("which", ["dense", "conv"])
+@pytest.mark.parametrize("which", ["dense", "conv", "post", "tanh"])
 def test_ibp_bounds_hold_for_points_in_the_box(which, request):
     model = request.getfixturevalue(which)
     graph = build_graph(model)
@@ -61,7 +71,7 @@ def test_ibp_bounds_hold_for_points_in_the_box(which, request):
     assert np.all(bounds[-1][0] <= bounds[-1][1])
 
 
-@pytest.mark.parametrize("which", ["dense", "conv", "post"])
+@pytest.mark.parametrize("which", ["dense", "conv", "post", "tanh", "elu"])
 def test_deviation_bound_contains_the_real_deviation(which, request):
     model = request.getfixturevalue(which)
     graph = build_graph(model)

@@ -252,11 +252,17 @@ def _layer_ops(layer: Any) -> list[Op]:
     if cls == "ReLU":
         homogeneous = layer.max_value is None and float(layer.threshold) == 0.0
         slope = float(layer.negative_slope)
+        if slope < 0:
+            raise _unsupported(layer, "a negative slope makes the activation non-monotone")
         return [Op("act", layer, "relu", homogeneous, max(1.0, slope))]
     if cls == "LeakyReLU":
         slope = float(getattr(layer, "negative_slope", getattr(layer, "alpha", 0.3)))
-        return [Op("act", layer, "leaky_relu", slope >= 0, max(1.0, abs(slope)))]
+        if slope < 0:
+            raise _unsupported(layer, "a negative slope makes the activation non-monotone")
+        return [Op("act", layer, "leaky_relu", True, max(1.0, slope))]
     if cls == "ELU":
+        if float(layer.alpha) < 0:
+            raise _unsupported(layer, "a negative alpha makes the activation non-monotone")
         return [Op("act", layer, "elu", False, max(1.0, float(layer.alpha)))]
     raise _unsupported(layer, "unknown layer type")  # pragma: no cover - _chain refuses it
 

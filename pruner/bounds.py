@@ -3,7 +3,8 @@
 Two modes share one walk over the ops:
 
 * values: bounds [lo, hi] of every activation for all inputs in the box
-  (affine maps split W into W+ and W-, monotone maps apply to both ends);
+  (affine maps in centre-radius form, W c + b -/+ |W| r, which equals the
+  W+ / W- split: lo' = W+ lo + W- hi + b; monotone maps apply to both ends);
 * deviations: bounds of the change of every activation when a consumer's
   pre-activation changes by an interval (no biases; a monotone activation
   with Lipschitz constant L maps [d_lo, d_hi] into L*[min(0, d_lo), max(0, d_hi)]).

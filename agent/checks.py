@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ProbeError
 from agent.protocol import CheckResults, Thresholds
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REQUIRED = ("x", "y", "kind", "eps", "reference")
 MAX_PROBES = 100_000
@@ -23,6 +24,8 @@ MAX_PROBES = 100_000
 
 def load_probe_bundle(path: str | Path) -> dict[str, np.ndarray]:
     """Read and validate a probe bundle; ProbeError names the bad key."""
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
@@ -33,6 +36,8 @@ def load_probe_bundle(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def validate_probes(data: dict[str, Any]) -> None:
+    import numpy as np
+
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ProbeError(f"probe bundle lacks {', '.join(missing)}")
@@ -59,6 +64,8 @@ def validate_probes(data: dict[str, Any]) -> None:
 def evaluate_outputs(out: np.ndarray, probes: dict[str, np.ndarray],
                      seconds: float = 0.0) -> CheckResults:
     """Compare the model's outputs on ``probes['x']`` with labels, reference and expected."""
+    import numpy as np
+
     y = np.asarray(probes["y"])
     kind = np.asarray(probes["kind"])
     eps = np.asarray(probes["eps"], dtype=np.float32)
@@ -90,6 +97,8 @@ def evaluate_outputs(out: np.ndarray, probes: dict[str, np.ndarray],
 
 def run_checks(model: Any, probes: dict[str, np.ndarray]) -> CheckResults:
     """Run a loaded ``agent.runtime.Model`` on the probes and evaluate its outputs."""
+    import numpy as np
+
     t0 = time.perf_counter()
     try:
         out = model.predict(np.asarray(probes["x"], dtype=np.float32))

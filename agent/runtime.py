@@ -8,16 +8,18 @@ when neither of the small interpreters is installed. ``PAODING_AGENT_RUNTIME``
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import RuntimeLoadError
 from agent.protocol import RuntimeInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _CANDIDATES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
@@ -69,6 +71,23 @@ def _version(dist: str, module: Any) -> str:
         return "unknown"
 
 
+def detect_runtime(preferred: str | None = None) -> RuntimeInfo:
+    """The runtime ``select_runtime`` would choose, without importing it (for status)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    preferred = preferred or os.environ.get("PAODING_AGENT_RUNTIME") or None
+    for name, module_name, dist in _CANDIDATES:
+        if preferred and name != preferred:
+            continue
+        try:
+            if importlib.util.find_spec(module_name.split(".")[0]) is None:
+                continue
+            return RuntimeInfo(name=name, version=version(dist))
+        except (PackageNotFoundError, ValueError, ImportError):
+            continue
+    raise RuntimeLoadError("no TFLite interpreter is installed (pip install ai-edge-litert)")
+
+
 @lru_cache(maxsize=4)
 def select_runtime(preferred: str | None = None) -> Runtime:
     """The first interpreter that imports (or ``preferred``/$PAODING_AGENT_RUNTIME)."""
@@ -113,6 +132,8 @@ class Model:
         return tuple(int(d) for d in self.input["shape"])
 
     def random_input(self, rng: np.random.Generator) -> np.ndarray:
+        import numpy as np
+
         shape, dtype = self.input_shape, np.dtype(self.input["dtype"])
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
@@ -129,6 +150,8 @@ class Model:
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """float inputs -> the input tensor's dtype (applies its quantisation)."""
+        import numpy as np
+
         dtype = np.dtype(self.input["dtype"])
         if np.issubdtype(dtype, np.integer):
             scale, zero = self.input.get("quantization", (0.0, 0))
@@ -139,6 +162,8 @@ class Model:
         return x.astype(dtype)
 
     def output_float(self) -> np.ndarray:
+        import numpy as np
+
         y = self.interpreter.get_tensor(self.output["index"])
         if np.issubdtype(y.dtype, np.integer):
             scale, zero = self.output.get("quantization", (0.0, 0))
@@ -148,6 +173,8 @@ class Model:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Outputs for a batch ``x`` [N, *input], one sample at a time -> float32 [N, C]."""
+        import numpy as np
+
         batch = self.input_shape[0] if self.input_shape else 1
         want = self.input_shape[1:]
         if tuple(x.shape[1:]) != want:

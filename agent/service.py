@@ -10,6 +10,7 @@ after the reconnect.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
@@ -35,9 +36,8 @@ from agent.protocol import (
     Topics,
     TransferStats,
 )
-from agent.runtime import select_runtime
+from agent.runtime import detect_runtime, select_runtime
 from agent.signing import TrustStore
-from agent.states import Context, Received, run_machine
 from agent.storage import Storage
 from agent.transfer import Transfer
 
@@ -114,7 +114,7 @@ class Agent:
         seconds (BrokerUnavailable otherwise); without it the agent also starts
         offline and keeps trying.
         """
-        self.runtime_info()  # choose the interpreter now, not in the network thread
+        self.runtime_info()  # find the interpreter now, not in the network thread
         self._resume()
         self.client.on_connect(self._on_connect)
         self.client.subscribe(self.topics.manifest, self._on_manifest, qos=1)
@@ -155,9 +155,10 @@ class Agent:
     # -- status -------------------------------------------------------------
 
     def runtime_info(self) -> RuntimeInfo | None:
+        """The interpreter's name and version; it is only imported when a model is loaded."""
         if self._runtime_info is None:
             try:
-                self._runtime_info = select_runtime(self.settings.runtime).info
+                self._runtime_info = detect_runtime(self.settings.runtime)
             except AgentError as exc:
                 log.error("%s", exc)
         return self._runtime_info
@@ -366,6 +367,8 @@ class Agent:
             tr = self._transfer
         if tr is None or tr.manifest.deployment_id != deployment_id or not tr.complete:
             return
+        from agent.states import Context, Received, run_machine  # numpy, the interpreter
+
         tr.close()
         stats = TransferStats(bytes=tr.bytes_total, chunks=tr.chunks_total,
                               seconds=round(tr.seconds, 6), resumed=tr.resumed,
@@ -374,13 +377,23 @@ class Agent:
             storage=self.storage, manifest=tr.manifest, transfer_dir=tr.directory,
             device_id=self.settings.device_id, emit=self.emit, trust=self.settings.trust,
             runtime=lambda: select_runtime(self.settings.runtime),
+            runtime_name=self.settings.runtime,
             slowdown=self.settings.slowdown, emulation=self.settings.emulation, transfer=stats)
         outcome = run_machine(ctx, Received())
         log.info("deployment %s: %s", deployment_id, outcome)
         with self._tlock:
             self._transfer = None
+        _release_memory()
         if self.client.connected:
             self.publish_status()
+
+
+def _release_memory() -> None:
+    """Give the interpreter's freed heap back to the OS (glibc), so idle RSS stays low."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def status_summary(storage: Storage) -> dict[str, Any]:

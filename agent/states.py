@@ -20,16 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.benchmark import run_benchmark
-from agent.checks import load_probe_bundle, run_checks, threshold_failures
+from agent.checks import threshold_failures
 from agent.errors import AgentError, ProbeError, RuntimeLoadError, SignatureError
-from agent.protocol import (
-    BenchmarkResult,
-    CheckResults,
-    Manifest,
-    Report,
-    TransferStats,
-)
+from agent.isolate import Outcome, run_isolated
+from agent.protocol import BenchmarkResult, CheckResults, Manifest, Report, TransferStats
 from agent.runtime import Runtime, select_runtime
 from agent.signing import TrustStore
 from agent.storage import Storage, sha256_file
@@ -47,7 +41,9 @@ class Context:
     device_id: str
     emit: Callable[[Report], None]
     trust: TrustStore | None = None  # None: unsigned manifests are accepted
-    runtime: Callable[[], Runtime] = select_runtime
+    runtime: Callable[[], Runtime] = select_runtime  # used when isolate is False
+    runtime_name: str | None = None
+    isolate: bool = True  # benchmark in a child process (see agent.isolate)
     slowdown: float = 1.0
     emulation: str | None = None
     transfer: TransferStats | None = None
@@ -131,25 +127,16 @@ class Benchmark(State):
     def run(self, ctx: Context) -> State:
         m = ctx.manifest
         path = ctx.storage.model_path(m.model.sha256)
-        try:
-            runtime = ctx.runtime()
-            result, loaded = run_benchmark(runtime, path, m.benchmark, slowdown=ctx.slowdown,
-                                           emulation=ctx.emulation)
-        except RuntimeLoadError as exc:
-            return RollBack(str(exc))
-        except Exception as exc:  # noqa: BLE001 - an interpreter failing at invoke
-            return RollBack(f"the model failed to run: {' '.join(str(exc).split())}")
-        checks = None
-        if m.probes is not None:
-            try:
-                probes = load_probe_bundle(ctx.artifact_path("probes"))
-                checks = run_checks(loaded, probes)
-            except ProbeError as exc:
-                return RollBack(f"probe checks failed: {exc}", result)
-            except Exception as exc:  # noqa: BLE001
-                return RollBack(f"the model failed on the probes: {' '.join(str(exc).split())}",
-                                result)
-        del loaded
+        probes = ctx.artifact_path("probes") if m.probes is not None else None
+        if ctx.isolate:
+            out = run_isolated(path, m.benchmark, probes=probes, slowdown=ctx.slowdown,
+                               emulation=ctx.emulation, runtime=ctx.runtime_name)
+        else:
+            out = _measure_here(ctx, path, probes)
+        if out.failure is not None:
+            return RollBack(out.failure, out.benchmark)
+        result, checks = out.benchmark, out.checks
+        assert result is not None
         ctx.report("benchmarked", benchmark=result, checks=checks, runtime=result.runtime)
         failures = threshold_failures(
             m.thresholds, p90_ms=result.latency_ms.p90, mean_ms=result.latency_ms.mean,
@@ -157,6 +144,33 @@ class Benchmark(State):
         if failures:
             return RollBack("; ".join(failures), result, checks)
         return Activate(result, checks)
+
+
+def _measure_here(ctx: Context, path: Path, probes: Path | None) -> Outcome:
+    """Benchmark and check in this process (when isolation is off)."""
+    from agent.benchmark import run_benchmark
+    from agent.checks import load_probe_bundle, run_checks
+
+    m = ctx.manifest
+    try:
+        result, loaded = run_benchmark(ctx.runtime(), path, m.benchmark, slowdown=ctx.slowdown,
+                                       emulation=ctx.emulation)
+    except RuntimeLoadError as exc:
+        return Outcome(failure=str(exc), kind="load")
+    except Exception as exc:  # noqa: BLE001 - an interpreter failing at invoke
+        return Outcome(failure=f"the model failed to run: {' '.join(str(exc).split())}",
+                       kind="run")
+    checks = None
+    if probes is not None:
+        try:
+            checks = run_checks(loaded, load_probe_bundle(probes))
+        except ProbeError as exc:
+            return Outcome(failure=f"probe checks failed: {exc}", kind="probes",
+                           benchmark=result)
+        except Exception as exc:  # noqa: BLE001
+            return Outcome(failure=f"the model failed on the probes: "
+                           f"{' '.join(str(exc).split())}", kind="probes", benchmark=result)
+    return Outcome(benchmark=result, checks=checks)
 
 
 @dataclass

@@ -46,3 +46,18 @@ def test_slowdown_stretches_each_run(small_model):
     assert slow.latency_ms.p50 > 2.0 * base.latency_ms.p50
     with pytest.raises(ValueError, match="slowdown"):
         run_benchmark(rt, small_model, s, slowdown=0.5)
+
+
+def test_isolated_benchmark_in_a_child_process(small_model, unloadable_model, tmp_path):
+    from agent.isolate import run_isolated
+
+    good, bad = tmp_path / "good.tflite", tmp_path / "bad.tflite"
+    good.write_bytes(small_model)
+    bad.write_bytes(unloadable_model)
+    out = run_isolated(good, BenchmarkSettings(runs=20))
+    assert out.failure is None and out.benchmark.latency_ms.count >= 20
+    assert out.benchmark.peak_memory_mb > 0
+    out = run_isolated(bad, BenchmarkSettings(runs=20))
+    assert out.kind == "load" and "version '9999'" in out.failure
+    out = run_isolated(good, BenchmarkSettings(), runtime="no-such-runtime")
+    assert out.kind == "load" and "unknown runtime" in out.failure

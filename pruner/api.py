@@ -26,7 +26,7 @@ from pruner.errors import ConfigError, DataError
 from pruner.graph import build_graph
 from pruner.metrics import count_macs, count_params
 from pruner.schedule import Schedule, StopCriteria
-from pruner.strategies import Annealing, Greedy, OneShotPairs, OneShotRanking
+from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotRanking
 from pruner.surgery import apply_plan
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
@@ -149,12 +149,10 @@ def _check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | N
 
 def _strategy(mode: str, rng: np.random.Generator, opts: dict[str, Any]) -> Any:
     impact = RobustnessImpact(opts["alpha"], opts["beta"], opts["entropy_threshold"])
-    if mode == "paoding":
-        return Annealing(
-            rng, PairSaliency(), impact, opts["t0"], opts["cooling"], opts["max_candidates"]
-        )
-    if mode == "greedy":
-        return Greedy(rng, saliency=PairSaliency(), impact=impact, chunk=opts["max_candidates"])
+    if mode in ("paoding", "greedy"):
+        cls = GlobalAnnealing if opts["scope"] == "global" else Annealing
+        t0 = opts["t0"] if mode == "paoding" else 0.0
+        return cls(rng, PairSaliency(), impact, t0, opts["cooling"], opts["max_candidates"])
     if mode == "baseline":
         return OneShotPairs()
     if mode == "magnitude":
@@ -243,6 +241,7 @@ def prune_steps(
     t0: float = 0.05,
     cooling: float = 0.9,
     max_candidates: int = 2048,
+    scope: str = "layer",
 ) -> Iterator[tuple[StepRecord, Any]]:
     """Prune progressively; yield (StepRecord, model) for the original (step 0) and each step.
 
@@ -251,7 +250,8 @@ def prune_steps(
     when ``stop.budget(model)`` is met. ``model`` may be a path; a ``schedule``
     overrides ``target`` and ``step``. paoding and greedy prune the previous
     step's model (recursive merges); baseline, magnitude and random select on
-    the original model at every ratio (one-shot).
+    the original model at every ratio (one-shot). ``scope="global"`` makes
+    paoding and greedy walk the pairs of all layers together each step.
     """
     if isinstance(model, (str, os.PathLike)):
         from pruner.io import load_model
@@ -265,6 +265,10 @@ def prune_steps(
             f"baseline mode pairs each unit at most once, so it prunes at most 50% of each layer; "
             f"target {schedule.target} is above that (use paoding or greedy)"
         )
+    if scope not in ("layer", "global"):
+        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if scope == "global" and mode not in ("paoding", "greedy"):
+        raise ConfigError(f"scope 'global' applies to paoding and greedy, not {mode!r}")
     for a in attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks must be among {', '.join(ATTACKS)}, got {a!r}")
@@ -290,6 +294,7 @@ def prune_steps(
         t0=t0,
         cooling=cooling,
         max_candidates=max_candidates,
+        scope=scope,
     )
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, opts)
@@ -328,17 +333,22 @@ def prune_steps(
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
+            views, quotas, caps = [], {}, {}
             for group in graph.groups:
                 name = group.name
                 per_step = schedule.layer_quota(widths0[name])
-                quota = min(per_step * (number if one_shot else 1), goals[name] - done[name])
-                if quota <= 0:
+                caps[name] = goals[name] - done[name]
+                quotas[name] = min(per_step * (number if one_shot else 1), caps[name])
+                if quotas[name] <= 0:
                     continue
                 ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
-                view = UnitView.of(graph, group, ids, bounds)
-                gp = strategy.select(view, quota, number - 1)
+                views.append(UnitView.of(graph, group, ids, bounds))
+            if scope == "global":
+                plan = strategy.select_all(views, quotas, caps, number - 1)
+            for view in views if scope == "layer" else []:
+                gp = strategy.select(view, quotas[view.group.name], number - 1)
                 if gp.remove:
-                    plan[name] = gp
+                    plan[view.group.name] = gp
             removed_before = total0 - sum(len(ids) for ids in orig_ids.values())
             removed_now = sum(len(gp.remove) for gp in plan.values())
             if not one_shot:
@@ -395,6 +405,7 @@ def prune(
     t0: float = 0.05,
     cooling: float = 0.9,
     max_candidates: int = 2048,
+    scope: str = "layer",
 ) -> PruneResult:
     """Prune ``model`` until ``target`` of its prunable units are gone; see prune_steps.
 
@@ -427,6 +438,7 @@ def prune(
         t0=t0,
         cooling=cooling,
         max_candidates=max_candidates,
+        scope=scope,
     )
     for rec, pruned in steps:
         trajectory.append(rec)

@@ -133,6 +133,93 @@ class Greedy(Annealing):
         super().__init__(rng, **kwargs)
 
 
+class GlobalAnnealing(Annealing):
+    """Annealing with one walk across all layers (``select_all``).
+
+    Each layer contributes its lowest-saliency pairs (max(first_chunk, 8 * quota)
+    of them), scored as in Annealing; pairs are walked in ascending saliency
+    divided by the layer's median candidate saliency, with one running
+    threshold. A step removes as many units as the per-layer quotas add up to,
+    but a layer may give more or fewer, up to what it still may lose (``caps``).
+    """
+
+    def select_all(
+        self, views: list[UnitView], quotas: dict[str, int], caps: dict[str, int], step: int
+    ) -> dict[str, GroupPlan]:
+        temp = self.temperature(step)
+        total = sum(quotas.get(v.group.name, 0) for v in views)
+        layers, cand = [], []
+        for view in views:
+            name = view.group.name
+            if caps.get(name, 0) <= 0:
+                continue
+            gamma, sal = self.saliency(view)
+            flat = sal.ravel()
+            order = np.argsort(flat, kind="stable")
+            order = order[np.isfinite(flat[order])]
+            order = order[: min(self.chunk, max(self.first_chunk, 8 * quotas.get(name, 1)))]
+            if not order.size:
+                continue
+            a, b = order // view.n, order % view.n
+            width, ent = self.impact.terms(view, a, b, gamma[a, b])
+            scores = self.impact.score(width, ent, float(np.median(width)))
+            ref = float(np.median(flat[order])) or 1.0
+            layers.append((view, gamma, np.zeros(view.n, bool), np.zeros(view.n, bool)))
+            cand.append((np.full(a.size, len(layers) - 1), a, b, scores, flat[order] / ref))
+        plans = {v.group.name: GroupPlan() for v, *_ in layers}
+        if not cand:
+            return {}
+        li_all, a_all, b_all, s_all, key = (np.concatenate(x) for x in zip(*cand, strict=True))
+        order = np.argsort(key, kind="stable")
+        li_all, a_all, b_all, s_all = li_all[order], a_all[order], b_all[order], s_all[order]
+        count = 0
+        tau = float(s_all.min())
+
+        def open_(li: int, a: int, b: int) -> bool:
+            view, _, removed, keeper = layers[li]
+            name = view.group.name
+            history = self.accepted.setdefault(name, set())
+            ids = view.orig_ids
+            return (
+                not (removed[b] or keeper[b] or removed[a])
+                and len(plans[name].remove) < caps[name]
+                and (int(ids[a]), int(ids[b])) not in history
+            )
+
+        while count < total:
+            for li, a, b, sc in zip(
+                li_all.tolist(), a_all.tolist(), b_all.tolist(), s_all.tolist(), strict=True
+            ):
+                if count >= total:
+                    break
+                if not open_(li, a, b):
+                    continue
+                accept = sc <= tau
+                if not accept and temp > 0:
+                    accept = bool(self.rng.random() < math.exp(-(sc - tau) / temp))
+                if accept:
+                    tau = sc
+                    view, gamma, removed, keeper = layers[li]
+                    removed[b] = keeper[a] = True
+                    plan = plans[view.group.name]
+                    plan.remove.append(b)
+                    plan.merges.append((a, b, float(gamma[a, b])))
+                    ids = view.orig_ids
+                    self.accepted[view.group.name].add((int(ids[a]), int(ids[b])))
+                    count += 1
+            left = [
+                sc
+                for li, a, b, sc in zip(
+                    li_all.tolist(), a_all.tolist(), b_all.tolist(), s_all.tolist(), strict=True
+                )
+                if open_(li, a, b)
+            ]
+            if not left:
+                break
+            tau = min(left)  # the walk ended short: walk again from the best left
+        return {name: plan for name, plan in plans.items() if plan.remove}
+
+
 class OneShotPairs:
     """Srinivas & Babu (2015): gamma = 1, lowest saliency first, each unit in one pair at most.
 

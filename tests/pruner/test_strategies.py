@@ -79,6 +79,18 @@ def test_recursive_merging_prunes_past_half(model):
     assert result.stop_reason == "target reached"
 
 
+def test_global_scope_walks_all_layers_together(model):
+    first = prune(model, 0.5, "paoding", seed=3, scope="global", **FAST)
+    again = prune(model, 0.5, "paoding", seed=3, scope="global", **FAST)
+    assert first.stop_reason == "target reached"
+    assert first.final.units == {name: w // 2 for name, w in first.trajectory[0].units.items()}
+    assert _weights_bytes(first.model) == _weights_bytes(again.model)
+    greedy = prune(model, 0.3, "greedy", scope="global", **FAST)
+    assert greedy.final.ratio == pytest.approx(0.3, abs=0.05)
+    with pytest.raises(ConfigError, match="scope"):
+        prune(model, 0.3, "magnitude", scope="global", **FAST)
+
+
 def test_baseline_pairs_each_unit_once_and_refuses_more_than_half(model):
     view = _view(model, bounds=False)
     plan = OneShotPairs().select(view, 100, 0)

@@ -53,11 +53,357 @@ def demo_model(workdir: Path, *, epochs: int = 15, seed: int = 0) -> tuple[Any, 
     return model, (x_te, y_te)
 
 
+DEFAULT_PROFILES = "raspberry-pi-4-emulated,raspberry-pi-zero-2w-emulated"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--broker", help="use this broker (mqtt://host:port) instead of starting one"
+        "--broker",
+        help="use this broker (mqtt://host:port) instead of starting "
+        "one (Mosquitto when installed, else the embedded amqtt broker)",
     )
+    parser.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="start the embedded amqtt broker even when Mosquitto is installed",
+    )
+    parser.add_argument(
+        "--profiles",
+        default=DEFAULT_PROFILES,
+        help=f"two or more emulated profiles (default {DEFAULT_PROFILES})",
+    )
+    parser.add_argument("--model", help="a Keras model for 28x28x1 digits instead of the demo CNN")
+    parser.add_argument(
+        "--workdir",
+        default="paoding-demo",
+        help="where the model, tuned variants, keys and reports go (default ./paoding-demo)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds to wait for each device report (default 180)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+class _Agents:
+    """Emulated agents in child processes; all terminated on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Any] = []
+
+    def start(self, device_id: str, profile: str, broker: str, trust_key: Path) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        from pruner.cli import CommandError
+
+        log = self.workdir / "agents" / f"{device_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        with open(log, "wb") as f:  # a fresh log: "connected to" must be this run's
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "run",
+                    "--device-id",
+                    device_id,
+                    "--profile",
+                    profile,
+                    "--emulate",
+                    profile,
+                    "--broker",
+                    broker,
+                    "--state-dir",
+                    str(self.workdir / "agents" / device_id),
+                    "--trust-key",
+                    str(trust_key),
+                    "--log-level",
+                    "INFO",
+                ],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 60
+        while "connected to" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-600:]
+                raise CommandError(f"agent {device_id} did not connect to {broker}: {tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        import subprocess
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _budget_flags(c: Any, m: dict[str, Any], profile: Any) -> dict[str, bool | None]:
+    b = profile.budgets
+    p90, mem = m.get("p90_ms"), m.get("peak_memory_mb")
+    return {
+        "p90": None if p90 is None else p90 <= b.p90_latency_ms,
+        "memory": None if mem is None else mem <= b.peak_memory_mb,
+        "size": c.size_kb <= b.model_size_kb,
+        "accuracy": (c.accuracy_retention or 0) >= b.min_accuracy_retention,
+        "robust": (c.robust_retention or 0) >= b.min_robust_retention,
+    }
+
+
+def _side_by_side(rows: list[dict[str, Any]]) -> str:
+    header = [
+        "device",
+        "model",
+        "size KB",
+        "p90 ms*",
+        "peak MB",
+        "acc",
+        "robust",
+        "probe acc",
+        "probe robust",
+        "budgets (p90 mem size acc rob)",
+        "state",
+    ]
+
+    def yn(v: bool | None) -> str:
+        return "-" if v is None else ("yes" if v else "NO")
+
+    table = []
+    for r in rows:
+        f = r["budgets_met"]
+        table.append(
+            [
+                r["device"],
+                r["model"],
+                f"{r['size_kb']:.1f}",
+                f"{r['p90_ms']:.3f}" if r["p90_ms"] is not None else "-",
+                f"{r['peak_memory_mb']:.1f}" if r["peak_memory_mb"] is not None else "-",
+                f"{r['accuracy']:.3f}",
+                f"{r['robust']:.3f}",
+                f"{r['probe_accuracy']:.3f}" if r["probe_accuracy"] is not None else "-",
+                f"{r['probe_min_robust']:.3f}" if r["probe_min_robust"] is not None else "-",
+                " ".join(yn(f[k]) for k in ("p90", "memory", "size", "accuracy", "robust")),
+                r["state"],
+            ]
+        )
+    widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
+    out = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    out += ["  ".join(v.ljust(w) for v, w in zip(x, widths, strict=True)).rstrip() for x in table]
+    return "\n".join(out)
+
+
+def _plot(rows: list[dict[str, Any]], profiles: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    names = list(profiles)
+    metrics = [
+        ("p90_ms", "measured p90 (ms, emulated)", "p90_latency_ms"),
+        ("size_kb", ".tflite size (KB)", "model_size_kb"),
+        ("robust", "robust accuracy (host)", None),
+    ]
+    for ax, (key, label, budget) in zip(axes, metrics, strict=True):
+        for j, kind in enumerate(("original", "tuned")):
+            vals = [
+                next((r[key] or 0 for r in rows if r["profile"] == p and r["kind"] == kind), 0)
+                for p in names
+            ]
+            ax.bar(
+                [i + 0.38 * j for i in range(len(names))],
+                vals,
+                width=0.36,
+                label=kind,
+                color=("tab:gray", "tab:blue")[j],
+            )
+        if budget:
+            for i, p in enumerate(names):
+                v = getattr(profiles[p].budgets, budget)
+                ax.hlines(
+                    v,
+                    i - 0.2,
+                    i + 0.58,
+                    colors="red",
+                    linestyles="--",
+                    label="budget" if i == 0 else None,
+                )
+        ax.set_xticks([i + 0.19 for i in range(len(names))])
+        ax.set_xticklabels([n.replace("-emulated", "\n(emulated)") for n in names], fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+    import time
+
+    import device_profiles
+    from agent.signing import write_key_pair
+    from fleet.broker import local_broker
+    from pruner import tune as tn
+    from pruner.cli import CommandError
+    from pruner.cli_tune import probes_for
+    from pruner.io import load_model
+
+    t0 = time.perf_counter()
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    pids = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if len(pids) < 2:
+        raise CommandError("the demo needs two or more profiles (--profiles a,b)")
+    profiles = {p: device_profiles.load(p) for p in pids}
+    for p in profiles.values():
+        if not p.emulated:
+            raise CommandError(
+                f"profile {p.id} has no emulation section: the demo emulates "
+                "its devices on this host"
+            )
+    progress = not args.no_progress
+
+    print(f"[1/5] model: {'loading ' + args.model if args.model else 'the digits CNN'}")
+    if args.model:
+        from pruner.datasets import digits28
+
+        model = load_model(args.model)
+        _, _, x_te, y_te = digits28(flatten=len(model.inputs[0].shape) == 2)
+        data = (x_te, y_te)
+    else:
+        model, data = demo_model(work)
+    search = tn.Search.create(model, data, progress=progress)
+
+    print(f"[2/5] tuning for {', '.join(pids)}")
+    results = {}
+    for pid in pids:
+        r = tn.tune(model, profiles[pid], search=search, modes=("paoding",), progress=progress)
+        print()
+        print(r.table())
+        print(r.statement)
+        results[pid] = r
+        if r.chosen is None:
+            r.save(work / pid)
+            raise CommandError(f"{pid}: {r.statement}")
+    probes = probes_for(search)
+
+    key_dir = work / "keys"
+    if not (key_dir / "paoding.key").exists():
+        write_key_pair(key_dir)
+    priv, pub = key_dir / "paoding.key", key_dir / "paoding.pub"
+
+    agents = _Agents(work)
+    rows: list[dict[str, Any]] = []
+    from contextlib import nullcontext
+
+    broker_cm = (
+        nullcontext(None)
+        if args.broker
+        else local_broker("amqtt" if args.embedded_broker else "auto")
+    )
+    with broker_cm as local:
+        url = args.broker or local.url
+        kind = "given" if args.broker else f"{local.kind}, started for the demo"
+        print(f"\n[3/5] broker {url} ({kind}); starting {len(pids)} emulated agents")
+        try:
+            for pid in pids:
+                agents.start(f"demo-{pid}", pid, url, pub)
+            print("[4/5] deploying the original and the tuned variant to each agent")
+            for pid in pids:
+                r = results[pid]
+                device = f"demo-{pid}"
+                deployer = tn.mqtt_deployer(
+                    device, url, profiles[pid], probes=probes, key=priv, timeout=args.timeout
+                )
+                orig = r.original
+                step0 = search.steps[(orig.mode, orig.seed)][0]
+                m0 = deployer(orig, search.export(step0, "float32"))
+                orig.measured = m0
+                tn.verify(
+                    r, search, deployer, rounds=2, log=lambda s, pid=pid: print(f"  {pid}: {s}")
+                )
+                r.save(work / pid)
+                for kind_, c in (("original", orig), ("tuned", r.chosen)):
+                    if c is None:
+                        continue
+                    m = c.measured or {}
+                    rows.append(
+                        {
+                            "device": device,
+                            "profile": pid,
+                            "kind": kind_,
+                            "model": (
+                                "original float32"
+                                if kind_ == "original"
+                                else f"{c.mode} r{c.ratio:.2f} {c.export}"
+                            ),
+                            "size_kb": c.size_kb,
+                            "p90_ms": m.get("p90_ms"),
+                            "p50_ms": m.get("p50_ms"),
+                            "peak_memory_mb": m.get("peak_memory_mb"),
+                            "accuracy": c.accuracy,
+                            "robust": c.robust,
+                            "probe_accuracy": m.get("probe_accuracy"),
+                            "probe_min_robust": m.get("probe_min_robust_accuracy"),
+                            "state": m.get("state") or "-",
+                            "emulated": m.get("emulated"),
+                            "emulation": m.get("emulation"),
+                            "budgets_met": _budget_flags(c, m, profiles[pid]),
+                        }
+                    )
+                if r.chosen is None:
+                    print(f"  {pid}: {r.statement}")
+        finally:
+            agents.stop()
+    print("\n[5/5] reports side by side (original against each tuned variant)")
+    print(_side_by_side(rows))
+    print(
+        "* p90 latency and peak memory measured by the agents under HOST EMULATION "
+        "(CPU set, realtime priority, quota, memory limit, deterministic slowdown): "
+        "not measurements on real devices."
+    )
+    print(
+        "  acc / robust: host evaluation of the .tflite (robust: white-box FGSM+PGD, "
+        f"eps {', '.join(str(e) for e in search.eps)}); probe acc / probe robust: the "
+        "agent's own check on probes crafted on the original model."
+    )
+    report = {
+        "profiles": pids,
+        "broker": url,
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tune_reports": {p: str(work / p / "report.json") for p in pids},
+    }
+    (work / "demo_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _plot(rows, profiles, work / "demo_report.png")
+    ok = all(
+        r["kind"] == "original" or all(v is not False for v in r["budgets_met"].values())
+        for r in rows
+    ) and all(results[p].chosen is not None for p in pids)
+    print(
+        f"\nwrote {work}/demo_report.json, {work}/demo_report.png and one tuned variant per "
+        f"profile in {work}/<profile>/; finished in {report['seconds']:.0f} s; "
+        "broker and agents stopped."
+    )
+    return 0 if ok else 1

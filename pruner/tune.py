@@ -370,6 +370,8 @@ class TuneResult:
     model_bytes: bytes | None = None
     keras_model: Any = None
     seconds: float = 0.0
+    per_export: int = 2
+    pending: list[tuple[Candidate, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -551,6 +553,7 @@ def tune(
     )
     floor = min(profile.budgets.min_accuracy_retention, profile.budgets.min_robust_retention)
     candidates: list[Candidate] = []
+    pending: list[tuple[Candidate, _Step]] = []
     screened = 0
     original: Candidate | None = None
     for mode in modes:
@@ -589,6 +592,7 @@ def tune(
                         ok = sorted(pool, key=lambda cs: _excess(cs[0], profile, 1.0))[:1]
                     chosen_here = ok[:per_export]
                     screened += len(pool) - len(chosen_here)
+                    pending += [(c, s) for c, s in pool if all(c is not k for k, _ in chosen_here)]
                 for c, s in chosen_here:
                     _fill(c, search, s, profile, base)
                     c.misses = _misses(c, profile, 1.0)
@@ -614,6 +618,7 @@ def tune(
             "attacks": list(search.attacks),
         },
     )
+    result.per_export, result.pending = per_export, pending
     choose(result)
     result.seconds = time.perf_counter() - t0
     _attach_model(result, search)
@@ -902,9 +907,31 @@ def verify(
             f"{c.key} misses on the device: {'; '.join(misses)}; latency model rescaled "
             f"x{result.correction:.2f} (measured/predicted)"
         )
+        added = _expand(result, search)
+        if added:
+            log(f"re-screened with the rescaled latency model: {added} more candidates measured")
         choose(result)
         _attach_model(result, search)
     return result
+
+
+def _expand(result: TuneResult, search: Search) -> int:
+    """Export and measure screened-out candidates that meet the budgets once rescaled."""
+    p = result.profile
+    groups: dict[tuple[str, int, str], list[tuple[Candidate, _Step]]] = {}
+    for c, s in result.pending:
+        if _excess(c, p, result.correction) <= 0.15:
+            groups.setdefault((c.mode, c.seed, c.export), []).append((c, s))
+    added: list[Candidate] = []
+    for (mode, seed, _), items in groups.items():
+        base = search.score(search.steps[(mode, seed)][0], "float32")
+        for c, s in sorted(items, key=lambda cs: cs[0].ratio)[: result.per_export]:
+            _fill(c, search, s, p, base)
+            result.candidates.append(c)
+            added.append(c)
+    result.pending = [(c, s) for c, s in result.pending if all(c is not a for a in added)]
+    result.screened_out -= len(added)
+    return len(added)
 
 
 def raise_if_impossible(result: TuneResult) -> None:

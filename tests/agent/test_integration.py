@@ -16,7 +16,8 @@ DEVICE = "pi-kitchen-01"
 
 
 def test_deploy_real_model_reports_every_state(broker, inproc_agent, keys, deployed_model):
-    model, _what = deployed_model
+    model, what = deployed_model
+    print(f"deployed model: {what}, {len(model)} bytes")
     agent = inproc_agent(broker, trust=keys["trust"], profile="raspberry-pi-4")
     rep = deploy(model, DEVICE, broker.url, probes=make_probes(model), key=keys["private"],
                  thresholds={"max_p90_ms": 25, "min_agreement": 0.98},

@@ -8,6 +8,7 @@ a canary wave first, then growing waves, each judged before the next starts.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +28,22 @@ class Device:
 
 @dataclass(frozen=True)
 class Target:
-    """Which devices a rollout is for: every listed profile, all listed tags."""
+    """Which devices a rollout is for.
+
+    A device matches when its profile is listed (or none are), it has every
+    listed tag, and its id matches one of the glob patterns (or none are given).
+    """
 
     profiles: frozenset[str] = frozenset()
     tags: frozenset[str] = frozenset()
+    device_patterns: tuple[str, ...] = ()
 
     def matches(self, device: Device) -> bool:
         if self.profiles and device.profile not in self.profiles:
+            return False
+        if self.device_patterns and not any(
+            fnmatch.fnmatchcase(device.device_id, p) for p in self.device_patterns
+        ):
             return False
         return self.tags <= device.tags
 

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("fleet.cli_profiles", "list, show, validate and calibrate device profiles"),
     "keys": ("fleet.cli_keys", "make an Ed25519 signing key pair"),
     "deploy": ("fleet.cli_deploy", "publish a signed deployment to a device and print its report"),
+    "rollout": ("fleet.cli_rollout", "deploy one variant per profile to the fleet, in waves"),
+    "fleet": ("fleet.cli_fleet", "the recorded devices and their deployment history"),
     "demo": ("fleet.cli_demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 

@@ -105,6 +105,8 @@ def test_targeting_by_profile_and_tags():
     assert [d.device_id for d in select(devices, Target(tags=frozenset({"beta"})))] == ["k1", "p1"]
     only_pi = Target(profiles=frozenset({"raspberry-pi-4"}))
     assert [d.device_id for d in select(devices, only_pi)] == ["k1", "k2"]
+    by_id = Target(device_patterns=("k*",))
+    assert [d.device_id for d in select(devices, by_id)] == ["k1", "k2"]
     assert sorted(group_by_profile(devices)) == ["android-midrange", "raspberry-pi-4"]
 
 

@@ -1,0 +1,105 @@
+"""Command-line options shared by the host commands that talk to devices."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+THRESHOLDS = (
+    "max_p90_ms",
+    "max_mean_ms",
+    "max_peak_memory_mb",
+    "min_agreement",
+    "min_clean_accuracy",
+    "min_robust_accuracy",
+    "max_abs_deviation",
+)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--broker, credentials, TLS and the signing key."""
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("PAODING_BROKER", "mqtt://127.0.0.1:1883"),
+        help="mqtt://host:port or mqtts://host:port (env PAODING_BROKER)",
+    )
+    parser.add_argument("--username")
+    parser.add_argument("--password-file")
+    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
+    parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("PAODING_SIGNING_KEY"),
+        help="Ed25519 private key from `paoding-edge keys new` (env PAODING_SIGNING_KEY)",
+    )
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send without a signature (agents must run --allow-unsigned)",
+    )
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """The thresholds a device checks and the benchmark it runs."""
+    g = parser.add_argument_group("thresholds (the model is rolled back if it misses one)")
+    g.add_argument("--max-p90-ms", type=float)
+    g.add_argument("--max-mean-ms", type=float)
+    g.add_argument("--max-peak-memory-mb", type=float)
+    g.add_argument("--min-agreement", type=float, help="top-1 agreement with the reference")
+    g.add_argument("--min-clean-accuracy", type=float)
+    g.add_argument("--min-robust-accuracy", type=float)
+    g.add_argument("--max-abs-deviation", type=float)
+    b = parser.add_argument_group("benchmark")
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--min-seconds", type=float, default=0.0)
+    b.add_argument("--threads", type=int)
+
+
+def broker_from_args(args: argparse.Namespace) -> Any:
+    from agent.errors import ConfigurationError
+    from agent.mqtt import Broker
+
+    password = None
+    if args.password_file:
+        try:
+            with open(args.password_file) as f:
+                password = f.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read password file {args.password_file}: {exc.strerror}"
+            ) from None
+    try:
+        return Broker.from_url(
+            args.broker,
+            username=args.username,
+            password=password,
+            ca_file=args.ca_file,
+            insecure=args.insecure or None,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def key_from_args(args: argparse.Namespace) -> str | None:
+    from agent.errors import ConfigurationError
+
+    if not args.key and not args.unsigned:
+        raise ConfigurationError(
+            "no signing key: give --key DIR/paoding.key (see `paoding-edge keys new`) or --unsigned"
+        )
+    return None if args.unsigned else args.key
+
+
+def thresholds_from_args(args: argparse.Namespace) -> dict[str, float]:
+    return {k: getattr(args, k) for k in THRESHOLDS if getattr(args, k) is not None}
+
+
+def bench_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "runs": args.runs,
+        "warmup_runs": args.warmup,
+        "min_seconds": args.min_seconds,
+        "threads": args.threads,
+    }

@@ -1,0 +1,199 @@
+"""`paoding-edge rollout`: deploy one variant per profile to the fleet, in waves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from fleet.cli_options import add_check_arguments, add_connection_arguments
+
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="PROFILE=MODEL",
+        help="the .tflite model for devices of PROFILE (repeat per profile)",
+    )
+    parser.add_argument("--probes", help="probe bundle (.npz) sent with every variant")
+    add_connection_arguments(parser)
+    parser.add_argument(
+        "--db", default="fleet.sqlite", help="the fleet record (SQLite; default fleet.sqlite)"
+    )
+    t = parser.add_argument_group("targeting")
+    t.add_argument("--profile", action="append", default=[], help="only devices of this profile")
+    t.add_argument("--tag", action="append", default=[], help="only devices with this tag")
+    t.add_argument(
+        "--devices",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only device ids matching this pattern, e.g. 'pi-kitchen-*'",
+    )
+    t.add_argument(
+        "--discover-seconds",
+        type=float,
+        default=1.5,
+        help="how long to collect the devices' retained status",
+    )
+    w = parser.add_argument_group("waves")
+    w.add_argument("--canary", type=int, default=1, help="devices in the first wave")
+    w.add_argument("--growth", type=float, default=2.0, help="each wave is this times the last")
+    w.add_argument(
+        "--max-failure-rate",
+        type=float,
+        default=0.2,
+        help="abort above this share of failed devices (0..1)",
+    )
+    w.add_argument("--max-failures", type=int, help="abort at this many failed devices")
+    w.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a device may take before it counts as failed",
+    )
+    add_check_arguments(parser)
+    parser.add_argument("--plot", help="write a PNG of the outcomes per wave")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _variants(items: list[str]) -> dict[str, Path]:
+    from pruner.errors import ConfigError
+
+    out: dict[str, Path] = {}
+    for item in items:
+        profile, sep, path = item.partition("=")
+        if not sep or not profile or not path:
+            raise ConfigError(f"--variant wants PROFILE=MODEL.tflite, got {item!r}")
+        if not Path(path).is_file():
+            raise ConfigError(f"--variant {profile}: no model file {path}")
+        out[profile] = Path(path)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleet.cli_options import (
+        bench_from_args,
+        broker_from_args,
+        key_from_args,
+        thresholds_from_args,
+    )
+    from fleet.orchestrator import discover, run_rollout
+    from fleet.registry import Registry
+    from fleet.rollout import Target, WavePolicy
+
+    variants = _variants(args.variant)
+    if args.probes and not os.path.isfile(args.probes):
+        from pruner.errors import ConfigError
+
+        raise ConfigError(f"no probe bundle {args.probes}")
+    broker = broker_from_args(args)
+    policy = WavePolicy(
+        canary=args.canary,
+        growth=args.growth,
+        max_failure_rate=args.max_failure_rate,
+        max_failures=args.max_failures,
+        timeout_s=args.timeout,
+    )
+    target = Target(
+        profiles=frozenset(args.profile),
+        tags=frozenset(args.tag),
+        device_patterns=tuple(args.devices),
+    )
+
+    def progress(event: str, info: dict[str, Any]) -> None:
+        if args.json:
+            return
+        if event == "plan":
+            sizes = ", ".join(str(len(w)) for w in info["waves"]) or "none"
+            print(f"rollout {info['rollout_id']}: waves of {sizes} device(s)", file=sys.stderr)
+            for device_id, why in info["skipped"].items():
+                print(f"  skip {device_id}: {why}", file=sys.stderr)
+        elif event == "wave":
+            print(f"wave {info['wave']}: {' '.join(info['devices'])}", file=sys.stderr)
+        elif event == "device":
+            why = f" ({info['reason']})" if info["reason"] else ""
+            print(f"  {info['device_id']}: {info['outcome']}{why}", file=sys.stderr)
+        elif event == "abort":
+            print(f"ABORT: {info['reason']}", file=sys.stderr)
+
+    statuses = discover(broker, wait_s=args.discover_seconds)
+    with Registry(args.db) as registry:
+        result = run_rollout(
+            variants,
+            broker,
+            registry,
+            policy=policy,
+            target=target,
+            statuses=statuses,
+            progress=progress,
+            probes=args.probes,
+            thresholds=thresholds_from_args(args),
+            key=key_from_args(args),
+            benchmark=bench_from_args(args),
+        )
+    if args.plot:
+        plot_rollout(result.to_dict(), args.plot)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_result(result.to_dict()))
+    return 0 if result.ok else 1
+
+
+def format_result(r: dict[str, Any]) -> str:
+    lines = [
+        f"rollout {r['rollout_id']}: {r['decision'].upper()} ({r['reason']})",
+        f"{'device':<24} {'profile':<28} {'wave':>4}  {'outcome':<12} {'p90 ms':>8}  reason",
+    ]
+    for d in r["results"]:
+        p90 = "-" if d["p90_ms"] is None else f"{d['p90_ms']:.3f}"
+        lines.append(
+            f"{d['device_id']:<24} {d['profile']:<28} {d['wave']:>4}  "
+            f"{d['outcome']:<12} {p90:>8}  {d['reason']}"
+        )
+    for device_id, why in r["skipped"].items():
+        lines.append(f"{device_id:<24} {'':<28} {'':>4}  {'skipped':<12} {'':>8}  {why}")
+    return "\n".join(lines)
+
+
+def plot_rollout(r: dict[str, Any], png: str) -> None:
+    """Stacked bars: outcomes per wave."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    outcomes = ["active", "rolled_back", "rejected", "failed", "timed_out"]
+    colours = ["#2a9d8f", "#e9c46a", "#f4a261", "#e76f51", "#8d99ae"]
+    waves = range(len(r["waves"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = [0] * len(r["waves"])
+    for outcome, colour in zip(outcomes, colours, strict=True):
+        counts = [
+            sum(1 for d in r["results"] if d["wave"] == w and d["outcome"] == outcome)
+            for w in waves
+        ]
+        ax.bar([f"wave {w}" for w in waves], counts, bottom=bottom, color=colour, label=outcome)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    not_reached = [len(w) - b for w, b in zip(r["waves"], bottom, strict=True)]
+    ax.bar(
+        [f"wave {w}" for w in waves],
+        not_reached,
+        bottom=bottom,
+        color="#dddddd",
+        label="not reached",
+    )
+    ax.set_ylabel("devices")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{r['rollout_id']}: {r['decision']}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

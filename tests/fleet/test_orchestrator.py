@@ -1,0 +1,248 @@
+"""Rollouts against real agents over a real Mosquitto: waves, abort, the record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from mosquitto import free_port
+
+from agent.mqtt import Broker, BrokerUnavailable
+from agent.protocol import Status
+from agent.service import Agent, AgentSettings
+from fleet.orchestrator import discover, run_rollout
+from fleet.registry import Registry
+from fleet.rollout import Decision, Outcome, Target, WavePolicy
+from pruner.errors import ConfigError
+
+pytestmark = pytest.mark.broker
+
+
+def _tflite(units: int, seed: int) -> bytes:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(units, activation="relu"), keras.layers.Dense(4)]
+    )
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+@pytest.fixture(scope="module")
+def good_model() -> bytes:
+    return _tflite(16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def bad_model(good_model: bytes) -> bytes:
+    """Loads nowhere: every operator asks for a version no interpreter has."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(good_model, 0))
+    for oc in m.operatorCodes:
+        oc.version = 9999
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.fixture
+def fleet_of(broker, tmp_path):
+    agents: list[Agent] = []
+
+    def start(devices: dict[str, str]) -> list[Agent]:
+        for device_id, profile in devices.items():
+            a = Agent(
+                AgentSettings(
+                    device_id=device_id,
+                    broker=Broker(port=broker.port),
+                    state_dir=tmp_path / device_id,
+                    profile=profile,
+                )
+            )
+            a.start(wait_connected=10)
+            agents.append(a)
+        return agents
+
+    yield start
+    for a in agents:
+        a.stop()
+
+
+def _wait_for(broker, n: int) -> dict[str, Status]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = discover(broker.url, wait_s=0.3)
+        if len(found) >= n:
+            return found
+    raise AssertionError(f"found {len(found)} devices, expected {n}")
+
+
+FAST = {"benchmark": {"runs": 5, "warmup_runs": 1}}
+
+
+def test_rollout_in_waves_records_everything(broker, fleet_of, good_model, tmp_path):
+    fleet_of(
+        {
+            "pi-a": "raspberry-pi-4",
+            "pi-b": "raspberry-pi-4",
+            "pi-c": "raspberry-pi-4",
+            "phone-a": "android-midrange",
+        }
+    )
+    statuses = _wait_for(broker, 4)
+    assert statuses["pi-a"].profile == "raspberry-pi-4" and statuses["pi-a"].online
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        result = run_rollout(
+            {"raspberry-pi-4": good_model},
+            broker.url,
+            reg,
+            policy=WavePolicy(canary=1, growth=2),
+            statuses=statuses,
+            **FAST,
+        )
+        assert result.decision is Decision.DONE, result.reason
+        assert result.waves == [["pi-a"], ["pi-b", "pi-c"]]
+        assert result.skipped == {"phone-a": "no variant for profile 'android-midrange'"}
+        assert {r.device_id: r.outcome for r in result.results} == {
+            "pi-a": Outcome.ACTIVE,
+            "pi-b": Outcome.ACTIVE,
+            "pi-c": Outcome.ACTIVE,
+        }
+        assert all(r.report.benchmark.latency_ms.count == 5 for r in result.results)
+        assert result.ok
+        assert reg.outcomes(result.rollout_id) == {
+            "pi-a": Outcome.ACTIVE,
+            "pi-b": Outcome.ACTIVE,
+            "pi-c": Outcome.ACTIVE,
+        }
+        history = reg.deployments("pi-b")
+        assert len(history) == 1 and history[0]["wave"] == 1
+        states = [r["state"] for r in reg.reports(history[0]["deployment_id"])]
+        assert states[-1] == "active" and "verified" in states
+        assert {d.device_id for d in reg.devices()} == {"pi-a", "pi-b", "pi-c", "phone-a"}
+
+
+def test_failed_canary_aborts_before_the_rest(broker, fleet_of, bad_model, tmp_path):
+    agents = fleet_of(
+        {"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4", "pi-c": "raspberry-pi-4"}
+    )
+    statuses = _wait_for(broker, 3)
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        result = run_rollout(
+            {"raspberry-pi-4": bad_model},
+            broker.url,
+            reg,
+            policy=WavePolicy(canary=1, max_failure_rate=0.0),
+            statuses=statuses,
+            **FAST,
+        )
+        assert result.decision is Decision.ABORT
+        assert "failure rate 100%" in result.reason
+        assert [(r.device_id, r.outcome) for r in result.results] == [("pi-a", Outcome.ROLLED_BACK)]
+        assert result.results[0].reason  # the interpreter's message
+        assert result.skipped == {
+            "pi-b": "not reached: rollout aborted",
+            "pi-c": "not reached: rollout aborted",
+        }
+        assert reg.deployments("pi-b") == [] and reg.deployments("pi-c") == []
+    assert not result.ok
+    assert all(a.storage.active() is None for a in agents[1:])
+
+
+def test_targeting_by_device_pattern(broker, fleet_of, good_model, tmp_path):
+    fleet_of({"kitchen-1": "raspberry-pi-4", "garage-1": "raspberry-pi-4"})
+    statuses = _wait_for(broker, 2)
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        result = run_rollout(
+            {"raspberry-pi-4": good_model},
+            broker.url,
+            reg,
+            target=Target(device_patterns=("kitchen-*",)),
+            statuses=statuses,
+            **FAST,
+        )
+    assert [r.device_id for r in result.results] == ["kitchen-1"]
+    assert result.skipped == {"garage-1": "not targeted"}
+
+
+def test_dead_broker_is_a_clear_error(good_model, tmp_path):
+    port = free_port()
+    status = Status(device_id="pi-a", online=True, profile="raspberry-pi-4")
+    with (
+        Registry(tmp_path / "fleet.sqlite") as reg,
+        pytest.raises(BrokerUnavailable, match=str(port)),
+    ):
+        run_rollout(
+            {"raspberry-pi-4": good_model},
+            f"mqtt://127.0.0.1:{port}",
+            reg,
+            statuses={"pi-a": status},
+            **FAST,
+        )
+
+
+def test_no_variant_is_a_config_error(tmp_path):
+    with Registry(tmp_path / "f.sqlite") as reg, pytest.raises(ConfigError, match="variant"):
+        run_rollout({}, "mqtt://127.0.0.1:1", reg, statuses={})
+    with Registry(tmp_path / "f.sqlite") as reg, pytest.raises(ConfigError, match="nope.tflite"):
+        run_rollout(
+            {"raspberry-pi-4": Path(tmp_path / "nope.tflite")},
+            "mqtt://127.0.0.1:1",
+            reg,
+            statuses={},
+        )
+
+
+def test_rollout_and_fleet_commands(broker, fleet_of, good_model, tmp_path, capsys):
+    from pruner.cli import main
+
+    fleet_of({"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4"})
+    _wait_for(broker, 2)
+    model = tmp_path / "pi.tflite"
+    model.write_bytes(good_model)
+    db, png = tmp_path / "fleet.sqlite", tmp_path / "rollout.png"
+    rc = main(
+        [
+            "rollout",
+            "--variant",
+            f"raspberry-pi-4={model}",
+            "--broker",
+            broker.url,
+            "--unsigned",
+            "--db",
+            str(db),
+            "--runs",
+            "5",
+            "--plot",
+            str(png),
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["decision"] == "done" and out["ok"]
+    assert [r["outcome"] for r in out["results"]] == ["active", "active"]
+    assert png.stat().st_size > 1000
+    assert main(["fleet", "--db", str(db), "--tag", "pi-a", "kitchen"]) == 0
+    text = capsys.readouterr().out
+    assert "pi-a" in text and "kitchen" in text and out["rollout_id"] in text
+    assert (
+        main(
+            [
+                "rollout",
+                "--variant",
+                "raspberry-pi-4",
+                "--broker",
+                broker.url,
+                "--unsigned",
+                "--db",
+                str(db),
+            ]
+        )
+        == 2
+    )
+    assert "PROFILE=MODEL" in capsys.readouterr().err

@@ -777,6 +777,16 @@ def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
         ax2.scatter(
             xs, [c.size_kb for c in sel], marker=mk, color="tab:green", alpha=0.7, label=export
         )
+    refused = [c for c in cs if c.runtime_error]
+    if refused:
+        ax.scatter(
+            [c.predicted_p90_ms for c in refused],
+            [c.robust for c in refused],
+            marker="x",
+            s=90,
+            color="black",
+            label=f"{p.runtime.interpreter} {p.runtime.version} cannot load",
+        )
     for c in cs:
         if c.measured and c.measured.get("p90_ms"):
             ax.annotate(

@@ -648,12 +648,17 @@ def choose(result: TuneResult) -> Candidate | None:
         best = min(ok, key=_rank_key)
         best.chosen = True
         result.chosen = best
-        how = "measured" if best.measured else "predicted"
+        measured = (best.measured or {}).get("p90_ms")
+        if measured is not None:
+            emulated = bool(best.measured.get("emulated"))  # type: ignore[union-attr]
+            latency = f"p90 {measured:.3g} ms measured{' under emulation' if emulated else ''}"
+        else:
+            scaled = "" if result.correction == 1.0 else f" x{result.correction:.2f} measured"
+            latency = f"p90 {best.predicted_p90_ms * result.correction:.3g} ms predicted{scaled}"
         result.statement = (
             f"chosen {best.key} for {p.id}: robust accuracy {best.robust:.3f} "
             f"(retention {best.robust_retention:.2f}), accuracy {best.accuracy:.3f}, "
-            f"p90 {best.predicted_p90_ms * result.correction:.3g} ms {how}"
-            f"{' under emulation' if p.emulated else ''}, {best.size_kb:.1f} KB; "
+            f"{latency}, {best.size_kb:.1f} KB; "
             f"meets every budget"
         )
         return best

@@ -334,7 +334,13 @@ def run(args: argparse.Namespace) -> int:
                 r = results[pid]
                 device = f"demo-{pid}"
                 deployer = tn.mqtt_deployer(
-                    device, url, profiles[pid], probes=probes, key=priv, timeout=args.timeout
+                    device,
+                    url,
+                    profiles[pid],
+                    probes=probes,
+                    key=priv,
+                    timeout=args.timeout,
+                    save_dir=work / "devices" / device,
                 )
                 orig = r.original
                 step0 = search.steps[(orig.mode, orig.seed)][0]

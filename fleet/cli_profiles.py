@@ -31,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="JSON",
-        help="tune/demo/bench reports holding 'measurements', or measurement lists",
+        help="agent deployment reports (with --models), or tune/demo/bench reports holding "
+        "'measurements'",
+    )
+    cal.add_argument(
+        "--models",
+        metavar="DIR",
+        help="the deployed .tflite files, matched to agent reports by sha256",
     )
     cal.add_argument(
         "-o",
@@ -109,11 +115,47 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _model_index(models: str | None) -> dict[str, Path]:
+    import hashlib
+
+    if not models:
+        return {}
+    d = Path(models)
+    if not d.is_dir():
+        raise PaodingError(f"--models {d} is not a directory")
+    return {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in d.glob("*.tflite")}
+
+
+def _from_agent_report(path: Path, data: dict[str, Any], models: dict[str, Path]) -> dict:
+    """A measurement record from an agent's DeploymentReport and the model it ran."""
+    from device_profiles import latency
+
+    bench = data.get("benchmark") or {}
+    sha = data.get("model_sha256")
+    if not bench.get("latency_ms"):
+        raise PaodingError(f"report {path} has no benchmark (state {data.get('state')})")
+    if sha not in models:
+        raise PaodingError(
+            f"report {path}: model {str(sha)[:12]}... not found (pass --models DIR holding the "
+            "deployed .tflite files)"
+        )
+    feats = latency.features_from_tflite(models[sha].read_bytes())
+    return {
+        "features": feats.to_dict(),
+        "p90_ms": bench["latency_ms"]["p90"],
+        "peak_memory_mb": bench.get("peak_memory_mb"),
+        "emulated": bool(bench.get("emulated")),
+        "label": f"{data.get('device_id')}/{data.get('deployment_id')}",
+    }
+
+
+def _records(path: Path, models: dict[str, Path] | None = None) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise PaodingError(f"cannot read report {path}: {exc}") from None
+    if isinstance(data, dict) and "model_sha256" in data and "benchmark" in data:
+        return [_from_agent_report(path, data, models or {})]
     if isinstance(data, dict) and "measurements" in data:
         data = data["measurements"]
     if isinstance(data, dict):
@@ -129,8 +171,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     profile = dp.load(args.profile)
     data: list[latency.Measurement] = []
+    models = _model_index(args.models)
     for f in args.from_reports:
-        for i, rec in enumerate(_records(Path(f))):
+        for i, rec in enumerate(_records(Path(f), models)):
             if rec.get("profile") not in (None, profile.id):
                 continue  # measured on another device class
             try:

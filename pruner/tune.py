@@ -987,8 +987,16 @@ def mqtt_deployer(
     timeout: float = 120.0,
     runs: int = 200,
     min_seconds: float = 1.0,
+    save_dir: str | os.PathLike[str] | None = None,
 ) -> Deployer:
-    """A deployer that publishes each candidate to one agent and returns its measurement."""
+    """A deployer that publishes each candidate to one agent and returns its measurement.
+
+    With ``save_dir``, each agent report is kept as ``reports/<deployment>.json`` and
+    each deployed model as ``models/<sha256>.tflite`` (what ``profiles calibrate
+    --from-reports ... --models`` reads).
+    """
+    import hashlib
+
     from fleet.publisher import deploy
 
     def run(c: Candidate, blob: bytes) -> dict[str, Any]:
@@ -1008,6 +1016,14 @@ def mqtt_deployer(
                 "threads": profile.runtime.threads,
             },
         )
+        if save_dir is not None:
+            root = Path(save_dir)
+            (root / "reports").mkdir(parents=True, exist_ok=True)
+            (root / "models").mkdir(parents=True, exist_ok=True)
+            (root / "reports" / f"{report.deployment_id}.json").write_text(
+                report.model_dump_json(indent=2)
+            )
+            (root / "models" / f"{hashlib.sha256(blob).hexdigest()}.tflite").write_bytes(blob)
         return report_measurement(report)
 
     return run

@@ -13,6 +13,7 @@ from conftest import ROOT, TUNE_KW
 
 import device_profiles as dp
 from pruner import tune as tn
+from pruner.cli import main
 from pruner.cli_tune import probes_for
 
 
@@ -87,6 +88,7 @@ def test_verify_loop_measures_rescales_and_reports(broker, search, make_profile,
         r = tn.tune(search.model, profile, search=search, **TUNE_KW)
         first = r.chosen
         assert first is not None and first.predicted_p90_ms < budget
+        saved = tmp_path / "saved"
         deployer = tn.mqtt_deployer(
             "bench-01",
             broker.url,
@@ -95,6 +97,7 @@ def test_verify_loop_measures_rescales_and_reports(broker, search, make_profile,
             timeout=120,
             runs=100,
             min_seconds=0.3,
+            save_dir=saved,
         )
         tn.verify(r, search, deployer, rounds=3, log=lambda s: None)
         v = r.verification[0]
@@ -112,13 +115,47 @@ def test_verify_loop_measures_rescales_and_reports(broker, search, make_profile,
             update={"budgets": profile.budgets.model_copy(update={"p90_latency_ms": 1000.0})}
         )
         r2 = tn.tune(search.model, loose, search=search, **TUNE_KW)
-        deployer2 = tn.mqtt_deployer("bench-01", broker.url, loose, probes=probes_for(search),
-                                     timeout=120, runs=100, min_seconds=0.3)
+        deployer2 = tn.mqtt_deployer(
+            "bench-01",
+            broker.url,
+            loose,
+            probes=probes_for(search),
+            timeout=120,
+            runs=100,
+            min_seconds=0.3,
+            save_dir=saved,
+        )
         tn.verify(r2, search, deployer2, rounds=2, log=lambda s: None)
         assert len(r2.verification) == 1 and r2.chosen is not None, str(r2.verification)
         assert r2.chosen.measured and not r2.chosen.measured["misses"]
         assert r2.chosen.measured["state"] == "active"
         assert "measured under emulation" in r2.statement
+
+        # the agent's own reports recalibrate the profile's latency model
+        step0 = search.steps[(r2.original.mode, r2.original.seed)][0]
+        deployer2(r2.original, search.export(step0, "float32"))
+        reports = sorted(str(p) for p in (saved / "reports").glob("*.json"))
+        assert len(reports) == 3
+        out = tmp_path / "calibrated.yaml"
+        rc = main(
+            [
+                "profiles",
+                "calibrate",
+                pid,
+                "--from-reports",
+                *reports,
+                "--models",
+                str(saved / "models"),
+                "-o",
+                str(out),
+            ]
+        )
+        assert rc == 0
+        cal = dp.load_file(out).latency
+        assert cal.provenance == "calibrated" and cal.calibration_reports == 3
+        assert "emulated on the development host" in cal.source
+        # without --models the reports' models are unknown
+        assert main(["profiles", "calibrate", pid, "--from-reports", *reports]) == 2
     finally:
         agent.terminate()
         agent.wait(timeout=20)

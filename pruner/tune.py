@@ -556,6 +556,8 @@ def tune(
     pending: list[tuple[Candidate, _Step]] = []
     screened = 0
     original: Candidate | None = None
+    from tqdm.auto import tqdm
+
     for mode in modes:
         for seed in seeds:
             steps = search.prune(mode, seed, max_ratio, step, stop_retention=floor - 0.05)
@@ -593,7 +595,13 @@ def tune(
                     chosen_here = ok[:per_export]
                     screened += len(pool) - len(chosen_here)
                     pending += [(c, s) for c, s in pool if all(c is not k for k, _ in chosen_here)]
-                for c, s in chosen_here:
+                for c, s in tqdm(
+                    chosen_here,
+                    desc=f"{profile.id} {export}",
+                    unit="model",
+                    disable=not progress or export == "float32",
+                    leave=False,
+                ):
                     _fill(c, search, s, profile, base)
                     c.misses = _misses(c, profile, 1.0)
                     if s.step == 0 and export == "float32" and not candidates:

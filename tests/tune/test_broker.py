@@ -1,0 +1,40 @@
+"""The demo's local broker: starts on a free port, carries messages, leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from agent.mqtt import Broker, MqttClient
+from fleet.broker import BrokerStartError, local_broker, mosquitto_path
+
+
+@pytest.mark.parametrize("prefer", ["amqtt", "mosquitto"])
+def test_local_broker_roundtrip_and_cleanup(prefer):
+    if prefer == "mosquitto" and mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed")
+    with local_broker(prefer) as b:
+        assert b.kind == prefer and b.url.startswith("mqtt://127.0.0.1:")
+        got: list[tuple[str, bytes]] = []
+        c = MqttClient(Broker.from_url(b.url), f"t-{prefer}", clean_session=True)
+        c.subscribe("demo/#", lambda t, p: got.append((t, p)))
+        c.connect()
+        try:
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                c.publish("demo/x", b"hello", qos=1)
+                time.sleep(0.2)
+        finally:
+            c.close()
+        assert ("demo/x", b"hello") in got
+        pid = b.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_bad_preference_is_refused():
+    with pytest.raises(BrokerStartError, match="prefer must be"):
+        with local_broker("rabbit"):
+            pass

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-if sys.path[0] != str(ROOT):
+if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -48,9 +48,6 @@ def search(small_model):
 
     path, data = small_model
     return tn.Search.create(load_model(path), data, robust_samples=100, progress=False)
-
-
-TUNE_KW = dict(max_ratio=0.6, step=0.2, progress=False)
 
 
 @pytest.fixture

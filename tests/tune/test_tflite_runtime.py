@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TUNE_KW
+from tunehelp import TUNE_KW
 
 from pruner import tune as tn
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TUNE_KW
+from tunehelp import TUNE_KW
 
 import device_profiles as dp
 from pruner import tune as tn

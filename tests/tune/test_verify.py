@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TUNE_KW
+from tunehelp import ROOT, TUNE_KW
 
 import device_profiles as dp
 from pruner import tune as tn

@@ -179,6 +179,9 @@ class Search:
     calibration: np.ndarray | None = None
     progress: bool = True
     steps: dict[tuple[str, int], list[_Step]] = field(default_factory=dict)
+    # (mode, seed) -> the retention at which that run stopped early (None: it did not)
+    stopped_at: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    schedule: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     exports: dict[tuple[str, int, int, str], bytes] = field(default_factory=dict)
     scores: dict[tuple[str, int, int, str], tuple[float, float]] = field(default_factory=dict)
 
@@ -259,8 +262,16 @@ class Search:
     ) -> list[_Step]:
         """Progressive pruning steps of one (mode, seed), each exported as float32."""
         key = (mode, seed)
-        if key in self.steps:
-            return self.steps[key]
+        same = self.schedule.get(key) == (max_ratio, step)
+        if key in self.steps and same:
+            early = self.stopped_at.get(key)
+            if early is None or (stop_retention is not None and stop_retention >= early):
+                return self.steps[key]
+        done = self.steps.get(key, []) if same else []
+        if not same:  # another schedule: its steps are other models
+            self.exports = {k: v for k, v in self.exports.items() if k[:2] != key}
+            self.scores = {k: v for k, v in self.scores.items() if k[:2] != key}
+        self.schedule[key] = (max_ratio, step)
         from pruner.api import prune_steps
         from pruner.export import export_tflite
 
@@ -278,6 +289,9 @@ class Search:
             progress=self.progress,
         )
         for rec, m in gen:
+            if rec.step < len(done):  # pruning is deterministic: reuse what was measured
+                steps.append(done[rec.step])
+                continue
             f32 = export_tflite(m, quantization="float32")
             s = _Step(
                 mode,
@@ -296,7 +310,10 @@ class Search:
             acc, _ = self.score(s, "float32")
             base_acc = self.score(steps[0], "float32")[0]
             if stop_retention is not None and base_acc > 0 and acc / base_acc < stop_retention:
+                self.stopped_at[key] = stop_retention
                 break  # further pruning only loses more accuracy
+        else:
+            self.stopped_at[key] = None
         gen.close()
         self.steps[key] = steps
         return steps

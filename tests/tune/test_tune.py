@@ -165,3 +165,16 @@ def test_tflite_runtime_profile_never_ships_unloadable(search, make_profile):
     assert dyn and all("FULLY_CONNECTED v12 > v10" in (c.runtime_error or "") for c in dyn)
     assert r.chosen is not None and r.chosen.export == "float32"
     assert "runtime" in r.table()
+
+
+def test_search_cache_follows_floor_and_schedule(small_model):
+    from pruner.io import load_model
+
+    path, data = small_model
+    s = tn.Search.create(load_model(path), data, robust_samples=50, progress=False)
+    high = s.prune("paoding", 0, 0.6, 0.2, stop_retention=1.01)  # stops after step 0
+    assert len(high) == 1 and s.stopped_at[("paoding", 0)] == 1.01
+    low = s.prune("paoding", 0, 0.6, 0.2, stop_retention=0.1)
+    assert len(low) == 4 and low[0] is high[0]  # measured steps are reused
+    other = s.prune("paoding", 0, 0.4, 0.4)
+    assert [round(x.ratio, 1) for x in other][-1] <= 0.4 + 1e-6 and len(other) == 2

@@ -308,6 +308,8 @@ class MqttClient:
                 self._connack.set_result(rc)
             return
         self._connected.set()
+        log.debug("%s connected to %s (session present: %s)", self.client_id,
+                  self.broker.address, getattr(flags, "session_present", None))
         with self._lock:
             subs = list(self._subscriptions.items())
         subscribed = threading.Event()

@@ -219,7 +219,9 @@ class Agent:
             with self._spool_lock:
                 self._in_flight.discard(path)
 
-        self.client.publish(self.topics.report, payload, qos=1).add_done_callback(acked)
+        # retained: a host that lost its session still gets the latest report on resubscribe
+        self.client.publish(self.topics.report, payload, qos=1,
+                            retain=True).add_done_callback(acked)
 
     # -- incoming (network thread) --------------------------------------------
 

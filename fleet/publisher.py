@@ -42,6 +42,7 @@ from agent.protocol import (
 from agent.signing import SigningKey, load_signing_key
 
 Progress = Callable[[str, dict[str, Any]], None]
+MANIFEST_RESEND_S = 5.0
 
 
 class DeployError(AgentError):
@@ -283,7 +284,13 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
         if progress:
             progress("manifest", {"deployment_id": dep})
         deadline = t0 + timeout
+        heard = False
+        last_manifest = time.monotonic()
         while final is None:
+            if not heard and time.monotonic() - last_manifest > MANIFEST_RESEND_S:
+                # the broker may have lost the agent's session: send the manifest again
+                client.publish(topics.manifest, manifest.to_json(), qos=1)
+                last_manifest = time.monotonic()
             left = deadline - time.monotonic()
             if left <= 0:
                 last = reports[-1].state if reports else "no report"
@@ -300,6 +307,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
                 except (ValidationError, ValueError):
                     continue
                 if req.deployment_id == dep:
+                    heard = True
                     sender.request(req)
                 continue
             try:
@@ -309,6 +317,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
             if rep.deployment_id != dep or rep.report_id in seen:
                 continue
             seen.add(rep.report_id)
+            heard = True
             reports.append(rep)
             if rep.state == "received" and received_at is None:
                 received_at = time.monotonic()

@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a Keras model for 28x28x1 digits instead of the demo CNN")
     parser.add_argument(
         "--workdir",
-        default="paoding-demo",
-        help="where the model, tuned variants, keys and reports go (default ./paoding-demo)",
+        default="out/demo",
+        help="where the model, tuned variants, keys and reports go (default ./out/demo)",
     )
     parser.add_argument(
         "--timeout",

@@ -151,6 +151,13 @@ def run(args: argparse.Namespace) -> int:
     if args.verify_on and not args.broker:
         raise ConfigError("--verify-on needs --broker mqtt://host:port")
     out = Path(args.output)
+    if out.exists() and (
+        not out.is_dir() or any(f.name not in tn.OUTPUT_FILES for f in out.iterdir())
+    ):
+        raise ConfigError(
+            f"output {out} exists and holds other files: give a new or empty "
+            "directory (or a previous tune output)"
+        )
     model = load_model(args.model)
     data = load_eval_data(args.eval_data, model)
     modes = _csv(args.modes, str, "modes")

@@ -42,6 +42,7 @@ from device_profiles.schema import DeviceProfile
 from pruner.errors import BudgetError, ConfigError, DataError
 
 EXPORTS = ("float32", "float16", "dynamic", "int8")
+OUTPUT_FILES = ("model.tflite", "model.keras", "report.json", "report.png")
 
 # Highest builtin op version each runtime can load. tflite-runtime 2.14: from
 # tensorflow/lite/core/kernels/register.cc of that release, and checked here
@@ -443,6 +444,13 @@ class TuneResult:
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write model.tflite (+ model.keras), report.json and report.png; atomically."""
         out = Path(out_dir)
+        if out.exists() and (
+            not out.is_dir() or any(f.name not in OUTPUT_FILES for f in out.iterdir())
+        ):
+            raise ConfigError(
+                f"output {out} exists and holds other files: give a new or empty directory "
+                "(or a previous tune output)"
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:

@@ -139,6 +139,11 @@ def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
     )
     assert rc == 2 and "--broker" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    rc = main(["tune", str(path), "--profile", "raspberry-pi-4", "-o", str(tmp_path / "busy")])
+    assert rc == 2 and "holds other files" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
 
 
 def test_op_version_rule():

@@ -65,6 +65,20 @@ def machine() -> dict[str, object]:
     }
 
 
+def git_commit() -> str | None:
+    """The repository's HEAD commit (short), or None outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(BENCH), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def machine_line(m: dict[str, object] | None = None) -> str:
     """One line describing the machine."""
     m = m or machine()

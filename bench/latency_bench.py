@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS, machine, machine_line, measure_latency, write_json  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    git_commit,
+    machine,
+    machine_line,
+    measure_latency,
+    write_json,
+)
 
 FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "runs": 300}
 QUICK = {"ratios": [0.25, 0.5, 0.75], "runs": 100}
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_cpu = np.polyfit(mx, cx, 1)
     report = {
         "machine": machine(),
-        "started": started,
+        "started": started, "commit": git_commit(),
         "config": cfg,
         "model": "vgg64: 3x(2x Conv2D+BN+ReLU, maxpool) 32/64/128, Dense 256, Dense 10; "
                  "input 64x64x3; random weights",
@@ -136,7 +143,8 @@ def markdown(report: dict[str, Any]) -> str:
     out = [
         "# Latency vs MACs (VGG-style CNN, 64x64x3)",
         "",
-        f"Machine: {machine_line(report['machine'])}. Run {report['started']}. "
+        f"Machine: {machine_line(report['machine'])}. Run {report['started']} "
+        f"at commit {report.get('commit') or 'unknown'}. "
         f"Pruned with mode `{cfg['mode']}`; float32 TFLite in LiteRT, 1 thread, batch 1, "
         f"median of {cfg['runs']} interleaved runs per variant.",
         "",

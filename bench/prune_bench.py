@@ -39,6 +39,7 @@ from bench.common import (  # noqa: E402
     MODEL_FILES,
     RESULTS,
     dataset_for,
+    git_commit,
     machine,
     machine_line,
     measure_latency,
@@ -373,6 +374,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Pruning benchmark results",
         "",
         f"Machine: {machine_line(report['machine'])}. Run {report['started']} "
+        f"at commit {report.get('commit') or 'unknown'} "
         f"({report['wall_seconds']:.0f} s, {'quick' if cfg['quick'] else 'full'} mode). "
         f"Seeds for paoding/random/reference: {cfg['seeds']} (medians); eval samples: "
         f"the test split ({sizes}); "
@@ -524,8 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         len(cfg["ratios"]) * (len(cfg["seeds"]) if m in STOCHASTIC else 1)
         for m in args.modes
     ) * len(args.models)
-    report: dict[str, Any] = {"machine": machine(), "started": started, "config": cfg,
-                              "modes": args.modes, "models": {}}
+    report: dict[str, Any] = {"machine": machine(), "started": started, "commit": git_commit(),
+                              "config": cfg, "modes": args.modes, "models": {}}
     with tqdm(total=jobs, desc="prune bench", unit="run") as bar:
         for name in args.models:
             report["models"][name] = run_model(name, cfg, args.modes, bar,

@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +142,11 @@ class Candidate:
     @property
     def meets(self) -> bool:
         return self.evaluated and self.runtime_error is None and not self.misses
+
+    @property
+    def measured_miss(self) -> bool:
+        """The device measurement missed a budget (or the device refused the model)."""
+        return bool(self.measured and self.measured.get("misses"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -439,6 +444,8 @@ class TuneResult:
         return out
 
     def table(self) -> str:
+        from pruner.tune_report import format_table
+
         return format_table(self.candidates, self.profile)
 
     def save(self, out_dir: str | os.PathLike[str]) -> Path:
@@ -459,6 +466,8 @@ class TuneResult:
                 if self.keras_model is not None:
                     self.keras_model.save(tmp / "model.keras")
             (tmp / "report.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            from pruner.tune_report import plot
+
             plot(self, tmp / "report.png")
             if out.exists():
                 shutil.rmtree(out)
@@ -676,7 +685,7 @@ def choose(result: TuneResult) -> Candidate | None:
         c.chosen = False
         if c.evaluated:
             c.misses = _misses(c, p, result.correction)
-    ok = [c for c in result.candidates if c.meets and not _measured_miss(c)]
+    ok = [c for c in result.candidates if c.meets and not c.measured_miss]
     if ok:
         best = min(ok, key=_rank_key)
         best.chosen = True
@@ -711,352 +720,39 @@ def choose(result: TuneResult) -> Candidate | None:
     return None
 
 
-def _measured_miss(c: Candidate) -> bool:
-    return bool(c.measured and c.measured.get("misses"))
-
-
-def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str:
-    """The candidates as a fixed-width table; '*' marks the chosen one, 'ok' those that meet."""
-    b = profile.budgets
-    emu = " (emulated)" if profile.emulated else ""
-    header = [
-        "",
-        "candidate",
-        "params",
-        "size KB",
-        "pred p90 ms",
-        f"meas p90 ms{emu}",
-        "pred MB",
-        "meas MB",
-        "acc",
-        "robust",
-        "budgets",
-    ]
-    rows = []
-    for c in candidates:
-        m = c.measured or {}
-        status = (
-            "ok"
-            if c.meets and not _measured_miss(c)
-            else (
-                "runtime"
-                if c.runtime_error
-                else "miss: "
-                + ", ".join(
-                    x.split(" ")[0]
-                    if not x.startswith(("p90", "peak", "model", "robust"))
-                    else " ".join(x.split(" ")[:2])
-                    for x in (c.misses or m.get("misses") or [])
-                )
-            )
-        )
-        rows.append(
-            [
-                "*" if c.chosen else "",
-                c.key,
-                str(c.params),
-                f"{c.size_kb:.1f}",
-                f"{c.predicted_p90_ms:.3g}",
-                f"{m['p90_ms']:.3g}" if m.get("p90_ms") is not None else "-",
-                f"{c.predicted_memory_mb:.1f}",
-                f"{m['peak_memory_mb']:.1f}" if m.get("peak_memory_mb") is not None else "-",
-                f"{c.accuracy:.3f}" if c.accuracy is not None else "-",
-                f"{c.robust:.3f}" if c.robust is not None else "-",
-                status,
-            ]
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join
-    out = [
-        f"{profile.id}: p90 <= {b.p90_latency_ms:g} ms, memory <= {b.peak_memory_mb:g} MB, "
-        f"size <= {b.model_size_kb:g} KB, accuracy retention >= {b.min_accuracy_retention:g}, "
-        f"robust retention >= {b.min_robust_retention:g}; runtime {profile.runtime.interpreter} "
-        f"{profile.runtime.version}; latency model {profile.latency.provenance}",
-        line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-        line("-" * w for w in widths),
-    ]
-    out += [line(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(out)
-
-
-def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
-    """Accuracy and robust accuracy against predicted p90 latency, with the budget lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    p = result.profile
-    b = p.budgets
-    cs = [c for c in result.candidates if c.evaluated]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    markers = {"float32": "o", "float16": "s", "dynamic": "^", "int8": "D"}
-    for export, mk in markers.items():
-        sel = [c for c in cs if c.export == export]
-        if not sel:
-            continue
-        xs = [c.predicted_p90_ms for c in sel]
-        ax.scatter(
-            xs,
-            [c.accuracy for c in sel],
-            marker=mk,
-            color="tab:blue",
-            alpha=0.7,
-            label=f"accuracy ({export})",
-        )
-        ax.scatter(
-            xs,
-            [c.robust for c in sel],
-            marker=mk,
-            color="tab:red",
-            alpha=0.7,
-            label=f"robust ({export})",
-        )
-        ax2.scatter(
-            xs, [c.size_kb for c in sel], marker=mk, color="tab:green", alpha=0.7, label=export
-        )
-    refused = [c for c in cs if c.runtime_error]
-    if refused:
-        ax.scatter(
-            [c.predicted_p90_ms for c in refused],
-            [c.robust for c in refused],
-            marker="x",
-            s=90,
-            color="black",
-            label=f"{p.runtime.interpreter} {p.runtime.version} cannot load",
-        )
-    for c in cs:
-        if c.measured and c.measured.get("p90_ms"):
-            ax.annotate(
-                "",
-                xy=(c.measured["p90_ms"], c.robust),
-                xytext=(c.predicted_p90_ms, c.robust),
-                arrowprops={"arrowstyle": "->", "color": "gray"},
-            )
-            ax.scatter(
-                [c.measured["p90_ms"]], [c.robust], facecolors="none", edgecolors="black", s=80
-            )
-    if result.chosen:
-        c = result.chosen
-        ax.scatter(
-            [c.predicted_p90_ms],
-            [c.robust],
-            marker="*",
-            s=300,
-            color="gold",
-            edgecolors="black",
-            zorder=5,
-            label="chosen",
-        )
-        ax2.scatter(
-            [c.predicted_p90_ms],
-            [c.size_kb],
-            marker="*",
-            s=300,
-            color="gold",
-            edgecolors="black",
-            zorder=5,
-            label="chosen",
-        )
-    o = result.original
-    for a in (ax, ax2):
-        a.axvline(
-            b.p90_latency_ms,
-            color="black",
-            ls="--",
-            lw=1,
-            label=f"p90 budget {b.p90_latency_ms:g} ms",
-        )
-        a.set_xscale("log")
-        a.set_xlabel("predicted p90 latency (ms)" + (", emulated device" if p.emulated else ""))
-    if o.accuracy:
-        ax.axhline(
-            o.accuracy * b.min_accuracy_retention,
-            color="tab:blue",
-            ls=":",
-            lw=1,
-            label="accuracy floor",
-        )
-    if o.robust:
-        ax.axhline(
-            o.robust * b.min_robust_retention, color="tab:red", ls=":", lw=1, label="robust floor"
-        )
-    ax.set_ylabel("accuracy / robust accuracy")
-    ax.set_title(f"{p.id}: candidates")
-    ax.legend(fontsize=7, loc="lower right")
-    ax2.axhline(
-        b.model_size_kb, color="black", ls="-.", lw=1, label=f"size budget {b.model_size_kb:g} KB"
-    )
-    ax2.set_yscale("log")
-    ax2.set_ylabel(".tflite size (KB)")
-    ax2.set_title("size against latency")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
-
-
-Deployer = Callable[[Candidate, bytes], dict[str, Any]]
-
-
-def verify(
-    result: TuneResult,
-    search: Search,
-    deployer: Deployer,
-    *,
-    rounds: int = 3,
-    log: Callable[[str], None] = print,
-) -> TuneResult:
-    """Measure the chosen candidate on the device; on a miss, rescale and try the next.
-
-    ``deployer(candidate, model_bytes)`` deploys and returns the measurement:
-    ``{"p90_ms", "peak_memory_mb", "emulated", "emulation", "state", "reason", ...}``.
-    """
-    if rounds < 1:
-        raise ConfigError(f"rounds must be >= 1, got {rounds}")
-    b = result.profile.budgets
-    ratios: list[float] = []
-    for _ in range(rounds):
-        c = result.chosen
-        if c is None:
-            break
-        blob = result.model_bytes
-        assert blob is not None
-        m = deployer(c, blob)
-        misses = []
-        if m.get("p90_ms") is not None and m["p90_ms"] > b.p90_latency_ms:
-            misses.append(
-                f"p90 latency {m['p90_ms']:.3g} ms > {b.p90_latency_ms:g} ms (measured"
-                f"{', emulated' if m.get('emulated') else ''})"
-            )
-        if m.get("peak_memory_mb") is not None and m["peak_memory_mb"] > b.peak_memory_mb:
-            misses.append(
-                f"peak memory {m['peak_memory_mb']:.4g} MB > {b.peak_memory_mb:g} MB (measured)"
-            )
-        if m.get("state") not in (None, "active"):
-            misses.append(f"device {m.get('state')}: {m.get('reason') or 'no reason given'}")
-        m["misses"] = misses
-        c.measured = m
-        if m.get("p90_ms"):
-            ratios.append(m["p90_ms"] / c.predicted_p90_ms)
-            result.correction = float(np.median(ratios))
-        result.verification.append({"candidate": c.key, **m})
-        if not misses:
-            log(
-                f"verified {c.key}: measured p90 {m.get('p90_ms', float('nan')):.3g} ms, "
-                f"peak memory {m.get('peak_memory_mb') or float('nan'):.4g} MB: meets the budgets"
-            )
-            c.misses = _misses(c, result.profile, result.correction)
-            choose(result)
-            _attach_model(result, search)
-            return result
-        log(
-            f"{c.key} misses on the device: {'; '.join(misses)}; latency model rescaled "
-            f"x{result.correction:.2f} (measured/predicted)"
-        )
-        added = _expand(result, search)
-        if added:
-            log(f"re-screened with the rescaled latency model: {added} more candidates measured")
-        choose(result)
-        _attach_model(result, search)
-    return result
-
-
-def _expand(result: TuneResult, search: Search) -> int:
-    """Export and measure screened-out candidates that meet the budgets once rescaled."""
-    p = result.profile
-    groups: dict[tuple[str, int, str], list[tuple[Candidate, _Step]]] = {}
-    for c, s in result.pending:
-        if _excess(c, p, result.correction) <= 0.15:
-            groups.setdefault((c.mode, c.seed, c.export), []).append((c, s))
-    added: list[Candidate] = []
-    for (mode, seed, _), items in groups.items():
-        base = search.score(search.steps[(mode, seed)][0], "float32")
-        for c, s in sorted(items, key=lambda cs: cs[0].ratio)[: result.per_export]:
-            _fill(c, search, s, p, base)
-            result.candidates.append(c)
-            added.append(c)
-    result.pending = [(c, s) for c, s in result.pending if all(c is not a for a in added)]
-    result.screened_out -= len(added)
-    return len(added)
-
-
 def raise_if_impossible(result: TuneResult) -> None:
     """BudgetError with the statement when no candidate meets the budgets."""
     if result.chosen is None:
         raise BudgetError(result.statement)
 
 
-def report_measurement(report: Any) -> dict[str, Any]:
-    """The fields of a DeploymentReport the tuner uses, as plain data."""
-    bench = report.benchmark
-    checks = report.checks
-    return {
-        "device_id": report.device_id,
-        "deployment_id": report.deployment_id,
-        "state": report.state,
-        "reason": report.reason,
-        "p90_ms": bench.latency_ms.p90 if bench else None,
-        "p50_ms": bench.latency_ms.p50 if bench else None,
-        "runs": bench.latency_ms.count if bench else None,
-        "peak_memory_mb": bench.peak_memory_mb if bench else None,
-        "runtime": f"{bench.runtime.name} {bench.runtime.version}" if bench else None,
-        "emulated": bool(bench.emulated) if bench else None,
-        "emulation": bench.emulation if bench else None,
-        "probe_accuracy": checks.clean_accuracy if checks else None,
-        "probe_min_robust_accuracy": checks.min_robust_accuracy if checks else None,
-        "probe_agreement": checks.agreement if checks else None,
-    }
+# The presentation and the closed loop live in modules of their own (imported on use:
+# pruner.tune_verify imports this module).
+_ELSEWHERE = {
+    "format_table": "pruner.tune_report",
+    "plot": "pruner.tune_report",
+    "verify": "pruner.tune_verify",
+    "mqtt_deployer": "pruner.tune_verify",
+    "report_measurement": "pruner.tune_verify",
+    "Deployer": "pruner.tune_verify",
+}
 
 
-def mqtt_deployer(
-    device_id: str,
-    broker: str,
-    profile: DeviceProfile,
-    *,
-    probes: dict[str, np.ndarray] | None,
-    key: Any = None,
-    timeout: float = 120.0,
-    runs: int = 200,
-    min_seconds: float = 1.0,
-    save_dir: str | os.PathLike[str] | None = None,
-) -> Deployer:
-    """A deployer that publishes each candidate to one agent and returns its measurement.
+def __getattr__(name: str) -> Any:
+    if name in _ELSEWHERE:
+        import importlib
 
-    With ``save_dir``, each agent report is kept as ``reports/<deployment>.json`` and
-    each deployed model as ``models/<sha256>.tflite`` (what ``profiles calibrate
-    --from-reports ... --models`` reads).
-    """
-    import hashlib
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module 'pruner.tune' has no attribute {name!r}")
 
-    from fleet.publisher import deploy
 
-    def run(c: Candidate, blob: bytes) -> dict[str, Any]:
-        b = profile.budgets
-        report = deploy(
-            blob,
-            device_id,
-            broker,
-            probes=probes,
-            key=key,
-            timeout=timeout,
-            thresholds={"max_p90_ms": b.p90_latency_ms, "max_peak_memory_mb": b.peak_memory_mb},
-            benchmark={
-                "runs": runs,
-                "min_seconds": min_seconds,
-                "warmup_runs": 10,
-                "threads": profile.runtime.threads,
-            },
-        )
-        if save_dir is not None:
-            root = Path(save_dir)
-            (root / "reports").mkdir(parents=True, exist_ok=True)
-            (root / "models").mkdir(parents=True, exist_ok=True)
-            (root / "reports" / f"{report.deployment_id}.json").write_text(
-                report.model_dump_json(indent=2)
-            )
-            (root / "models" / f"{hashlib.sha256(blob).hexdigest()}.tflite").write_bytes(blob)
-        return report_measurement(report)
-
-    return run
+__all__ = [
+    "EXPORTS",
+    "Candidate",
+    "Search",
+    "TuneResult",
+    "choose",
+    "raise_if_impossible",
+    "runtime_check",
+    "tune",
+]

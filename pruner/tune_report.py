@@ -1,0 +1,195 @@
+"""How the tuner presents its candidates: a fixed-width table and a PNG plot."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from device_profiles.schema import DeviceProfile
+
+if TYPE_CHECKING:
+    from pruner.tune import Candidate, TuneResult
+
+
+def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str:
+    """The candidates as a fixed-width table; '*' marks the chosen one, 'ok' those that meet."""
+    b = profile.budgets
+    emu = " (emulated)" if profile.emulated else ""
+    header = [
+        "",
+        "candidate",
+        "params",
+        "size KB",
+        "pred p90 ms",
+        f"meas p90 ms{emu}",
+        "pred MB",
+        "meas MB",
+        "acc",
+        "robust",
+        "budgets",
+    ]
+    rows = []
+    for c in candidates:
+        m = c.measured or {}
+        status = (
+            "ok"
+            if c.meets and not c.measured_miss
+            else (
+                "runtime"
+                if c.runtime_error
+                else "miss: "
+                + ", ".join(
+                    x.split(" ")[0]
+                    if not x.startswith(("p90", "peak", "model", "robust"))
+                    else " ".join(x.split(" ")[:2])
+                    for x in (c.misses or m.get("misses") or [])
+                )
+            )
+        )
+        rows.append(
+            [
+                "*" if c.chosen else "",
+                c.key,
+                str(c.params),
+                f"{c.size_kb:.1f}",
+                f"{c.predicted_p90_ms:.3g}",
+                f"{m['p90_ms']:.3g}" if m.get("p90_ms") is not None else "-",
+                f"{c.predicted_memory_mb:.1f}",
+                f"{m['peak_memory_mb']:.1f}" if m.get("peak_memory_mb") is not None else "-",
+                f"{c.accuracy:.3f}" if c.accuracy is not None else "-",
+                f"{c.robust:.3f}" if c.robust is not None else "-",
+                status,
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join
+    out = [
+        f"{profile.id}: p90 <= {b.p90_latency_ms:g} ms, memory <= {b.peak_memory_mb:g} MB, "
+        f"size <= {b.model_size_kb:g} KB, accuracy retention >= {b.min_accuracy_retention:g}, "
+        f"robust retention >= {b.min_robust_retention:g}; runtime {profile.runtime.interpreter} "
+        f"{profile.runtime.version}; latency model {profile.latency.provenance}",
+        line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+        line("-" * w for w in widths),
+    ]
+    out += [line(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(out)
+
+
+def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
+    """Accuracy and robust accuracy against predicted p90 latency, with the budget lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = result.profile
+    b = p.budgets
+    cs = [c for c in result.candidates if c.evaluated]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    markers = {"float32": "o", "float16": "s", "dynamic": "^", "int8": "D"}
+    for export, mk in markers.items():
+        sel = [c for c in cs if c.export == export]
+        if not sel:
+            continue
+        xs = [c.predicted_p90_ms for c in sel]
+        ax.scatter(
+            xs,
+            [c.accuracy for c in sel],
+            marker=mk,
+            color="tab:blue",
+            alpha=0.7,
+            label=f"accuracy ({export})",
+        )
+        ax.scatter(
+            xs,
+            [c.robust for c in sel],
+            marker=mk,
+            color="tab:red",
+            alpha=0.7,
+            label=f"robust ({export})",
+        )
+        ax2.scatter(
+            xs, [c.size_kb for c in sel], marker=mk, color="tab:green", alpha=0.7, label=export
+        )
+    refused = [c for c in cs if c.runtime_error]
+    if refused:
+        ax.scatter(
+            [c.predicted_p90_ms for c in refused],
+            [c.robust for c in refused],
+            marker="x",
+            s=90,
+            color="black",
+            label=f"{p.runtime.interpreter} {p.runtime.version} cannot load",
+        )
+    for c in cs:
+        if c.measured and c.measured.get("p90_ms"):
+            ax.annotate(
+                "",
+                xy=(c.measured["p90_ms"], c.robust),
+                xytext=(c.predicted_p90_ms, c.robust),
+                arrowprops={"arrowstyle": "->", "color": "gray"},
+            )
+            ax.scatter(
+                [c.measured["p90_ms"]], [c.robust], facecolors="none", edgecolors="black", s=80
+            )
+    if result.chosen:
+        c = result.chosen
+        ax.scatter(
+            [c.predicted_p90_ms],
+            [c.robust],
+            marker="*",
+            s=300,
+            color="gold",
+            edgecolors="black",
+            zorder=5,
+            label="chosen",
+        )
+        ax2.scatter(
+            [c.predicted_p90_ms],
+            [c.size_kb],
+            marker="*",
+            s=300,
+            color="gold",
+            edgecolors="black",
+            zorder=5,
+            label="chosen",
+        )
+    o = result.original
+    for a in (ax, ax2):
+        a.axvline(
+            b.p90_latency_ms,
+            color="black",
+            ls="--",
+            lw=1,
+            label=f"p90 budget {b.p90_latency_ms:g} ms",
+        )
+        a.set_xscale("log")
+        a.set_xlabel("predicted p90 latency (ms)" + (", emulated device" if p.emulated else ""))
+    if o.accuracy:
+        ax.axhline(
+            o.accuracy * b.min_accuracy_retention,
+            color="tab:blue",
+            ls=":",
+            lw=1,
+            label="accuracy floor",
+        )
+    if o.robust:
+        ax.axhline(
+            o.robust * b.min_robust_retention, color="tab:red", ls=":", lw=1, label="robust floor"
+        )
+    ax.set_ylabel("accuracy / robust accuracy")
+    ax.set_title(f"{p.id}: candidates")
+    ax.legend(fontsize=7, loc="lower right")
+    ax2.axhline(
+        b.model_size_kb, color="black", ls="-.", lw=1, label=f"size budget {b.model_size_kb:g} KB"
+    )
+    ax2.set_yscale("log")
+    ax2.set_ylabel(".tflite size (KB)")
+    ax2.set_title("size against latency")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)

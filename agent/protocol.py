@@ -9,6 +9,7 @@ The topic tree, QoS and retained flags are documented in docs/protocol.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -148,6 +149,11 @@ class Manifest(Versioned):
         data = self.model_dump(mode="json", exclude={"signature"})
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
+    @property
+    def digest(self) -> str:
+        """sha256 of ``signed_bytes()``: reports echo it, so a host tells deployments apart."""
+        return hashlib.sha256(self.signed_bytes()).hexdigest()
+
 
 # --- device -> host ---------------------------------------------------------
 
@@ -240,6 +246,7 @@ class Report(Versioned):
     report_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=64)
     device_id: DeviceId
     deployment_id: DeploymentId | None = None
+    manifest_sha256: Sha256 | None = None  # Manifest.digest of the manifest this answers
     state: State
     final: bool = False
     reason: ShortText | None = None

@@ -266,10 +266,12 @@ class Agent:
             except Exception:  # noqa: BLE001 - the worker must survive anything
                 log.exception("worker job %s failed", kind)
 
-    def _error(self, reason: str, deployment_id: str | None = None,
+    def _error(self, reason: str, manifest: Manifest | None = None,
                state: str = "error") -> None:
         log.warning("%s", reason)
-        self.emit(Report(device_id=self.settings.device_id, deployment_id=deployment_id,
+        self.emit(Report(device_id=self.settings.device_id,
+                         deployment_id=manifest.deployment_id if manifest else None,
+                         manifest_sha256=manifest.digest if manifest else None,
                          state=state, final=state != "error", reason=reason[:4000]))
 
     def _handle_manifest(self, payload: bytes) -> None:
@@ -281,22 +283,26 @@ class Agent:
         dep = manifest.deployment_id
         if manifest.device_id != self.settings.device_id:
             self._error(f"manifest {dep} is for device {manifest.device_id}, "
-                        f"not {self.settings.device_id}")
+                        f"not {self.settings.device_id}", manifest)
             return
         with self._tlock:
             current = self._transfer
         lock = self.storage.read_lock()
         if current is not None or lock:
             busy = current.manifest.deployment_id if current else lock.get("deployment_id")
+            if busy == dep and current is not None and current.manifest.digest != manifest.digest:
+                self._error(f"deployment {dep} is in progress with a different manifest: "
+                            "refused", manifest, "rejected")
+                return
             if busy == dep:
                 log.info("manifest %s again: resuming", dep)
                 self._request_missing(force=True)
                 return
-            self._error(f"deployment {dep} refused: deployment {busy} is in progress", dep,
+            self._error(f"deployment {dep} refused: deployment {busy} is in progress", manifest,
                         "rejected")
             return
         if self.storage.seen(dep):
-            self._error(f"deployment id {dep} was already used: replay refused", dep, "error")
+            self._error(f"deployment id {dep} was already used: replay refused", manifest)
             return
         if self.settings.trust is not None:
             try:
@@ -314,7 +320,7 @@ class Agent:
                                      "outcome": outcome, "reason": reason,
                                      "sha256": manifest.model.sha256,
                                      "size": manifest.model.size, "finished_at": time.time()})
-        self._error(reason, manifest.deployment_id, outcome)
+        self._error(reason, manifest, outcome)
 
     def _open_transfer(self, manifest: Manifest) -> None:
         tr = Transfer(self.storage.transfer_dir(manifest.deployment_id), manifest)

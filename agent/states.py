@@ -52,7 +52,7 @@ class Context:
         active = self.storage.active()
         self.emit(Report(
             device_id=self.device_id, deployment_id=self.manifest.deployment_id,
-            state=state, final=final, model_sha256=self.manifest.model.sha256,
+            manifest_sha256=self.manifest.digest, state=state, final=final, model_sha256=self.manifest.model.sha256,
             active_sha256=active["sha256"] if active else None, **fields,
         ))
 

@@ -268,6 +268,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
          progress: Progress | None) -> DeploymentReport:
     topics = Topics(manifest.device_id)
     dep = manifest.deployment_id
+    digest = manifest.digest
     events: queue.Queue[tuple[str, bytes]] = queue.Queue()
     client = MqttClient(broker, client_id=f"paoding-host-{dep}"[:64], clean_session=False)
     client.subscribe(topics.report, lambda _t, p: events.put(("report", p)))
@@ -314,7 +315,8 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
                 rep = Report.from_json(payload)
             except (ValidationError, ValueError):
                 continue
-            if rep.deployment_id != dep or rep.report_id in seen:
+            if (rep.deployment_id != dep or rep.report_id in seen
+                    or rep.manifest_sha256 != digest):  # e.g. a retained report of a replay
                 continue
             seen.add(rep.report_id)
             heard = True

@@ -61,3 +61,5 @@ def test_isolated_benchmark_in_a_child_process(small_model, unloadable_model, tm
     assert out.kind == "load" and "version '9999'" in out.failure
     out = run_isolated(good, BenchmarkSettings(), runtime="no-such-runtime")
     assert out.kind == "load" and "unknown runtime" in out.failure
+    out = run_isolated(good, BenchmarkSettings(runs=10**6, min_seconds=60), timeout=2.0)
+    assert out.kind == "run" and "did not finish in 2s" in out.failure

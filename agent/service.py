@@ -185,7 +185,7 @@ class Agent:
     def _connected(self) -> None:
         self.publish_status()
         self.flush_spool()
-        self._request_missing(force=True)
+        self._request_missing()
 
     # -- reports ------------------------------------------------------------
 
@@ -296,7 +296,7 @@ class Agent:
                 return
             if busy == dep:
                 log.info("manifest %s again: resuming", dep)
-                self._request_missing(force=True)
+                self._request_missing()
                 return
             self._error(f"deployment {dep} refused: deployment {busy} is in progress", manifest,
                         "rejected")
@@ -329,7 +329,7 @@ class Agent:
         if tr.complete:
             self._jobs.put(("run", manifest.deployment_id))
         else:
-            self._request_missing(force=True)
+            self._request_missing()
 
     def _resume(self) -> None:
         lock = self.storage.read_lock()
@@ -344,7 +344,7 @@ class Agent:
         log.info("resuming deployment %s from %s", manifest.deployment_id, lock.get("stage"))
         self._open_transfer(manifest)
 
-    def _request_missing(self, force: bool = False) -> None:
+    def _request_missing(self) -> None:
         with self._tlock:
             tr = self._transfer
             missing = tr.missing() if tr is not None else {}

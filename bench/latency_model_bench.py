@@ -205,7 +205,7 @@ def main() -> int:
             "emulated": emulated,
             "emulation": next(iter(meas.values())).get("emulation"),
             "validation": summary,
-            "validation_with_previous_model": lat.error_summary(prior_err),
+            "validation_with_profile_model": lat.error_summary(prior_err),
             "calibration_in_sample": lat.error_summary(cal_err),
             "memory_validation": lat.error_summary(np.array(mem_err)),
             "fitted": fitted.model_dump(mode="json"),

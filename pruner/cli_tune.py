@@ -181,6 +181,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.table())
     print(result.statement)
+    if not search.labelled:
+        print(
+            "note: no --eval-data: 'acc' is top-1 agreement with the original on random inputs "
+            "from the input box, and robust accuracy around random inputs says little; give "
+            "labelled data for real accuracy and robustness floors"
+        )
     if args.verify_on and result.chosen is not None:
         deployer = tn.mqtt_deployer(
             args.verify_on,

@@ -678,6 +678,10 @@ def _attach_model(result: TuneResult, search: Search) -> None:
             result.keras_model = s.model
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def choose(result: TuneResult) -> Candidate | None:
     """Mark the best candidate that meets every budget; write the statement."""
     p = result.profile
@@ -699,7 +703,7 @@ def choose(result: TuneResult) -> Candidate | None:
             latency = f"p90 {best.predicted_p90_ms * result.correction:.3g} ms predicted{scaled}"
         result.statement = (
             f"chosen {best.key} for {p.id}: robust accuracy {best.robust:.3f} "
-            f"(retention {best.robust_retention:.2f}), accuracy {best.accuracy:.3f}, "
+            f"(retention {_fmt(best.robust_retention)}), accuracy {best.accuracy:.3f}, "
             f"{latency}, {best.size_kb:.1f} KB; "
             f"meets every budget"
         )

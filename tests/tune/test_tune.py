@@ -183,3 +183,15 @@ def test_search_cache_follows_floor_and_schedule(small_model):
     assert len(low) == 4 and low[0] is high[0]  # measured steps are reused
     other = s.prune("paoding", 0, 0.4, 0.4)
     assert [round(x.ratio, 1) for x in other][-1] <= 0.4 + 1e-6 and len(other) == 2
+
+
+def test_without_eval_data_uses_agreement(small_model, make_profile):
+    from pruner.io import load_model
+
+    path, _ = small_model
+    pid = make_profile("unlabelled", exports=["float32"], budgets__min_robust_retention=0.01)
+    s = tn.Search.create(load_model(path), None, robust_samples=50, progress=False)
+    r = tn.tune(s.model, pid, search=s, max_ratio=0.4, step=0.2, progress=False)
+    assert not s.labelled and r.original.accuracy == 1.0  # agreement with itself
+    assert r.chosen is not None and "chosen" in r.statement
+    assert "agreement with the original" in r.to_dict()["accuracy_measure"]

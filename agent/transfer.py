@@ -36,7 +36,7 @@ class ArtifactReceiver:
     """One artifact being received into ``directory/<name>.part``."""
 
     def __init__(self, directory: Path, name: str, artifact: Artifact,
-                 flush_every: int = 16, flush_seconds: float = 0.5) -> None:
+                 flush_every: int = 64, flush_seconds: float = 0.5) -> None:
         self.directory = directory
         self.name = name
         self.artifact = artifact

@@ -281,6 +281,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
     received_at: float | None = None
     final: Report | None = None
     try:
+        t_manifest = time.monotonic()
         client.publish(topics.manifest, manifest.to_json(), qos=1).wait(min(30.0, timeout))
         if progress:
             progress("manifest", {"deployment_id": dep})
@@ -332,16 +333,16 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
         for t in (topics.report, topics.need):
             client.unsubscribe(t)
         client.close()
-    return _summarise(manifest, final, reports, t0, received_at, sender.sent)
+    return _summarise(manifest, final, reports, t0, t_manifest, received_at, sender.sent)
 
 
 def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               received_at: float | None, sent: int) -> DeploymentReport:
+               t_manifest: float, received_at: float | None, sent: int) -> DeploymentReport:
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
     checks = next((r.checks for r in reversed(reports) if r.checks), None)
     transfer = next((r.transfer for r in reports if r.transfer), None)
     total = sum(a.size for a in manifest.artifacts().values())
-    tsec = (received_at - t0) if received_at else None
+    tsec = (received_at - t_manifest) if received_at else None
     return DeploymentReport(
         deployment_id=manifest.deployment_id, device_id=manifest.device_id,
         state=final.state, ok=final.state == "active", reason=final.reason,

@@ -298,7 +298,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/5] tuning for {', '.join(pids)}")
     results = {}
     for pid in pids:
-        r = tn.tune(model, profiles[pid], search=search, modes=("paoding",), progress=progress)
+        r = tn.tune(
+            model, profiles[pid], search=search, modes=("paoding", "greedy"), progress=progress
+        )
         print()
         print(r.table())
         print(r.statement)

@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--modes",
-        default="paoding",
-        help="pruning modes to search, comma-separated (default paoding)",
+        default="paoding,greedy",
+        help="pruning modes to search, comma-separated (default paoding,greedy; also "
+        "baseline, magnitude, random)",
     )
     parser.add_argument("--seeds", default="0", help="seeds to search, comma-separated")
     parser.add_argument("--exports", help="export types to search (default: the profile's)")

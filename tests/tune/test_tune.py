@@ -92,6 +92,8 @@ def test_cli_impossible_exits_2_and_writes_report(small_model, make_profile, tmp
             "0.2",
             "--exports",
             "float32,int8",
+            "--modes",
+            "paoding",
             "--no-progress",
             "-o",
             str(out),

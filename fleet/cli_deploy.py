@@ -3,73 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
+
+from fleet.cli_options import (
+    add_check_arguments,
+    add_connection_arguments,
+    bench_from_args,
+    broker_from_args,
+    key_from_args,
+    thresholds_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the .tflite model to deploy")
     parser.add_argument("--device", required=True, help="the device id")
     parser.add_argument("--probes", help="probe bundle (.npz) built by `paoding-edge probes`")
-    parser.add_argument("--broker", default=os.environ.get("PAODING_BROKER",
-                                                           "mqtt://127.0.0.1:1883"),
-                        help="mqtt://host:1883 or mqtts://host:8883 (env PAODING_BROKER)")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file")
-    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
-    parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
-    parser.add_argument("--key", default=os.environ.get("PAODING_SIGNING_KEY"),
-                        help="signing key (from `paoding-edge keys new`; env PAODING_SIGNING_KEY)")
-    parser.add_argument("--unsigned", action="store_true",
-                        help="send without a signature (agents with --allow-unsigned only)")
-    g = parser.add_argument_group("thresholds (the model is rolled back if it misses one)")
-    g.add_argument("--max-p90-ms", type=float)
-    g.add_argument("--max-mean-ms", type=float)
-    g.add_argument("--max-peak-memory-mb", type=float)
-    g.add_argument("--min-agreement", type=float, help="top-1 agreement with the reference")
-    g.add_argument("--min-clean-accuracy", type=float)
-    g.add_argument("--min-robust-accuracy", type=float)
-    g.add_argument("--max-abs-deviation", type=float)
-    b = parser.add_argument_group("benchmark")
-    b.add_argument("--runs", type=int, default=50)
-    b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--min-seconds", type=float, default=0.0)
-    b.add_argument("--threads", type=int)
+    add_connection_arguments(parser)
+    add_check_arguments(parser)
     parser.add_argument("--chunk-size", type=int, default=65536, help="bytes per chunk (64 KB)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
     parser.add_argument("--deployment-id", help="default: a fresh unique id")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-THRESHOLDS = ("max_p90_ms", "max_mean_ms", "max_peak_memory_mb", "min_agreement",
-              "min_clean_accuracy", "min_robust_accuracy", "max_abs_deviation")
-
-
 def run(args: argparse.Namespace) -> int:
-    from agent.errors import ConfigurationError
-    from agent.mqtt import Broker
     from fleet.publisher import deploy
 
-    if not args.key and not args.unsigned:
-        raise ConfigurationError("no signing key: give --key DIR/paoding.key "
-                                 "(see `paoding-edge keys new`) or --unsigned")
-    password = None
-    if args.password_file:
-        try:
-            with open(args.password_file) as f:
-                password = f.read().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read password file {args.password_file}: "
-                                     f"{exc.strerror}") from None
-    try:
-        broker = Broker.from_url(args.broker, username=args.username, password=password,
-                                 ca_file=args.ca_file, insecure=args.insecure or None)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    thresholds = {k: getattr(args, k) for k in THRESHOLDS if getattr(args, k) is not None}
-    bench = {"runs": args.runs, "warmup_runs": args.warmup, "min_seconds": args.min_seconds,
-             "threads": args.threads}
+    key = key_from_args(args)
+    broker = broker_from_args(args)
+    thresholds = thresholds_from_args(args)
+    bench = bench_from_args(args)
 
     def progress(event: str, info: dict[str, Any]) -> None:
         if event == "report" and not args.json:
@@ -77,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {info['state']}{reason}", file=sys.stderr)
 
     report = deploy(args.model, args.device, broker, probes=args.probes, thresholds=thresholds,
-                    key=None if args.unsigned else args.key, benchmark=bench,
+                    key=key, benchmark=bench,
                     timeout=args.timeout, chunk_size=args.chunk_size, progress=progress,
                     deployment_id=args.deployment_id)
     if args.json:

@@ -16,8 +16,17 @@ from mosquitto import Mosquitto  # noqa: E402
 
 @pytest.fixture
 def broker(tmp_path_factory):
-    """A fresh Mosquitto on a free loopback port; stopped after the test."""
+    """A fresh Mosquitto on a free loopback port, persistent across restarts; killed after."""
     b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto"))
+    b.start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture
+def volatile_broker(tmp_path_factory):
+    """A Mosquitto without persistence: a restart loses every session and queued message."""
+    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto-volatile"), persistence=False)
     b.start()
     yield b
     b.kill()

@@ -7,6 +7,7 @@ messages), and may stop, restart or kill it to test outages.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,7 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_config: str = ""
+    persistence: bool = True
     proc: subprocess.Popen | None = None
 
     host: str = "127.0.0.1"
@@ -55,8 +57,11 @@ class Mosquitto:
             "\n".join(
                 [
                     f"listener {self.port} {self.host}",
+                    # as root, mosquitto drops to its own user, which cannot write the
+                    # persistence file into the tests' private directories
+                    "user root" if os.geteuid() == 0 else "",
                     "allow_anonymous true",
-                    "persistence true",
+                    f"persistence {'true' if self.persistence else 'false'}",
                     f"persistence_location {self.workdir}/",
                     "autosave_interval 1",
                     "max_queued_messages 100000",

@@ -196,16 +196,10 @@ def agent_process(tmp_path) -> Iterator[Callable[..., AgentProcess]]:
 
 @pytest.fixture
 def persistent_broker(tmp_path_factory):
-    """A Mosquitto whose persistence works when the tests run as root.
-
-    As root, mosquitto drops to the 'mosquitto' user, which cannot write into
-    pytest's private temporary directories, so it would silently lose sessions
-    on restart; ``user root`` keeps it able to save them.
-    """
+    """A Mosquitto that keeps sessions across a restart (the shared fixture's default)."""
     from mosquitto import Mosquitto
 
-    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto-persistent"),
-                  extra_config="user root")
+    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto-persistent"))
     b.start()
     yield b
     b.kill()

@@ -47,10 +47,10 @@ def test_reports_spooled_while_broker_down_are_all_delivered(persistent_broker, 
     assert rep.states == ["received", "verified", "installed", "benchmarked", "active"]
 
 
-def test_final_report_arrives_even_if_the_broker_loses_sessions(broker, inproc_agent, keys,
-                                                                 small_model):
+def test_final_report_arrives_even_if_the_broker_loses_sessions(volatile_broker, inproc_agent,
+                                                                 keys, small_model):
     """Without broker persistence the retained latest report still reaches the host."""
-    rep = _offline_deploy(broker, inproc_agent, keys, small_model)
+    rep = _offline_deploy(volatile_broker, inproc_agent, keys, small_model)
     assert rep.states[-1] == "active"
 
 

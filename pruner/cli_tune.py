@@ -13,6 +13,8 @@ the closest candidate and the budget it misses, and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             "from the input box, and robust accuracy around random inputs says little; give "
             "labelled data for real accuracy and robustness floors"
         )
+    saved = Path(tempfile.mkdtemp(prefix="paoding-verify-"))
     if args.verify_on and result.chosen is not None:
         deployer = tn.mqtt_deployer(
             args.verify_on,
@@ -196,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             probes=probes_for(search),
             key=args.key,
             timeout=args.timeout,
+            save_dir=saved,
         )
         tn.verify(result, search, deployer, rounds=args.rounds)
         print(result.table())
@@ -211,5 +215,12 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {out}/report.json, {out}/report.png"
         + (f", {out}/model.tflite, {out}/model.keras" if result.chosen else "")
     )
+    if any(saved.iterdir()):
+        dest = out / "devices" / str(args.verify_on)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(saved), dest)
+        print(f"kept the agent's reports and the deployed models in {dest}")
+    else:
+        shutil.rmtree(saved, ignore_errors=True)
     tn.raise_if_impossible(result)
     return 0

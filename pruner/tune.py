@@ -42,7 +42,7 @@ from device_profiles.schema import DeviceProfile
 from pruner.errors import BudgetError, ConfigError, DataError
 
 EXPORTS = ("float32", "float16", "dynamic", "int8")
-OUTPUT_FILES = ("model.tflite", "model.keras", "report.json", "report.png")
+OUTPUT_FILES = ("model.tflite", "model.keras", "report.json", "report.png", "devices")
 
 # Highest builtin op version each runtime can load. tflite-runtime 2.14: from
 # tensorflow/lite/core/kernels/register.cc of that release, and checked here

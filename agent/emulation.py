@@ -37,17 +37,29 @@ class EmulationError(RuntimeError):
     """The profile cannot be emulated here (no emulation section, CPUs missing)."""
 
 
-def _set_affinity(cpus: list[int]) -> None:
+def _set_affinity(cpus: list[int]) -> str:
+    """Pin every thread to the CPU set; CPUs this host lacks are mapped onto those it has."""
     available = sorted(os.sched_getaffinity(0))
     missing = [c for c in cpus if c not in available]
+    text = f"CPUs {cpus} (sched_setaffinity)"
     if missing:
-        raise EmulationError(f"CPUs {missing} are not available on this host (have {available})")
+        if len(cpus) > len(available):
+            raise EmulationError(
+                f"the profile needs {len(cpus)} CPUs, this process may use {len(available)} "
+                f"({available})"
+            )
+        cpus = sorted({available[c % len(available)] for c in cpus})
+        text = (
+            f"CPUs {cpus} (sched_setaffinity; the profile's CPUs {missing} are not on this "
+            f"host, mapped onto {available})"
+        )
     for tid in _threads():
         try:
             os.sched_setaffinity(tid, cpus)
         except OSError:
             pass  # a thread that ended meanwhile
     os.sched_setaffinity(0, cpus)
+    return text
 
 
 def _set_memory_limit(limit_mb: int) -> str:
@@ -222,10 +234,10 @@ def apply(profile_id: str) -> tuple[float, str]:
     emu = profile.emulation
     if emu is None:
         raise EmulationError(f"profile {profile.id!r} has no emulation section")
-    _set_affinity(emu.cpuset)
+    affinity = _set_affinity(emu.cpuset)
     parts = [
         f"emulating {emu.emulates or profile.id} with profile {profile.id}",
-        f"CPUs {emu.cpuset} (sched_setaffinity)",
+        affinity,
         *_set_priority_and_quota(emu),
         _set_memory_limit(emu.memory_limit_mb),
         f"timings multiplied by a deterministic slowdown of {emu.slowdown:g}",

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 import device_profiles as dp
@@ -64,13 +63,17 @@ def test_profile_without_emulation_is_refused():
     assert "has no emulation section" in out.stderr
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 1, reason="no CPUs")
-def test_missing_cpu_is_refused(tmp_path):
+def test_missing_cpu_is_mapped_onto_the_host(tmp_path):
     data = yaml.safe_load((dp.PACKAGE_DIR / "raspberry-pi-4-emulated.yaml").read_text())
     data["id"] = "far-emulated"
-    data["emulation"]["cpuset"] = [4095]
+    data["emulation"].update(cpuset=[4095], priority="normal")
     (tmp_path / "far-emulated.yaml").write_text(yaml.safe_dump(data))
     env = dict(os.environ, PAODING_PROFILES=str(tmp_path))
+    info, _ = _run("far-emulated", env)
+    assert len(info["cpus"]) == 1 and info["cpus"][0] in os.sched_getaffinity(0)
+    assert "[4095] are not on this host" in info["text"]
+    data["emulation"]["cpuset"] = list(range(4096, 4096 + len(os.sched_getaffinity(0)) + 1))
+    (tmp_path / "far-emulated.yaml").write_text(yaml.safe_dump(data))
     out = subprocess.run(
         [sys.executable, "-c", CHILD, "far-emulated"],
         capture_output=True,
@@ -78,4 +81,4 @@ def test_missing_cpu_is_refused(tmp_path):
         env=env,
         timeout=60,
     )
-    assert "are not available on this host" in out.stderr
+    assert out.returncode != 0 and "CPUs, this process may use" in out.stderr

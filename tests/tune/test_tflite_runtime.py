@@ -33,9 +33,17 @@ except Exception as exc:
 
 
 @pytest.fixture(scope="session")
-def tflite_runtime_python(pytestconfig) -> Path:
-    """Python of a venv holding tflite-runtime 2.14.0 and numpy<2 (created when missing)."""
-    venv = Path(pytestconfig.cache.mkdir("tflite-runtime-2.14-venv"))
+def tflite_runtime_python(pytestconfig, tmp_path_factory) -> Path:
+    """Python of a venv holding tflite-runtime 2.14.0 and numpy<2 (created when missing).
+
+    Kept in the pytest cache between runs (a temporary directory without the cache plugin).
+    """
+    cache = getattr(pytestconfig, "cache", None)
+    venv = (
+        Path(cache.mkdir("tflite-runtime-2.14-venv"))
+        if cache is not None
+        else tmp_path_factory.mktemp("tflite-runtime-2.14-venv")
+    )
     py = venv / "bin" / "python"
     check = [
         str(py),

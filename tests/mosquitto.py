@@ -65,7 +65,6 @@ class Mosquitto:
                     f"persistence_location {self.workdir}/",
                     "autosave_interval 1",
                     "max_queued_messages 100000",
-                    "message_size_limit 0",
                     f"log_dest file {self.workdir}/mosquitto.log",
                     "log_type error",
                     "log_type warning",

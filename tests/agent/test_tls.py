@@ -59,7 +59,6 @@ def tls_broker(tmp_path):
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "pi", "s3cret"],
                    check=True, capture_output=True)
     b = Mosquitto(workdir=tmp_path / "mq", extra_config="\n".join([
-        "user root",  # read the test files under the private tmp dir
         f"certfile {d / 'server.pem'}", f"keyfile {d / 'server.key'}",
         "allow_anonymous false", f"password_file {d / 'passwd'}"]))
     b.start()

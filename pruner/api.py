@@ -152,7 +152,15 @@ def _strategy(mode: str, rng: np.random.Generator, opts: dict[str, Any]) -> Any:
     if mode in ("paoding", "greedy"):
         cls = GlobalAnnealing if opts["scope"] == "global" else Annealing
         t0 = opts["t0"] if mode == "paoding" else 0.0
-        return cls(rng, PairSaliency(), impact, t0, opts["cooling"], opts["max_candidates"])
+        return cls(
+            rng,
+            PairSaliency(),
+            impact,
+            t0,
+            opts["cooling"],
+            opts["max_candidates"],
+            tau_start=opts["tau_start"],
+        )
     if mode == "baseline":
         return OneShotPairs()
     if mode == "magnitude":
@@ -238,10 +246,11 @@ def prune_steps(
     alpha: float = 0.75,
     beta: float = 0.25,
     entropy_threshold: float = 0.9,
-    t0: float = 0.05,
+    t0: float = 0.5,
     cooling: float = 0.9,
     max_candidates: int = 2048,
     scope: str = "layer",
+    tau_start: str = "first",
 ) -> Iterator[tuple[StepRecord, Any]]:
     """Prune progressively; yield (StepRecord, model) for the original (step 0) and each step.
 
@@ -252,6 +261,9 @@ def prune_steps(
     step's model (recursive merges); baseline, magnitude and random select on
     the original model at every ratio (one-shot). ``scope="global"`` makes
     paoding and greedy walk the pairs of all layers together each step.
+    ``t0``, ``cooling`` and ``tau_start`` set the annealing (see
+    strategies.Annealing for why the defaults are t0 = 0.5 and tau_start =
+    "first": saliency leads and the robustness score filters).
     """
     if isinstance(model, (str, os.PathLike)):
         from pruner.io import load_model
@@ -269,6 +281,8 @@ def prune_steps(
         raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
     if scope == "global" and mode not in ("paoding", "greedy"):
         raise ConfigError(f"scope 'global' applies to paoding and greedy, not {mode!r}")
+    if tau_start not in ("first", "median", "best"):
+        raise ConfigError(f"tau_start must be 'first', 'median' or 'best', got {tau_start!r}")
     for a in attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks must be among {', '.join(ATTACKS)}, got {a!r}")
@@ -295,6 +309,7 @@ def prune_steps(
         cooling=cooling,
         max_candidates=max_candidates,
         scope=scope,
+        tau_start=tau_start,
     )
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, opts)
@@ -402,10 +417,11 @@ def prune(
     alpha: float = 0.75,
     beta: float = 0.25,
     entropy_threshold: float = 0.9,
-    t0: float = 0.05,
+    t0: float = 0.5,
     cooling: float = 0.9,
     max_candidates: int = 2048,
     scope: str = "layer",
+    tau_start: str = "first",
 ) -> PruneResult:
     """Prune ``model`` until ``target`` of its prunable units are gone; see prune_steps.
 
@@ -439,6 +455,7 @@ def prune(
         cooling=cooling,
         max_candidates=max_candidates,
         scope=scope,
+        tau_start=tau_start,
     )
     for rec, pruned in steps:
         trajectory.append(rec)

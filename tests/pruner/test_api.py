@@ -179,3 +179,54 @@ def test_plain_objects_validate_and_round_trip():
     assert isinstance(StepRecord(0, 0.0, {}, 1, 1).to_dict(), dict)
     assert PruneResult.__dataclass_fields__.keys() >= {"model", "trajectory"}
     assert InputBox(0, 1).get_config() == {"lo": 0.0, "hi": 1.0}
+
+
+@pytest.fixture(scope="module")
+def trained_digits():
+    """An MLP 64-48-48-32-10 trained on scikit-learn's 8x8 digits (about 5 s), test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    idx = np.random.default_rng(0).permutation(len(x))
+    tr, te = idx[:1300], idx[1300:]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,))
+    h = inp
+    for width in (48, 48, 32):
+        h = keras.layers.Dense(width, activation="relu")(h)
+    model = keras.Model(inp, keras.layers.Dense(10)(h))
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x[tr], y[tr], epochs=20, batch_size=64, verbose=0)
+    return model, x[te], y[te]
+
+
+def test_paoding_keeps_accuracy_at_half_on_a_trained_model(trained_digits):
+    """Regression guard for the selection rule (see strategies.Annealing).
+
+    Measured over three training seeds and two pruning seeds at 50%: the original
+    is at 0.97-0.98; paoding keeps 0.78-0.83, greedy 0.69-0.82, the old rule
+    (tau from the best score, t0 = 0.05) 0.64-0.77, magnitude 0.35-0.43.
+    """
+    from pruner.evaluate import accuracy
+
+    model, x, y = trained_digits
+    original = accuracy(model, x, y)
+
+    def acc(mode, **kw):
+        return accuracy(prune(model, 0.5, mode, seed=0, **FAST, **kw).model, x, y)
+
+    paoding, greedy, magnitude = acc("paoding"), acc("greedy"), acc("magnitude")
+    old_rule = acc("paoding", tau_start="best", t0=0.05)
+    assert original > 0.95
+    assert paoding >= original - 0.25
+    assert paoding >= magnitude + 0.2 and greedy >= magnitude + 0.2
+    assert paoding >= old_rule
+
+
+def test_tau_start_is_validated(model):
+    with pytest.raises(ConfigError, match="tau_start"):
+        prune(model, 0.3, tau_start="nope", **FAST)

@@ -11,7 +11,7 @@ from models import mlp  # noqa: E402
 
 from pruner.api import prune  # noqa: E402
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402
-from pruner.criteria import L1Magnitude, UnitView  # noqa: E402
+from pruner.criteria import L1Magnitude, PairSaliency, UnitView  # noqa: E402
 from pruner.errors import ConfigError  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 from pruner.strategies import Annealing, Greedy, OneShotPairs, OneShotRanking  # noqa: E402
@@ -29,12 +29,14 @@ def _weights_bytes(m) -> bytes:
 
 
 def test_same_seed_gives_identical_weights_and_other_seeds_can_differ(model):
-    first = prune(model, 0.5, "paoding", seed=7, **FAST).model
-    again = prune(model, 0.5, "paoding", seed=7, **FAST).model
+    # step 0.25: quotas of 3-4 units (a walk of quota 1 takes the lowest-saliency
+    # pair and draws nothing)
+    first = prune(model, 0.5, "paoding", seed=7, step=0.25, **FAST).model
+    again = prune(model, 0.5, "paoding", seed=7, step=0.25, **FAST).model
     assert _weights_bytes(first) == _weights_bytes(again)
     differs = False
     for seed in range(8):
-        other = prune(model, 0.5, "paoding", seed=seed, **FAST).model
+        other = prune(model, 0.5, "paoding", seed=seed, step=0.25, **FAST).model
         if _weights_bytes(other) != _weights_bytes(first):
             differs = True
             break
@@ -69,6 +71,19 @@ def test_annealing_plan_is_consistent_and_greedy_draws_nothing(model):
     plan2 = hot.select(view, 5, 0)
     assert len(plan2.remove) == 5
     assert len(hot.accepted[view.group.name]) == 5
+
+
+@pytest.mark.parametrize("cls", [Annealing, Greedy])
+def test_every_walk_takes_the_lowest_saliency_pair_first(model, cls):
+    view = _view(model)
+    _, sal = PairSaliency()(view)
+    best = np.unravel_index(np.argmin(sal), sal.shape)
+    plan = cls(np.random.default_rng(0)).select(view, 3, 0)
+    assert plan.merges[0][:2] == (int(best[0]), int(best[1]))
+    old = cls(np.random.default_rng(0), tau_start="best")
+    assert len(old.select(view, 3, 0).remove) == 3
+    with pytest.raises(ConfigError, match="tau_start"):
+        Annealing(np.random.default_rng(0), tau_start="nope")
 
 
 def test_recursive_merging_prunes_past_half(model):

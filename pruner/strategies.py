@@ -39,17 +39,18 @@ class Annealing:
       robustness score, whatever their saliency. Measured on the digits MLP
       (784-128-128-64-10) this loses accuracy badly (greedy at 70%: 0.53 against
       0.82 with ``"first"``): the interval bound of h_b - gamma*h_a over the input
-      box grows with gamma for every pair, so the score ranks compensated merges
-      below plain removals (gamma ~ 0) and the walk degrades into magnitude-like
-      pruning. The score is a sound worst case over the whole box, not a ranking
+      box grows with gamma for every pair, so the score rates compensated merges
+      as worse than plain removals (gamma ~ 0) and the walk degrades into
+      magnitude-like pruning. The score is a sound worst case over the whole box, not a ranking
       of the merges' real effect, so it filters the saliency order instead of
       replacing it.
 
     The scores lie in about [0.5*alpha + 0.5*beta, alpha + 0.73*beta], so
     differences between candidates are tenths; t0 = 0.5 lets the first steps
     take most pairs in saliency order and the cooling makes the robustness
-    filter stricter as the network gets small (t0 = 0.05 made the filter strict
-    from the start and cost accuracy at every ratio on the digits MLP).
+    filter stricter as the network gets small. On the digits MLP (medians over
+    five seeds) t0 = 0.01 / 0.2 / 0.5 kept 0.933 / 0.947 / 0.958 at 50% and
+    0.803 / 0.842 / 0.858 at 70%.
     """
 
     def __init__(

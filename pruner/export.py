@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pruner.errors import ConfigError, DataError, PaodingError
+from pruner.files import write_atomic
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_SAMPLES = 100
@@ -30,27 +29,6 @@ class ExportError(PaodingError):
 class _DefaultBox:
     lo = 0.0
     hi = 1.0
-
-
-def file_mode() -> int:
-    """0o666 less the process umask: the mode open() would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def export_tflite(
@@ -109,7 +87,7 @@ def export_tflite(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"TFLite conversion ({quantization}) failed: {first}") from exc
     if path is not None:
-        _write_atomic(path, data)
+        write_atomic(path, data)
     return data
 
 

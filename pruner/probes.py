@@ -11,11 +11,9 @@ Saving and loading need numpy only; building needs TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pruner.errors import ConfigError, PaodingError
-from pruner.export import file_mode
+from pruner.files import atomic_path
 
 KINDS = ("clean", "fgsm", "pgd")
 REQUIRED = ("x", "y", "kind", "eps", "reference", "meta")
@@ -186,16 +184,8 @@ def save_probes(bundle: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Validate and write a bundle (compressed ``.npz``) atomically; return the path."""
     validate_probes(bundle)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in bundle.items()})
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in bundle.items()})
     return path
 
 

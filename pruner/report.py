@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pruner.export import file_mode
+from pruner.files import atomic_path, write_atomic
 
 SIZE_KEYS = (("params", "parameters"), ("macs", "MACs"), ("tflite_bytes", "TFLite bytes"))
 
@@ -54,19 +52,8 @@ def _key(k: Any) -> str:
 
 def write_json(report_dict: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write the report as indented JSON, atomically; return the path."""
-    path = Path(path)
     text = json.dumps(to_jsonable(report_dict), indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, text + "\n")
 
 
 def _rows(report_dict: Any) -> list[Mapping[str, Any]]:
@@ -134,16 +121,8 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
             ax_size.legend(fontsize=8)
         fig.subplots_adjust(left=0.06, right=0.97, bottom=0.12)
         path = Path(png_path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
     finally:
         plt.close(fig)
     return path

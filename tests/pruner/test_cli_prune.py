@@ -75,7 +75,7 @@ def test_prune_end_to_end(files, tmp_path, capsys):
     assert ["FULLY_CONNECTED", 1] in body["exports"]["float32"]["ops"]
     assert body["command"]["seed"] == 7 and body["command"]["eps"] == [0.02, 0.1]
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    from pruner.export import file_mode
+    from pruner.files import file_mode
 
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file_mode()}
     # the exports are the pruned model

@@ -39,3 +39,24 @@ def module_broker(tmp_path_factory):
     b.start()
     yield b
     b.kill()
+
+
+def _skips_fail() -> bool:
+    """In CI a skip means a missing install step: make it a failure there."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if _skips_fail() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (a missing install step?): {report.longrepr}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collectreport(report):
+    if _skips_fail() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"module skipped in CI (a missing install step?): {report.longrepr}"

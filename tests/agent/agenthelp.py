@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+# agents started as subprocesses import this checkout, quietly
+SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def make_probes(model_bytes: bytes, n: int = 24, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if sys.path[0] != str(ROOT):  # tests/agent must never shadow the agent package
     sys.path.insert(0, str(ROOT))
 
+from agenthelp import SUBPROCESS_ENV  # noqa: E402
+
 from agent.mqtt import Broker, MqttClient  # noqa: E402
 from agent.signing import TrustStore, write_key_pair  # noqa: E402
-
-SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _keras_tflite(units: tuple[int, ...], inputs: int = 16, classes: int = 10,

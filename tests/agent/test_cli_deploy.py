@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from agenthelp import make_probes
-from conftest import ROOT, SUBPROCESS_ENV
+from agenthelp import ROOT, SUBPROCESS_ENV, make_probes
 from mosquitto import free_port
 
 pytestmark = [pytest.mark.timeout(120)]

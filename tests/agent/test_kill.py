@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUBPROCESS_ENV
+from agenthelp import ROOT, SUBPROCESS_ENV
 from test_states import prepare
 
 from agent.protocol import Manifest

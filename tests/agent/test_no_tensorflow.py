@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, SUBPROCESS_ENV
+from agenthelp import ROOT, SUBPROCESS_ENV
 
 CODE = """
 import sys

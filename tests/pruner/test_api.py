@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp, postbn_net  # noqa: E402
+from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.api import PruneResult, StepRecord, prune, prune_steps  # noqa: E402
 from pruner.bounds import InputBox  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp, postbn_net  # noqa: E402
+from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402
 from pruner.criteria import PairSaliency, RobustnessImpact, UnitView  # noqa: E402

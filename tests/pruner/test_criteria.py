@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import mlp  # noqa: E402
+from prunehelp import mlp  # noqa: E402
 
 from pruner.criteria import (  # noqa: E402
     L1Magnitude,

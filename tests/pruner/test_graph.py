@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, mlp, postbn_net  # noqa: E402
+from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
 from pruner.errors import UnsupportedLayerError  # noqa: E402
 from pruner.graph import build_graph, incoming, outgoing  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import mlp  # noqa: E402
+from prunehelp import mlp  # noqa: E402
 
 from pruner.api import prune  # noqa: E402
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from models import convnet, gapnet, mlp, postbn_net  # noqa: E402
+from prunehelp import convnet, gapnet, mlp, postbn_net  # noqa: E402
 
 from pruner.criteria import PairSaliency, UnitView  # noqa: E402
 from pruner.errors import ConfigError  # noqa: E402

@@ -1,4 +1,4 @@
-"""Tiny Keras models for pruner tests (import as ``from models import mlp``)."""
+"""Tiny Keras models for pruner tests (import as ``from prunehelp import mlp``)."""
 
 from __future__ import annotations
 

@@ -155,12 +155,10 @@ def run_rollout(
 
     skipped: dict[str, str] = {}
     devices: list[Device] = []
+    known_tags = {d.device_id: d.tags for d in registry.devices()}
     for device_id, status in sorted(statuses.items()):
         profile = status.profile or "unknown"
-        device = Device(device_id, profile)
-        known = {d.device_id: d for d in registry.devices()}
-        if device_id in known:  # keep the tags recorded for it
-            device = Device(device_id, profile, known[device_id].tags)
+        device = Device(device_id, profile, known_tags.get(device_id, frozenset()))
         registry.upsert_device(
             device,
             runtime=status.runtime.name if status.runtime else None,

@@ -246,3 +246,23 @@ def test_rollout_and_fleet_commands(broker, fleet_of, good_model, tmp_path, caps
         == 2
     )
     assert "PROFILE=MODEL" in capsys.readouterr().err
+
+
+def test_targeting_by_recorded_tags(broker, fleet_of, good_model, tmp_path):
+    from fleet.rollout import Device
+
+    fleet_of({"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4"})
+    statuses = _wait_for(broker, 2)
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        reg.upsert_device(Device("pi-b", "raspberry-pi-4", frozenset({"beta"})))
+        result = run_rollout(
+            {"raspberry-pi-4": good_model},
+            broker.url,
+            reg,
+            target=Target(tags=frozenset({"beta"})),
+            statuses=statuses,
+            **FAST,
+        )
+        assert [r.device_id for r in result.results] == ["pi-b"]
+        assert result.skipped == {"pi-a": "not targeted"}
+        assert {d.device_id: d.tags for d in reg.devices()}["pi-b"] == frozenset({"beta"})

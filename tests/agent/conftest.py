@@ -16,38 +16,26 @@ if sys.path[0] != str(ROOT):  # tests/agent must never shadow the agent package
     sys.path.insert(0, str(ROOT))
 
 from agenthelp import SUBPROCESS_ENV  # noqa: E402
+from tflitehelp import dense_tflite, unloadable  # noqa: E402
 
 from agent.mqtt import Broker, MqttClient  # noqa: E402
 from agent.signing import TrustStore, write_key_pair  # noqa: E402
 
 
-def _keras_tflite(units: tuple[int, ...], inputs: int = 16, classes: int = 10,
-                  seed: int = 0) -> tuple[bytes, object]:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((inputs,))]
-    layers += [keras.layers.Dense(u, activation="relu") for u in units]
-    layers.append(keras.layers.Dense(classes))
-    model = keras.Sequential(layers)
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert(), model
-
-
 @pytest.fixture(scope="session")
 def tiny_model() -> bytes:
-    return _keras_tflite((8,), seed=1)[0]
+    return dense_tflite((8,), seed=1)[0]
 
 
 @pytest.fixture(scope="session")
 def small_model() -> bytes:
-    return _keras_tflite((32,), seed=2)[0]
+    return dense_tflite((32,), seed=2)[0]
 
 
 @pytest.fixture(scope="session")
 def medium_model() -> bytes:
     """About 1 MB: many chunks of 16 KB."""
-    return _keras_tflite((2048, 96), inputs=32, seed=3)[0]
+    return dense_tflite((2048, 96), inputs=32, seed=3)[0]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +44,7 @@ def deployed_model() -> tuple[bytes, str]:
     try:
         from pruner.api import prune
     except ImportError:
-        return _keras_tflite((48,), seed=4)[0], "keras"
+        return dense_tflite((48,), seed=4)[0], "keras"
     import keras
     import tensorflow as tf
 
@@ -70,15 +58,7 @@ def deployed_model() -> tuple[bytes, str]:
 @pytest.fixture(scope="session")
 def unloadable_model(tiny_model: bytes) -> bytes:
     """A model whose operator version no interpreter has: loading it fails."""
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tiny_model, 0))
-    for oc in m.operatorCodes:
-        oc.version = 9999
-    b = flatbuffers.Builder(1024)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return unloadable(tiny_model)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto import free_port
+from tflitehelp import dense_tflite, unloadable
 
 from agent.mqtt import Broker, BrokerUnavailable
 from agent.protocol import Status
@@ -20,34 +21,14 @@ from pruner.errors import ConfigError
 pytestmark = pytest.mark.broker
 
 
-def _tflite(units: int, seed: int) -> bytes:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(units, activation="relu"), keras.layers.Dense(4)]
-    )
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-
-
 @pytest.fixture(scope="module")
 def good_model() -> bytes:
-    return _tflite(16, seed=0)
+    return dense_tflite((16,), inputs=8, classes=4)[0]
 
 
 @pytest.fixture(scope="module")
 def bad_model(good_model: bytes) -> bytes:
-    """Loads nowhere: every operator asks for a version no interpreter has."""
-    import flatbuffers
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(good_model, 0))
-    for oc in m.operatorCodes:
-        oc.version = 9999
-    b = flatbuffers.Builder(1024)
-    b.Finish(m.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return unloadable(good_model)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotR
 from pruner.surgery import apply_plan
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
+SCOPES = ("layer", "global", "sequential")
 ATTACKS = ("fgsm", "pgd")
 # Reasons a run ends that keep the last model (a crossed floor keeps the one before).
 TARGET_REACHED = "target reached"
@@ -260,7 +261,15 @@ def prune_steps(
     overrides ``target`` and ``step``. paoding and greedy prune the previous
     step's model (recursive merges); baseline, magnitude and random select on
     the original model at every ratio (one-shot). ``scope="global"`` makes
-    paoding and greedy walk the pairs of all layers together each step.
+    paoding and greedy walk the pairs of all layers together each step;
+    ``scope="sequential"`` prunes one layer at a time, front to back, each to
+    its goal in steps of ``step`` before the next starts (the annealing
+    temperature restarts in each layer), so a layer's pairs are scored on
+    weights that already carry the merges of the layers before it. It is
+    opt-in because it depends on the model. Medians over seeds 0-4 (accuracy /
+    PGD@0.05): digits MLP 784-128-128-64-10 at 80% 0.725 / 0.225 against
+    0.539 / 0.208 with "layer", about equal at 10-70%; digits CNN at 80%
+    0.775 / 0.361 against 0.847 / 0.472, and PGD 0.686 against 0.714 at 50%.
     ``t0``, ``cooling`` and ``tau_start`` set the annealing (see
     strategies.Annealing for why the defaults are t0 = 0.5 and tau_start =
     "first": saliency leads and the robustness score filters).
@@ -277,10 +286,10 @@ def prune_steps(
             f"baseline mode pairs each unit at most once, so it prunes at most 50% of each layer; "
             f"target {schedule.target} is above that (use paoding or greedy)"
         )
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
-    if scope == "global" and mode not in ("paoding", "greedy"):
-        raise ConfigError(f"scope 'global' applies to paoding and greedy, not {mode!r}")
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if scope != "layer" and mode not in ("paoding", "greedy"):
+        raise ConfigError(f"scope {scope!r} applies to paoding and greedy, not {mode!r}")
     if tau_start not in ("first", "median", "best"):
         raise ConfigError(f"tau_start must be 'first', 'median' or 'best', got {tau_start!r}")
     for a in attacks:
@@ -317,6 +326,7 @@ def prune_steps(
     total0 = sum(widths0.values())
     goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
+    layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, opts)
     needs_bounds = mode in ("paoding", "greedy")
     one_shot = not needs_bounds
@@ -324,9 +334,10 @@ def prune_steps(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=schedule.max_steps - 1, disable=not progress, desc=f"prune {mode}", unit="step"
-    )
+    n_steps = schedule.max_steps - 1
+    if scope == "sequential":
+        n_steps *= len(graph.groups)
+    bar = tqdm(total=n_steps, disable=not progress, desc=f"prune {mode}", unit="step")
     try:
         t = time.perf_counter()
         base = meter(model, 0, 0.0, dict(widths0))
@@ -349,8 +360,13 @@ def prune_steps(
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
             views, quotas, caps = [], {}, {}
+            active = None  # sequential: the first layer still short of its goal
+            if scope == "sequential":
+                active = next(g.name for g in graph.groups if goals[g.name] > done[g.name])
             for group in graph.groups:
                 name = group.name
+                if active is not None and name != active:
+                    continue
                 per_step = schedule.layer_quota(widths0[name])
                 caps[name] = goals[name] - done[name]
                 quotas[name] = min(per_step * (number if one_shot else 1), caps[name])
@@ -360,10 +376,12 @@ def prune_steps(
                 views.append(UnitView.of(graph, group, ids, bounds))
             if scope == "global":
                 plan = strategy.select_all(views, quotas, caps, number - 1)
-            for view in views if scope == "layer" else []:
-                gp = strategy.select(view, quotas[view.group.name], number - 1)
+            for view in views if scope != "global" else []:
+                name = view.group.name
+                gp = strategy.select(view, quotas[name], layer_steps[name])
+                layer_steps[name] += 1
                 if gp.remove:
-                    plan[view.group.name] = gp
+                    plan[name] = gp
             removed_before = total0 - sum(len(ids) for ids in orig_ids.values())
             removed_now = sum(len(gp.remove) for gp in plan.values())
             if not one_shot:

@@ -106,6 +106,37 @@ def test_global_scope_walks_all_layers_together(model):
         prune(model, 0.3, "magnitude", scope="global", **FAST)
 
 
+def test_sequential_scope_prunes_one_layer_at_a_time_front_to_back(model):
+    first = prune(model, 0.5, "paoding", seed=3, scope="sequential", **FAST)
+    again = prune(model, 0.5, "paoding", seed=3, scope="sequential", **FAST)
+    assert first.stop_reason == "target reached"
+    widths0 = first.trajectory[0].units
+    assert first.final.units == {name: w // 2 for name, w in widths0.items()}
+    assert _weights_bytes(first.model) == _weights_bytes(again.model)
+    names = list(widths0)
+    for rec in first.trajectory[1:]:  # a later layer only loses units once the earlier is done
+        changed = [n for n in names if rec.units[n] < widths0[n]]
+        for earlier in changed[:-1]:
+            assert rec.units[earlier] == widths0[earlier] - widths0[earlier] // 2
+    with pytest.raises(ConfigError, match="scope"):
+        prune(model, 0.3, "random", scope="sequential", **FAST)
+
+
+def test_sequential_scope_restarts_the_temperature_in_each_layer(model, monkeypatch):
+    steps: dict[str, list[int]] = {}
+    select = Annealing.select
+
+    def spy(self, view, quota, step):
+        steps.setdefault(view.group.name, []).append(step)
+        return select(self, view, quota, step)
+
+    monkeypatch.setattr(Annealing, "select", spy)
+    prune(model, 0.5, "paoding", seed=0, scope="sequential", **FAST)
+    assert len(steps) == 2
+    for seen in steps.values():
+        assert seen == list(range(len(seen)))
+
+
 def test_baseline_pairs_each_unit_once_and_refuses_more_than_half(model):
     view = _view(model, bounds=False)
     plan = OneShotPairs().select(view, 100, 0)

@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="selection method (default paoding)")
     parser.add_argument("--step", type=float, default=0.05,
                         help="share of each layer's width removed per step (default 0.05)")
+    parser.add_argument("--scope", choices=("layer", "global", "sequential"), default="layer",
+                        help="paoding/greedy: quotas per layer (default), ranked across "
+                        "layers, or one layer at a time front to back (helps MLPs pruned "
+                        "past 70%%)")
     parser.add_argument("--eval-data", metavar="NPZ",
                         help="labelled evaluation set: an .npz with arrays x and y")
     parser.add_argument("--export", nargs="+", choices=QUANTIZATIONS, default=["float32"],
@@ -222,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     box = InputBox(lo, hi)
     result = prune(model, target=args.target, mode=args.mode, seed=args.seed,
                    schedule=Schedule(target=args.target, step=args.step), input_box=box,
-                   eval_data=eval_data, eps=eps, progress=not args.no_progress)
+                   eval_data=eval_data, eps=eps, progress=not args.no_progress,
+                   scope=args.scope)
 
     with staged_dir(out) as tmp:
         result.model.save(tmp / "pruned.keras")
@@ -250,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         body["command"] = {
             "model": str(args.model), "model_sha256": sha256_file(args.model),
             "target": args.target, "mode": args.mode, "seed": args.seed, "step": args.step,
+            "scope": args.scope,
             "input_range": [lo, hi], "eps": list(eps),
             "eval_data": str(args.eval_data) if args.eval_data else None,
             "eval_samples": int(len(eval_data[0])) if eval_data is not None else 0,

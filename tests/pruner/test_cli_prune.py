@@ -119,7 +119,18 @@ BAD = [
     (["model.keras", "--input-range", "1", "0"], "input-range"),
     (["model.keras", "--eval-data", "pixels.npz"], "outside --input-range"),
     (["model.keras", "--eval-data", "labels.npz"], "labels must be in"),
+    (["model.keras", "--mode", "magnitude", "--scope", "sequential"], "paoding and greedy"),
 ]
+
+
+def test_prune_sequential_scope(files, tmp_path, capsys):
+    out = tmp_path / "seq"
+    rc = main(["prune", str(files["dir"] / "model.keras"), "--target", "0.3", "--scope",
+               "sequential", "--no-progress", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    body = json.loads((out / "report.json").read_text())
+    assert body["command"]["scope"] == "sequential"
+    assert abs(body["trajectory"][-1]["ratio"] - 0.3) < 0.05
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])

@@ -16,6 +16,13 @@ from pruner.errors import ConfigError
 from pruner.surgery import GroupPlan
 
 
+def ascending_pairs(sal: np.ndarray) -> np.ndarray:
+    """Flat indices of a pair-saliency matrix's finite entries, lowest first (stable)."""
+    flat = sal.ravel()
+    order = np.argsort(flat, kind="stable")
+    return order[np.isfinite(flat[order])]
+
+
 class Annealing:
     """Simulated annealing over candidate pairs (the Paoding selection).
 
@@ -92,9 +99,7 @@ class Annealing:
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
         n = view.n
         gamma, sal = self.saliency(view)
-        flat = sal.ravel()
-        order = np.argsort(flat, kind="stable")
-        order = order[np.isfinite(flat[order])]
+        order = ascending_pairs(sal)
         cand_a, cand_b = order // n, order % n
         history = self.accepted.setdefault(view.group.name, set())
         ids = view.orig_ids.tolist()
@@ -188,8 +193,7 @@ class GlobalAnnealing(Annealing):
                 continue
             gamma, sal = self.saliency(view)
             flat = sal.ravel()
-            order = np.argsort(flat, kind="stable")
-            order = order[np.isfinite(flat[order])]
+            order = ascending_pairs(sal)
             order = order[: min(self.chunk, max(self.first_chunk, 8 * quotas.get(name, 1)))]
             if not order.size:
                 continue
@@ -266,9 +270,7 @@ class OneShotPairs:
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
         n = view.n
         gamma, sal = self.saliency(view)
-        flat = sal.ravel()
-        order = np.argsort(flat, kind="stable")
-        order = order[np.isfinite(flat[order])]
+        order = ascending_pairs(sal)
         used: set[int] = set()
         ids = view.orig_ids.tolist()
         plan = GroupPlan()

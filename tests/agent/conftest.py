@@ -171,14 +171,3 @@ def agent_process(tmp_path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for p in procs:
         p.kill()
-
-
-@pytest.fixture
-def persistent_broker(tmp_path_factory):
-    """A Mosquitto that keeps sessions across a restart (the shared fixture's default)."""
-    from mosquitto import Mosquitto
-
-    b = Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto-persistent"))
-    b.start()
-    yield b
-    b.kill()

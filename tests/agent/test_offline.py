@@ -40,10 +40,10 @@ def _offline_deploy(broker, inproc_agent, keys, small_model):
     return rep
 
 
-def test_reports_spooled_while_broker_down_are_all_delivered(persistent_broker, inproc_agent,
+def test_reports_spooled_while_broker_down_are_all_delivered(broker, inproc_agent,
                                                              keys, small_model):
     """A broker that keeps sessions delivers every report made while it was down."""
-    rep = _offline_deploy(persistent_broker, inproc_agent, keys, small_model)
+    rep = _offline_deploy(broker, inproc_agent, keys, small_model)
     assert rep.states == ["received", "verified", "installed", "benchmarked", "active"]
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.protocol import BenchmarkResult, BenchmarkSettings, LatencyStats
 from agent.runtime import Model, Runtime
+from core.protocol import BenchmarkResult, BenchmarkSettings, LatencyStats
 
 
 def rss_mb() -> float:

@@ -1,65 +1,19 @@
 """Probe checks: accuracy, robust accuracy, agreement and deviation, as plain functions.
 
-The probe bundle is an ``.npz`` loaded with ``allow_pickle=False`` (format in
-docs/architecture.md): ``x``, ``y``, ``kind``, ``eps``, ``reference`` and an
-optional ``expected``.
+The probe bundle is read and validated by ``core.probes`` (one format for the
+host and the device).
 """
 
 from __future__ import annotations
 
 import time
-import zipfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ProbeError
-from agent.protocol import CheckResults, Thresholds
+from core.errors import ProbeError
+from core.protocol import CheckResults, Thresholds
 
 if TYPE_CHECKING:
     import numpy as np
-
-REQUIRED = ("x", "y", "kind", "eps", "reference")
-MAX_PROBES = 100_000
-
-
-def load_probe_bundle(path: str | Path) -> dict[str, np.ndarray]:
-    """Read and validate a probe bundle; ProbeError names the bad key."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ProbeError(f"probe bundle {path} is unreadable: {exc}") from None
-    validate_probes(data)
-    return data
-
-
-def validate_probes(data: dict[str, Any]) -> None:
-    import numpy as np
-
-    missing = [k for k in REQUIRED if k not in data]
-    if missing:
-        raise ProbeError(f"probe bundle lacks {', '.join(missing)}")
-    x, y, kind, eps, ref = (np.asarray(data[k]) for k in REQUIRED)
-    n = len(x)
-    if x.ndim < 2 or not np.issubdtype(x.dtype, np.floating):
-        raise ProbeError(f"probe 'x' must be float [N, *input], got {x.dtype} {x.shape}")
-    if n > MAX_PROBES:
-        raise ProbeError(f"{n} probes exceed the limit of {MAX_PROBES}")
-    for name, arr in (("y", y), ("kind", kind), ("eps", eps)):
-        if arr.shape != (n,):
-            raise ProbeError(f"probe {name!r} must have shape ({n},), got {arr.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ProbeError(f"probe 'y' must be integer labels, got {y.dtype}")
-    if kind.dtype.kind != "U":
-        raise ProbeError(f"probe 'kind' must be unicode strings, got {kind.dtype}")
-    if ref.ndim != 2 or len(ref) != n:
-        raise ProbeError(f"probe 'reference' must be [{n}, C], got {ref.shape}")
-    if "expected" in data and np.asarray(data["expected"]).shape != ref.shape:
-        raise ProbeError(f"probe 'expected' must match 'reference' {ref.shape}, "
-                         f"got {np.asarray(data['expected']).shape}")
-
 
 def evaluate_outputs(out: np.ndarray, probes: dict[str, np.ndarray],
                      seconds: float = 0.0) -> CheckResults:

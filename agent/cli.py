@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.errors import AgentError, ConfigurationError
-from pruner.errors import PaodingError
+from core.errors import ConfigError, PaodingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _emulation(profile_id: str) -> tuple[float, str]:
     if importlib.util.find_spec("agent.emulation") is None:
-        raise ConfigurationError("emulation not available (agent.emulation is not installed)")
+        raise ConfigError("emulation not available (agent.emulation is not installed)")
     from agent import emulation  # type: ignore[attr-defined]
 
     slowdown, description = emulation.apply(profile_id)
@@ -61,9 +60,9 @@ def _emulation(profile_id: str) -> tuple[float, str]:
 
 def _settings(args: argparse.Namespace) -> tuple[Any, str]:
     from agent.config import load_config
-    from agent.mqtt import Broker
     from agent.service import AgentSettings
-    from agent.signing import TrustStore, load_verify_key
+    from core.mqtt import Broker
+    from core.signing import TrustStore, load_verify_key
 
     cli = {k: v for k, v in vars(args).items()
            if k not in ("command", "config", "_run") and v is not None}
@@ -76,12 +75,12 @@ def _settings(args: argparse.Namespace) -> tuple[Any, str]:
             key_file=str(cfg.key_file) if cfg.key_file else None,
             insecure=cfg.insecure or None, protocol=cfg.mqtt_protocol)
     except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     trust = None
     if cfg.trust_key or cfg.trust_hmac:
         trust = TrustStore([load_verify_key(p) for p in [*cfg.trust_key, *cfg.trust_hmac]])
     elif not cfg.allow_unsigned:
-        raise ConfigurationError("no trusted key: give --trust-key host.pub (or --trust-hmac "
+        raise ConfigError("no trusted key: give --trust-key host.pub (or --trust-hmac "
                                  "FILE, or --allow-unsigned for development)")
     slowdown, emulation = 1.0, None
     if cfg.emulate:
@@ -125,7 +124,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state_dir = read_config_file(args.config).get("state_dir")
     state_dir = Path(state_dir or "/var/lib/paoding-agent")
     if not state_dir.is_dir():
-        raise ConfigurationError(f"state directory {state_dir} does not exist")
+        raise ConfigError(f"state directory {state_dir} does not exist")
     summary = status_summary(Storage(state_dir))
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return cmd_run(args) if args.command == "run" else cmd_status(args)
-    except (AgentError, PaodingError) as exc:
+    except PaodingError as exc:
         print(f"paoding-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

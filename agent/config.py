@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.errors import ConfigurationError
-from agent.protocol import check_id
+from core.errors import ConfigError
+from core.protocol import check_id
 
 ENV_PREFIX = "PAODING_AGENT_"
 LIST_FIELDS = ("trust_key", "trust_hmac")
@@ -61,7 +61,7 @@ class AgentConfig(BaseModel):
         try:
             return self.password_file.read_text().strip()
         except OSError as exc:
-            raise ConfigurationError(
+            raise ConfigError(
                 f"cannot read password file {self.password_file}: {exc.strerror}") from None
 
 
@@ -70,23 +70,23 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read config file {p}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise ConfigurationError(f"config file {p} is not valid JSON: {exc}") from None
+            raise ConfigError(f"config file {p} is not valid JSON: {exc}") from None
     else:
         import yaml
 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"config file {p} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigurationError(f"config file {p} must hold a mapping of settings")
+        raise ConfigError(f"config file {p} must hold a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -114,11 +114,11 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     merged.update(from_env(env))
     merged.update({k: v for k, v in cli.items() if v is not None and v != []})
     if "device_id" not in merged:
-        raise ConfigurationError("device id is required: --device-id, PAODING_AGENT_DEVICE_ID "
+        raise ConfigError("device id is required: --device-id, PAODING_AGENT_DEVICE_ID "
                                  "or device_id in the config file")
     try:
         return AgentConfig(**merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigurationError(f"setting {loc}: {err['msg']}") from None
+        raise ConfigError(f"setting {loc}: {err['msg']}") from None

@@ -28,13 +28,11 @@ import resource
 from pathlib import Path
 
 import device_profiles
+from core.errors import EmulationError
 from device_profiles.schema import Emulation
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
-
-class EmulationError(RuntimeError):
-    """The profile cannot be emulated here (no emulation section, CPUs missing)."""
 
 
 def _set_affinity(cpus: list[int]) -> str:

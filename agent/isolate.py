@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.protocol import BenchmarkResult, BenchmarkSettings, CheckResults
+from core.protocol import BenchmarkResult, BenchmarkSettings, CheckResults
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,10 @@ def run_isolated(model: Path, settings: BenchmarkSettings, *, probes: Path | Non
 
 def _child(request: dict) -> dict:
     from agent.benchmark import run_benchmark
-    from agent.checks import load_probe_bundle, run_checks
-    from agent.errors import ProbeError, RuntimeLoadError
+    from agent.checks import run_checks
     from agent.runtime import select_runtime
+    from core.errors import ProbeError, RuntimeLoadError
+    from core.probes import load_probes
 
     settings = BenchmarkSettings.model_validate(request["settings"])
     try:
@@ -96,7 +97,7 @@ def _child(request: dict) -> dict:
     checks = None
     if request.get("probes"):
         try:
-            checks = run_checks(loaded, load_probe_bundle(request["probes"]))
+            checks = run_checks(loaded, load_probes(request["probes"]))
         except ProbeError as exc:
             return {"ok": False, "kind": "probes", "message": f"probe checks failed: {exc}",
                     "benchmark": result.model_dump(mode="json")}

@@ -15,8 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import RuntimeLoadError
-from agent.protocol import RuntimeInfo
+from core.errors import RuntimeLoadError
+from core.protocol import RuntimeInfo
 
 if TYPE_CHECKING:
     import numpy as np

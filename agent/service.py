@@ -24,9 +24,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent import __version__
-from agent.errors import AgentError, StorageError, TransferError
-from agent.mqtt import Broker, MqttClient, Will
-from agent.protocol import (
+from agent.runtime import detect_runtime, select_runtime
+from agent.storage import Storage
+from agent.transfer import Transfer
+from core.errors import PaodingError, StorageError, TransferError
+from core.mqtt import Broker, MqttClient, Will
+from core.protocol import (
     ActiveModel,
     ChunkRequest,
     Manifest,
@@ -36,10 +39,7 @@ from agent.protocol import (
     Topics,
     TransferStats,
 )
-from agent.runtime import detect_runtime, select_runtime
-from agent.signing import TrustStore
-from agent.storage import Storage
-from agent.transfer import Transfer
+from core.signing import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Agent:
                                  profile=self.settings.profile, active_model=self._active())
                 self.client.publish(self.topics.status, offline.to_json(),
                                     retain=True).wait(2.0)
-            except AgentError:
+            except PaodingError:
                 pass
         self.client.close()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
@@ -159,7 +159,7 @@ class Agent:
         if self._runtime_info is None:
             try:
                 self._runtime_info = detect_runtime(self.settings.runtime)
-            except AgentError as exc:
+            except PaodingError as exc:
                 log.error("%s", exc)
         return self._runtime_info
 
@@ -307,7 +307,7 @@ class Agent:
         if self.settings.trust is not None:
             try:
                 self.settings.trust.verify(manifest)
-            except AgentError as exc:
+            except PaodingError as exc:
                 self._finish_early(manifest, "rejected", str(exc))
                 return
         self.storage.write_lock({"deployment_id": dep, "stage": "transfer",

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.checks import threshold_failures
-from agent.errors import AgentError, ProbeError, RuntimeLoadError, SignatureError
 from agent.isolate import Outcome, run_isolated
-from agent.protocol import BenchmarkResult, CheckResults, Manifest, Report, TransferStats
 from agent.runtime import Runtime, select_runtime
-from agent.signing import TrustStore
-from agent.storage import Storage, sha256_file
+from agent.storage import Storage
+from core.errors import PaodingError, ProbeError, RuntimeLoadError, SignatureError
+from core.files import sha256_file
+from core.protocol import BenchmarkResult, CheckResults, Manifest, Report, TransferStats
+from core.signing import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class Benchmark(State):
 def _measure_here(ctx: Context, path: Path, probes: Path | None) -> Outcome:
     """Benchmark and check in this process (when isolation is off)."""
     from agent.benchmark import run_benchmark
-    from agent.checks import load_probe_bundle, run_checks
+    from agent.checks import run_checks
+    from core.probes import load_probes
 
     m = ctx.manifest
     try:
@@ -163,7 +165,7 @@ def _measure_here(ctx: Context, path: Path, probes: Path | None) -> Outcome:
     checks = None
     if probes is not None:
         try:
-            checks = run_checks(loaded, load_probe_bundle(probes))
+            checks = run_checks(loaded, load_probes(probes))
         except ProbeError as exc:
             return Outcome(failure=f"probe checks failed: {exc}", kind="probes",
                            benchmark=result)
@@ -257,7 +259,7 @@ def run_machine(ctx: Context, start: State | None = None) -> str:
             outcome = state.outcome
         try:
             state = state.run(ctx)
-        except AgentError as exc:
+        except PaodingError as exc:
             state = Failed(str(exc)) if not isinstance(state, Failed | Finish) else Done()
         except Exception as exc:  # noqa: BLE001 - the agent survives any bug in a state
             log.exception("state %s failed", state.name)

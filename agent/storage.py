@@ -16,7 +16,6 @@ Every write is write-to-temp, fsync, rename, fsync of the directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -24,48 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.errors import StorageError
+from core.errors import StorageError
+from core.files import fsync_dir, read_json, sha256_file, write_atomic, write_json_atomic
 
 MODEL_SUFFIX = ".tflite"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class Storage:
@@ -150,7 +111,7 @@ class Storage:
             prev = old["previous"]
         new = {"active": dict(record, activated_at=time.time()), "previous": prev,
                "updated_at": time.time()}
-        atomic_write_json(self.state_path, new)
+        write_json_atomic(self.state_path, new)
         self._link_active(record["sha256"])
         self.prune_models()
 
@@ -190,12 +151,12 @@ class Storage:
         if active and not self.model_path(active["sha256"]).exists():
             prev = st["previous"]
             if prev and self.model_path(prev["sha256"]).exists():
-                atomic_write_json(self.state_path, {"active": prev, "previous": None,
+                write_json_atomic(self.state_path, {"active": prev, "previous": None,
                                                     "updated_at": time.time()})
                 done.append("active model file missing: fell back to the previous model")
                 active = prev
             else:
-                atomic_write_json(self.state_path, {"active": None, "previous": None,
+                write_json_atomic(self.state_path, {"active": None, "previous": None,
                                                     "updated_at": time.time()})
                 done.append("active model file missing and no previous model")
                 active = None
@@ -213,7 +174,7 @@ class Storage:
     # -- deployment lock ----------------------------------------------------
 
     def write_lock(self, data: dict[str, Any]) -> None:
-        atomic_write_json(self.lock_path, data)
+        write_json_atomic(self.lock_path, data)
 
     def read_lock(self) -> dict[str, Any] | None:
         data = read_json(self.lock_path)
@@ -256,7 +217,7 @@ class Storage:
 
     def spool_add(self, report_id: str, payload: bytes) -> Path:
         path = self.root / "spool" / f"{time.time_ns():020d}-{report_id}.json"
-        atomic_write(path, payload)
+        write_atomic(path, payload)
         return path
 
     def spool_list(self) -> list[Path]:

@@ -10,15 +10,14 @@ are asked for again. ``missing_ranges()`` is what the agent asks the host to
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
 from pathlib import Path
 
-from agent.errors import TransferError
-from agent.protocol import Artifact, Manifest
-from agent.storage import atomic_write, fsync_dir
+from core.errors import TransferError
+from core.files import fsync_dir, sha256_file, write_atomic
+from core.protocol import Artifact, Manifest
 
 
 def to_ranges(indexes: list[int]) -> list[tuple[int, int]]:
@@ -99,7 +98,7 @@ class ArtifactReceiver:
         if self._fd < 0:
             return
         os.fsync(self._fd)
-        atomic_write(self.have_path, bytes(self.have))
+        write_atomic(self.have_path, bytes(self.have))
         self._dirty = 0
         self._last_flush = time.monotonic()
 
@@ -110,11 +109,7 @@ class ArtifactReceiver:
         return to_ranges(self.missing())[:limit]
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.part, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(self.part)
 
     def close(self) -> None:
         with self._lock:

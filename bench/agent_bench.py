@@ -31,9 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from mosquitto import Mosquitto  # noqa: E402
 
-from agent.mqtt import Broker, MqttClient  # noqa: E402
-from agent.protocol import Status, Topics  # noqa: E402
-from agent.signing import write_key_pair  # noqa: E402
+from core.mqtt import Broker, MqttClient  # noqa: E402
+from core.protocol import Status, Topics  # noqa: E402
+from core.signing import write_key_pair  # noqa: E402
 from fleet.publisher import deploy  # noqa: E402
 
 DEVICE = "bench-01"

@@ -6,7 +6,7 @@
 1. Calibration set: a family of CNNs and MLPs of many widths (random weights),
    each exported as float32, float16, dynamic-range and int8.
 2. Validation set (held out): the tuner's candidates for the demo model
-   (digits CNN) on each profile, as `pruner.tune` produces them.
+   (digits CNN) on each profile, as `tuner.search` produces them.
 3. Every model is benchmarked in a child process that applies the profile's
    emulation (`agent.emulation.apply`: CPU set, quota, memory limit, slowdown)
    and runs the agent's own benchmark (`agent.benchmark.run_benchmark`).
@@ -37,7 +37,7 @@ EXPORTS = ("float32", "float16", "dynamic", "int8")
 CHILD = r"""
 import json, sys
 from agent.benchmark import run_benchmark
-from agent.protocol import BenchmarkSettings
+from core.protocol import BenchmarkSettings
 from agent.runtime import select_runtime
 import device_profiles
 profile = device_profiles.load(sys.argv[1])
@@ -136,9 +136,9 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     import device_profiles as dp
+    import tuner as tn
     from device_profiles import latency as lat
-    from fleet.cli_demo import demo_model
-    from pruner import tune as tn
+    from hostcli.demo import demo_model
     from pruner.datasets import digits28
     from pruner.export import export_tflite
 

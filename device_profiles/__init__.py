@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from core.errors import ProfileError
 from device_profiles.schema import DeviceProfile
-from pruner.errors import PaodingError
 
 __all__ = [
     "DeviceProfile",
@@ -36,9 +36,6 @@ __all__ = [
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-
-class ProfileError(PaodingError, ValueError):
-    """A profile is missing, unreadable or invalid; the message names the field."""
 
 
 def user_dir() -> Path:

@@ -25,11 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pruner.errors import PaodingError
-
-
-class BrokerStartError(PaodingError):
-    """The local broker could not be started."""
+from core.errors import BrokerStartError
 
 
 @dataclass(frozen=True)

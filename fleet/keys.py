@@ -5,7 +5,7 @@ The agent trusts the public half (``paoding-agent run --trust-key DIR/paoding.pu
 
 from __future__ import annotations
 
-from agent.signing import (
+from core.signing import (
     SigningKey,
     VerifyKey,
     load_signing_key,

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.errors import AgentError
-from agent.mqtt import Broker, BrokerUnavailable, MqttClient
-from agent.protocol import TOPIC_ROOT, Status
+from core.errors import ConfigError, PaodingError
+from core.mqtt import Broker, BrokerUnavailable, MqttClient
+from core.protocol import TOPIC_ROOT, Status
 from fleet.publisher import DeploymentReport, DeploymentTimeout, deploy
 from fleet.registry import Registry
 from fleet.rollout import (
@@ -36,7 +36,6 @@ from fleet.rollout import (
     plan_waves,
     select,
 )
-from pruner.errors import ConfigError
 
 Progress = Callable[[str, dict[str, Any]], None]
 Deployer = Callable[..., DeploymentReport]
@@ -308,7 +307,7 @@ def _collect(fut: Future[DeploymentReport], device: Device, wave: int) -> Device
         return DeviceResult(device.device_id, device.profile, wave, Outcome.TIMED_OUT, str(exc))
     except BrokerUnavailable:
         raise
-    except AgentError as exc:
+    except PaodingError as exc:
         return DeviceResult(device.device_id, device.profile, wave, Outcome.FAILED, str(exc))
     outcome = _OUTCOME.get(report.state, Outcome.FAILED)
     return DeviceResult(

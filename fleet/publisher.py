@@ -8,7 +8,6 @@ and returns a ``DeploymentReport`` once the deployment reaches a final state.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import queue
 import threading
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.errors import AgentError
-from agent.mqtt import Broker, MqttClient, PublishFuture
-from agent.protocol import (
+from core.errors import DeployError, DeploymentTimeout, PaodingError
+from core.mqtt import Broker, MqttClient, PublishFuture
+from core.probes import load_probes, probes_to_bytes, validate_probes
+from core.protocol import (
     DEFAULT_CHUNK_BYTES,
     FINAL_STATES,
     Artifact,
@@ -39,18 +39,14 @@ from agent.protocol import (
     TransferStats,
     check_id,
 )
-from agent.signing import SigningKey, load_signing_key
+from core.signing import SigningKey, load_signing_key
 
 Progress = Callable[[str, dict[str, Any]], None]
+# Runs a TFLite model on the host: (model bytes, x) -> outputs, for the probes' ``expected``.
+HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
 MANIFEST_RESEND_S = 5.0
 
 
-class DeployError(AgentError):
-    """A deployment could not be sent or did not finish."""
-
-
-class DeploymentTimeout(DeployError):
-    """No final report arrived in time."""
 
 
 class DeploymentReport(BaseModel):
@@ -98,44 +94,21 @@ def _as_key(key: SigningKey | str | os.PathLike[str] | None) -> SigningKey | Non
 def _load_probes(probes: str | os.PathLike[str] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if isinstance(probes, dict):
         data = {k: np.asarray(v) for k, v in probes.items()}
-    else:
-        try:
-            from pruner.probes import load_probes
-        except ImportError:
-            load_probes = None  # type: ignore[assignment]
-        if load_probes is not None:
-            data = load_probes(probes)
-        else:
-            from agent.checks import load_probe_bundle
-
-            data = load_probe_bundle(probes)
-    from agent.checks import validate_probes
-
-    validate_probes(data)
-    return data
+        validate_probes(data)
+        return data
+    return load_probes(probes)
 
 
-def add_expected(model: bytes, probes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add the model's own host outputs as ``expected`` (when an interpreter can load it)."""
-    from agent.runtime import select_runtime
-
+def add_expected(model: bytes, probes: dict[str, np.ndarray], host_outputs: HostOutputs
+                 ) -> dict[str, np.ndarray]:
+    """Add the model's own host outputs as ``expected`` (when the host can run it)."""
     try:
-        loaded = select_runtime().load(model)
-        out = loaded.predict(np.asarray(probes["x"], dtype=np.float32))
-    except (AgentError, ValueError):
+        out = np.asarray(host_outputs(model, np.asarray(probes["x"], dtype=np.float32)))
+    except (PaodingError, ValueError):
         return probes  # the device will say why it cannot load the model
     if out.shape != np.asarray(probes["reference"]).shape:
         return probes
     return dict(probes, expected=out.astype(np.float32))
-
-
-def probes_to_bytes(probes: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    for k, v in probes.items():
-        if np.asarray(v).dtype == object:
-            raise DeployError(f"probe {k!r} is an object array: it cannot be sent")
-    np.savez(buf, **probes)
-    return buf.getvalue()
 
 
 class _Sender:
@@ -193,7 +166,7 @@ class _Sender:
                 while len(inflight) >= self.window and not self._stop:
                     try:
                         inflight[0].wait(0.5)
-                    except AgentError:
+                    except PaodingError:
                         pass
                     inflight = [f for f in inflight if not f.done()]
             if self.progress:
@@ -219,7 +192,7 @@ def deploy(
     chunk_size: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
     deployment_id: str | None = None,
-    add_expected_outputs: bool = True,
+    host_outputs: HostOutputs | None = None,
 ) -> DeploymentReport:
     """Send ``model`` to ``device_id`` and return its final report.
 
@@ -247,8 +220,8 @@ def deploy(
                                   chunk_size=chunk_size)}
         if probes is not None:
             pdata = _load_probes(probes)
-            if add_expected_outputs:
-                pdata = add_expected(blob, pdata)
+            if host_outputs is not None:
+                pdata = add_expected(blob, pdata, host_outputs)
             blobs["probes"] = probes_to_bytes(pdata)
             arts["probes"] = Artifact(sha256=hashlib.sha256(blobs["probes"]).hexdigest(),
                                       size=len(blobs["probes"]), chunk_size=chunk_size)

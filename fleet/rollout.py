@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pruner.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is not None:
         return getattr(importlib.import_module(module), name)
-    try:  # a submodule, e.g. pruner.evaluate or pruner.tune
+    try:  # a submodule, e.g. pruner.evaluate or pruner.export
         return importlib.import_module(f"{__name__}.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__name__}.{name}":

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, DataError
 from pruner.bounds import InputBox, interval_bounds
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
-from pruner.errors import ConfigError, DataError
 from pruner.graph import build_graph
 from pruner.metrics import count_macs, count_params
 from pruner.schedule import Schedule, StopCriteria

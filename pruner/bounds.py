@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError
+from core.errors import ConfigError
 from pruner.graph import Op, PruneGraph
 
 

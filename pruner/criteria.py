@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from pruner.bounds import conv2d, propagate_deviation, step_deviation
-from pruner.errors import ConfigError
 from pruner.graph import (
     Group,
     PruneGraph,

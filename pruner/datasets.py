@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruner.errors import ConfigError
+from core.errors import ConfigError
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

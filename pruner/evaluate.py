@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 BATCH = 256
 

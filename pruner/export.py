@@ -15,15 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError, DataError, PaodingError
-from pruner.files import write_atomic
+from core.errors import ConfigError, DataError, ExportError
+from core.files import write_atomic
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_SAMPLES = 100
 
-
-class ExportError(PaodingError):
-    """The TFLite converter or interpreter failed on a model."""
 
 
 class _DefaultBox:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError, UnsupportedLayerError
+from core.errors import ConfigError, UnsupportedLayerError
 
 # activation name -> (positively homogeneous, Lipschitz constant); all monotone.
 ACTIVATIONS: dict[str, tuple[bool, float]] = {

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pruner.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
 

@@ -1,37 +1,20 @@
-"""The probe bundle: inputs the device re-checks a deployed model on.
+"""Building the probe bundle on the host: clean and adversarial inputs crafted on the ORIGINAL model.
 
-Format (docs/architecture.md): an ``.npz`` read with ``allow_pickle=False``
-holding ``x`` float32 [N, *input], ``y`` int64 [N], ``kind`` unicode [N]
-(``clean``, ``fgsm``, ``pgd``), ``eps`` float32 [N], ``reference`` float32
-[N, C] (the original model's float32 TFLite outputs), optional ``expected``
-float32 [N, C], and ``meta``, a unicode scalar holding a JSON object.
-
-Saving and loading need numpy only; building needs TensorFlow.
+The format (one reader, one validator) lives in ``core.probes``; building
+needs TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError, PaodingError
-from pruner.files import atomic_path
-
-KINDS = ("clean", "fgsm", "pgd")
-REQUIRED = ("x", "y", "kind", "eps", "reference", "meta")
-OPTIONAL = ("expected",)
-FORMAT_VERSION = 1
-
-
-class ProbeFormatError(PaodingError, ValueError):
-    """A probe bundle is unreadable or does not follow the format."""
+from core.errors import ConfigError
+from core.probes import FORMAT_VERSION, KINDS, validate_probes
 
 
 def _creator() -> str:
@@ -122,94 +105,5 @@ def build_probes(
         "reference": reference,
         "meta": np.array(json.dumps(meta, sort_keys=True)),
     }
-    validate_probes(bundle)
-    return bundle
-
-
-def _fail(key: str, what: str) -> ProbeFormatError:
-    return ProbeFormatError(f"probe bundle key {key!r}: {what}")
-
-
-def validate_probes(bundle: dict[str, Any]) -> dict[str, Any]:
-    """Check keys, dtypes and shapes; return the parsed ``meta`` JSON."""
-    missing = [k for k in REQUIRED if k not in bundle]
-    if missing:
-        raise ProbeFormatError(f"probe bundle lacks key(s) {', '.join(missing)}")
-    unknown = sorted(set(bundle) - set(REQUIRED) - set(OPTIONAL))
-    if unknown:
-        raise ProbeFormatError(f"probe bundle has unknown key(s) {', '.join(unknown)}")
-    arr = {k: np.asarray(v) for k, v in bundle.items()}
-    x = arr["x"]
-    if x.dtype != np.float32 or x.ndim < 2:
-        raise _fail("x", f"must be float32 [N, *input], got {x.dtype} {x.shape}")
-    n = len(x)
-    if n == 0:
-        raise _fail("x", "holds no probes")
-    if not np.all(np.isfinite(x)):
-        raise _fail("x", "holds non-finite values")
-    for key, dtype in (("y", np.int64), ("eps", np.float32)):
-        if arr[key].dtype != dtype or arr[key].shape != (n,):
-            raise _fail(key, f"must be {np.dtype(dtype).name} [{n}], "
-                             f"got {arr[key].dtype} {arr[key].shape}")
-    kind = arr["kind"]
-    if kind.dtype.kind != "U" or kind.shape != (n,):
-        raise _fail("kind", f"must be unicode [{n}], got {kind.dtype} {kind.shape}")
-    bad = sorted(set(kind.tolist()) - set(KINDS))
-    if bad:
-        raise _fail("kind", f"unknown kind(s) {', '.join(bad)}; allowed: {', '.join(KINDS)}")
-    if np.any(arr["eps"][kind == "clean"] != 0):
-        raise _fail("eps", "must be 0 for clean probes")
-    ref = arr["reference"]
-    if ref.dtype != np.float32 or ref.ndim != 2 or len(ref) != n:
-        raise _fail("reference", f"must be float32 [{n}, C], got {ref.dtype} {ref.shape}")
-    if "expected" in arr:
-        exp = arr["expected"]
-        if exp.dtype != np.float32 or exp.shape != ref.shape:
-            raise _fail("expected", f"must be float32 {ref.shape}, got {exp.dtype} {exp.shape}")
-    if np.any(arr["y"] < 0) or np.any(arr["y"] >= ref.shape[1]):
-        raise _fail("y", f"labels must be in [0, {ref.shape[1]})")
-    meta = arr["meta"]
-    if meta.dtype.kind != "U" or meta.shape != ():
-        raise _fail("meta", f"must be a unicode scalar, got {meta.dtype} {meta.shape}")
-    try:
-        parsed = json.loads(str(meta))
-    except json.JSONDecodeError as exc:
-        raise _fail("meta", f"is not JSON ({exc.msg})") from None
-    if not isinstance(parsed, dict):
-        raise _fail("meta", "must be a JSON object")
-    return parsed
-
-
-def save_probes(bundle: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
-    """Validate and write a bundle (compressed ``.npz``) atomically; return the path."""
-    validate_probes(bundle)
-    path = Path(path)
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in bundle.items()})
-    return path
-
-
-def load_probes(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a bundle with ``allow_pickle=False`` and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeFormatError(f"probe bundle {path} does not exist")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # a pickle, or not numpy data at all
-        raise ProbeFormatError(f"probe bundle {path} is not an npz archive ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ProbeFormatError(f"probe bundle {path} is unreadable ({exc})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ProbeFormatError(f"probe bundle {path} is a single .npy array, not an npz archive")
-    bundle = {}
-    with npz:
-        for key in npz.files:
-            try:
-                bundle[key] = npz[key]
-            except ValueError:
-                raise _fail(key, "holds pickled objects (refused)") from None
-            except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise _fail(key, f"is unreadable ({exc})") from None
     validate_probes(bundle)
     return bundle

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.files import atomic_path, write_atomic
+from core.files import atomic_path, write_atomic
 
 SIZE_KEYS = (("params", "parameters"), ("macs", "MACs"), ("tflite_bytes", "TFLite bytes"))
 

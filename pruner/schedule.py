@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from pruner.errors import ConfigError
+from core.errors import ConfigError
 
 
 class Schedule:

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
+from core.errors import ConfigError
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
-from pruner.errors import ConfigError
 from pruner.surgery import GroupPlan
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.errors import ConfigError
+from core.errors import ConfigError
 from pruner.graph import Group, PruneGraph, merge_terms
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pruner.cli import COMMANDS, build_parser
+from hostcli.main import COMMANDS, build_parser
 
 
 def _modules_after(code: str) -> set[str]:
@@ -26,7 +26,7 @@ def test_every_command_is_registered():
 
 
 def test_cli_help_and_pruner_import_do_not_import_tensorflow():
-    mods = _modules_after("import pruner, pruner.cli; pruner.cli.build_parser()")
+    mods = _modules_after("import pruner, hostcli.main; hostcli.main.build_parser()")
     assert "tensorflow" not in mods
     assert "keras" not in mods
 

@@ -18,8 +18,8 @@ if sys.path[0] != str(ROOT):  # tests/agent must never shadow the agent package
 from agenthelp import SUBPROCESS_ENV  # noqa: E402
 from tflitehelp import dense_tflite, unloadable  # noqa: E402
 
-from agent.mqtt import Broker, MqttClient  # noqa: E402
-from agent.signing import TrustStore, write_key_pair  # noqa: E402
+from core.mqtt import Broker, MqttClient  # noqa: E402
+from core.signing import TrustStore, write_key_pair  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def unloadable_model(tiny_model: bytes) -> bytes:
 def keys(tmp_path_factory) -> dict[str, object]:
     d = tmp_path_factory.mktemp("keys")
     priv, pub = write_key_pair(d)
-    from agent.signing import load_signing_key
+    from core.signing import load_signing_key
 
     key = load_signing_key(priv)
     return {"dir": d, "private": priv, "public": pub, "key": key,

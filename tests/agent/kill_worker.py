@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agent.protocol import Manifest
 from agent.runtime import select_runtime
 from agent.states import Context, Received, run_machine
 from agent.storage import Storage
+from core.protocol import Manifest
 
 
 def main(state_dir: str) -> int:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from agent.benchmark import latency_stats, peak_rss_mb, rss_mb, run_benchmark
-from agent.protocol import BenchmarkSettings
 from agent.runtime import select_runtime
+from core.protocol import BenchmarkSettings
 
 
 def test_latency_stats():

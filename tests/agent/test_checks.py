@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from agenthelp import make_probes
 
-from agent.checks import evaluate_outputs, load_probe_bundle, run_checks, threshold_failures
-from agent.errors import ProbeError
-from agent.protocol import Thresholds
+from agent.checks import evaluate_outputs, run_checks, threshold_failures
 from agent.runtime import select_runtime
+from core.errors import ProbeError
+from core.probes import load_probes
+from core.protocol import Thresholds
 
 
 def bundle():
@@ -50,7 +51,7 @@ def test_run_checks_on_a_real_model(small_model, tmp_path):
     probes = make_probes(small_model)
     np.savez(tmp_path / "p.npz", **probes)
     loaded = select_runtime().load(small_model)
-    r = run_checks(loaded, load_probe_bundle(tmp_path / "p.npz"))
+    r = run_checks(loaded, load_probes(tmp_path / "p.npz"))
     assert r.agreement == 1.0 and r.count == 24 and r.clean_accuracy == 1.0
 
 
@@ -59,12 +60,12 @@ def test_bundles_are_never_unpickled(tmp_path):
     b["kind"] = np.array(["clean"] * 6, dtype=object)
     np.savez(tmp_path / "evil.npz", **b)
     with pytest.raises(ProbeError, match="pickle"):
-        load_probe_bundle(tmp_path / "evil.npz")
+        load_probes(tmp_path / "evil.npz")
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 junk")
     with pytest.raises(ProbeError, match="unreadable"):
-        load_probe_bundle(tmp_path / "junk.npz")
+        load_probes(tmp_path / "junk.npz")
     b = bundle()
     del b["reference"]
     np.savez(tmp_path / "short.npz", **b)
-    with pytest.raises(ProbeError, match="lacks reference"):
-        load_probe_bundle(tmp_path / "short.npz")
+    with pytest.raises(ProbeError, match="lacks key.*reference"):
+        load_probes(tmp_path / "short.npz")

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pruner.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "hostcli.main", *args], cwd=ROOT,
                           env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.errors import ConfigurationError
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def test_precedence(tmp_path):
 def test_bad_config_names_the_problem(tmp_path, text, match):
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(text)
-    with pytest.raises(ConfigurationError, match=match):
+    with pytest.raises(ConfigError, match=match):
         load_config({}, {}, cfg)
 
 
@@ -48,7 +48,7 @@ def test_password_file(tmp_path):
     c = load_config({"device_id": "d", "password_file": str(tmp_path / "pw")}, {})
     assert c.read_password() == "s3cret"
     c = load_config({"device_id": "d", "password_file": str(tmp_path / "missing")}, {})
-    with pytest.raises(ConfigurationError, match="cannot read password file"):
+    with pytest.raises(ConfigError, match="cannot read password file"):
         c.read_password()
 
 

@@ -15,10 +15,10 @@ import pytest
 from agenthelp import ROOT, SUBPROCESS_ENV
 from test_states import prepare
 
-from agent.protocol import Manifest
 from agent.runtime import select_runtime
 from agent.states import Context, Received, run_machine
 from agent.storage import Storage
+from core.protocol import Manifest
 
 TRIALS = 24
 WORKER = Path(__file__).with_name("kill_worker.py")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from agent.mqtt import Broker, MqttClient
-from agent.protocol import Report, Topics
+from core.mqtt import Broker, MqttClient
+from core.protocol import Report, Topics
 from fleet.publisher import deploy
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]

@@ -12,9 +12,9 @@ import sys
 import agent
 assert not any(m.split('.')[0] in ('tensorflow', 'ai_edge_litert', 'tflite_runtime', 'keras')
                for m in sys.modules), 'import agent pulled in an interpreter'
-import agent.benchmark, agent.checks, agent.cli, agent.config, agent.mqtt, agent.protocol
-import agent.runtime, agent.service, agent.signing, agent.states, agent.storage, agent.transfer
-import fleet.publisher, fleet.keys, fleet.cli_deploy, fleet.cli_keys
+import agent.benchmark, agent.checks, agent.cli, agent.config, core.mqtt, core.protocol
+import agent.runtime, agent.service, core.signing, agent.states, agent.storage, agent.transfer
+import fleet.publisher, fleet.keys, hostcli.deploy, hostcli.keys
 rt = agent.runtime.select_runtime()
 model = rt.load(open(sys.argv[1], 'rb').read())
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))

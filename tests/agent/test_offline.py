@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agent.protocol import Status, Topics
+from core.protocol import Status, Topics
 from fleet.publisher import deploy
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]

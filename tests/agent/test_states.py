@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from agenthelp import make_probes
 
-from agent.protocol import Manifest
-from agent.signing import SigningKey, TrustStore
 from agent.states import Context, Received, run_machine
 from agent.storage import Storage
+from core.protocol import Manifest
+from core.signing import SigningKey, TrustStore
 
 KEY = SigningKey.generate()
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 
-from agent.storage import Storage, atomic_write
+from agent.storage import Storage
+from core.files import write_atomic
 
 
 def install(st: Storage, tmp_path, data: bytes) -> dict:
@@ -18,8 +19,8 @@ def install(st: Storage, tmp_path, data: bytes) -> dict:
 
 def test_atomic_write_leaves_no_temp(tmp_path):
     p = tmp_path / "f.json"
-    atomic_write(p, b"one")
-    atomic_write(p, b"two")
+    write_atomic(p, b"one")
+    write_atomic(p, b"two")
     assert p.read_bytes() == b"two"
     assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from mosquitto import Mosquitto
 
-from agent.mqtt import Broker, BrokerUnavailable, MqttClient
 from agent.service import Agent, AgentSettings
+from core.mqtt import Broker, BrokerUnavailable, MqttClient
 from fleet.publisher import deploy
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from agent.errors import TransferError
-from agent.protocol import Manifest
 from agent.transfer import Transfer, to_ranges
+from core.errors import TransferError
+from core.protocol import Manifest
 
 
 def setup(tmp_path, size=10_000, chunk=1024):

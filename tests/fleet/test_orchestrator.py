@@ -10,13 +10,13 @@ import pytest
 from mosquitto import free_port
 from tflitehelp import dense_tflite, unloadable
 
-from agent.mqtt import Broker, BrokerUnavailable
-from agent.protocol import Status
 from agent.service import Agent, AgentSettings
+from core.errors import ConfigError
+from core.mqtt import Broker, BrokerUnavailable
+from core.protocol import Status
 from fleet.orchestrator import discover, run_rollout
 from fleet.registry import Registry
 from fleet.rollout import Decision, Outcome, Target, WavePolicy
-from pruner.errors import ConfigError
 
 pytestmark = pytest.mark.broker
 
@@ -180,7 +180,7 @@ def test_no_variant_is_a_config_error(tmp_path):
 
 
 def test_rollout_and_fleet_commands(broker, fleet_of, good_model, tmp_path, capsys):
-    from pruner.cli import main
+    from hostcli.main import main
 
     fleet_of({"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4"})
     _wait_for(broker, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import ConfigError
 from fleet.rollout import (
     Decision,
     Device,
@@ -16,7 +17,6 @@ from fleet.rollout import (
     plan_waves,
     select,
 )
-from pruner.errors import ConfigError
 
 A, R, P, T = Outcome.ACTIVE, Outcome.ROLLED_BACK, Outcome.PENDING, Outcome.TIMED_OUT
 

@@ -7,7 +7,7 @@ import json
 import yaml
 
 import device_profiles as dp
-from pruner.cli import main
+from hostcli.main import main
 
 
 def test_list_and_show(capsys):

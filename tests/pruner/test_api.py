@@ -11,9 +11,9 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
+from core.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
 from pruner.api import PruneResult, StepRecord, prune, prune_steps  # noqa: E402
 from pruner.bounds import InputBox  # noqa: E402
-from pruner.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
 from pruner.io import load_model  # noqa: E402
 from pruner.metrics import count_params  # noqa: E402
 from pruner.schedule import Schedule, StopCriteria  # noqa: E402

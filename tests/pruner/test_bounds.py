@@ -9,9 +9,9 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402
 from pruner.criteria import PairSaliency, RobustnessImpact, UnitView  # noqa: E402
-from pruner.errors import ConfigError  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
 

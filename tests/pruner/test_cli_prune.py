@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 
+from hostcli.main import main  # noqa: E402
 from pruner import datasets, report  # noqa: E402
-from pruner.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_prune_end_to_end(files, tmp_path, capsys):
     assert ["FULLY_CONNECTED", 1] in body["exports"]["float32"]["ops"]
     assert body["command"]["seed"] == 7 and body["command"]["eps"] == [0.02, 0.1]
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
-    from pruner.files import file_mode
+    from core.files import file_mode
 
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file_mode()}
     # the exports are the pruned model
@@ -165,12 +165,12 @@ def test_probes_command(files, tmp_path, capsys):
     rc = main(["probes", str(d / "model.keras"), "--eval-data", str(d / "data.npz"),
                "--eps", "0.05", "--n", "20", "-o", str(out)])
     assert rc == 0
-    from pruner.probes import load_probes
+    from core.probes import load_probes
 
     bundle = load_probes(out)
     assert bundle["x"].shape == (20 * 3, 784)
     meta = json.loads(str(bundle["meta"]))
-    from pruner.cli_prune import sha256_file
+    from core.files import sha256_file
 
     assert meta["model_sha256"] == sha256_file(d / "model.keras")
     clean = bundle["kind"] == "clean"

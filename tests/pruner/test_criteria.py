@@ -9,6 +9,7 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import mlp  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pruner.criteria import (  # noqa: E402
     L1Magnitude,
     PairSaliency,
@@ -16,7 +17,6 @@ from pruner.criteria import (  # noqa: E402
     UnitView,
     interval_entropy,
 )
-from pruner.errors import ConfigError  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 
 

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from core.errors import ConfigError  # noqa: E402
 from pruner import datasets  # noqa: E402
-from pruner.errors import ConfigError  # noqa: E402
 
 
 def test_digits28_shapes_range_and_determinism():

@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
+from core.errors import ConfigError, DataError  # noqa: E402
 from pruner import evaluate  # noqa: E402
-from pruner.errors import ConfigError, DataError  # noqa: E402
 
 W = np.array([1.0, -2.0, 0.5, 0.0], np.float32)
 

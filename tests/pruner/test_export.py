@@ -11,8 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 
+from core.errors import ConfigError, DataError  # noqa: E402
 from pruner import datasets, export  # noqa: E402
-from pruner.errors import ConfigError, DataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

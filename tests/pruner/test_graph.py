@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
-from pruner.errors import UnsupportedLayerError  # noqa: E402
+from core.errors import UnsupportedLayerError  # noqa: E402
 from pruner.graph import build_graph, incoming, outgoing  # noqa: E402
 
 L = keras.layers

@@ -13,9 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 
+from core import probes as fmt  # noqa: E402
+from core.errors import (  # noqa: E402
+    ConfigError,
+    PaodingError,
+    ProbeError,  # noqa: E402
+)
 from pruner import evaluate, probes  # noqa: E402
-from pruner.errors import ConfigError, PaodingError  # noqa: E402
-from pruner.probes import ProbeFormatError  # noqa: E402
 
 
 class Box:
@@ -71,15 +75,15 @@ def test_bundle_format(model_data, bundle):
 
 
 def test_round_trip(bundle, tmp_path):
-    path = probes.save_probes(bundle, tmp_path / "p.npz")
-    loaded = probes.load_probes(path)
+    path = fmt.save_probes(bundle, tmp_path / "p.npz")
+    loaded = fmt.load_probes(path)
     assert set(loaded) == set(bundle)
     for key in bundle:
         np.testing.assert_array_equal(loaded[key], bundle[key])
         assert loaded[key].dtype == bundle[key].dtype
     with_expected = dict(bundle, expected=bundle["reference"] * 0.5)
-    probes.save_probes(with_expected, tmp_path / "q.npz")
-    assert "expected" in probes.load_probes(tmp_path / "q.npz")
+    fmt.save_probes(with_expected, tmp_path / "q.npz")
+    assert "expected" in fmt.load_probes(tmp_path / "q.npz")
     assert sorted(os.listdir(tmp_path)) == ["p.npz", "q.npz"]  # no temp files left
 
 
@@ -94,12 +98,12 @@ def test_build_is_deterministic(model_data, bundle):
 def test_pickled_files_refused(bundle, tmp_path):
     obj = tmp_path / "obj.npz"
     np.savez(obj, **dict(bundle, y=np.array([{"a": 1}] * len(bundle["y"]), dtype=object)))
-    with pytest.raises(ProbeFormatError, match="'y'.*pickled"):
-        probes.load_probes(obj)
+    with pytest.raises(ProbeError, match="'y'.*pickled"):
+        fmt.load_probes(obj)
     pkl = tmp_path / "bundle.pkl"
     pkl.write_bytes(pickle.dumps(dict(bundle)))
-    with pytest.raises(ProbeFormatError, match="not an npz"):
-        probes.load_probes(pkl)
+    with pytest.raises(ProbeError, match="not an npz"):
+        fmt.load_probes(pkl)
 
 
 @pytest.mark.parametrize("change, key", [
@@ -130,25 +134,25 @@ def test_malformed_bundles_name_the_key(bundle, tmp_path, change, key):
         del data["x"]
     path = tmp_path / "bad.npz"
     np.savez(path, **data)
-    with pytest.raises(ProbeFormatError, match=key) as info:
-        probes.load_probes(path)
+    with pytest.raises(ProbeError, match=key) as info:
+        fmt.load_probes(path)
     assert "\n" not in str(info.value) and isinstance(info.value, PaodingError)
-    with pytest.raises(ProbeFormatError):
-        probes.save_probes(data, tmp_path / "never.npz")
+    with pytest.raises(ProbeError):
+        fmt.save_probes(data, tmp_path / "never.npz")
     assert not (tmp_path / "never.npz").exists()
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(ProbeFormatError, match="does not exist"):
-        probes.load_probes(tmp_path / "none.npz")
+    with pytest.raises(ProbeError, match="does not exist"):
+        fmt.load_probes(tmp_path / "none.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(ProbeFormatError):
-        probes.load_probes(junk)
+    with pytest.raises(ProbeError):
+        fmt.load_probes(junk)
     npy = tmp_path / "a.npy"
     np.save(npy, np.zeros(3))
-    with pytest.raises(ProbeFormatError, match="single .npy"):
-        probes.load_probes(npy)
+    with pytest.raises(ProbeError, match="single .npy"):
+        fmt.load_probes(npy)
 
 
 def test_bad_build_arguments(model_data):

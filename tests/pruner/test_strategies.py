@@ -9,10 +9,10 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import mlp  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pruner.api import prune  # noqa: E402
 from pruner.bounds import InputBox, interval_bounds  # noqa: E402
 from pruner.criteria import L1Magnitude, PairSaliency, UnitView  # noqa: E402
-from pruner.errors import ConfigError  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 from pruner.strategies import Annealing, Greedy, OneShotPairs, OneShotRanking  # noqa: E402
 

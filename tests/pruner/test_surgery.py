@@ -9,8 +9,8 @@ keras = pytest.importorskip("keras")
 
 from prunehelp import convnet, gapnet, mlp, postbn_net  # noqa: E402
 
+from core.errors import ConfigError  # noqa: E402
 from pruner.criteria import PairSaliency, UnitView  # noqa: E402
-from pruner.errors import ConfigError  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 from pruner.metrics import count_macs, count_params  # noqa: E402
 from pruner.surgery import GroupPlan, apply_plan  # noqa: E402

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from fleet.cli_options import (
+from hostcli.options import (
     add_check_arguments,
     add_connection_arguments,
     bench_from_args,
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     report = deploy(args.model, args.device, broker, probes=args.probes, thresholds=thresholds,
                     key=key, benchmark=bench,
                     timeout=args.timeout, chunk_size=args.chunk_size, progress=progress,
-                    deployment_id=args.deployment_id)
+                    deployment_id=args.deployment_id, host_outputs=host_runner())
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -86,3 +86,14 @@ def format_report(r: Any) -> str:
 
 def _f(v: float | None, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def host_runner() -> Any:
+    """The host's TFLite runner for the probes' ``expected`` outputs, None without an interpreter."""
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        return None
+    from pruner.export import run_tflite
+
+    return run_tflite

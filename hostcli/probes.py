@@ -10,15 +10,9 @@ import argparse
 import os
 from pathlib import Path
 
-from pruner.cli_prune import (
-    add_common,
-    check_eps,
-    check_fits,
-    check_in_range,
-    check_range,
-    load_eval_data,
-)
-from pruner.errors import ConfigError, ModelLoadError
+from core.errors import ConfigError, ModelLoadError
+from hostcli.prune import add_common
+from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
         raise ModelLoadError(f"model file {args.model} does not exist")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.probes import save_probes
+    from hostcli.prune import sha256_file
     from pruner.bounds import InputBox
-    from pruner.cli_prune import sha256_file
     from pruner.io import load_model
-    from pruner.probes import build_probes, save_probes
+    from pruner.probes import build_probes
 
     attacks = tuple(dict.fromkeys(args.attacks))
     model = load_model(args.model)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from agent.errors import KeyFileError
+    from core.errors import KeyFileError
     from fleet.keys import load_signing_key, load_verify_key, new_key_pair, write_hmac_secret
 
     if args.keys_command == "show":

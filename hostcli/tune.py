@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pruner.errors import ConfigError, DataError
-
-BUNDLED = ("digits28", "breast-cancer")
+from core.errors import ConfigError
+from pruner.evaldata import BUNDLED, load_eval_data
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,38 +96,6 @@ def _csv(text: str, kind: type, name: str) -> list[Any]:
     return values
 
 
-def load_eval_data(spec: str | None, model: Any) -> tuple[Any, Any] | None:
-    """(x, y) from an .npz file or a bundled data set shaped for ``model``."""
-    import numpy as np
-
-    if spec is None:
-        return None
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    if spec in BUNDLED:
-        from pruner import datasets
-
-        if spec == "digits28":
-            _, _, x, y = datasets.digits28(flatten=len(shape) == 1)
-        else:
-            _, _, x, y = datasets.breast_cancer()
-        return x, y
-    path = Path(spec)
-    if not path.is_file():
-        raise DataError(
-            f"eval data not found: {spec} (an .npz with x and y, or one of {', '.join(BUNDLED)})"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("x", "y") if k not in data]
-            if missing:
-                raise DataError(
-                    f"eval data {path} lacks {', '.join(missing)} (has {', '.join(data.files)})"
-                )
-            return data["x"], data["y"]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read eval data {path}: {exc}") from None
-
-
 def probes_for(search: Any, n: int = 100) -> dict[str, Any]:
     """Probe bundle crafted on the original model from the search's evaluation inputs."""
     from pruner.probes import build_probes
@@ -146,7 +113,7 @@ def probes_for(search: Any, n: int = 100) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     import device_profiles
-    from pruner import tune as tn
+    import tuner as tn
     from pruner.bounds import InputBox
     from pruner.io import load_model
 
@@ -162,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             "directory (or a previous tune output)"
         )
     model = load_model(args.model)
-    data = load_eval_data(args.eval_data, model)
+    data = (load_eval_data(args.eval_data, tuple(model.inputs[0].shape[1:]))
+            if args.eval_data else None)
     modes = _csv(args.modes, str, "modes")
     seeds = _csv(args.seeds, int, "seeds")
     eps = _csv(args.eps, float, "eps")
@@ -182,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         per_export=args.per_export,
         progress=not args.no_progress,
     )
-    print(result.table())
+    print(tn.table(result))
     print(result.statement)
     if not search.labelled:
         print(
@@ -202,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             save_dir=saved,
         )
         tn.verify(result, search, deployer, rounds=args.rounds)
-        print(result.table())
+        print(tn.table(result))
         print(result.statement)
         for v in result.verification:
             if v.get("emulated"):
@@ -210,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                     f"note: latency measured on {v['device_id']} under HOST EMULATION "
                     f"({v.get('emulation')}), not on a real device"
                 )
-    result.save(out)
+    tn.save(result, out)
     print(
         f"wrote {out}/report.json, {out}/report.png"
         + (f", {out}/model.tflite, {out}/model.keras" if result.chosen else "")

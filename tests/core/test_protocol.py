@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from agent.protocol import (
+from core.protocol import (
     MAX_ARTIFACT_BYTES,
     PROTOCOL_VERSION,
     Artifact,

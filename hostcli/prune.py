@@ -10,21 +10,17 @@ failure leaves DIR as it was.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pruner.errors import ConfigError, DataError
+from core.errors import ConfigError
+from core.files import sha256_file, staged_dir
+from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -64,128 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "are replaced only on success)")
 
 
-# -- checks shared with `probes` ---------------------------------------------------------------
-
-def check_eps(eps: Sequence[float]) -> tuple[float, ...]:
-    if not eps or any(not np.isfinite(e) or e <= 0 for e in eps):
-        raise ConfigError(f"--eps values must be > 0, got {list(eps)}")
-    return tuple(float(e) for e in eps)
-
-
-def check_range(lo: float, hi: float) -> tuple[float, float]:
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ConfigError(f"--input-range needs LO < HI, got {lo} {hi}")
-    return float(lo), float(hi)
-
-
-def load_eval_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """x (float32) and y (int64 labels) from an .npz, read with allow_pickle=False."""
-    import zipfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"evaluation data {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise DataError(f"evaluation data {path} must be an .npz with arrays x and y")
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise DataError(f"evaluation data {path} lacks array(s) {', '.join(missing)}")
-            x, y = npz["x"], npz["y"]
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"evaluation data {path} is unreadable: {first}") from None
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or len(x) == 0:
-        raise DataError(f"evaluation data x must be numeric [N, *input], got {x.dtype} {x.shape}")
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)
-    y = y.reshape(-1) if y.ndim == 2 else y
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"evaluation data y must hold {len(x)} labels, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or not np.all(np.equal(np.mod(y, 1), 0)):
-        raise DataError("evaluation data y must hold integer class labels")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError("evaluation data x holds non-finite values")
-    return x, y.astype(np.int64)
-
-
-def check_fits(model: Any, x: np.ndarray, y: np.ndarray) -> None:
-    """DataError unless x matches the model's input and y its classes."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        raise DataError(f"the model has {len(shape)} inputs; one is supported")
-    want = tuple(shape[1:])
-    got = tuple(x.shape[1:])
-    if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got,
-                                                                           strict=False)):
-        model_shape = "(N, " + ", ".join("?" if w is None else str(w) for w in want) + ")"
-        raise DataError(f"evaluation data x has shape {x.shape} but the model takes "
-                        f"{model_shape}")
-    classes = model.output_shape[-1] if not isinstance(model.output_shape, list) else None
-    if classes and (y.min() < 0 or y.max() >= classes):
-        raise DataError(f"evaluation labels must be in [0, {classes}), got {y.min()}..{y.max()}")
-
-
-def check_in_range(x: np.ndarray, lo: float, hi: float) -> None:
-    """DataError when evaluation inputs lie outside the input box (say, 0..255 pixels)."""
-    tol = 1e-6 * max(1.0, hi - lo)
-    if x.min() < lo - tol or x.max() > hi + tol:
-        raise DataError(f"evaluation data x spans [{x.min():g}, {x.max():g}], outside "
-                        f"--input-range {lo:g} {hi:g}")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def staged_dir(output: str | os.PathLike) -> Iterator[Path]:
-    """A temporary directory beside ``output``, moved into place only on success.
-
-    A new ``output`` is created by one rename; an existing one gets each file
-    replaced, and keeps its other files. On failure nothing in ``output`` changes.
-    """
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"-o {out} exists and is not a directory")
-    created = []
-    parent = out.absolute().parent
-    for p in reversed([parent, *parent.parents]):
-        if not p.exists():
-            p.mkdir()
-            created.append(p)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out.exists():
-            for item in tmp.iterdir():
-                os.replace(item, out / item.name)
-            tmp.rmdir()
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in reversed(created):
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def note(command: str, message: str) -> None:
     print(f"paoding-edge {command}: {message}", file=sys.stderr)
 
@@ -204,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if eval_data is not None:
         check_in_range(eval_data[0], lo, hi)
     if not Path(args.model).is_file():
-        from pruner.errors import ModelLoadError
+        from core.errors import ModelLoadError
 
         raise ModelLoadError(f"model file {args.model} does not exist")
     out = Path(args.output)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from core.errors import ConfigError
+from core.files import staged_dir
 from device_profiles.schema import DeviceProfile
-
-if TYPE_CHECKING:
-    from pruner.tune import Candidate, TuneResult
+from tuner.candidates import OUTPUT_FILES, Candidate, TuneResult
 
 
 def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str:
@@ -193,3 +193,28 @@ def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return Path(png)
+
+
+def table(result: TuneResult) -> str:
+    """The result's candidates as a table (see format_table)."""
+    return format_table(result.candidates, result.profile)
+
+
+def save(result: TuneResult, out_dir: str | os.PathLike[str]) -> Path:
+    """Write model.tflite (+ model.keras), report.json and report.png into ``out_dir``, atomically."""
+    out = Path(out_dir)
+    if out.exists() and (
+        not out.is_dir() or any(f.name not in OUTPUT_FILES for f in out.iterdir())
+    ):
+        raise ConfigError(
+            f"output {out} exists and holds other files: give a new or empty directory "
+            "(or a previous tune output)"
+        )
+    with staged_dir(out, replace=True) as tmp:
+        if result.model_bytes is not None:
+            (tmp / "model.tflite").write_bytes(result.model_bytes)
+            if result.keras_model is not None:
+                result.keras_model.save(tmp / "model.keras")
+        (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        plot(result, tmp / "report.png")
+    return out

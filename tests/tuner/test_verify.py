@@ -12,9 +12,9 @@ import pytest
 from tunehelp import ROOT, TUNE_KW
 
 import device_profiles as dp
-from pruner import tune as tn
-from pruner.cli import main
-from pruner.cli_tune import probes_for
+import tuner as tn
+from hostcli.main import main
+from hostcli.tune import probes_for
 
 
 def _start_agent(broker, device_id: str, profile: str, tmp_path: Path) -> subprocess.Popen:

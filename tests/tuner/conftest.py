@@ -43,7 +43,7 @@ def small_model(tmp_path_factory) -> tuple[Path, tuple[np.ndarray, np.ndarray]]:
 @pytest.fixture(scope="session")
 def search(small_model):
     """One search (pruned steps, exports, scores) shared by every tuning in the session."""
-    from pruner import tune as tn
+    import tuner as tn
     from pruner.io import load_model
 
     path, data = small_model

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import KeyFileError, SignatureError
-from agent.protocol import Manifest
-from agent.signing import (
+from core.errors import KeyFileError, SignatureError
+from core.protocol import Manifest
+from core.signing import (
     SigningKey,
     TrustStore,
     load_signing_key,

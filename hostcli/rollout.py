@@ -11,7 +11,7 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fleet.cli_options import add_check_arguments, add_connection_arguments
+    from hostcli.options import add_check_arguments, add_connection_arguments
 
     parser.add_argument(
         "--variant",
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _variants(items: list[str]) -> dict[str, Path]:
-    from pruner.errors import ConfigError
+    from core.errors import ConfigError
 
     out: dict[str, Path] = {}
     for item in items:
@@ -77,19 +77,20 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.cli_options import (
+    from fleet.orchestrator import discover, run_rollout
+    from fleet.registry import Registry
+    from fleet.rollout import Target, WavePolicy
+    from hostcli.deploy import host_runner
+    from hostcli.options import (
         bench_from_args,
         broker_from_args,
         key_from_args,
         thresholds_from_args,
     )
-    from fleet.orchestrator import discover, run_rollout
-    from fleet.registry import Registry
-    from fleet.rollout import Target, WavePolicy
 
     variants = _variants(args.variant)
     if args.probes and not os.path.isfile(args.probes):
-        from pruner.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(f"no probe bundle {args.probes}")
     broker = broker_from_args(args)
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             thresholds=thresholds_from_args(args),
             key=key_from_args(args),
             benchmark=bench_from_args(args),
+            host_outputs=host_runner(),
         )
     if args.plot:
         plot_rollout(result.to_dict(), args.plot)

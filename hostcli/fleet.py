@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.errors import ConfigError
     from fleet.registry import Registry
     from fleet.rollout import Device
-    from pruner.errors import ConfigError
 
     if not Path(args.db).is_file():
         raise ConfigError(f"no fleet record at {args.db}: run `paoding-edge rollout` first")

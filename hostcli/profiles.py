@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pruner.errors import PaodingError
+from core.errors import PaodingError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

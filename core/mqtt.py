@@ -21,27 +21,15 @@ from urllib.parse import unquote, urlparse
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.errors import AgentError
+from core.errors import BrokerUnavailable, MqttError, NotConnected, PublishTimeout
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 
 
-class MqttError(AgentError):
-    """Base class of the adapter's errors."""
 
 
-class BrokerUnavailable(MqttError):
-    """The broker cannot be reached or refused the connection."""
-
-
-class PublishTimeout(MqttError):
-    """A QoS>0 publish was not acknowledged in time."""
-
-
-class NotConnected(MqttError):
-    """An operation needs a connection the client does not have."""
 
 
 @dataclass(frozen=True)

@@ -13,36 +13,32 @@ import importlib
 import os
 import sys
 
-from pruner.errors import PaodingError
+from core.errors import PaodingError
+
+# Packages only the [host] extra installs: a command that needs one says so in one line.
+HOST_PACKAGES = frozenset({"tensorflow", "keras", "sklearn", "matplotlib", "tqdm", "h5py",
+                           "amqtt", "ai_edge_litert"})
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prune": ("pruner.cli_prune", "prune a Keras model (Paoding and baselines), export TFLite"),
-    "probes": ("pruner.cli_probes", "build the probe bundle the agent re-checks"),
-    "tune": ("pruner.cli_tune", "find the pruning that meets a device profile's budgets"),
-    "profiles": ("fleet.cli_profiles", "list, show, validate and calibrate device profiles"),
-    "keys": ("fleet.cli_keys", "make an Ed25519 signing key pair"),
-    "deploy": ("fleet.cli_deploy", "publish a signed deployment to a device and print its report"),
-    "rollout": ("fleet.cli_rollout", "deploy one variant per profile to the fleet, in waves"),
-    "fleet": ("fleet.cli_fleet", "the recorded devices and their deployment history"),
-    "demo": ("fleet.cli_demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
+    "prune": ("hostcli.prune", "prune a Keras model (Paoding and baselines), export TFLite"),
+    "probes": ("hostcli.probes", "build the probe bundle the agent re-checks"),
+    "tune": ("hostcli.tune", "find the pruning that meets a device profile's budgets"),
+    "profiles": ("hostcli.profiles", "list, show, validate and calibrate device profiles"),
+    "keys": ("hostcli.keys", "make an Ed25519 signing key pair"),
+    "deploy": ("hostcli.deploy", "publish a signed deployment to a device and print its report"),
+    "rollout": ("hostcli.rollout", "deploy one variant per profile to the fleet, in waves"),
+    "fleet": ("hostcli.fleet", "the recorded devices and their deployment history"),
+    "demo": ("hostcli.demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 
-
-class CommandError(PaodingError):
-    """A user-facing error raised by a command: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paoding-edge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a part not installed in this environment
-            if exc.name and module_name.startswith(exc.name.split(".")[0]):
-                continue
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -61,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except PaodingError as exc:
         print(f"paoding-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in HOST_PACKAGES:
+            raise
+        print(f"paoding-edge {args.command}: error: needs the host extra ({top} is not "
+              "installed): pip install 'paoding-edge[host]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"paoding-edge {args.command}: interrupted", file=sys.stderr)

@@ -58,8 +58,8 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def broker_from_args(args: argparse.Namespace) -> Any:
-    from agent.errors import ConfigurationError
-    from agent.mqtt import Broker
+    from core.errors import ConfigError
+    from core.mqtt import Broker
 
     password = None
     if args.password_file:
@@ -67,7 +67,7 @@ def broker_from_args(args: argparse.Namespace) -> Any:
             with open(args.password_file) as f:
                 password = f.read().strip()
         except OSError as exc:
-            raise ConfigurationError(
+            raise ConfigError(
                 f"cannot read password file {args.password_file}: {exc.strerror}"
             ) from None
     try:
@@ -79,14 +79,14 @@ def broker_from_args(args: argparse.Namespace) -> Any:
             insecure=args.insecure or None,
         )
     except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
 
 
 def key_from_args(args: argparse.Namespace) -> str | None:
-    from agent.errors import ConfigurationError
+    from core.errors import ConfigError
 
     if not args.key and not args.unsigned:
-        raise ConfigurationError(
+        raise ConfigError(
             "no signing key: give --key DIR/paoding.key (see `paoding-edge keys new`) or --unsigned"
         )
     return None if args.unsigned else args.key

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tunehelp import TUNE_KW
 
-from pruner import tune as tn
+import tuner as tn
 
 RUN = r"""
 import sys, numpy as np

@@ -17,19 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from device_profiles.schema import DeviceProfile
-from pruner.errors import ConfigError
-from pruner.tune import (
-    Candidate,
-    Search,
-    TuneResult,
-    _attach_model,
-    _excess,
-    _fill,
-    _misses,
-    _Step,
-    choose,
-)
+from tuner import choice
+from tuner.candidates import Candidate, Step, TuneResult
+from tuner.choice import choose
+from tuner.search import Search, attach_model, fill
 
 Deployer = Callable[[Candidate, bytes], dict[str, Any]]
 
@@ -81,9 +74,9 @@ def verify(
                 f"verified {c.key}: measured p90 {m.get('p90_ms', float('nan')):.3g} ms, "
                 f"peak memory {m.get('peak_memory_mb') or float('nan'):.4g} MB: meets the budgets"
             )
-            c.misses = _misses(c, result.profile, result.correction)
+            c.misses = choice.misses(c, result.profile, result.correction)
             choose(result)
-            _attach_model(result, search)
+            attach_model(result, search)
             return result
         log(
             f"{c.key} misses on the device: {'; '.join(misses)}; latency model rescaled "
@@ -93,22 +86,22 @@ def verify(
         if added:
             log(f"re-screened with the rescaled latency model: {added} more candidates measured")
         choose(result)
-        _attach_model(result, search)
+        attach_model(result, search)
     return result
 
 
 def _expand(result: TuneResult, search: Search) -> int:
     """Export and measure screened-out candidates that meet the budgets once rescaled."""
     p = result.profile
-    groups: dict[tuple[str, int, str], list[tuple[Candidate, _Step]]] = {}
+    groups: dict[tuple[str, int, str], list[tuple[Candidate, Step]]] = {}
     for c, s in result.pending:
-        if _excess(c, p, result.correction) <= 0.15:
+        if choice.excess(c, p, result.correction) <= 0.15:
             groups.setdefault((c.mode, c.seed, c.export), []).append((c, s))
     added: list[Candidate] = []
     for (mode, seed, _), items in groups.items():
         base = search.score(search.steps[(mode, seed)][0], "float32")
         for c, s in sorted(items, key=lambda cs: cs[0].ratio)[: result.per_export]:
-            _fill(c, search, s, p, base)
+            fill(c, search, s, p, base)
             result.candidates.append(c)
             added.append(c)
     result.pending = [(c, s) for c, s in result.pending if all(c is not a for a in added)]
@@ -159,6 +152,7 @@ def mqtt_deployer(
     import hashlib
 
     from fleet.publisher import deploy
+    from pruner.export import run_tflite
 
     def run(c: Candidate, blob: bytes) -> dict[str, Any]:
         b = profile.budgets
@@ -169,6 +163,7 @@ def mqtt_deployer(
             probes=probes,
             key=key,
             timeout=timeout,
+            host_outputs=run_tflite,
             thresholds={"max_p90_ms": b.p90_latency_ms, "max_peak_memory_mb": b.peak_memory_mb},
             benchmark={
                 "runs": runs,

@@ -100,7 +100,7 @@ class _Agents:
         import sys
         import time
 
-        from pruner.cli import CommandError
+        from hostcli.main import CommandError
 
         log = self.workdir / "agents" / f"{device_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -262,11 +262,11 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     import device_profiles
-    from agent.signing import write_key_pair
+    import tuner as tn
+    from core.signing import write_key_pair
     from fleet.broker import local_broker
-    from pruner import tune as tn
-    from pruner.cli import CommandError
-    from pruner.cli_tune import probes_for
+    from hostcli.main import CommandError
+    from hostcli.tune import probes_for
     from pruner.io import load_model
 
     t0 = time.perf_counter()
@@ -302,11 +302,11 @@ def run(args: argparse.Namespace) -> int:
             model, profiles[pid], search=search, modes=("paoding", "greedy"), progress=progress
         )
         print()
-        print(r.table())
+        print(tn.table(r))
         print(r.statement)
         results[pid] = r
         if r.chosen is None:
-            r.save(work / pid)
+            tn.save(r, work / pid)
             raise CommandError(f"{pid}: {r.statement}")
     probes = probes_for(search)
 
@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
                 tn.verify(
                     r, search, deployer, rounds=2, log=lambda s, pid=pid: print(f"  {pid}: {s}")
                 )
-                r.save(work / pid)
+                tn.save(r, work / pid)
                 for kind_, c in (("original", orig), ("tuned", r.chosen)):
                     if c is None:
                         continue

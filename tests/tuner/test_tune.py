@@ -9,9 +9,9 @@ import pytest
 from tunehelp import TUNE_KW
 
 import device_profiles as dp
-from pruner import tune as tn
-from pruner.cli import main
-from pruner.errors import BudgetError
+import tuner as tn
+from core.errors import BudgetError
+from hostcli.main import main
 
 
 def test_search_chooses_best_robust_that_meets_budgets(search, make_profile, tmp_path):
@@ -32,9 +32,9 @@ def test_search_chooses_best_robust_that_meets_budgets(search, make_profile, tmp
     assert r.model_bytes is not None and len(r.model_bytes) / 1024 == pytest.approx(
         r.chosen.size_kb
     )
-    table = r.table()
+    table = tn.table(r)
     assert table.count("\n*  ") == 1 and r.chosen.key in table
-    out = r.save(tmp_path / "out")
+    out = tn.save(r, tmp_path / "out")
     assert {p.name for p in out.iterdir()} == {
         "model.tflite",
         "model.keras",
@@ -122,7 +122,7 @@ def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
             str(tmp_path / "o"),
         ]
     )
-    assert rc == 2 and "eval data not found" in capsys.readouterr().err
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
     rc = main(
         ["tune", str(path), "--profile", "raspberry-pi-4", "--eps", "x", "-o", str(tmp_path / "o")]
     )
@@ -171,7 +171,7 @@ def test_tflite_runtime_profile_never_ships_unloadable(search, make_profile):
     dyn = [c for c in r.candidates if c.export == "dynamic"]
     assert dyn and all("FULLY_CONNECTED v12 > v10" in (c.runtime_error or "") for c in dyn)
     assert r.chosen is not None and r.chosen.export == "float32"
-    assert "runtime" in r.table()
+    assert "runtime" in tn.table(r)
 
 
 def test_search_cache_follows_floor_and_schedule(small_model):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.mqtt import Broker, MqttClient
+from core.mqtt import Broker, MqttClient
 from fleet.broker import BrokerStartError, local_broker, mosquitto_path
 
 

@@ -1,0 +1,40 @@
+"""The budget tuner: from a model and a device profile to a candidate that meets every budget.
+
+Public verbs, re-exported lazily (so ``import tuner`` stays light):
+``tune``, ``Search``, ``verify``, ``mqtt_deployer``, ``choose``,
+``raise_if_impossible``, ``table`` and ``save`` (the report).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EXPORTS": "tuner.candidates",
+    "OUTPUT_FILES": "tuner.candidates",
+    "Candidate": "tuner.candidates",
+    "TuneResult": "tuner.candidates",
+    "runtime_check": "tuner.candidates",
+    "choose": "tuner.choice",
+    "raise_if_impossible": "tuner.choice",
+    "Search": "tuner.search",
+    "tune": "tuner.search",
+    "verify": "tuner.closed_loop",
+    "mqtt_deployer": "tuner.closed_loop",
+    "report_measurement": "tuner.closed_loop",
+    "Deployer": "tuner.closed_loop",
+    "table": "tuner.report",
+    "save": "tuner.report",
+    "plot": "tuner.report",
+    "format_table": "tuner.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,108 @@
+"""Choosing among candidates: what each misses of a profile's budgets, how far it is, the best."""
+
+from __future__ import annotations
+
+from core.errors import BudgetError
+from device_profiles.schema import DeviceProfile
+from tuner.candidates import Candidate, TuneResult
+
+
+def misses(c: Candidate, p: DeviceProfile, correction: float) -> list[str]:
+    b = p.budgets
+    out = []
+    p90 = c.predicted_p90_ms * correction
+    how = "predicted" if correction == 1.0 else f"predicted x{correction:.2f} measured/predicted"
+    if c.measured and c.measured.get("p90_ms") is not None:
+        p90, how = (
+            c.measured["p90_ms"],
+            "measured" + (", emulated" if c.measured.get("emulated") else ""),
+        )
+    if p90 > b.p90_latency_ms:
+        out.append(f"p90 latency {p90:.3g} ms > {b.p90_latency_ms:g} ms ({how})")
+    mem, mhow = c.predicted_memory_mb, "predicted"
+    if c.measured and c.measured.get("peak_memory_mb") is not None:
+        mem, mhow = c.measured["peak_memory_mb"], "measured"
+    if mem > b.peak_memory_mb:
+        out.append(f"peak memory {mem:.4g} MB > {b.peak_memory_mb:g} MB ({mhow})")
+    if c.size_kb > b.model_size_kb:
+        out.append(f"model size {c.size_kb:.1f} KB > {b.model_size_kb:g} KB")
+    if c.accuracy_retention is not None and c.accuracy_retention < b.min_accuracy_retention:
+        out.append(f"accuracy retention {c.accuracy_retention:.3f} < {b.min_accuracy_retention:g}")
+    if c.robust_retention is not None and c.robust_retention < b.min_robust_retention:
+        out.append(
+            f"robust accuracy retention {c.robust_retention:.3f} < {b.min_robust_retention:g}"
+        )
+    return out
+
+
+def excess(c: Candidate, p: DeviceProfile, correction: float) -> float:
+    """How far a candidate is from meeting the budgets (0 when it meets them)."""
+    if c.runtime_error:
+        return float("inf")
+    b = p.budgets
+    ratios = [
+        c.predicted_p90_ms * correction / b.p90_latency_ms,
+        c.predicted_memory_mb / b.peak_memory_mb,
+        c.size_kb / b.model_size_kb,
+    ]
+    if c.accuracy_retention is not None:
+        ratios.append(b.min_accuracy_retention / max(c.accuracy_retention, 1e-9))
+    if c.robust_retention is not None:
+        ratios.append(b.min_robust_retention / max(c.robust_retention, 1e-9))
+    return float(sum(max(0.0, r - 1.0) for r in ratios))
+
+
+def rank_key(c: Candidate) -> tuple[float, float, float]:
+    return (-(c.robust or 0.0), -(c.accuracy or 0.0), c.predicted_p90_ms)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def choose(result: TuneResult) -> Candidate | None:
+    """Mark the best candidate that meets every budget; write the statement."""
+    p = result.profile
+    for c in result.candidates:
+        c.chosen = False
+        if c.evaluated:
+            c.misses = misses(c, p, result.correction)
+    ok = [c for c in result.candidates if c.meets and not c.measured_miss]
+    if ok:
+        best = min(ok, key=rank_key)
+        best.chosen = True
+        result.chosen = best
+        measured = (best.measured or {}).get("p90_ms")
+        if measured is not None:
+            emulated = bool(best.measured.get("emulated"))  # type: ignore[union-attr]
+            latency = f"p90 {measured:.3g} ms measured{' under emulation' if emulated else ''}"
+        else:
+            scaled = "" if result.correction == 1.0 else f" x{result.correction:.2f} measured"
+            latency = f"p90 {best.predicted_p90_ms * result.correction:.3g} ms predicted{scaled}"
+        result.statement = (
+            f"chosen {best.key} for {p.id}: robust accuracy {best.robust:.3f} "
+            f"(retention {_fmt(best.robust_retention)}), accuracy {best.accuracy:.3f}, "
+            f"{latency}, {best.size_kb:.1f} KB; "
+            f"meets every budget"
+        )
+        return best
+    result.chosen = None
+    evaluated = [c for c in result.candidates if c.evaluated]
+    loadable = [c for c in evaluated if not c.runtime_error]
+    pool = loadable or evaluated
+    closest = min(pool, key=lambda c: (excess(c, p, result.correction), rank_key(c)))
+    missed = "; ".join(closest.misses) or (closest.runtime_error or "")
+    if closest.runtime_error and closest.misses:
+        missed = f"{closest.runtime_error}; {missed}"
+    result.statement = (
+        f"no candidate meets every budget of {p.id}; the closest is {closest.key} "
+        f"(ratio {closest.ratio:.2f}, {closest.size_kb:.1f} KB, "
+        f"p90 {closest.predicted_p90_ms * result.correction:.3g} ms predicted): it misses {missed}"
+    )
+    return None
+
+
+def raise_if_impossible(result: TuneResult) -> None:
+    """BudgetError with the statement when no candidate meets the budgets."""
+    if result.chosen is None:
+        raise BudgetError(result.statement)

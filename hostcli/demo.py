@@ -300,9 +300,9 @@ def run(args: argparse.Namespace) -> int:
 
     import device_profiles
     import tuner as tn
+    from core.errors import CommandError
     from core.signing import write_key_pair
     from fleet.broker import local_broker
-    from core.errors import CommandError
     from hostcli.tune import probes_for
     from pruner.io import load_model
     from tuner.closed_loop import NoiseRule, measure

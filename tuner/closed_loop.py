@@ -295,7 +295,8 @@ def report_measurement(report: Any) -> dict[str, Any]:
     """The fields of a DeploymentReport the tuner uses, as plain data."""
     bench = report.benchmark
     checks = report.checks
-    valid = getattr(bench, "latency_is_measurement", None) if bench else None
+    # qemu-user and the like: the latency is the emulator's, not the device's
+    cpu_emulator = getattr(bench, "cpu_emulator", None) if bench else None
     return {
         "device_id": report.device_id,
         "deployment_id": report.deployment_id,
@@ -308,8 +309,12 @@ def report_measurement(report: Any) -> dict[str, Any]:
         "runtime": f"{bench.runtime.name} {bench.runtime.version}" if bench else None,
         "emulated": bool(bench.emulated) if bench else None,
         "emulation": bench.emulation if bench else None,
-        "latency_is_measurement": None if valid is None else bool(valid),
-        "latency_note": getattr(bench, "latency_note", None) if bench else None,
+        "latency_is_measurement": False if cpu_emulator else None,
+        "latency_note": (
+            f"measured under {cpu_emulator}: the emulator's latency, not a device measurement"
+            if cpu_emulator
+            else None
+        ),
         "probe_accuracy": checks.clean_accuracy if checks else None,
         "probe_min_robust_accuracy": checks.min_robust_accuracy if checks else None,
         "probe_agreement": checks.agreement if checks else None,

@@ -35,19 +35,22 @@ NOISE = re.compile(
 @contextlib.contextmanager
 def native_quiet() -> Iterator[None]:
     """Run the body with fd 2 captured; re-emit the lines that are not known notices."""
+    fd = 2  # where the C++ libraries write, whatever sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): leave it
+        os.fstat(fd)
+    except OSError:  # no stderr at all: nothing to keep quiet
         yield
         return
-    sys.stderr.flush()
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr.flush()
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                sys.stderr.flush()
             os.dup2(saved, fd)
             os.close(saved)
             tmp.seek(0)
@@ -57,5 +60,4 @@ def native_quiet() -> Iterator[None]:
                 if line.strip() and not NOISE.match(line)
             ]
             if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+                os.write(fd, "".join(kept).encode())

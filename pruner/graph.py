@@ -137,6 +137,7 @@ class PruneGraph:
     ops: list[Op]
     groups: list[Group] = field(default_factory=list)
     output_op: int = 0  # index of the output layer's affine op
+    coupled: bool = False  # a chain: no channel is shared between groups
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -267,8 +268,23 @@ def _layer_ops(layer: Any) -> list[Op]:
     raise _unsupported(layer, "unknown layer type")  # pragma: no cover - _chain refuses it
 
 
-def build_graph(model: Any) -> PruneGraph:
-    """The prunable groups of ``model``; UnsupportedLayerError names any layer it cannot handle."""
+def build_graph(model: Any) -> Any:
+    """The prunable groups of ``model``; UnsupportedLayerError names any layer it cannot handle.
+
+    A chain of Dense/Conv2D layers gives a PruneGraph (ops in order, one producer
+    and one consumer per group: the bounds-driven criteria walk it); any other
+    model gives a ``dag.DagGraph`` of coupled channel groups.
+    """
+    try:
+        return build_chain(model)
+    except UnsupportedLayerError:
+        from pruner.dag import build_dag
+
+        return build_dag(model)
+
+
+def build_chain(model: Any) -> PruneGraph:
+    """The chain form of ``model``; UnsupportedLayerError when it is not a supported chain."""
     layers = _chain(model)
     ops: list[Op] = []
     for layer in layers:
@@ -357,6 +373,8 @@ def incoming(group: Group) -> np.ndarray:
 
     Inference-mode BatchNormalization is folded in. Shape [units, fan_in + 1].
     """
+    if not isinstance(group, Group):
+        return group.incoming()
     kernel, bias = kernel_bias(group.producer)
     w = kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64)
     b = bias.astype(np.float64)
@@ -370,6 +388,8 @@ def incoming(group: Group) -> np.ndarray:
 def outgoing(group: Group) -> np.ndarray:
     """Each unit's outgoing vector: the consumer weights that read it, times the scale
     of a BatchNormalization after the nonlinearity. Shape [units, k]."""
+    if not isinstance(group, Group):
+        return group.outgoing()
     kernel = group.consumer.get_weights()[0].astype(np.float64)
     n = group.width
     if type(group.consumer).__name__ == "Conv2D":

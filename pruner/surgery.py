@@ -30,7 +30,7 @@ class GroupPlan:
 Plan = dict[str, GroupPlan]  # producer layer name -> its plan
 
 
-def _validate(group: Group, gp: GroupPlan) -> np.ndarray:
+def validate(group: Any, gp: GroupPlan) -> np.ndarray:
     n = group.width
     remove = np.unique(np.asarray(gp.remove, dtype=np.int64))
     if remove.size != len(gp.remove):
@@ -84,6 +84,10 @@ def _slice_consumer(group: Group, kernel: np.ndarray, keep: np.ndarray) -> np.nd
 
 def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
     """A new model with the plan's units physically removed (``model`` is not changed)."""
+    if graph.coupled:
+        from pruner.dag_surgery import apply_dag_plan
+
+        return apply_dag_plan(model, graph, plan)
     weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
     widths: dict[str, int] = {}
     known = {g.name for g in graph.groups}
@@ -94,7 +98,7 @@ def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
         gp = plan.get(group.name)
         if gp is None or not gp.remove:
             continue
-        keep = _validate(group, gp)
+        keep = validate(group, gp)
         prod = weights[group.producer.name]
         prod[0] = prod[0][..., keep]
         if group.producer.use_bias:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
-from pruner.handlers import HOMOGENEOUS, Handler, activation_of, handler, op_key
+from pruner.handlers import HOMOGENEOUS, Handler, activation_of, bn_affine, handler, op_key
 
 
 @dataclass
@@ -210,8 +210,6 @@ def producer_kernel(layer: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bn_channels(bn: Any, offset: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    from pruner.graph import bn_affine
-
     scale, shift = bn_affine(bn)
     return scale[offset : offset + width], shift[offset : offset + width]
 

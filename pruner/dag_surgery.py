@@ -17,7 +17,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from pruner.dag import ChannelGroup, DagGraph, Member
-from pruner.surgery import GroupPlan, validate
+from pruner.plan import GroupPlan, validate
 
 # params kind -> (index of the weight, its input-channel axis) for reader rows
 _READ_AXES = {"dense": [(0, 0)], "conv": [(0, -2)], "separable": [(0, 2), (1, 2)]}

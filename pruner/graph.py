@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
+from pruner.dag import build_dag
+from pruner.handlers import bn_affine  # noqa: F401 - read by criteria through graph
 
 # activation name -> (positively homogeneous, Lipschitz constant); all monotone.
 ACTIVATIONS: dict[str, tuple[bool, float]] = {
@@ -278,8 +280,6 @@ def build_graph(model: Any) -> Any:
     try:
         return build_chain(model)
     except UnsupportedLayerError:
-        from pruner.dag import build_dag
-
         return build_dag(model)
 
 
@@ -346,18 +346,6 @@ def _group(ops: list[Op], p: int, c: int) -> Group:
 
 
 # --- reading the units' weights -----------------------------------------------------------
-
-
-def bn_affine(bn: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-mode BatchNormalization as y = scale * x + shift (per channel)."""
-    names = [w.path.split("/")[-1] for w in bn.weights]
-    values = dict(zip(names, bn.get_weights(), strict=True))
-    n = values["moving_mean"].shape[0]
-    gamma = values.get("gamma", np.ones(n, np.float32))
-    beta = values.get("beta", np.zeros(n, np.float32))
-    scale = gamma / np.sqrt(values["moving_variance"] + bn.epsilon)
-    shift = beta - values["moving_mean"] * scale
-    return scale.astype(np.float64), shift.astype(np.float64)
 
 
 def kernel_bias(layer: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from core.errors import UnsupportedLayerError
 
 
@@ -154,3 +156,15 @@ def activation_of(op: Any) -> str | None:
     if op_key(op).startswith("op:") and handler(op).kind == "same":
         return op_key(op)[3:]
     return None
+
+
+def bn_affine(bn: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode BatchNormalization as y = scale * x + shift (per channel)."""
+    names = [w.path.split("/")[-1] for w in bn.weights]
+    values = dict(zip(names, bn.get_weights(), strict=True))
+    n = values["moving_mean"].shape[0]
+    gamma = values.get("gamma", np.ones(n, np.float32))
+    beta = values.get("beta", np.zeros(n, np.float32))
+    scale = gamma / np.sqrt(values["moving_variance"] + bn.epsilon)
+    shift = beta - values["moving_mean"] * scale
+    return scale.astype(np.float64), shift.astype(np.float64)

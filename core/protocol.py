@@ -210,6 +210,10 @@ class BenchmarkResult(WireModel):
     emulated: bool = False
     slowdown: float = 1.0
     emulation: str | None = Field(default=None, max_length=1024)
+    # Set when the agent's instructions were emulated (qemu-user on another
+    # architecture): the latency is the emulator's, not a device measurement,
+    # and must not be compared with a profile's budgets or used to calibrate.
+    cpu_emulator: str | None = Field(default=None, max_length=256)
 
 
 class CheckResults(WireModel):

@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS devices (
     runtime     TEXT,
     online      INTEGER NOT NULL DEFAULT 0,
     active_sha  TEXT,
-    last_seen   REAL
+    last_seen   REAL,
+    public_key  TEXT,
+    broker_user TEXT,
+    enrolled_at REAL
 );
 CREATE TABLE IF NOT EXISTS deployments (
     deployment_id TEXT PRIMARY KEY,
@@ -50,6 +53,9 @@ CREATE INDEX IF NOT EXISTS reports_by_deployment ON reports(deployment_id);
 CREATE INDEX IF NOT EXISTS deployments_by_rollout ON deployments(rollout_id);
 """
 
+# columns added after the first release: (name, SQL type), added to an older file on open
+_DEVICE_COLUMNS = (("public_key", "TEXT"), ("broker_user", "TEXT"), ("enrolled_at", "REAL"))
+
 
 class Registry:
     """Devices, deployments and reports of one fleet."""
@@ -60,6 +66,11 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(devices)")}
+        with self._db:
+            for name, sql_type in _DEVICE_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE devices ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         self._db.close()
@@ -112,6 +123,43 @@ class Registry:
         return [
             Device(r["device_id"], r["profile"], frozenset(json.loads(r["tags"]))) for r in rows
         ]
+
+    def set_identity(self, device_id: str, profile: str, public_key: str | None,
+                     broker_user: str | None) -> None:
+        """Record an enrolled device: its public key (PEM) and broker user name.
+
+        A device that is not yet known is added with ``profile``; re-enrolling
+        replaces the key (the old one is no longer accepted).
+        """
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO devices(device_id, profile, public_key, broker_user, enrolled_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(device_id) DO UPDATE SET
+                     profile=excluded.profile, public_key=excluded.public_key,
+                     broker_user=excluded.broker_user, enrolled_at=excluded.enrolled_at""",
+                (device_id, profile, public_key, broker_user, time.time()),
+            )
+
+    def revoke_identity(self, device_id: str) -> bool:
+        """Forget a device's key and broker user; True if it was enrolled."""
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE devices SET public_key=NULL, broker_user=NULL, enrolled_at=NULL
+                   WHERE device_id=? AND public_key IS NOT NULL""", (device_id,))
+            return cur.rowcount == 1
+
+    def public_key(self, device_id: str) -> str | None:
+        """The enrolled device's public key (PEM), None when it is not enrolled."""
+        row = self._db.execute(
+            "SELECT public_key FROM devices WHERE device_id=?", (device_id,)).fetchone()
+        return row["public_key"] if row else None
+
+    def public_keys(self) -> dict[str, str]:
+        """Every enrolled device's public key (PEM), by device id."""
+        rows = self._db.execute(
+            "SELECT device_id, public_key FROM devices WHERE public_key IS NOT NULL")
+        return {r["device_id"]: r["public_key"] for r in rows}
 
     def device_rows(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute("SELECT * FROM devices ORDER BY device_id")]

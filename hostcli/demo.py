@@ -100,7 +100,7 @@ class _Agents:
         import sys
         import time
 
-        from hostcli.main import CommandError
+        from core.errors import CommandError
 
         log = self.workdir / "agents" / f"{device_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -263,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
 
     import device_profiles
     import tuner as tn
+    from core.errors import CommandError
     from core.signing import write_key_pair
     from fleet.broker import local_broker
-    from hostcli.main import CommandError
     from hostcli.tune import probes_for
     from pruner.io import load_model
 

@@ -115,3 +115,33 @@ def test_an_old_sqlite_file_gains_the_new_columns(tmp_path):
 def test_unreachable_postgres_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"cannot open registry postgresql://nobody@127\.0\.0\.1:1/"):
         Registry("postgresql://nobody:secret@127.0.0.1:1/x")
+
+
+def test_identity_is_recorded_replaced_and_revoked(registry_target):
+    with Registry(registry_target) as reg:
+        assert reg.public_key("pi-1") is None
+        reg.set_identity("pi-1", "raspberry-pi-4", "PEM-1", "pi-1")
+        reg.upsert_device(Device("pi-1", "raspberry-pi-4"), online=True)  # keeps the key
+    with Registry(registry_target) as reg:
+        assert reg.public_key("pi-1") == "PEM-1"
+        row = reg.device_rows()[0]
+        assert row["broker_user"] == "pi-1" and row["enrolled_at"] > 0 and row["online"] == 1
+        reg.set_identity("pi-1", "raspberry-pi-4", "PEM-2", "pi-1")
+        assert reg.public_keys() == {"pi-1": "PEM-2"}
+        assert reg.revoke_identity("pi-1") and not reg.revoke_identity("pi-1")
+        assert reg.public_key("pi-1") is None and reg.public_keys() == {}
+
+
+def test_an_older_file_gains_the_identity_columns(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, profile TEXT NOT NULL, "
+               "tags TEXT NOT NULL DEFAULT '[]', runtime TEXT, online INTEGER NOT NULL "
+               "DEFAULT 0, active_sha TEXT, last_seen REAL)")
+    db.execute("INSERT INTO devices(device_id, profile) VALUES ('old-1', 'p')")
+    db.commit()
+    db.close()
+    with Registry(path) as reg:
+        assert reg.public_key("old-1") is None
+        reg.set_identity("old-1", "p", "PEM", "old-1")
+        assert reg.public_key("old-1") == "PEM"

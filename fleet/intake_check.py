@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from core.errors import SignatureError
+from core.errors import KeyFileError, SignatureError
 from core.protocol import DEVICE_MODELS, ChunkRequest, Report, Signature, Status
-from core.signing import VerifyKey
+from core.signing import VerifyKey, key_id_of
 
 DeviceMessage = Status | Report | ChunkRequest
 Check = Callable[[str, str, bytes], DeviceMessage]
@@ -54,3 +56,18 @@ def device_message(kind: str, device_id: str, payload: bytes,
 def checker(keys: Mapping[str, VerifyKey] | None = None) -> Check:
     """A check bound to the enrolled keys (None: signatures are not required)."""
     return lambda kind, device_id, payload: device_message(kind, device_id, payload, keys)
+
+
+def keys_from_pems(pems: Mapping[str, str]) -> dict[str, VerifyKey]:
+    """Enrolled devices' public keys (PEM text, as the registry holds them), by device id."""
+    out: dict[str, VerifyKey] = {}
+    for device_id, pem in pems.items():
+        try:
+            key = serialization.load_pem_public_key(pem.encode())
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"device {device_id}: enrolled key is not PEM: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"device {device_id}: enrolled key is not Ed25519")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        out[device_id] = VerifyKey("ed25519", key_id_of(raw), _public=key)
+    return out

@@ -52,7 +52,7 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
-from fleet.intake_check import Check, checker
+from fleet.intake_check import Check, checker, keys_from_pems
 from fleet.link import Event, FleetLink
 from fleet.registry import Registry
 from fleet.rollout import (
@@ -286,6 +286,7 @@ class _Engine:
         self.statuses: dict[str, Status] = {}
         self.was_connected = True
         self.resumed = False
+        self._polled = 0.0
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
         self._settles: list[tuple[str, Outcome, str]] = []
@@ -321,9 +322,15 @@ class _Engine:
             self._on_report(msg)
         elif isinstance(msg, ChunkRequest):
             dep = self.pending.get(msg.deployment_id)
-            if dep is not None and dep.device.device_id == msg.device_id:
+            if dep is not None:
                 dep.heard = True
-                self.server.request(msg)
+            if msg.artifact not in self.server:
+                # another host process's rollout (shared intake): serve it from the registry
+                data = self.registry.artifact(msg.artifact)
+                if data is None:
+                    return
+                self.server.add(data, Artifact.of(data, self.spec["chunk_size"]))
+            self.server.request(msg)
 
     def _on_status(self, st: Status) -> None:
         d = st.device_id
@@ -340,6 +347,9 @@ class _Engine:
         self._notes[d] = (d, st.online, active.sha256 if active else None,
                           active.deployment_id if active else None)
         self._try_settle(d)
+        dep = self.pending.get(self.by_device.get(d, ""))
+        if dep is not None and st.online and not dep.heard and old.online is not None:
+            self._send_manifest(dep)  # it (re)connected without a word on our deployment
 
     def _on_report(self, rep: Report) -> None:
         d = rep.device_id
@@ -373,6 +383,11 @@ class _Engine:
         elif dep_id in self.decided and self.decided[dep_id][1].revisable:
             # a late final report: the device's word replaces the host's guess
             self._record(dep_id, d, outcome, rep.reason or "")
+        elif not ours and self.link.share_group:
+            # another process's deployment reached us through the shared intake: record it
+            self._reports.append((rep.report_id, dep_id, d, rep.state,
+                                  rep.model_dump(mode="json")))
+            self._settles.append((dep_id, outcome, rep.reason or ""))
 
     def _try_settle(self, device_id: str) -> None:
         dep_id = self.by_device.get(device_id)
@@ -405,6 +420,23 @@ class _Engine:
             self.registry.settle(self._settles)
         self._reports, self._settles, self._notes = [], [], {}
         self._last_flush = time.monotonic()
+
+    def poll_registry(self) -> None:
+        """With a shared intake, another process may have recorded what our devices said."""
+        if not self.link.share_group or not self.pending:
+            return
+        if time.monotonic() - self._polled < 1.0:
+            return
+        self._polled = time.monotonic()
+        self.flush(force=True)
+        for row in self.registry.rollout_deployments(self.rollout_id):
+            dep = self.pending.get(row["deployment_id"])
+            if dep is not None and row["outcome"] != Outcome.PENDING.value:
+                self._finish(dep, Outcome(row["outcome"]), row["reason"] or "")
+        offline = {r["device_id"] for r in self.registry.device_rows() if not r["online"]}
+        for dep in list(self.pending.values()):
+            if dep.device.device_id in offline:
+                self._finish(dep, Outcome.OFFLINE, "device went offline (Last Will)")
 
     def drain(self, timeout: float) -> None:
         """Handle every queued event (waiting up to ``timeout`` for the first)."""
@@ -508,7 +540,8 @@ class _Engine:
             if now - dep.started > self.policy.timeout_s:
                 self._finish(dep, Outcome.TIMED_OUT,
                              f"no final report within {self.policy.timeout_s:g}s")
-            elif not dep.heard and now - dep.sent > MANIFEST_RESEND_S \
+            elif not dep.heard and now - dep.sent > min(MANIFEST_RESEND_S,
+                                                         self.policy.timeout_s / 3) \
                     and dep.resends < MAX_RESENDS:
                 dep.resends += 1
                 self._send_manifest(dep)
@@ -533,6 +566,7 @@ class _Engine:
             self.drain(0.1)
             self.tick()
             self.flush()
+            self.poll_registry()
             if self.abort_event is not None and self.abort_event.is_set():
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
@@ -617,7 +651,9 @@ def run_rollout(
     ``resume=ID`` that one, without variants. Devices come from their
     retained (signed) status; one without a variant for its profile, offline,
     already running its variant, or held by another rollout is skipped and
-    says so.
+    says so. Device messages must carry a valid signature by the device's
+    enrolled key (``device_keys``, default: the registry's enrolled keys);
+    with no device enrolled at all, signatures are not checked.
     """
     signing = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
@@ -627,6 +663,9 @@ def run_rollout(
         prepared, blobs = prepare_variants(variants or {}, probes=probes,
                                            host_outputs=host_outputs, chunk_size=chunk_size)
     target = target or Target()
+    if device_keys is None:
+        enrolled = registry.public_keys()
+        device_keys = keys_from_pems(enrolled) if enrolled else None
     own_link = link is None
     link = link or FleetLink(broker, share_group=share_group)
     if own_link:
@@ -717,6 +756,9 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         else:
             skipped[device_id] = why
     registry.upsert_devices(rows)
+    for row in registry.device_rows():
+        if row["device_id"] not in statuses and row.get("public_key"):
+            skipped[row["device_id"]] = "no verified status heard (offline or not its key)"
     chosen = select(devices, target)
     for device in devices:
         if device not in chosen:

@@ -89,10 +89,13 @@ class SimDevice:
     key: SigningKey
     fail: bool = False  # roll back every deployment (its checks fail)
     dead: bool = False
+    slow: float = 1.0  # its steps take this many times step_s
+    accepted: list[str] = field(default_factory=list)  # deployment ids it took on
     active: ActiveModel | None = None
     last_release: int = -1
     current: Manifest | None = None
     lost: set[tuple[str, int]] = field(default_factory=set)  # chunks it dropped on arrival
+    drop: set[tuple[str, int]] = field(default_factory=set)  # chunks it will drop next
     finished: dict[str, bytes] = field(default_factory=dict)  # deployment id -> final report
     needs_sent: int = 0
     will: bytes = b""
@@ -121,13 +124,15 @@ class Simulator:
         trust: TrustStore | None = None,
         fail: Iterable[str] = (),
         dead: Iterable[str] = (),
+        slow: Iterable[str] = (),
         step_s: float = 0.0,
         loss: float = 0.0,
         need_after_s: float = 2.0,
     ) -> None:
-        fail, dead = set(fail), set(dead)
+        fail, dead, slow = set(fail), set(dead), set(slow)
         self.devices = {
-            d: SimDevice(d, profile, simulated_key(d, seed), fail=d in fail, dead=d in dead)
+            d: SimDevice(d, profile, simulated_key(d, seed), fail=d in fail, dead=d in dead,
+                         slow=10.0 if d in slow else 1.0)
             for d in devices
         }
         self.trust = trust
@@ -155,8 +160,9 @@ class Simulator:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> Simulator:
-        self._worker.start()
-        self.client.connect(timeout=timeout)
+        if not self._worker.is_alive():
+            self._worker.start()
+            self.client.connect(timeout=timeout)
         return self
 
     def wait_born(self, timeout: float = 60.0) -> None:
@@ -279,13 +285,16 @@ class Simulator:
             return
         dev.last_release = m.release
         dev.current = m
+        dev.accepted.append(m.deployment_id)
         dev.needs_sent = 0
         self._report(dev, m, "received")
         for art in m.artifacts().values():
             self.known.setdefault(art.sha256, art)
-            if self.loss:
-                dev.lost |= {(art.sha256, i) for i in range(art.chunks)
-                             if self.rng.random() < self.loss}
+            if self.loss:  # chunks this device drops: already here, or on their next arrival
+                have = self.chunks.get(art.sha256, set())
+                for i in range(art.chunks):
+                    if self.rng.random() < self.loss:
+                        (dev.lost if i in have else dev.drop).add((art.sha256, i))
             with self._lock:
                 first = art.sha256 not in self.waiting
                 self.waiting.setdefault(art.sha256, set()).add(dev.device_id)
@@ -327,6 +336,10 @@ class Simulator:
         self.chunks.setdefault(sha, set()).add(index)
         for d in list(self.waiting.get(sha, ())):
             dev = self.devices[d]
+            if (sha, index) in dev.drop:  # this arrival is lost on the way to the device
+                dev.drop.discard((sha, index))
+                dev.lost.add((sha, index))
+                continue
             had = (sha, index) in dev.lost
             dev.lost.discard((sha, index))
             if had or len(self.chunks[sha]) == art.chunks:
@@ -343,9 +356,10 @@ class Simulator:
         for art in m.artifacts().values():
             self.waiting.get(art.sha256, set()).discard(dev.device_id)
         steps = ["verified", "installed", "benchmarked"]
+        step = self.step_s * dev.slow
         for n, state in enumerate(steps, 1):
-            self.later(self.step_s * n, lambda s=state: self._step(dev, m, s))
-        self.later(self.step_s * (len(steps) + 1), lambda: self._final(dev, m))
+            self.later(step * n, lambda s=state: self._step(dev, m, s))
+        self.later(step * (len(steps) + 1), lambda: self._final(dev, m))
 
     def _step(self, dev: SimDevice, m: Manifest, state: str) -> None:
         if dev.current is m and not dev.dead:

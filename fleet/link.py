@@ -22,8 +22,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from core.errors import ConfigError
 from core.mqtt import Broker, MqttClient, PublishFuture
-from core.protocol import DEVICE_FILTER, DEVICE_KINDS, parse_device_topic
+from core.protocol import DEVICE_FILTER, DEVICE_KINDS, TOPIC_ROOT, parse_device_topic
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class FleetLink:
         self.events: queue.Queue[Event] = queue.Queue()
         self.clock = LinkClock()
         self.received = 0
+        self._probe_id = f"paoding-host-probe-{uuid.uuid4().hex[:8]}"
+        self._probe_seen = threading.Event()
         self.client = MqttClient(
             broker,
             client_id or f"paoding-host-{uuid.uuid4().hex[:12]}",
@@ -94,6 +97,9 @@ class FleetLink:
             device_id, kind = parse_device_topic(topic)
         except ValueError:
             return
+        if device_id == self._probe_id:
+            self._probe_seen.set()
+            return
         if kind in DEVICE_KINDS:
             self.received += 1
             self.events.put(Event(kind, device_id, payload))
@@ -111,8 +117,23 @@ class FleetLink:
         return self.client.connected
 
     def open(self, timeout: float = 10.0) -> FleetLink:
-        """Connect (``BrokerUnavailable`` naming host:port when the broker cannot be reached)."""
+        """Connect (``BrokerUnavailable`` naming host:port when the broker cannot be reached).
+
+        A shared intake is checked first: a message the host sends itself on a
+        device topic must come back through it, or the broker does not serve
+        shared subscriptions (an MQTT 5 feature some brokers lack) and the
+        error says so, instead of a rollout that hears nothing.
+        """
         self.client.connect(timeout=timeout)
+        if self.share_group:
+            topic = f"{TOPIC_ROOT}/{self._probe_id}/status"
+            self.client.publish(topic, b"{}", qos=1).wait(timeout)
+            if not self._probe_seen.wait(min(timeout, 5.0)):
+                self.close()
+                raise ConfigError(
+                    f"broker {self.broker.address} delivered nothing through the shared "
+                    f"subscription {self.intake_filter!r}: it does not support shared "
+                    "subscriptions; run one host process without --share-group")
         return self
 
     def hold_retained(self) -> None:

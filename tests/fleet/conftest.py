@@ -33,3 +33,13 @@ def registry_target(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "fleet.sqlite"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory):
+    """Three NATS nodes (JetStream, MQTT interface) routed to each other on loopback."""
+    from natscluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    yield cluster
+    cluster.stop()

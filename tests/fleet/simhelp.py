@@ -14,8 +14,11 @@ def variant(size: int = 150_000, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def assert_agree(reg: Registry, sim: Simulator, rollout_id: str) -> dict[str, int]:
+def assert_agree(reg: Registry, sim: Simulator | list[Simulator], rollout_id: str
+                 ) -> dict[str, int]:
     """The registry and the devices agree: outcomes, what each runs, one deployment each."""
+    devices = {d: dev for s in (sim if isinstance(sim, list) else [sim])
+               for d, dev in s.devices.items()}
     rows = reg.rollout_deployments(rollout_id)
     by_device: dict[str, list[dict]] = {}
     for row in rows:
@@ -25,7 +28,7 @@ def assert_agree(reg: Registry, sim: Simulator, rollout_id: str) -> dict[str, in
     for device_id, deps in by_device.items():
         assert len(deps) == 1, f"{device_id} has {len(deps)} deployments in {rollout_id}"
         row = deps[0]
-        dev = sim.devices[device_id]
+        dev = devices[device_id]
         outcome = Outcome(row["outcome"])
         counts[outcome.value] = counts.get(outcome.value, 0) + 1
         assert outcome is not Outcome.PENDING, f"{device_id} still pending"
@@ -33,7 +36,7 @@ def assert_agree(reg: Registry, sim: Simulator, rollout_id: str) -> dict[str, in
         assert (outcome is Outcome.ACTIVE) == (runs == row["deployment_id"]), (
             f"{device_id}: registry says {outcome.value}, device runs {runs}")
         assert dev.accepted.count(row["deployment_id"]) <= 1
-    for device_id, dev in sim.devices.items():
+    for device_id, dev in devices.items():
         if dev.active is not None:
             assert recorded[device_id]["active_sha"] == dev.active.sha256, device_id
         # no device took on two deployments of one rollout

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -642,6 +642,7 @@ def run_rollout(
     progress: Progress | None = None,
     abort: threading.Event | None = None,
     link: FleetLink | None = None,
+    intake: Gate | None = None,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
 
@@ -653,7 +654,8 @@ def run_rollout(
     already running its variant, or held by another rollout is skipped and
     says so. Device messages must carry a valid signature by the device's
     enrolled key (``device_keys``, default: the registry's enrolled keys);
-    with no device enrolled at all, signatures are not checked.
+    with no device enrolled at all, signatures are not checked. An
+    ``intake`` (``accept(topic, payload) -> message | None``) replaces that check.
     """
     signing = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
@@ -674,7 +676,8 @@ def run_rollout(
         engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
                         policy=policy or WavePolicy(), include_offline=include_offline,
                         thresholds=thresholds, benchmark=benchmark, chunk_size=chunk_size,
-                        check=checker(device_keys), discover_s=discover_s, progress=progress,
+                        check=_gated(intake) if intake is not None else checker(device_keys),
+                        discover_s=discover_s, progress=progress,
                         abort=abort)
         verdict = engine.run()
         engine.finish(verdict)
@@ -682,6 +685,22 @@ def run_rollout(
     finally:
         if own_link:
             link.close()
+
+
+class Gate(Protocol):
+    """What decides whether a device message is taken: the message, or None to drop it."""
+
+    def accept(self, topic: str, payload: bytes) -> Any: ...
+
+
+def _gated(intake: Gate) -> Check:
+    def check(kind: str, device_id: str, payload: bytes) -> Any:
+        msg = intake.accept(f"{TOPIC_ROOT}/{device_id}/{kind}", payload)
+        if msg is None:
+            raise ValueError(f"{kind} from {device_id} dropped by the intake")
+        return msg
+
+    return check
 
 
 def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],

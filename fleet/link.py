@@ -26,6 +26,8 @@ from core.errors import ConfigError
 from core.mqtt import Broker, MqttClient, PublishFuture
 from core.protocol import DEVICE_FILTER, DEVICE_KINDS, TOPIC_ROOT, parse_device_topic
 
+PROBE_PREFIX = "paoding-host-probe-"
+
 
 @dataclass(frozen=True)
 class Event:
@@ -77,7 +79,7 @@ class FleetLink:
         self.events: queue.Queue[Event] = queue.Queue()
         self.clock = LinkClock()
         self.received = 0
-        self._probe_id = f"paoding-host-probe-{uuid.uuid4().hex[:8]}"
+        self._probe_id = f"{PROBE_PREFIX}{uuid.uuid4().hex[:8]}"
         self._probe_seen = threading.Event()
         self.client = MqttClient(
             broker,
@@ -97,8 +99,9 @@ class FleetLink:
             device_id, kind = parse_device_topic(topic)
         except ValueError:
             return
-        if device_id == self._probe_id:
-            self._probe_seen.set()
+        if device_id.startswith(PROBE_PREFIX):  # a host's check of the shared intake
+            if device_id == self._probe_id:
+                self._probe_seen.set()
             return
         if kind in DEVICE_KINDS:
             self.received += 1
@@ -126,9 +129,15 @@ class FleetLink:
         """
         self.client.connect(timeout=timeout)
         if self.share_group:
+            # a group of its own, so another host process of the fleet cannot take the probe
             topic = f"{TOPIC_ROOT}/{self._probe_id}/status"
+            probe = f"$share/{self._probe_id}/{topic}"
+            self.client.subscribe(probe, self._on_message)
+            time.sleep(0.2)  # the subscription is in place before the probe goes out
             self.client.publish(topic, b"{}", qos=1).wait(timeout)
-            if not self._probe_seen.wait(min(timeout, 5.0)):
+            seen = self._probe_seen.wait(min(timeout, 5.0))
+            self.client.unsubscribe(probe)
+            if not seen:
                 self.close()
                 raise ConfigError(
                     f"broker {self.broker.address} delivered nothing through the shared "

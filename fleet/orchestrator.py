@@ -79,6 +79,7 @@ HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
 MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest is sent again
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
+TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
 
 
 class RolloutLocked(ConfigError):
@@ -287,6 +288,8 @@ class _Engine:
         self.was_connected = True
         self.resumed = False
         self._polled = 0.0
+        self._ticked = 0.0
+        self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
         self._settles: list[tuple[str, Outcome, str]] = []
@@ -405,6 +408,7 @@ class _Engine:
                                  "reason": reason})
 
     def _record(self, dep_id: str, device_id: str, outcome: Outcome, reason: str) -> None:
+        self._changed = True
         self.decided[dep_id] = (device_id, outcome)
         self.outcomes[device_id] = outcome
         self._settles.append((dep_id, outcome, reason))
@@ -533,8 +537,9 @@ class _Engine:
 
     def tick(self) -> None:
         """Time out and re-send, on the link clock (it stops while the broker is away)."""
-        if not self.link.connected:
+        if not self.link.connected or time.monotonic() - self._ticked < TICK_S:
             return
+        self._ticked = time.monotonic()
         now = self.link.clock.now()
         for dep in list(self.pending.values()):
             if now - dep.started > self.policy.timeout_s:
@@ -562,6 +567,7 @@ class _Engine:
 
     def run(self) -> Verdict:
         verdict = self.verdict()
+        connected = self.link.connected
         while True:
             self.drain(0.1)
             self.tick()
@@ -571,6 +577,9 @@ class _Engine:
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
+            if not self._changed and connected == self.link.connected:
+                continue
+            self._changed, connected = False, self.link.connected
             verdict = self.verdict()
             if verdict.decision is Decision.ABORT:
                 self.progress("abort", {"reason": verdict.reason})
@@ -582,6 +591,7 @@ class _Engine:
                 index = next_wave(self.waves, self.started)
                 if index is not None:
                     self.start_wave(index)
+                self._changed = True
         self.flush(force=True)
         return verdict
 

@@ -27,6 +27,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username")
     parser.add_argument("--password-file")
     parser.add_argument("--ca-file", help="CA certificate for mqtts://")
+    parser.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
+    parser.add_argument("--key-file", help="the client certificate's private key")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument(
         "--key",
@@ -62,6 +64,11 @@ def broker_from_args(args: argparse.Namespace) -> Any:
     from core.mqtt import Broker
 
     password = None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ConfigError("mutual TLS needs both --cert-file and --key-file")
+    for path in (args.cert_file, args.key_file, args.ca_file):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"no such file {path}")
     if args.password_file:
         try:
             with open(args.password_file) as f:
@@ -76,6 +83,8 @@ def broker_from_args(args: argparse.Namespace) -> Any:
             username=args.username,
             password=password,
             ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
             insecure=args.insecure or None,
         )
     except ValueError as exc:

@@ -1,0 +1,160 @@
+"""Enrolment: a device's key in the registry, its own broker credentials, a bundle; revocation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat
+
+import pytest
+from trustbroker import FleetBroker, Inbox
+
+from core.errors import BrokerUnavailable, ConfigError, KeyFileError
+from core.mqtt import MqttClient
+from core.signing import load_signing_key, load_verify_key, write_key_pair
+from fleet.brokerconf import write_broker_config
+from fleet.enrol import enrol_device, revoke_device
+from fleet.registry import Registry
+from hostcli.main import main
+from hostcli.options import broker_from_args
+
+PROFILE = "raspberry-pi-4"
+R = "paoding/v2"
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_host_made_key_bundle_and_registry(tmp_path):
+    bdir = tmp_path / "broker"
+    write_broker_config(bdir)
+    host_priv, host_pub = write_key_pair(tmp_path / "keys", "host")
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        e = enrol_device(reg, "pi-1", PROFILE, broker_dir=bdir, bundle_dir=tmp_path / "bundles",
+                         host_public_key=host_pub, broker_url="mqtts://broker:8883")
+        pem = reg.public_key("pi-1")
+    b = tmp_path / "bundles" / "pi-1"
+    assert sorted(p.name for p in b.iterdir()) == sorted(
+        ["device.key", "device.pub", "broker.password", "ca.crt", "host.pub", "device.json"])
+    for secret in ("device.key", "broker.password"):
+        assert _mode(b / secret) == 0o600
+    key = load_signing_key(b / "device.key")
+    assert key.key_id == e.key_id == load_verify_key(b / "device.pub").key_id
+    assert pem == key.public_key().public_pem().decode()
+    meta = json.loads((b / "device.json").read_text())
+    assert meta["username"] == "pi-1" and meta["broker"] == "mqtts://broker:8883"
+    assert (b / "broker.password").read_text().strip() == e.password
+    assert "pi-1:$7$" in (bdir / "devices.passwd").read_text()
+    assert e.password not in (bdir / "devices.passwd").read_text()
+
+
+def test_enrol_with_the_devices_own_public_key(tmp_path):
+    _priv, pub = write_key_pair(tmp_path, "dev")
+    with Registry(tmp_path / "f.sqlite") as reg:
+        e = enrol_device(reg, "pi-2", PROFILE, public_key=pub)
+        assert e.key_id == load_verify_key(pub).key_id and e.password is None
+        assert reg.public_keys() == {"pi-2": pub.read_text()}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"profile": "no-such-profile", "public_key": "PUB"}, "unknown device profile"),
+    ({"device_id": "paoding-host", "public_key": "PUB"}, "host's broker user"),
+    ({"device_id": "bad id", "public_key": "PUB"}, "invalid device id"),
+    ({}, "give the device's public key"),
+    ({"public_key": "PUB", "client_cert": True}, "needs the broker directory"),
+])
+def test_enrol_errors_name_the_problem(tmp_path, kwargs, match):
+    _priv, pub = write_key_pair(tmp_path, "dev")
+    kwargs = {k: (pub if v == "PUB" else v) for k, v in kwargs.items()}
+    args = {"device_id": "pi-3", "profile": PROFILE, **kwargs}
+    with Registry(tmp_path / "f.sqlite") as reg, pytest.raises((ConfigError, ValueError),
+                                                                 match=match):
+        enrol_device(reg, args.pop("device_id"), args.pop("profile"), **args)
+
+
+def test_enrol_refuses_a_key_that_is_not_ed25519(tmp_path):
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key")
+    with Registry(tmp_path / "f.sqlite") as reg:
+        with pytest.raises(KeyFileError, match="bad.pub"):
+            enrol_device(reg, "pi-4", PROFILE, public_key=bad)
+        assert reg.public_key("pi-4") is None
+
+
+def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
+    b = FleetBroker(workdir=tmp_path / "broker")
+    b.start()
+    try:
+        with Registry(tmp_path / "f.sqlite") as reg:
+            e = enrol_device(reg, "pi-5", PROFILE, broker_dir=b.workdir,
+                             bundle_dir=tmp_path / "bundles")
+            b.reload()
+            with Inbox(b.host_broker(), "watch", f"{R}/#") as host:
+                dev = MqttClient(b.device_broker("pi-5", e.password), "pi-5")
+                dev.connect(timeout=10)
+                dev.publish(f"{R}/devices/pi-5/status", b"hello", qos=1).wait(5)
+                dev.close()
+                assert host.wait_for(f"{R}/devices/pi-5/status")
+            assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password"]
+            assert reg.public_key("pi-5") is None
+            with pytest.raises(ConfigError, match="not enrolled"):
+                revoke_device(reg, "pi-5", b.workdir)
+        b.reload()
+        with pytest.raises(BrokerUnavailable, match="refused"):
+            MqttClient(b.device_broker("pi-5", e.password), "pi-5").connect(timeout=10)
+    finally:
+        b.kill()
+
+
+def test_client_certificate_identity_mutual_tls(tmp_path):
+    b = FleetBroker(workdir=tmp_path / "broker", client_certs=True)
+    b.start()
+    try:
+        with Registry(tmp_path / "f.sqlite") as reg:
+            enrol_device(reg, "pi-6", PROFILE, broker_dir=b.workdir,
+                         bundle_dir=tmp_path / "bundles", client_cert=True)
+        bundle = tmp_path / "bundles" / "pi-6"
+        cert = (bundle / "client.crt", bundle / "client.key")
+        assert _mode(cert[1]) == 0o600
+        with Inbox(b.host_broker(), "watch", f"{R}/#") as host:
+            dev = MqttClient(b.device_broker(None, None, cert=cert), "anything")
+            dev.connect(timeout=10)
+            dev.publish(f"{R}/devices/other/status", b"forged", qos=1).wait(5)
+            dev.publish(f"{R}/devices/pi-6/status", b"hello", qos=1).wait(5)
+            dev.close()
+            assert host.wait_for(f"{R}/devices/pi-6/status")
+            assert f"{R}/devices/other/status" not in host.topics()
+        with pytest.raises(BrokerUnavailable):  # no certificate: the TLS handshake fails
+            MqttClient(b.device_broker("pi-6", "x"), "pi-6").connect(timeout=5)
+    finally:
+        b.kill()
+
+
+def test_connection_options_carry_the_client_certificate(tmp_path):
+    cert, key = tmp_path / "c.crt", tmp_path / "c.key"
+    cert.write_text("x")
+    key.write_text("y")
+    ns = argparse.Namespace(broker="mqtts://h:8884", username=None, password_file=None,
+                            ca_file=None, cert_file=str(cert), key_file=str(key), insecure=False)
+    broker = broker_from_args(ns)
+    assert (broker.cert_file, broker.key_file, broker.tls) == (str(cert), str(key), True)
+    with pytest.raises(ConfigError, match="both --cert-file and --key-file"):
+        broker_from_args(argparse.Namespace(**{**vars(ns), "key_file": None}))
+    with pytest.raises(ConfigError, match="no such file"):
+        broker_from_args(argparse.Namespace(**{**vars(ns), "cert_file": str(tmp_path / "n")}))
+
+
+def test_cli_broker_config_then_enrol_then_revoke(tmp_path, capsys):
+    bdir, db = tmp_path / "broker", tmp_path / "fleet.sqlite"
+    assert main(["broker-config", str(bdir), "--device-port", "18883"]) == 0
+    out = capsys.readouterr().out
+    assert "mosquitto -c" in out and "--username paoding-host" in out
+    assert (bdir / "mosquitto.conf").read_text().count("allow_anonymous false") == 2
+    assert main(["enrol", "pi-7", "--profile", PROFILE, "--db", str(db), "--broker-dir",
+                 str(bdir), "--bundle", str(tmp_path / "b")]) == 0
+    assert "enrolled pi-7" in capsys.readouterr().out
+    assert main(["enrol", "pi-8", "--db", str(db)]) == 2
+    assert "--profile is required" in capsys.readouterr().err
+    assert main(["enrol", "pi-7", "--revoke", "--db", str(db), "--broker-dir", str(bdir)]) == 0
+    assert "revoked pi-7" in capsys.readouterr().out

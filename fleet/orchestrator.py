@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from core.errors import ConfigError, PaodingError
+from core.errors import ConfigError
 from core.mqtt import Broker, MqttClient
 from core.probes import load_probes, probes_to_bytes, validate_probes
 from core.protocol import (
@@ -54,6 +54,7 @@ from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
 from fleet.intake_check import Check, checker, keys_from_pems
 from fleet.link import Event, FleetLink
+from fleet.publisher import add_expected
 from fleet.registry import Registry
 from fleet.rollout import (
     Action,
@@ -80,6 +81,7 @@ MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest i
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
+CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
 
 
 class RolloutLocked(ConfigError):
@@ -179,23 +181,11 @@ def _read(model: str | Path | bytes) -> bytes:
 
 
 def _probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if isinstance(probes, dict):
-        data = {k: np.asarray(v) for k, v in probes.items()}
-        validate_probes(data)
-        return data
-    return load_probes(probes)
-
-
-def _with_expected(model: bytes, probes: dict[str, np.ndarray], host_outputs: HostOutputs
-                   ) -> dict[str, np.ndarray]:
-    """Add the model's own host outputs as ``expected`` (when the host can run it)."""
-    try:
-        out = np.asarray(host_outputs(model, np.asarray(probes["x"], dtype=np.float32)))
-    except (PaodingError, ValueError):
-        return probes  # the device will say why it cannot load the model
-    if out.shape != np.asarray(probes["reference"]).shape:
-        return probes
-    return dict(probes, expected=out.astype(np.float32))
+    if not isinstance(probes, dict):
+        return load_probes(probes)
+    data = {k: np.asarray(v) for k, v in probes.items()}
+    validate_probes(data)
+    return data
 
 
 def prepare_variants(
@@ -220,7 +210,7 @@ def prepare_variants(
         part = None
         if pdata is not None:
             bundle = probes_to_bytes(
-                _with_expected(blob, pdata, host_outputs) if host_outputs else pdata)
+                add_expected(blob, pdata, host_outputs) if host_outputs else pdata)
             part = Artifact.of(bundle, chunk_size)
             blobs[part.sha256] = bundle
         out[profile] = Variant(profile, art, part)
@@ -281,6 +271,7 @@ class _Engine:
         self.pending: dict[str, _Deployment] = {}  # deployment id ->
         self.by_device: dict[str, str] = {}  # device id -> deployment id (this rollout)
         self.decided: dict[str, tuple[str, Outcome]] = {}  # deployment id -> (device, outcome)
+        self.awaiting: set[str] = set()  # cancelled deployments whose final report is due
         self.started: set[str] = set()
         self.skipped: dict[str, str] = dict(spec.get("skipped", {}))
         self.p90: dict[str, float] = {}
@@ -386,11 +377,13 @@ class _Engine:
         elif dep_id in self.decided and self.decided[dep_id][1].revisable:
             # a late final report: the device's word replaces the host's guess
             self._record(dep_id, d, outcome, rep.reason or "")
-        elif not ours and self.link.share_group:
-            # another process's deployment reached us through the shared intake: record it
+        elif not ours:
+            # another rollout's deployment (a shared intake, or a report that came after
+            # that rollout ended): the registry takes the device's word where it may
             self._reports.append((rep.report_id, dep_id, d, rep.state,
                                   rep.model_dump(mode="json")))
             self._settles.append((dep_id, outcome, rep.reason or ""))
+        self.awaiting.discard(dep_id)
 
     def _try_settle(self, device_id: str) -> None:
         dep_id = self.by_device.get(device_id)
@@ -553,6 +546,7 @@ class _Engine:
 
     def cancel_pending(self, reason: str) -> None:
         """Stop the wave in progress: a signed Cancel to every device still pending."""
+        self.awaiting |= set(self.pending)
         for dep in list(self.pending.values()):
             cancel = Cancel(deployment_id=dep.deployment_id, device_id=dep.device.device_id)
             if self.key is not None:
@@ -592,8 +586,16 @@ class _Engine:
                 if index is not None:
                     self.start_wave(index)
                 self._changed = True
+        self._await_cancelled()
         self.flush(force=True)
         return verdict
+
+    def _await_cancelled(self) -> None:
+        """Give the cancelled devices a moment to say how they ended (one may have finished)."""
+        deadline = time.monotonic() + min(CANCEL_WAIT_S, self.policy.timeout_s)
+        while self.awaiting and self.link.connected and time.monotonic() < deadline:
+            self.drain(0.1)
+            self.flush()
 
     def finish(self, verdict: Verdict) -> None:
         state = "done" if verdict.decision is Decision.DONE else "aborted"

@@ -44,7 +44,6 @@ from core.protocol import (
     BenchmarkResult,
     Cancel,
     ChunkRequest,
-    DeviceSignature,
     LatencyStats,
     Manifest,
     Report,
@@ -77,9 +76,7 @@ def device_ids(n: int, prefix: str = "sim") -> list[str]:
 
 
 def _signed(msg: WireModel, key: SigningKey) -> WireModel:
-    sig = key.sign_bytes(msg.signed_bytes())
-    return msg.model_copy(update={"signature": DeviceSignature(key_id=sig.key_id,
-                                                               value=sig.value)})
+    return key.sign_device(msg)  # type: ignore[type-var]
 
 
 @dataclass

@@ -100,14 +100,9 @@ class NatsCluster:
         raise RuntimeError(f"nats-server {node.name} MQTT not ready: {last}")
 
     def stop(self) -> None:
-        for n in self.nodes:
-            if n.proc is not None and n.proc.poll() is None:
-                n.proc.terminate()
+        from fleet.broker import stop_process
+
         for n in self.nodes:
             if n.proc is not None:
-                try:
-                    n.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    n.proc.kill()
-                    n.proc.wait()
+                stop_process(n.proc)
                 n.proc = None

@@ -103,7 +103,7 @@ class FleetLink:
             if device_id == self._probe_id:
                 self._probe_seen.set()
             return
-        if kind in DEVICE_KINDS:
+        if kind in DEVICE_KINDS and payload:  # an empty one clears a retained message
             self.received += 1
             self.events.put(Event(kind, device_id, payload))
 

@@ -52,6 +52,7 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
+from fleet.intake import Intake
 from fleet.intake_check import Check, checker, keys_from_pems
 from fleet.link import Event, FleetLink
 from fleet.publisher import add_expected
@@ -654,7 +655,7 @@ def run_rollout(
     progress: Progress | None = None,
     abort: threading.Event | None = None,
     link: FleetLink | None = None,
-    intake: Gate | None = None,
+    intake: Intake | Gate | None = None,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
 
@@ -667,7 +668,8 @@ def run_rollout(
     says so. Device messages must carry a valid signature by the device's
     enrolled key (``device_keys``, default: the registry's enrolled keys);
     with no device enrolled at all, signatures are not checked. An
-    ``intake`` (``accept(topic, payload) -> message | None``) replaces that check.
+    ``intake`` (``fleet.intake.Intake``, or anything with ``accept(topic,
+    payload) -> message | None``) replaces that check.
     """
     signing = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)

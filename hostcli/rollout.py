@@ -11,7 +11,11 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hostcli.options import add_check_arguments, add_connection_arguments
+    from hostcli.options import (
+        add_check_arguments,
+        add_connection_arguments,
+        add_trust_arguments,
+    )
 
     parser.add_argument(
         "--variant",
@@ -37,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the fleet record: a SQLite file (default fleet.sqlite) or a postgresql:// URL "
         "for several host processes (env PAODING_DB)",
     )
+    add_trust_arguments(parser, with_db=False)
     parser.add_argument(
         "--share-group",
         help="take device messages through the shared subscription $share/GROUP/... "
@@ -94,6 +99,7 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.intake import Intake
     from fleet.orchestrator import run_rollout
     from fleet.registry import Registry
     from fleet.rollout import Target, WavePolicy
@@ -159,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             print("broker back: continuing", file=sys.stderr)
 
     with Registry(args.db) as registry:
+        # device messages count only when signed by the device's enrolled key (read once)
+        intake = None if args.unverified_reports else Intake(registry.public_keys())
         result = run_rollout(
             variants,
             broker,
@@ -173,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             thresholds=thresholds_from_args(args),
             key=key_from_args(args),
             benchmark=bench_from_args(args),
-            host_outputs=host_runner() if variants else None,
+            host_outputs=host_runner() if variants and args.probes else None,
+            intake=intake,
         )
     if args.plot:
         plot_rollout(result.to_dict(), args.plot)

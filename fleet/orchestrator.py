@@ -134,17 +134,35 @@ class RolloutResult:
         }
 
 
-def discover(broker: Broker | str, wait_s: float = 1.5) -> dict[str, Status]:
-    """The devices' retained status messages on ``broker``, by device id (unverified)."""
+class Gate(Protocol):
+    """What decides whether a device message is taken: the message, or None to drop it."""
+
+    def accept(self, topic: str, payload: bytes) -> Any: ...
+
+
+def discover(broker: Broker | str, wait_s: float = 1.5,
+             intake: Intake | Gate | None = None) -> dict[str, Status]:
+    """The devices' retained status messages on ``broker``, by device id.
+
+    With ``intake`` only statuses signed by the device's enrolled key count
+    (``fleet.intake``); the others are dropped with one log line each.
+    """
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
     found: dict[str, Status] = {}
     lock = threading.Lock()
 
-    def on_status(_topic: str, payload: bytes) -> None:
-        try:
-            status = Status.from_json(payload)
-        except (ValidationError, ValueError):
-            return  # a foreign or malformed status is not a device of ours
+    def on_status(topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained status
+        if intake is not None:
+            status = intake.accept(topic, payload)
+            if not isinstance(status, Status):
+                return
+        else:
+            try:
+                status = Status.from_json(payload)
+            except (ValidationError, ValueError):
+                return  # a foreign or malformed status is not a device of ours
         with lock:
             found[status.device_id] = status
 
@@ -699,12 +717,6 @@ def run_rollout(
     finally:
         if own_link:
             link.close()
-
-
-class Gate(Protocol):
-    """What decides whether a device message is taken: the message, or None to drop it."""
-
-    def accept(self, topic: str, payload: bytes) -> Any: ...
 
 
 def _gated(intake: Gate) -> Check:

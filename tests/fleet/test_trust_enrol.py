@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+import time
 
 import pytest
 from trustbroker import FleetBroker, Inbox
@@ -96,13 +97,18 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
                 dev = MqttClient(b.device_broker("pi-5", e.password), "pi-5")
                 dev.connect(timeout=10)
                 dev.publish(f"{R}/devices/pi-5/status", b"hello", qos=1).wait(5)
-                dev.close()
                 assert host.wait_for(f"{R}/devices/pi-5/status")
             assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password"]
             assert reg.public_key("pi-5") is None
             with pytest.raises(ConfigError, match="not enrolled"):
                 revoke_device(reg, "pi-5", b.workdir)
         b.reload()
+        deadline = time.monotonic() + 5  # the reload disconnects it, and it cannot come back
+        while dev.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        connected = dev.connected
+        dev.close()
+        assert not connected
         with pytest.raises(BrokerUnavailable, match="refused"):
             MqttClient(b.device_broker("pi-5", e.password), "pi-5").connect(timeout=10)
     finally:
@@ -190,7 +196,6 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from tflitehelp import dense_tflite

@@ -116,6 +116,7 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
 
 
 def test_client_certificate_identity_mutual_tls(tmp_path):
+    """Devices and the host role authenticate with certificates from the fleet CA."""
     b = FleetBroker(workdir=tmp_path / "broker", client_certs=True)
     b.start()
     try:
@@ -135,6 +136,12 @@ def test_client_certificate_identity_mutual_tls(tmp_path):
             assert f"{R}/devices/other/status" not in host.topics()
         with pytest.raises(BrokerUnavailable):  # no certificate: the TLS handshake fails
             MqttClient(b.device_broker("pi-6", "x"), "pi-6").connect(timeout=5)
+        host = b.host_broker()  # the host role too: its certificate, not its password
+        assert host.cert_file is not None and host.username is None
+        with pytest.raises(BrokerUnavailable):
+            MqttClient(host.__class__(**{**host.__dict__, "cert_file": None, "key_file": None,
+                                         "username": "paoding-host", "password": "x"}),
+                       "host-no-cert").connect(timeout=5)
     finally:
         b.kill()
 

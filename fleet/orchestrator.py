@@ -299,6 +299,7 @@ class _Engine:
         self.resumed = False
         self._polled = 0.0
         self._ticked = 0.0
+        self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
@@ -498,6 +499,12 @@ class _Engine:
                 self.server.publish(art.sha256)
                 self.published.add(art.sha256)
 
+    @property
+    def plan_index(self) -> dict[str, int]:
+        if self._plan_index is None:
+            self._plan_index = {d: i for i, d in enumerate(d for w in self.waves for d in w)}
+        return self._plan_index
+
     def start_wave(self, index: int) -> None:
         wave = [d for d in self.waves[index] if d not in self.started]
         rows = []
@@ -513,7 +520,9 @@ class _Engine:
             if action is not Action.DEPLOY:
                 self.skipped[device_id] = why
                 continue
-            dep_id = f"{self.rollout_id}-w{index}-{uuid.uuid4().hex[:6]}"
+            # unique by construction: the device's place in the plan (random ids collide
+            # in waves of thousands)
+            dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
             manifest = self._manifest(dep_id, device_id, variant)
             rows.append((dep_id, device_id, variant.model.sha256, variant.model.size,
                          self.rollout_id, index, manifest.decode(), json.loads(manifest)[

@@ -817,6 +817,11 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     for device in devices:
         if device not in chosen:
             skipped[device.device_id] = "not targeted"
+    # the rollout is recorded (running, no waves yet) before it takes any lock, so a
+    # crash leaves no lock held by a rollout the registry does not know
+    for sha, data in blobs.items():
+        registry.put_artifact(sha, data)
+    registry.create_rollout(rollout_id, spec)
     held = registry.lock_devices(rollout_id, [d.device_id for d in chosen])
     for device_id, other in held.items():
         skipped[device_id] = f"held by rollout {other}"
@@ -824,8 +829,10 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     if held and not chosen:
         registry.unlock_devices(rollout_id)
         other = sorted(set(held.values()))
-        raise RolloutLocked(f"every targeted device is held by rollout {', '.join(other)} "
-                            "(one rollout at a time per device; resume or wait for it)")
+        reason = (f"every targeted device is held by rollout {', '.join(other)} "
+                  "(one rollout at a time per device; resume or wait for it)")
+        registry.set_rollout_state(rollout_id, "refused", reason)
+        raise RolloutLocked(reason)
     waves = plan_waves(chosen, policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
@@ -833,9 +840,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         tags={d.device_id: sorted(d.tags) for d in chosen if d.tags},
         skipped=skipped,
     )
-    for sha, data in blobs.items():
-        registry.put_artifact(sha, data)
-    registry.create_rollout(rollout_id, spec)
+    registry.set_rollout_spec(rollout_id, spec)
     engine.waves, engine.profiles, engine.tags = spec["waves"], spec["profiles"], spec["tags"]
     engine.skipped = dict(skipped)
     engine.progress("plan", {"rollout_id": rollout_id, "waves": engine.waves,

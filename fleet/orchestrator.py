@@ -82,6 +82,7 @@ MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest i
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
+VERDICT_S = 0.2  # how often a rollout in progress is judged again
 CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
 
 
@@ -299,6 +300,7 @@ class _Engine:
         self.resumed = False
         self._polled = 0.0
         self._ticked = 0.0
+        self._judged = 0.0
         self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
@@ -599,9 +601,12 @@ class _Engine:
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
-            if not self._changed and connected == self.link.connected:
-                continue
+            if connected == self.link.connected and not (
+                    self._changed and (not self.pending
+                                       or time.monotonic() - self._judged > VERDICT_S)):
+                continue  # judging is O(devices): at most five times a second
             self._changed, connected = False, self.link.connected
+            self._judged = time.monotonic()
             verdict = self.verdict()
             if verdict.decision is Decision.ABORT:
                 self.progress("abort", {"reason": verdict.reason})

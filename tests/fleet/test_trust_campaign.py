@@ -204,6 +204,17 @@ def test_forged_active_reports_are_not_believed(broker, fleet, tmp_path, caplog,
     with Device(b, "dev-a", keys["dev-a"]):
         rep = deploy(MODEL, "dev-a", b, device_key=reg.public_key("dev-a").encode(), timeout=10)
     assert rep.state == "active" and rep.ok
+    # 4. a replay: the device's own genuine 'active' report, still retained, does not
+    #    answer a new deployment (a report names the digest of the manifest it answers)
+    replayed = 0
+    try:
+        deploy(MODEL, "dev-a", b, device_key=reg.public_key("dev-a").encode(), timeout=3)
+        replayed = 1
+    except DeploymentTimeout:
+        pass
+    assert replayed == 0
+    record("replayed_report", "the device's own genuine 'active' report (retained) "
+           "replayed to a new deployment", 1, replayed, "report names the manifest digest")
     record("forged_reports", "forged 'active' reports (no key, unknown key, another "
            "device's key) and a deploy to a device that does not exist", 3 + 1,
            believed + (code == 0), "registry (not enrolled) + intake signature check",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from hostcli.options import add_trust_arguments, device_key_for
 from pruner.evaldata import BUNDLED, load_eval_data
 
 
@@ -73,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--broker", help="broker URL for --verify-on (mqtt://host:port)")
     parser.add_argument("--key", help="signing key for the deployment (Ed25519 PEM)")
+    add_trust_arguments(parser)
     parser.add_argument(
         "--rounds",
         type=int,
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     profile = device_profiles.load(args.profile)
     if args.verify_on and not args.broker:
         raise ConfigError("--verify-on needs --broker mqtt://host:port")
+    device_key = device_key_for(args, args.verify_on) if args.verify_on else None
     out = Path(args.output)
     if out.exists() and (
         not out.is_dir() or any(f.name not in tn.OUTPUT_FILES for f in out.iterdir())
@@ -176,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             key=args.key,
             timeout=args.timeout,
             save_dir=saved,
+            device_key=device_key,
         )
         tn.verify(result, search, deployer, rounds=args.rounds, device=args.verify_on)
         print(tn.table(result))

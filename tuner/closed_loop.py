@@ -332,12 +332,14 @@ def mqtt_deployer(
     runs: int = 200,
     min_seconds: float = 1.0,
     save_dir: str | os.PathLike[str] | None = None,
+    device_key: Any = None,
 ) -> Deployer:
     """A deployer that publishes each candidate to one agent and returns its measurement.
 
     With ``save_dir``, each agent report is kept as ``reports/<deployment>.json`` and
     each deployed model as ``models/<sha256>.tflite`` (what ``profiles calibrate
-    --from-reports ... --models`` reads).
+    --from-reports ... --models`` reads). With ``device_key`` (the device's
+    enrolled public key) only reports signed by it count.
     """
     import hashlib
 
@@ -358,6 +360,7 @@ def mqtt_deployer(
             key=key,
             timeout=timeout,
             host_outputs=quiet_outputs,
+            device_key=device_key,
             thresholds={"max_p90_ms": b.p90_latency_ms, "max_peak_memory_mb": b.peak_memory_mb},
             benchmark={
                 "runs": runs,

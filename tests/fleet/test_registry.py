@@ -159,3 +159,14 @@ def test_a_lock_of_a_rollout_no_longer_running_is_free(registry_target):
         assert reg.lock_devices("r2", ["a"]) == {}
         assert reg.lock_devices("ghost", ["b"]) == {}  # r1 is not running: free
         assert reg.lock_devices("r2", ["b"]) == {}  # "ghost" was never recorded: free
+
+
+def test_a_device_settles_only_its_own_deployment(tmp_path):
+    with Registry(tmp_path / "f.sqlite") as reg:
+        reg.upsert_device(Device("pi-1", "p"))
+        reg.upsert_device(Device("pi-2", "p"))
+        reg.add_deployment("d1", "pi-1", "ab" * 32, 10)
+        reg.settle([("d1", Outcome.ACTIVE, "", "pi-2")])  # pi-2 speaking for pi-1
+        assert reg.deployments("pi-1")[0]["outcome"] == "pending"
+        reg.settle([("d1", Outcome.ACTIVE, "", "pi-1")])
+        assert reg.deployments("pi-1")[0]["outcome"] == "active"

@@ -264,3 +264,19 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
             log.close()
         reg.close()
         fb.kill()
+
+
+def test_broker_config_again_keeps_the_ca_and_the_enrolled_devices(tmp_path):
+    from fleet.brokerconf import enrol_broker_user
+
+    first = write_broker_config(tmp_path / "b")
+    password = enrol_broker_user(tmp_path / "b", "pi-10")
+    ca = first.ca.read_bytes()
+    again = write_broker_config(tmp_path / "b", max_packet_bytes=256 * 1024)
+    assert again.ca.read_bytes() == ca and again.host_password is None  # no new host secret
+    assert PasswordFile(again.devices_passwd).verify("pi-10", password)
+    assert "max_packet_size 262144" in again.conf.read_text()
+    with pytest.raises(ConfigError, match="two ports"):
+        write_broker_config(tmp_path / "c", device_port=9000, host_port=9000)
+    with pytest.raises(ConfigError, match="both --certfile and --keyfile"):
+        write_broker_config(tmp_path / "c", certfile=first.ca)

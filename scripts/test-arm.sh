@@ -52,10 +52,10 @@ fi
 # -- the arm64 userland ---------------------------------------------------------
 $SUDO mkdir -p "$CACHE"
 if [ ! -e "$ROOT/.paoding-base" ]; then
-  step "debootstrap: arm64 Debian bookworm minbase with python3 into $ROOT (about 4 min)"
+  step "debootstrap: arm64 Debian bookworm minbase with python3 into $ROOT (4-6 min)"
   $SUDO rm -rf "$ROOT.tmp"
   $SUDO debootstrap --arch=arm64 --variant=minbase \
-    --include=python3,python3-venv bookworm "$ROOT.tmp" "$MIRROR" \
+    --include=python3 bookworm "$ROOT.tmp" "$MIRROR" \
     > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
   $SUDO touch "$ROOT.tmp/.paoding-base"
   $SUDO rm -rf "$ROOT"
@@ -71,26 +71,35 @@ inside() { bash "$SRC/scripts/arm-enter.sh" "$ROOT" cortex-a72 -- "$@"; }
 # The venvs are made inside (the userland's own python3); the wheels (aarch64,
 # cp311) are resolved and unpacked by the host's pip, which is many times faster
 # than pip under qemu. Interpreter versions follow the shipped profiles.
-pyver() { sed -n 's/^runtime:.*version: "\([0-9.]*\)".*/\1/p' "device_profiles/$1.yaml"; }
-LITERT_VERSION=$(pyver raspberry-pi-4)
-TFLITE_VERSION=$(pyver raspberry-pi-zero-2w)
+quiet_pip() {  # drop this machine's notes about absent local indexes; keep real errors
+  grep -v -e "is ignored: it is neither" -e "already exists" >&2 || true
+}
 HOSTPY=${PYTHON:-.venv/bin/python}
 [ -x "$HOSTPY" ] || HOSTPY=python3
+pyver() {
+  PYTHONPATH="$SRC" "$HOSTPY" -c "import device_profiles as d; print(d.load('$1').runtime.version)"
+}
+LITERT_VERSION=$(pyver raspberry-pi-4)
+TFLITE_VERSION=$(pyver raspberry-pi-zero-2w)
+case "$LITERT_VERSION/$TFLITE_VERSION" in
+  [0-9]*.[0-9]*/[0-9]*.[0-9]*) ;;
+  *) echo "cannot read the runtime versions of the profiles" >&2; exit 1 ;;
+esac
 PLATFORMS=(--platform linux_aarch64 --platform manylinux2014_aarch64)
 for v in 17 24 27 28 31 34 35 36; do PLATFORMS+=(--platform "manylinux_2_${v}_aarch64"); done
 ARM_PIP=("$HOSTPY" -m pip install -q --disable-pip-version-check --only-binary=:all:
          --python-version 3.11 --implementation cp --abi cp311 "${PLATFORMS[@]}")
-step "building this clone's wheel"
+step "building this clone's wheel (from a copy: the clone gets no build/)"
 WHEELS=$(mktemp -d)
 trap 'rm -rf "$WHEELS"' EXIT
-"$HOSTPY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "$SRC" >/dev/null 2>&1 ||
-  "$HOSTPY" -m pip wheel -q --no-deps -w "$WHEELS" "$SRC" >/dev/null
+mkdir "$WHEELS/src"
+git ls-files -z --cached --others --exclude-standard |
+  tar --null -T - -cf - 2>/dev/null | tar -xf - -C "$WHEELS/src"
+"$HOSTPY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "$WHEELS/src" \
+  >/dev/null 2>&1 || "$HOSTPY" -m pip wheel -q --no-deps -w "$WHEELS" "$WHEELS/src" 2>&1 | quiet_pip
 WHEEL=$(ls "$WHEELS"/paoding_edge-*.whl)
 DEPS_KEY=$( (sed -n '/^dependencies = \[/,/^\]/p;/^device = /p;/^tflite-runtime = /p' pyproject.toml;
              echo "$LITERT_VERSION $TFLITE_VERSION") | sha256sum | cut -c1-16)
-quiet_pip() {  # drop this machine's notes about absent local indexes; keep real errors
-  grep -v -e "is ignored: it is neither" -e "already exists" >&2 || true
-}
 build_venv() {  # name, extra, pinned interpreter requirements...
   local name=$1 extra=$2; shift 2
   local venv=/opt/paoding/$name site=$ROOT/opt/paoding/$name/lib/python3.11/site-packages

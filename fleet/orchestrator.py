@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -76,12 +77,15 @@ from fleet.rollout import (
     settle,
 )
 
+intake_log = logging.getLogger("paoding.intake")  # one line per dropped message
+
 Progress = Callable[[str, dict[str, Any]], None]
 HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
 MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest is sent again
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
+VERDICT_S = 0.2  # how often a rollout in progress is judged again
 CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
 
 
@@ -299,10 +303,12 @@ class _Engine:
         self.resumed = False
         self._polled = 0.0
         self._ticked = 0.0
+        self._judged = 0.0
+        self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
-        self._settles: list[tuple[str, Outcome, str]] = []
+        self._settles: list[tuple[str, Outcome, str, str]] = []
         self._notes: dict[str, tuple[str, bool | None, str | None, str | None]] = {}
         self._last_flush = time.monotonic()
 
@@ -369,6 +375,13 @@ class _Engine:
         dep_id = rep.deployment_id
         if dep_id is None:
             return
+        owner = (self.pending[dep_id].device.device_id if dep_id in self.pending
+                 else self.decided[dep_id][0] if dep_id in self.decided else None)
+        if owner is not None and owner != d:
+            self.dropped += 1  # signed by its own device, but about another's deployment
+            intake_log.warning("dropped report from %s: deployment %s is %s's", d, dep_id,
+                               owner)
+            return
         ours = dep_id in self.pending or dep_id in self.decided
         if ours:
             self._reports.append((rep.report_id, dep_id, d, rep.state,
@@ -401,7 +414,7 @@ class _Engine:
             # that rollout ended): the registry takes the device's word where it may
             self._reports.append((rep.report_id, dep_id, d, rep.state,
                                   rep.model_dump(mode="json")))
-            self._settles.append((dep_id, outcome, rep.reason or ""))
+            self._settles.append((dep_id, outcome, rep.reason or "", d))
         self.awaiting.discard(dep_id)
 
     def _try_settle(self, device_id: str) -> None:
@@ -423,7 +436,7 @@ class _Engine:
         self._changed = True
         self.decided[dep_id] = (device_id, outcome)
         self.outcomes[device_id] = outcome
-        self._settles.append((dep_id, outcome, reason))
+        self._settles.append((dep_id, outcome, reason, device_id))
 
     def flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_flush < FLUSH_S:
@@ -498,6 +511,12 @@ class _Engine:
                 self.server.publish(art.sha256)
                 self.published.add(art.sha256)
 
+    @property
+    def plan_index(self) -> dict[str, int]:
+        if self._plan_index is None:
+            self._plan_index = {d: i for i, d in enumerate(d for w in self.waves for d in w)}
+        return self._plan_index
+
     def start_wave(self, index: int) -> None:
         wave = [d for d in self.waves[index] if d not in self.started]
         rows = []
@@ -513,7 +532,9 @@ class _Engine:
             if action is not Action.DEPLOY:
                 self.skipped[device_id] = why
                 continue
-            dep_id = f"{self.rollout_id}-w{index}-{uuid.uuid4().hex[:6]}"
+            # unique by construction: the device's place in the plan (random ids collide
+            # in waves of thousands)
+            dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
             manifest = self._manifest(dep_id, device_id, variant)
             rows.append((dep_id, device_id, variant.model.sha256, variant.model.size,
                          self.rollout_id, index, manifest.decode(), json.loads(manifest)[
@@ -590,9 +611,12 @@ class _Engine:
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
-            if not self._changed and connected == self.link.connected:
-                continue
+            if connected == self.link.connected and not (
+                    self._changed and (not self.pending
+                                       or time.monotonic() - self._judged > VERDICT_S)):
+                continue  # judging is O(devices): at most five times a second
             self._changed, connected = False, self.link.connected
+            self._judged = time.monotonic()
             verdict = self.verdict()
             if verdict.decision is Decision.ABORT:
                 self.progress("abort", {"reason": verdict.reason})
@@ -808,6 +832,11 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     for device in devices:
         if device not in chosen:
             skipped[device.device_id] = "not targeted"
+    # the rollout is recorded (running, no waves yet) before it takes any lock, so a
+    # crash leaves no lock held by a rollout the registry does not know
+    for sha, data in blobs.items():
+        registry.put_artifact(sha, data)
+    registry.create_rollout(rollout_id, spec)
     held = registry.lock_devices(rollout_id, [d.device_id for d in chosen])
     for device_id, other in held.items():
         skipped[device_id] = f"held by rollout {other}"
@@ -815,8 +844,10 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     if held and not chosen:
         registry.unlock_devices(rollout_id)
         other = sorted(set(held.values()))
-        raise RolloutLocked(f"every targeted device is held by rollout {', '.join(other)} "
-                            "(one rollout at a time per device; resume or wait for it)")
+        reason = (f"every targeted device is held by rollout {', '.join(other)} "
+                  "(one rollout at a time per device; resume or wait for it)")
+        registry.set_rollout_state(rollout_id, "refused", reason)
+        raise RolloutLocked(reason)
     waves = plan_waves(chosen, policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
@@ -824,9 +855,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         tags={d.device_id: sorted(d.tags) for d in chosen if d.tags},
         skipped=skipped,
     )
-    for sha, data in blobs.items():
-        registry.put_artifact(sha, data)
-    registry.create_rollout(rollout_id, spec)
+    registry.set_rollout_spec(rollout_id, spec)
     engine.waves, engine.profiles, engine.tags = spec["waves"], spec["profiles"], spec["tags"]
     engine.skipped = dict(skipped)
     engine.progress("plan", {"rollout_id": rollout_id, "waves": engine.waves,

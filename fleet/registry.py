@@ -233,10 +233,14 @@ class Registry:
 
     # one rollout at a time per device ---------------------------------------
     def lock_devices(self, rollout_id: str, device_ids: Sequence[str]) -> dict[str, str]:
-        """Lock devices for ``rollout_id``; returns the ones held by another rollout (id -> it)."""
+        """Lock devices for ``rollout_id``; returns the ones held by another rollout (id -> it).
+
+        A lock whose rollout is no longer running (or was never recorded) is free.
+        """
         with self.db.tx():
             self.db.executemany(
-                "UPDATE devices SET lock_rollout=? WHERE device_id=? AND lock_rollout IS NULL",
+                "UPDATE devices SET lock_rollout=? WHERE device_id=? AND (lock_rollout IS NULL "
+                "OR lock_rollout NOT IN (SELECT rollout_id FROM rollouts WHERE state='running'))",
                 [(rollout_id, d) for d in device_ids],
             )
             held = self._locks()
@@ -278,6 +282,13 @@ class Registry:
             query, args = query + " WHERE state=?", (state,)
         rows = self.db.query(query + " ORDER BY created_at", args)
         return [{**r, "spec": json.loads(r["spec"])} for r in rows]
+
+    def set_rollout_spec(self, rollout_id: str, spec: dict[str, Any]) -> None:
+        with self.db.tx():
+            self.db.execute(
+                "UPDATE rollouts SET spec=?, updated_at=? WHERE rollout_id=?",
+                (json.dumps(spec, sort_keys=True), time.time(), rollout_id),
+            )
 
     def set_rollout_state(self, rollout_id: str, state: str, reason: str = "") -> None:
         with self.db.tx():
@@ -340,20 +351,29 @@ class Registry:
         if changed != 1:
             raise KeyError(f"no deployment {deployment_id!r} in {self.label}")
 
-    def settle(self, rows: Iterable[tuple[str, Outcome, str]]) -> None:
-        """Record final outcomes (deployment id, outcome, reason).
+    def settle(self, rows: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
+               ) -> None:
+        """Record final outcomes (deployment id, outcome, reason[, device id]).
 
         A pending deployment takes any outcome. One the host decided without a
         report (timed out, offline, cancelled) takes a device-reported final
-        outcome that arrives later: the device's word is the truth.
+        outcome that arrives later: the device's word is the truth. With a
+        device id, only that device's deployment is settled (a device speaks
+        for its own deployments only).
         """
         now = time.time()
+        args = []
+        for row in rows:
+            dep, o, reason = row[:3]
+            device = row[3] if len(row) > 3 else None
+            args.append((o.value, reason, now, dep, int(not o.revisable), device))
         with self.db.tx():
             self.db.executemany(
                 "UPDATE deployments SET outcome=?, reason=?, finished_at=? "
                 "WHERE deployment_id=? AND (outcome='pending' OR "
-                "(? = 1 AND outcome IN ('timed_out', 'offline', 'cancelled')))",
-                [(o.value, reason, now, dep, int(not o.revisable)) for dep, o, reason in rows],
+                "(? = 1 AND outcome IN ('timed_out', 'offline', 'cancelled'))) "
+                "AND device_id = COALESCE(?, device_id)",
+                args,
             )
 
     def outcomes(self, rollout_id: str) -> dict[str, Outcome]:

@@ -122,6 +122,9 @@ def test_busy_then_replay_cancel_and_expiry(broker, inproc_agent, collector, key
         pub.publish(T.manifest, c.to_json()).wait(5)
         rep = reports_for(got, "stall-c", timeout=15)[-1]
         assert rep.state == "expired" and rep.final and "0 of 3 chunks" in rep.reason
+        deadline = time.monotonic() + 5  # the lock goes right after the final report
+        while agent.storage.read_lock() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert agent.storage.read_lock() is None
     finally:
         pub.close()

@@ -302,6 +302,10 @@ class BenchmarkResult(WireModel):
     emulated: bool = False
     slowdown: float = Field(default=1.0, ge=1, le=10_000)
     emulation: str | None = Field(default=None, max_length=1024, pattern=_PRINTABLE)
+    # Set when the agent's instructions were emulated (qemu-user on another
+    # architecture): the latency is the emulator's, not a device measurement,
+    # and must not be compared with a profile's budgets or used to calibrate.
+    cpu_emulator: str | None = Field(default=None, max_length=256, pattern=_PRINTABLE)
 
 
 class CheckResults(WireModel):

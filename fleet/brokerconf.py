@@ -29,13 +29,13 @@ from pathlib import Path
 
 from core.errors import ConfigError
 from core.files import write_atomic
-from core.protocol import MAX_CHUNK_BYTES, check_id
+from core.protocol import MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
 from fleet.pki import CertPair, issue, make_ca, write_private
 
-ROOT = "paoding/v2"
+ROOT = PROTOCOL_ROOT
 HOST_USER = "paoding-host"
-# the largest chunk plus MQTT headers and the topic; bigger packets are refused
-DEFAULT_MAX_PACKET = MAX_CHUNK_BYTES + 16 * 1024
+# the largest chunk or JSON message plus headers (what the agent accepts); bigger: refused
+DEFAULT_MAX_PACKET = MAX_PACKET_BYTES
 PBKDF2_ITERATIONS = 1000
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -23,6 +23,8 @@ from pydantic import ValidationError
 from core.errors import ConfigError, PaodingError
 from core.mqtt import Broker, BrokerUnavailable, MqttClient
 from core.protocol import TOPIC_ROOT, Status
+from core.signing import VerifyKey
+from fleet.intake import Intake
 from fleet.publisher import DeploymentReport, DeploymentTimeout, deploy
 from fleet.registry import Registry
 from fleet.rollout import (
@@ -100,17 +102,29 @@ def _p90(report: DeploymentReport | None) -> float | None:
     return report.benchmark.latency_ms.p90
 
 
-def discover(broker: Broker | str, wait_s: float = 1.5) -> dict[str, Status]:
-    """The devices' retained status messages on ``broker``, by device id."""
+def discover(broker: Broker | str, wait_s: float = 1.5,
+             intake: Intake | None = None) -> dict[str, Status]:
+    """The devices' retained status messages on ``broker``, by device id.
+
+    With ``intake`` only statuses signed by the device's enrolled key count
+    (``fleet.intake``); the others are dropped with one log line each.
+    """
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
     found: dict[str, Status] = {}
     lock = threading.Lock()
 
-    def on_status(_topic: str, payload: bytes) -> None:
-        try:
-            status = Status.from_json(payload)
-        except (ValidationError, ValueError):
-            return  # a foreign or malformed status is not a device of ours
+    def on_status(topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained status
+        if intake is not None:
+            status = intake.accept(topic, payload)
+            if not isinstance(status, Status):
+                return
+        else:
+            try:
+                status = Status.from_json(payload)
+            except (ValidationError, ValueError):
+                return  # a foreign or malformed status is not a device of ours
         with lock:
             found[status.device_id] = status
 
@@ -137,6 +151,7 @@ def run_rollout(
     include_offline: bool = False,
     deployer: Deployer = deploy,
     progress: Progress | None = None,
+    intake: Intake | None = None,
     **deploy_kwargs: Any,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
@@ -144,13 +159,16 @@ def run_rollout(
     Devices come from ``statuses`` (default: discovered on the broker); a device
     whose profile has no variant, or that is offline, is skipped and says so.
     ``deploy_kwargs`` (probes, thresholds, key, benchmark, ...) go to ``deploy``.
+    With ``intake`` (enrolled keys), discovery keeps only signed statuses, a
+    device that is not enrolled is skipped, and each deployment counts only
+    reports signed by its device's key.
     """
     policy = policy or WavePolicy()
     if not variants:
         raise ConfigError("no variants: give at least one PROFILE=MODEL.tflite")
     blobs = {profile: _read(model) for profile, model in variants.items()}
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
-    statuses = dict(statuses) if statuses is not None else discover(broker)
+    statuses = dict(statuses) if statuses is not None else discover(broker, intake=intake)
 
     skipped: dict[str, str] = {}
     devices: list[Device] = []
@@ -158,6 +176,9 @@ def run_rollout(
     for device_id, status in sorted(statuses.items()):
         profile = status.profile or "unknown"
         device = Device(device_id, profile, known_tags.get(device_id, frozenset()))
+        if intake is not None and intake.key_for(device_id) is None:
+            skipped[device_id] = "not enrolled"  # and not recorded: anyone can claim an id
+            continue
         registry.upsert_device(
             device,
             runtime=status.runtime.name if status.runtime else None,
@@ -175,6 +196,8 @@ def run_rollout(
         if device not in chosen:
             skipped[device.device_id] = "not targeted"
 
+    if intake is not None:  # keys read here, not in the deployers' threads
+        deployer = _verified(deployer, {d.device_id: intake.key_for(d.device_id) for d in chosen})
     rollout_id = f"r{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     waves = plan_waves(chosen, policy)
     result = RolloutResult(
@@ -216,6 +239,15 @@ def run_rollout(
             if device.device_id not in done:
                 skipped[device.device_id] = "not reached: rollout aborted"
     return result
+
+
+def _verified(deployer: Deployer, keys: Mapping[str, VerifyKey | None]) -> Deployer:
+    """``deployer`` given each device's enrolled key, so only its signed reports count."""
+
+    def run(blob: bytes, device_id: str, broker: Broker, **kwargs: Any) -> DeploymentReport:
+        return deployer(blob, device_id, broker, device_key=keys[device_id], **kwargs)
+
+    return run
 
 
 def _read(model: str | Path | bytes) -> bytes:

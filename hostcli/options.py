@@ -42,6 +42,32 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trust_arguments(parser: argparse.ArgumentParser, *, with_db: bool = True) -> None:
+    """Where the host finds the devices' enrolled keys (their reports must be signed by them)."""
+    if with_db:
+        parser.add_argument(
+            "--db",
+            default=os.environ.get("PAODING_DB", "fleet.sqlite"),
+            help="the fleet record with the devices' enrolled keys (env PAODING_DB)",
+        )
+    parser.add_argument(
+        "--unverified-reports",
+        action="store_true",
+        help="also accept reports from devices that are not enrolled, unauthenticated "
+        "(a test bed only: anyone on the broker can forge them)",
+    )
+
+
+def enrolled_key(db: str, device_id: str) -> str | None:
+    """The device's enrolled public key (PEM) in the fleet record ``db``, None if none."""
+    if not os.path.isfile(db):
+        return None
+    from fleet.registry import Registry
+
+    with Registry(db) as registry:
+        return registry.public_key(device_id)
+
+
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The thresholds a device checks and the benchmark it runs."""
     g = parser.add_argument_group("thresholds (the model is rolled back if it misses one)")

@@ -11,7 +11,11 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hostcli.options import add_check_arguments, add_connection_arguments
+    from hostcli.options import (
+        add_check_arguments,
+        add_connection_arguments,
+        add_trust_arguments,
+    )
 
     parser.add_argument(
         "--variant",
@@ -22,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--probes", help="probe bundle (.npz) sent with every variant")
     add_connection_arguments(parser)
-    parser.add_argument(
-        "--db", default="fleet.sqlite", help="the fleet record (SQLite; default fleet.sqlite)"
-    )
+    add_trust_arguments(parser)
     t = parser.add_argument_group("targeting")
     t.add_argument("--profile", action="append", default=[], help="only devices of this profile")
     t.add_argument("--tag", action="append", default=[], help="only devices with this tag")
@@ -77,6 +79,7 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.intake import Intake
     from fleet.orchestrator import discover, run_rollout
     from fleet.registry import Registry
     from fleet.rollout import Target, WavePolicy
@@ -123,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
         elif event == "abort":
             print(f"ABORT: {info['reason']}", file=sys.stderr)
 
-    statuses = discover(broker, wait_s=args.discover_seconds)
     with Registry(args.db) as registry:
+        intake = None if args.unverified_reports else Intake.from_registry(registry)
+        statuses = discover(broker, wait_s=args.discover_seconds, intake=intake)
         result = run_rollout(
             variants,
             broker,
@@ -138,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             key=key_from_args(args),
             benchmark=bench_from_args(args),
             host_outputs=host_runner(),
+            intake=intake,
         )
     if args.plot:
         plot_rollout(result.to_dict(), args.plot)

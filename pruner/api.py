@@ -322,14 +322,20 @@ def prune_steps(
     )
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, opts)
+    if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
+        if scope == "global":
+            raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
+        from pruner.coupled import coupled_strategy
+
+        strategy = coupled_strategy(mode, rng)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
     goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, opts)
-    needs_bounds = mode in ("paoding", "greedy")
-    one_shot = not needs_bounds
+    one_shot = mode not in ("paoding", "greedy")
+    needs_bounds = not one_shot and not graph.coupled
     graph0 = graph
 
     from tqdm.auto import tqdm

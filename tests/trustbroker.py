@@ -8,7 +8,6 @@ host role, as enrolled devices, and as anonymous clients.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,18 +40,18 @@ class FleetBroker(Mosquitto):
         return self.files.conf
 
     def start(self, timeout: float = 10.0) -> None:
+        log = self.workdir / "mosquitto.log"
+        before = log.stat().st_size if log.exists() else 0
         super().start(timeout)
+        # both listeners open, and the signal handlers in place (a SIGHUP before kills it)
         deadline = time.monotonic() + timeout
-        while True:  # the host listener opens right after the devices' one
-            try:
-                with socket.create_connection((self.host, self.host_port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
-                    log = (self.workdir / "mosquitto.log").read_text(errors="replace")[-800:]
-                    raise RuntimeError(
-                        f"host listener {self.host_port} did not open: {log}") from None
-                time.sleep(0.02)
+        while True:
+            text = log.read_bytes()[before:].decode(errors="replace") if log.exists() else ""
+            if " running" in text:
+                return
+            if time.monotonic() > deadline or (self.proc and self.proc.poll() is not None):
+                raise RuntimeError(f"the fleet broker did not start: {text[-800:]}")
+            time.sleep(0.02)
 
     def reload(self) -> None:
         """SIGHUP: the broker reads the password files and the ACL again."""

@@ -182,11 +182,17 @@ def test_no_variant_is_a_config_error(tmp_path):
 def test_rollout_and_fleet_commands(broker, fleet_of, good_model, tmp_path, capsys):
     from hostcli.main import main
 
-    fleet_of({"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4"})
+    agents = fleet_of({"pi-a": "raspberry-pi-4", "pi-b": "raspberry-pi-4"})
     _wait_for(broker, 2)
     model = tmp_path / "pi.tflite"
     model.write_bytes(good_model)
     db, png = tmp_path / "fleet.sqlite", tmp_path / "rollout.png"
+    for a in agents:  # the host believes only enrolled devices (their keys sign statuses)
+        pub = tmp_path / f"{a.settings.device_id}.pub"
+        pub.write_bytes(a.key.public_key().public_pem())
+        assert main(["enrol", a.settings.device_id, "--profile", "raspberry-pi-4",
+                     "--public-key", str(pub), "--db", str(db)]) == 0
+    capsys.readouterr()
     rc = main(
         [
             "rollout",

@@ -148,3 +148,4 @@ def test_enrolment_keeps_other_devices_and_revocation_locks_out(fleet_broker, tm
     assert pw.verify("d1", "one") and pw.verify("d2", "two") and not pw.verify("d1", "two")
     assert pw.remove("d1") and not pw.remove("d1") and list(pw.entries()) == ["d2"]
     assert (tmp_path / "p").stat().st_mode & 0o077 == 0
+

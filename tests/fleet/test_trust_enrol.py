@@ -158,3 +158,24 @@ def test_cli_broker_config_then_enrol_then_revoke(tmp_path, capsys):
     assert "--profile is required" in capsys.readouterr().err
     assert main(["enrol", "pi-7", "--revoke", "--db", str(db), "--broker-dir", str(bdir)]) == 0
     assert "revoked pi-7" in capsys.readouterr().out
+
+
+def test_deploy_takes_the_enrolled_key_and_refuses_a_device_that_is_not(tmp_path, capsys):
+    from hostcli.deploy import device_key_from_args
+
+    _priv, pub = write_key_pair(tmp_path, "dev")
+    db = tmp_path / "fleet.sqlite"
+    with Registry(db) as reg:
+        enrol_device(reg, "pi-9", PROFILE, public_key=pub)
+    ns = argparse.Namespace(device="pi-9", db=str(db), device_key=None, unverified_reports=False)
+    assert device_key_from_args(ns) == pub.read_bytes()
+    assert device_key_from_args(argparse.Namespace(
+        **{**vars(ns), "device": "x", "device_key": str(pub)})).key_id == \
+        load_verify_key(pub).key_id
+    for missing in ({"device": "ghost"}, {"db": str(tmp_path / "none.sqlite")}):
+        with pytest.raises(ConfigError, match="not enrolled"):
+            device_key_from_args(argparse.Namespace(**{**vars(ns), **missing}))
+    assert not (tmp_path / "none.sqlite").exists()  # looking did not create a record
+    assert device_key_from_args(argparse.Namespace(
+        **{**vars(ns), "device": "ghost", "unverified_reports": True})) is None
+    assert "not authenticated" in capsys.readouterr().err

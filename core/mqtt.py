@@ -392,9 +392,17 @@ class MqttClient:
         with self._lock:
             subs = list(self._subscriptions.items())
         for topic_filter, (_qos, handler) in subs:
-            if paho.topic_matches_sub(topic_filter, message.topic):
+            if paho.topic_matches_sub(_unshared(topic_filter), message.topic):
                 try:
                     handler(message.topic, message.payload)
                 except Exception:  # noqa: BLE001 - never let one bad message kill the client
                     log.exception("handler for %s failed", message.topic)
                 return
+
+
+def _unshared(topic_filter: str) -> str:
+    """The filter a shared subscription ``$share/<group>/<filter>`` matches topics with."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else topic_filter
+    return topic_filter

@@ -93,8 +93,11 @@ class PasswordFile:
         return out
 
     def _write(self, entries: dict[str, str]) -> None:
+        owner = self.path.stat() if self.path.exists() else None
         write_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(entries.items()))
                       .encode())
+        if owner is not None and os.geteuid() == 0:  # keep it readable by the broker's user
+            os.chown(self.path, owner.st_uid, owner.st_gid)
 
     def ensure(self) -> None:
         """Create the file empty (no user) when it does not exist."""
@@ -213,13 +216,17 @@ def write_broker_config(
     max_inflight: int = 64,
     persistence: bool = True,
     run_as: str | None = None,
+    owner: str | None = None,
     log_file: str | os.PathLike[str] | None = None,
 ) -> BrokerFiles:
     """Write the fleet's Mosquitto configuration into ``directory`` (see the module doc).
 
     Existing password files are kept (enrolled devices stay enrolled); a host
     password is made for each host user that has none and written to
-    DIR/<user>.password (0600).
+    DIR/<user>.password (0600). Mosquitto started as root drops to its own
+    user before it reads the password files, the ACL and the server key: with
+    ``owner`` (that user, e.g. ``mosquitto``) they and DIR/data (persistence)
+    are given to it; the files stay mode 0600.
     """
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -268,12 +275,16 @@ def write_broker_config(
             host_password = d / f"{user}.password"
             write_private(host_password, (password + "\n").encode())
     hosts_pw.ensure()
+    (d / "data").mkdir(exist_ok=True)
+    if owner is not None:
+        _give(owner, [devices_pw.path, hosts_pw.path, acl, d / "data",
+                      *([key] if key is not None and not certfile else [])])
     log = Path(log_file) if log_file else None
     general = [
         "# Paoding Edge fleet broker (written by `paoding-edge broker-config`)",
         "per_listener_settings true",
         f"persistence {'true' if persistence else 'false'}",
-        f"persistence_location {d}/",
+        f"persistence_location {d / 'data'}/",
         f"max_packet_size {max_packet_bytes}",
         f"message_size_limit {max_packet_bytes}",
         f"max_inflight_messages {max_inflight}",
@@ -314,6 +325,22 @@ def write_broker_config(
     return BrokerFiles(d, conf, acl, devices_pw.path, hosts_pw.path,
                        Listener(device_port, device_bind), Listener(host_port, host_bind),
                        tls, client_certs, ca, ca_key, host_password)
+
+
+def _give(user: str, paths: list[Path]) -> None:
+    """chown ``paths`` to ``user`` (the broker's own user); ConfigError if impossible."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"no user {user!r} on this machine for the broker's files") from None
+    for path in paths:
+        try:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        except OSError as exc:
+            raise ConfigError(f"cannot give {path} to {user}: {exc.strerror} "
+                              "(run broker-config as root, or without --owner)") from None
 
 
 def enrol_broker_user(directory: str | os.PathLike[str], device_id: str) -> str:

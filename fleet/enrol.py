@@ -71,6 +71,7 @@ def enrol_device(
     broker_url: str | None = None,
     client_cert: bool = False,
     host_users: tuple[str, ...] = (HOST_USER,),
+    install_dir: str | os.PathLike[str] | None = None,
 ) -> Enrolment:
     """Enrol ``device_id`` (see the module doc); return what was made.
 
@@ -78,6 +79,9 @@ def enrol_device(
     ``bundle_dir`` (the private key goes only into the bundle). With
     ``broker_dir`` (from ``write_broker_config``) the device gets a fresh
     password (or, with ``client_cert``, a certificate from DIR/tls/ca.*).
+    The bundle's ``agent.json`` is a config file for ``paoding-agent run
+    --config``; its paths point into ``install_dir``, where the bundle will be
+    on the device (default: the bundle directory itself).
     """
     check_id(device_id)
     if device_id in host_users:
@@ -133,10 +137,20 @@ def enrol_device(
             files["ca_file"] = "ca.crt"
     registry.set_identity(device_id, profile, _public_pem(verify), device_id)
     if bundle is not None:
-        manifest = {"device_id": device_id, "profile": profile, "key_id": verify.key_id,
-                    "username": device_id, "broker": broker_url, **files}
-        (bundle / "device.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        files["manifest"] = "device.json"
+        where = Path(install_dir) if install_dir is not None else bundle.resolve()
+        config: dict[str, object] = {"device_id": device_id, "profile": profile}
+        if broker_url:
+            config["broker"] = broker_url
+        if "password_file" in files:
+            config["username"] = device_id
+        for name, file in files.items():
+            if name == "trust_key":
+                config["trust_key"] = [str(where / file)]
+            elif name != "device_public_key":
+                config[name] = str(where / file)
+        write_private(bundle / "agent.json",
+                      (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+        files["agent_config"] = "agent.json"
     result.files = files
     return result
 

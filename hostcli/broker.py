@@ -25,8 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="devices authenticate with a client certificate (CN = device id)")
     parser.add_argument("--no-tls", action="store_true",
                         help="plain TCP (tests on loopback only: credentials travel in clear)")
+    parser.add_argument("--owner", default=_default_owner(),
+                        help="the user Mosquitto runs as: the password files, ACL, server key "
+                             "and data directory are given to it (default: 'mosquitto' when "
+                             "run as root and that user exists)")
     parser.add_argument("--max-packet-bytes", type=int, default=DEFAULT_MAX_PACKET,
                         help=f"the broker drops bigger packets (default {DEFAULT_MAX_PACKET})")
+
+
+def _default_owner() -> str | None:
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("mosquitto").pw_name
+    except KeyError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         host_port=args.host_port, host_bind=args.host_bind, tls=not args.no_tls,
         server_names=tuple(args.server_name) or ("localhost", "127.0.0.1"),
         certfile=args.certfile, keyfile=args.keyfile, cafile=args.cafile,
-        client_certs=args.client_certs, max_packet_bytes=args.max_packet_bytes)
+        client_certs=args.client_certs, max_packet_bytes=args.max_packet_bytes,
+        owner=args.owner)
     print(f"wrote {f.conf}")
     print(f"  ACL:       {f.acl} (devices: own status/need/report out, own manifest/cancel and "
           "artifacts in; host: everything)")
@@ -48,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  host password: {f.host_password} (keep it private)")
     if f.ca is not None:
         print(f"  CA:        {f.ca}")
+    if args.owner:
+        print(f"  owner:     {args.owner} (reads the password files, ACL and server key)")
     print(f"run: mosquitto -c {f.conf}")
     ca = f" --ca-file {f.ca}" if f.ca else ""
     pw = f.host_password or f.directory / f"{HOST_USER}.password"

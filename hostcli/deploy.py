@@ -12,7 +12,7 @@ from hostcli.options import (
     add_trust_arguments,
     bench_from_args,
     broker_from_args,
-    enrolled_key,
+    device_key_for,
     key_from_args,
     thresholds_from_args,
 )
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fleet.publisher import deploy
 
-    device_key = device_key_from_args(args)
+    device_key = device_key_for(args, args.device)
     key = key_from_args(args)
     broker = broker_from_args(args)
     thresholds = thresholds_from_args(args)
@@ -57,25 +57,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0 if report.ok else 1
-
-
-def device_key_from_args(args: argparse.Namespace) -> Any:
-    """The key the device's reports must be signed by; refuses a device that is not enrolled."""
-    from core.errors import ConfigError
-    from core.signing import load_verify_key
-
-    if args.device_key:
-        return load_verify_key(args.device_key)
-    pem = enrolled_key(args.db, args.device)
-    if pem is not None:
-        return pem.encode()
-    if args.unverified_reports:
-        print(f"warning: {args.device} is not enrolled: its reports are not authenticated",
-              file=sys.stderr)
-        return None
-    raise ConfigError(f"device {args.device!r} is not enrolled in {args.db}: its reports could "
-                      f"not be authenticated (enrol it: paoding-edge enrol {args.device} "
-                      "--profile P --public-key PUB; or --device-key PUB)")
 
 
 def format_report(r: Any) -> str:

@@ -20,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-cert", action="store_true",
                         help="issue a client certificate from DIR/tls/ca.* instead of a password")
     parser.add_argument("--bundle", metavar="DIR",
-                        help="write DIR/DEVICE/: credentials, CA, host key, device key, device.json")
+                        help="write DIR/DEVICE/: credentials, CA, host key, device key and "
+                             "agent.json (for `paoding-agent run --config`)")
+    parser.add_argument("--install-dir", metavar="DIR",
+                        help="where the bundle will be on the device (the paths in agent.json; "
+                             "default: the bundle directory)")
     parser.add_argument("--host-key", metavar="PUB",
                         help="the host's public signing key to put in the bundle (the agent "
                              "trusts it)")
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         e = enrol_device(registry, args.device, args.profile, public_key=args.public_key,
                          broker_dir=args.broker_dir, bundle_dir=args.bundle,
                          host_public_key=args.host_key, broker_url=args.broker_url,
-                         client_cert=args.client_cert)
+                         client_cert=args.client_cert, install_dir=args.install_dir)
     print(f"enrolled {e.device_id} ({e.profile}) in {args.db}: device key {e.key_id}, "
           f"broker user {e.broker_user}")
     if e.bundle is not None:

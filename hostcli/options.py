@@ -68,6 +68,31 @@ def enrolled_key(db: str, device_id: str) -> str | None:
         return registry.public_key(device_id)
 
 
+def device_key_for(args: argparse.Namespace, device_id: str) -> Any:
+    """The key ``device_id``'s reports must be signed by; refuses a device that is not enrolled.
+
+    ``--device-key PUB`` (where the command has it), else the enrolled key in
+    ``--db``, else None with a warning under ``--unverified-reports``.
+    """
+    import sys
+
+    from core.errors import ConfigError
+    from core.signing import load_verify_key
+
+    if getattr(args, "device_key", None):
+        return load_verify_key(args.device_key)
+    pem = enrolled_key(args.db, device_id)
+    if pem is not None:
+        return pem.encode()
+    if args.unverified_reports:
+        print(f"warning: {device_id} is not enrolled: its reports are not authenticated",
+              file=sys.stderr)
+        return None
+    raise ConfigError(f"device {device_id!r} is not enrolled in {args.db}: its reports could "
+                      f"not be authenticated (enrol it: paoding-edge enrol {device_id} "
+                      "--profile P --public-key PUB)")
+
+
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The thresholds a device checks and the benchmark it runs."""
     g = parser.add_argument_group("thresholds (the model is rolled back if it misses one)")

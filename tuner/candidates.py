@@ -185,6 +185,8 @@ class TuneResult:
     keras_model: Any = None
     seconds: float = 0.0
     per_export: int = 2
+    device: str | None = None  # where verify measured, None: not verified on a device
+    verified: bool = False  # chosen was measured there: every budget met, active
     pending: list[tuple[Candidate, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,6 +211,8 @@ class TuneResult:
             "run through its .tflite export; correct clean and attacked",
             "original": self.original.to_dict(),
             "chosen": self.chosen.to_dict() if self.chosen else None,
+            "outcome": self.outcome,
+            "device": self.device,
             "statement": self.statement,
             "screened_out_before_export": self.screened_out,
             "candidates": [c.to_dict() for c in self.candidates],
@@ -217,11 +221,21 @@ class TuneResult:
             "seconds": round(self.seconds, 1),
         }
 
+    @property
+    def outcome(self) -> str:
+        """'verified' (measured on the device), 'not verified' (verify found none),
+        'predicted' (no device) or 'none' (no candidate meets the budgets)."""
+        if self.verified:
+            return "verified"
+        if self.device is not None:
+            return "not verified"
+        return "predicted" if self.chosen is not None else "none"
+
     def measurements(self) -> list[dict[str, Any]]:
         """Measured candidates as latency-model calibration records."""
         out = []
         for c in self.candidates:
-            if c.measured and c.features and c.measured.get("p90_ms"):
+            if c.measured and c.features and c.measured.get("p90_ms"):  # device latency only
                 out.append(
                     {
                         "profile": self.profile.id,

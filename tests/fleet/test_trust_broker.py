@@ -8,7 +8,7 @@ import pytest
 from trustbroker import FleetBroker, Inbox
 
 from core.errors import BrokerUnavailable
-from core.mqtt import MqttClient
+from core.mqtt import Broker, MqttClient
 from fleet.brokerconf import PasswordFile, acl_text, check_password, hash_password
 
 R = "paoding/v2"
@@ -149,3 +149,50 @@ def test_enrolment_keeps_other_devices_and_revocation_locks_out(fleet_broker, tm
     assert pw.remove("d1") and not pw.remove("d1") and list(pw.entries()) == ["d2"]
     assert (tmp_path / "p").stat().st_mode & 0o077 == 0
 
+
+
+def test_started_as_root_mosquitto_reads_the_files_given_to_its_user(tmp_path):
+    """Mosquitto drops to its own user before reading the password files and the ACL."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from mosquitto import free_port, mosquitto_binary
+
+    from core.errors import ConfigError
+    from fleet.brokerconf import enrol_broker_user, write_broker_config
+
+    if os.geteuid() != 0:  # only root may give files away: a clear error otherwise
+        with pytest.raises(ConfigError, match="mosquitto"):
+            write_broker_config(tmp_path / "b", owner="mosquitto")
+        return
+    d = tempfile.mkdtemp(prefix="paoding-broker-", dir="/tmp")  # the broker's user can enter
+    os.chmod(d, 0o755)
+    port, host_port = free_port(), free_port()
+    try:
+        files = write_broker_config(d, device_port=port, device_bind="127.0.0.1",
+                                    host_port=host_port, owner="mosquitto")
+        password = enrol_broker_user(d, "dev-a")  # rewriting keeps the owner
+        assert os.stat(files.devices_passwd).st_uid == os.stat(files.acl).st_uid != 0
+        assert os.stat(files.devices_passwd).st_mode & 0o077 == 0
+        proc = subprocess.Popen([mosquitto_binary(), "-c", str(files.conf)],
+                                stderr=subprocess.PIPE)
+        try:
+            c = MqttClient(Broker(port=port, tls=True, ca_file=str(files.ca), username="dev-a",
+                                  password=password), "dev-a", clean_session=True)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    c.connect(timeout=5)
+                    break
+                except BrokerUnavailable:
+                    assert proc.poll() is None, proc.stderr.read().decode()
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            c.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -204,6 +204,17 @@ def test_forged_active_reports_are_not_believed(broker, fleet, tmp_path, caplog,
     with Device(b, "dev-a", keys["dev-a"]):
         rep = deploy(MODEL, "dev-a", b, device_key=reg.public_key("dev-a").encode(), timeout=10)
     assert rep.state == "active" and rep.ok
+    # 4. a replay: the device's own genuine 'active' report, still retained, does not
+    #    answer a new deployment (a report names the digest of the manifest it answers)
+    replayed = 0
+    try:
+        deploy(MODEL, "dev-a", b, device_key=reg.public_key("dev-a").encode(), timeout=3)
+        replayed = 1
+    except DeploymentTimeout:
+        pass
+    assert replayed == 0
+    record("replayed_report", "the device's own genuine 'active' report (retained) "
+           "replayed to a new deployment", 1, replayed, "report names the manifest digest")
     record("forged_reports", "forged 'active' reports (no key, unknown key, another "
            "device's key) and a deploy to a device that does not exist", 3 + 1,
            believed + (code == 0), "registry (not enrolled) + intake signature check",
@@ -242,19 +253,13 @@ def test_fake_retained_statuses_do_not_appear_in_discovery(broker, fleet, caplog
     ghosts = {"ghost-1", "ghost-2", "ghost-3"}
     assert set(found) == {"dev-a"} and found["dev-a"].profile == PROFILE
     assert intake.dropped == {"not_enrolled": 3, "wrong_device": 1}
-    calls: list[str] = []
-
-    def deployer(_blob, device_id, _broker, **kw):
-        calls.append(device_id)
-        assert kw["device_key"] is not None
-        raise DeploymentTimeout("no agent in this test")
-
-    result = run_rollout({PROFILE: MODEL}, b, reg, statuses=found | {
-        "ghost-1": Status(device_id="ghost-1", online=True, profile=PROFILE)},
-        intake=intake, deployer=deployer, policy=WavePolicy(timeout_s=1))
-    assert calls == ["dev-a"] and result.skipped == {"ghost-1": "not enrolled"}
-    assert {d.device_id for d in reg.devices()} == {"dev-a", "dev-b"}
+    # the rollout reads the same retained statuses through the intake: only dev-a is
+    # deployed to (no agent answers here), no ghost is recorded or even named
+    result = run_rollout({PROFILE: MODEL}, b, reg, intake=intake, discover_s=0.5,
+                         policy=WavePolicy(timeout_s=1))
     assert reg.outcomes(result.rollout_id) == {"dev-a": Outcome.TIMED_OUT}
+    assert not ghosts & (set(result.skipped) | {r.device_id for r in result.results})
+    assert {d.device_id for d in reg.devices()} == {"dev-a", "dev-b"}
     record("fake_statuses", "fake retained statuses (unsigned, unknown key, another "
            "device's key) for 3 devices that do not exist", 3, len(ghosts & set(found)),
            "intake: not enrolled", f"{len(ghosts & set(unverified))} ghosts discovered")
@@ -301,22 +306,24 @@ def test_out_of_range_figures_and_control_characters_are_not_stored(broker, flee
 
     status = keys["dev-a"].sign_device(Status(device_id="dev-a", online=True, profile=PROFILE))
     with dev, caplog.at_level(logging.WARNING):
+        dev.client.publish(dev.topics.status, status.to_json(), qos=1, retain=True).wait(5)
         t = threading.Thread(target=send_bad)
         t.start()
-        result = run_rollout({PROFILE: MODEL}, b, reg, statuses={"dev-a": status},
-                             intake=Intake.from_registry(reg),
-                             policy=WavePolicy(timeout_s=20))
+        result = run_rollout({PROFILE: MODEL}, b, reg, intake=Intake.from_registry(reg),
+                             discover_s=0.5, policy=WavePolicy(timeout_s=20))
         t.join()
     assert sent == len(BAD_FIGURES)
     assert [r.outcome for r in result.results] == [Outcome.ACTIVE]
-    dep = result.results[0].report
-    assert dep.dropped == len(BAD_FIGURES) and dep.states == ["active"]
+    assert result.stats["messages_dropped"] == len(BAD_FIGURES)
+    dep_id = reg.rollout_deployments(result.rollout_id)[0]["deployment_id"]
+    states = [r["state"] for r in reg.reports(dep_id)]
+    assert states == ["active"]
     rows = sqlite3.connect(reg.path).execute("SELECT body FROM reports").fetchall()
     stored = "".join(r[0] for r in rows)
     assert len(rows) == 1 and "NaN" not in stored and "Infinity" not in stored
     assert "\\u001b" not in stored and "\\u0000" not in stored and "dev-b" not in stored
     record("bad_figures", "signed reports with NaN/Infinity, negative or absurd figures, "
-           "control characters, a mismatched device_id", sent, len(dep.reports) - 1,
+           "control characters, a mismatched device_id", sent, len(states) - 1,
            "intake: finite and in range, printable, id == topic",
            kinds=list(BAD_FIGURES), stored_rows=len(rows))
 

@@ -36,14 +36,16 @@ def test_host_made_key_bundle_and_registry(tmp_path):
         pem = reg.public_key("pi-1")
     b = tmp_path / "bundles" / "pi-1"
     assert sorted(p.name for p in b.iterdir()) == sorted(
-        ["device.key", "device.pub", "broker.password", "ca.crt", "host.pub", "device.json"])
-    for secret in ("device.key", "broker.password"):
+        ["device.key", "device.pub", "broker.password", "ca.crt", "host.pub", "agent.json"])
+    for secret in ("device.key", "broker.password", "agent.json"):
         assert _mode(b / secret) == 0o600
     key = load_signing_key(b / "device.key")
     assert key.key_id == e.key_id == load_verify_key(b / "device.pub").key_id
     assert pem == key.public_key().public_pem().decode()
-    meta = json.loads((b / "device.json").read_text())
+    meta = json.loads((b / "agent.json").read_text())
     assert meta["username"] == "pi-1" and meta["broker"] == "mqtts://broker:8883"
+    assert meta["device_key"] == str(b.resolve() / "device.key")
+    assert meta["trust_key"] == [str(b.resolve() / "host.pub")]
     assert (b / "broker.password").read_text().strip() == e.password
     assert "pi-1:$7$" in (bdir / "devices.passwd").read_text()
     assert e.password not in (bdir / "devices.passwd").read_text()
@@ -161,21 +163,72 @@ def test_cli_broker_config_then_enrol_then_revoke(tmp_path, capsys):
 
 
 def test_deploy_takes_the_enrolled_key_and_refuses_a_device_that_is_not(tmp_path, capsys):
-    from hostcli.deploy import device_key_from_args
+    from hostcli.options import device_key_for
 
     _priv, pub = write_key_pair(tmp_path, "dev")
     db = tmp_path / "fleet.sqlite"
     with Registry(db) as reg:
         enrol_device(reg, "pi-9", PROFILE, public_key=pub)
     ns = argparse.Namespace(device="pi-9", db=str(db), device_key=None, unverified_reports=False)
-    assert device_key_from_args(ns) == pub.read_bytes()
-    assert device_key_from_args(argparse.Namespace(
-        **{**vars(ns), "device": "x", "device_key": str(pub)})).key_id == \
-        load_verify_key(pub).key_id
-    for missing in ({"device": "ghost"}, {"db": str(tmp_path / "none.sqlite")}):
-        with pytest.raises(ConfigError, match="not enrolled"):
-            device_key_from_args(argparse.Namespace(**{**vars(ns), **missing}))
+    assert device_key_for(ns, "pi-9") == pub.read_bytes()
+    assert device_key_for(argparse.Namespace(**{**vars(ns), "device_key": str(pub)}),
+                          "x").key_id == load_verify_key(pub).key_id
+    with pytest.raises(ConfigError, match="not enrolled"):
+        device_key_for(ns, "ghost")
+    with pytest.raises(ConfigError, match="not enrolled"):
+        device_key_for(argparse.Namespace(**{**vars(ns), "db": str(tmp_path / "none.sqlite")}),
+                       "pi-9")
     assert not (tmp_path / "none.sqlite").exists()  # looking did not create a record
-    assert device_key_from_args(argparse.Namespace(
-        **{**vars(ns), "device": "ghost", "unverified_reports": True})) is None
+    assert device_key_for(argparse.Namespace(**{**vars(ns), "unverified_reports": True}),
+                          "ghost") is None
     assert "not authenticated" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
+    """Enrol with a bundle, run `paoding-agent --config agent.json`: discovered, deployed."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tflitehelp import dense_tflite
+
+    from fleet.intake import Intake
+    from fleet.orchestrator import discover
+    from fleet.publisher import deploy
+
+    root = Path(__file__).resolve().parents[2]
+    fb = FleetBroker(workdir=tmp_path / "broker")
+    fb.start()
+    host_key, host_pub = write_key_pair(tmp_path / "keys", "host")
+    reg = Registry(tmp_path / "fleet.sqlite")
+    agent = None
+    try:
+        enrol_device(reg, "pi-e2e", PROFILE, broker_dir=fb.workdir, bundle_dir=tmp_path / "b",
+                     host_public_key=host_pub, broker_url=fb.files.device_url)
+        fb.reload()
+        log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed below
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config",
+             str(tmp_path / "b" / "pi-e2e" / "agent.json"), "--state-dir", str(tmp_path / "s")],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=log,
+            stderr=subprocess.STDOUT)
+        intake = Intake.from_registry(reg)
+        deadline, found = time.monotonic() + 30, {}
+        while "pi-e2e" not in found and time.monotonic() < deadline:
+            found = discover(fb.host_broker(), wait_s=0.5, intake=intake)
+        assert "pi-e2e" in found, (tmp_path / "agent.log").read_text()[-2000:]
+        assert intake.dropped_total == 0
+        rep = deploy(dense_tflite((16,), inputs=8, classes=4)[0], "pi-e2e", fb.host_broker(),
+                     key=host_key, device_key=reg.public_key("pi-e2e").encode(),
+                     benchmark={"runs": 3, "warmup_runs": 1}, timeout=60)
+        assert rep.state == "active" and rep.dropped == 0, rep.reason
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(timeout=20)
+            log.close()
+        reg.close()
+        fb.kill()

@@ -8,7 +8,8 @@ files are given, a local CA and server certificate in DIR/tls. Two listeners:
 - devices (default 0.0.0.0:8883): TLS, a device's user name is its id and
   replaces its client id (so no client can take over another's session);
   with ``client_certs`` the certificate's common name is the user name;
-- host (default 127.0.0.1:8884): the operators' role, its own password file.
+- host (default 127.0.0.1:8884): the operators' role, its own password file
+  (with ``client_certs``: a certificate whose common name is the host user).
 
 The ACL lets a device publish only its own status, need and report and read
 only its own manifest and cancel topics and the artifacts; the host role reads
@@ -24,7 +25,7 @@ import hashlib
 import os
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError
@@ -172,7 +173,7 @@ class BrokerFiles:
     ca: Path | None = None
     ca_key: Path | None = None
     host_password: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    host_cert: CertPair | None = None  # with client certificates: the host role's own
 
     @property
     def device_url(self) -> str:
@@ -311,20 +312,25 @@ def write_broker_config(
         *([] if client_certs else [f"password_file {devices_pw.path}"]),
         *_tls_lines(tls, cert, key, ca, client_certs),
     ]
+    host_cert = None
+    if client_certs and ca_key is not None:  # our CA: the host role gets a certificate too
+        host_cert = CertPair(d / "tls" / f"{host_users[0]}.crt", d / "tls" / f"{host_users[0]}.key")
+        if not host_cert.cert.exists():
+            host_cert = issue(CertPair(ca, ca_key), d / "tls" / host_users[0], host_users[0])
     host_listener = [
         "",
-        "# host: the operators' role, its own password file",
+        "# host: the operators' role, its own password file (or certificate)",
         f"listener {host_port} {host_bind}",
         "allow_anonymous false",
         f"acl_file {acl}",
-        f"password_file {hosts_pw.path}",
-        *_tls_lines(tls, cert, key, ca, False),
+        *([] if client_certs else [f"password_file {hosts_pw.path}"]),
+        *_tls_lines(tls, cert, key, ca, client_certs),
     ]
     conf = write_atomic(d / "mosquitto.conf", "\n".join(general + devices_listener
                                                          + host_listener) + "\n")
     return BrokerFiles(d, conf, acl, devices_pw.path, hosts_pw.path,
                        Listener(device_port, device_bind), Listener(host_port, host_bind),
-                       tls, client_certs, ca, ca_key, host_password)
+                       tls, client_certs, ca, ca_key, host_password, host_cert)
 
 
 def _give(user: str, paths: list[Path]) -> None:

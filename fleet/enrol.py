@@ -45,7 +45,11 @@ def _public_pem(key: VerifyKey) -> str:
 
 
 def read_public_key(path: str | os.PathLike[str]) -> VerifyKey:
-    """A device's Ed25519 public key (PEM file); KeyFileError names what is wrong."""
+    """A device's Ed25519 public key (PEM file, or '-' for standard input)."""
+    if str(path) == "-":
+        import sys
+
+        return VerifyKey.from_pem(sys.stdin.read(), "the public key on standard input")
     key = load_verify_key(path)
     if key.alg != "ed25519":
         raise KeyFileError(f"{path}: a device key must be an Ed25519 public key, not {key.alg}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -75,6 +76,8 @@ from fleet.rollout import (
     select,
     settle,
 )
+
+intake_log = logging.getLogger("paoding.intake")  # one line per dropped message
 
 Progress = Callable[[str, dict[str, Any]], None]
 HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
@@ -302,7 +305,7 @@ class _Engine:
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
-        self._settles: list[tuple[str, Outcome, str]] = []
+        self._settles: list[tuple[str, Outcome, str, str]] = []
         self._notes: dict[str, tuple[str, bool | None, str | None, str | None]] = {}
         self._last_flush = time.monotonic()
 
@@ -369,6 +372,13 @@ class _Engine:
         dep_id = rep.deployment_id
         if dep_id is None:
             return
+        owner = (self.pending[dep_id].device.device_id if dep_id in self.pending
+                 else self.decided[dep_id][0] if dep_id in self.decided else None)
+        if owner is not None and owner != d:
+            self.dropped += 1  # signed by its own device, but about another's deployment
+            intake_log.warning("dropped report from %s: deployment %s is %s's", d, dep_id,
+                               owner)
+            return
         ours = dep_id in self.pending or dep_id in self.decided
         if ours:
             self._reports.append((rep.report_id, dep_id, d, rep.state,
@@ -401,7 +411,7 @@ class _Engine:
             # that rollout ended): the registry takes the device's word where it may
             self._reports.append((rep.report_id, dep_id, d, rep.state,
                                   rep.model_dump(mode="json")))
-            self._settles.append((dep_id, outcome, rep.reason or ""))
+            self._settles.append((dep_id, outcome, rep.reason or "", d))
         self.awaiting.discard(dep_id)
 
     def _try_settle(self, device_id: str) -> None:
@@ -423,7 +433,7 @@ class _Engine:
         self._changed = True
         self.decided[dep_id] = (device_id, outcome)
         self.outcomes[device_id] = outcome
-        self._settles.append((dep_id, outcome, reason))
+        self._settles.append((dep_id, outcome, reason, device_id))
 
     def flush(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_flush < FLUSH_S:

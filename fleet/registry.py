@@ -340,20 +340,29 @@ class Registry:
         if changed != 1:
             raise KeyError(f"no deployment {deployment_id!r} in {self.label}")
 
-    def settle(self, rows: Iterable[tuple[str, Outcome, str]]) -> None:
-        """Record final outcomes (deployment id, outcome, reason).
+    def settle(self, rows: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
+               ) -> None:
+        """Record final outcomes (deployment id, outcome, reason[, device id]).
 
         A pending deployment takes any outcome. One the host decided without a
         report (timed out, offline, cancelled) takes a device-reported final
-        outcome that arrives later: the device's word is the truth.
+        outcome that arrives later: the device's word is the truth. With a
+        device id, only that device's deployment is settled (a device speaks
+        for its own deployments only).
         """
         now = time.time()
+        args = []
+        for row in rows:
+            dep, o, reason = row[:3]
+            device = row[3] if len(row) > 3 else None
+            args.append((o.value, reason, now, dep, int(not o.revisable), device))
         with self.db.tx():
             self.db.executemany(
                 "UPDATE deployments SET outcome=?, reason=?, finished_at=? "
                 "WHERE deployment_id=? AND (outcome='pending' OR "
-                "(? = 1 AND outcome IN ('timed_out', 'offline', 'cancelled')))",
-                [(o.value, reason, now, dep, int(not o.revisable)) for dep, o, reason in rows],
+                "(? = 1 AND outcome IN ('timed_out', 'offline', 'cancelled'))) "
+                "AND device_id = COALESCE(?, device_id)",
+                args,
             )
 
     def outcomes(self, rollout_id: str) -> dict[str, Outcome]:

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keyfile", help="the broker's private key")
     parser.add_argument("--cafile", help="the CA that signed the clients' certificates")
     parser.add_argument("--client-certs", action="store_true",
-                        help="devices authenticate with a client certificate (CN = device id)")
+                        help="devices (and the host role) authenticate with a client "
+                             "certificate (CN = device id / host user)")
     parser.add_argument("--no-tls", action="store_true",
                         help="plain TCP (tests on loopback only: credentials travel in clear)")
     parser.add_argument("--owner", default=_default_owner(),
@@ -69,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  owner:     {args.owner} (reads the password files, ACL and server key)")
     print(f"run: mosquitto -c {f.conf}")
     ca = f" --ca-file {f.ca}" if f.ca else ""
-    pw = f.host_password or f.directory / f"{HOST_USER}.password"
-    print(f"host commands: --broker {f.host_url} --username {HOST_USER} --password-file {pw}{ca}")
+    if f.host_cert is not None:
+        print(f"host commands: --broker {f.host_url} --cert-file {f.host_cert.cert} "
+              f"--key-file {f.host_cert.key}{ca}")
+    else:
+        pw = f.host_password or f.directory / f"{HOST_USER}.password"
+        print(f"host commands: --broker {f.host_url} --username {HOST_USER} "
+              f"--password-file {pw}{ca}")
     print("enrol devices with: paoding-edge enrol DEVICE --profile P --broker-dir "
           f"{f.directory} --bundle DIR")
     return 0

@@ -230,7 +230,7 @@ def _plot(rows: list[dict[str, Any]], profiles: dict[str, Any], png: Path) -> No
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     names = list(profiles)
     metrics = [
-        ("p90_ms", "measured p90 (ms, emulated)", "p90_latency_ms"),
+        ("p90_ms", "measured p90 (ms, median, emulated device)", "p90_latency_ms"),
         ("size_kb", ".tflite size (KB)", "model_size_kb"),
         ("robust", "robust accuracy (host)", None),
     ]
@@ -247,6 +247,17 @@ def _plot(rows: list[dict[str, Any]], profiles: dict[str, Any], png: Path) -> No
                 label=kind,
                 color=("tab:gray", "tab:blue")[j],
             )
+            if key == "p90_ms" and kind == "tuned":
+                for i, p in enumerate(names):
+                    row = next((r for r in rows if r["profile"] == p and r["kind"] == kind), None)
+                    ax.text(
+                        i + 0.38,
+                        vals[i],
+                        "VERIFIED" if row and row["verified"] else "not verified",
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                    )
         if budget:
             for i, p in enumerate(names):
                 v = getattr(profiles[p].budgets, budget)

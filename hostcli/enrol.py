@@ -10,8 +10,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("device", help="the device id (also its broker user name)")
     parser.add_argument("--profile", help="the device's profile id (required to enrol)")
     parser.add_argument("--public-key", metavar="PEM",
-                        help="the device's Ed25519 public key (`paoding-agent keygen` prints it); "
-                             "without it the host makes the pair and writes it to --bundle")
+                        help="the device's Ed25519 public key (`paoding-agent keygen` prints it; "
+                             "'-': read it from standard input); without it the host makes "
+                             "the pair and writes it to --bundle")
     parser.add_argument("--db", default=os.environ.get("PAODING_DB", "fleet.sqlite"),
                         help="the fleet record (SQLite; env PAODING_DB; default fleet.sqlite)")
     parser.add_argument("--broker-dir", metavar="DIR",

@@ -63,11 +63,15 @@ class FleetBroker(Mosquitto):
         return enrol_broker_user(self.workdir, device_id)
 
     def host_broker(self) -> Broker:
-        assert self.files is not None and self.files.host_password is not None
+        """The host role: its password, or its client certificate (mutual TLS)."""
+        f = self.files
+        assert f is not None and f.host_password is not None
+        if f.host_cert is not None:
+            return Broker(host=self.host, port=self.host_port, tls=True, ca_file=str(f.ca),
+                          cert_file=str(f.host_cert.cert), key_file=str(f.host_cert.key))
         return Broker(host=self.host, port=self.host_port, tls=self.tls,
-                      ca_file=str(self.files.ca) if self.tls else None,
-                      username="paoding-host",
-                      password=self.files.host_password.read_text().strip())
+                      ca_file=str(f.ca) if self.tls else None, username="paoding-host",
+                      password=f.host_password.read_text().strip())
 
     def device_broker(self, username: str | None, password: str | None,
                       protocol: str = "3.1.1", cert: tuple[Path, Path] | None = None) -> Broker:

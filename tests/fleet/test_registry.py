@@ -145,3 +145,14 @@ def test_an_older_file_gains_the_identity_columns(tmp_path):
         assert reg.public_key("old-1") is None
         reg.set_identity("old-1", "p", "PEM", "old-1")
         assert reg.public_key("old-1") == "PEM"
+
+
+def test_a_device_settles_only_its_own_deployment(tmp_path):
+    with Registry(tmp_path / "f.sqlite") as reg:
+        reg.upsert_device(Device("pi-1", "p"))
+        reg.upsert_device(Device("pi-2", "p"))
+        reg.add_deployment("d1", "pi-1", "ab" * 32, 10)
+        reg.settle([("d1", Outcome.ACTIVE, "", "pi-2")])  # pi-2 speaking for pi-1
+        assert reg.deployments("pi-1")[0]["outcome"] == "pending"
+        reg.settle([("d1", Outcome.ACTIVE, "", "pi-1")])
+        assert reg.deployments("pi-1")[0]["outcome"] == "active"

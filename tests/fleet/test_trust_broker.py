@@ -196,3 +196,40 @@ def test_started_as_root_mosquitto_reads_the_files_given_to_its_user(tmp_path):
             proc.wait(timeout=10)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_mqtt5_device_is_told_not_authorised(fleet_broker):
+    """On MQTT 5 the broker answers a denied publish with reason code 0x87 (not authorised)."""
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    b = fleet_broker
+    acks: dict[int, int] = {}
+    done = threading.Event()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="dev-a",
+                    protocol=MQTTProtocolVersion.MQTTv5)
+    c.username_pw_set("dev-a", b.passwords["dev-a"])
+    c.tls_set(ca_certs=str(b.files.ca))
+
+    def on_publish(_c, _u, mid, reason_code, _p) -> None:  # noqa: ANN001
+        acks[mid] = reason_code.value
+        if len(acks) == 3:
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect(b.host, b.port)
+    c.loop_start()
+    try:
+        mids = {topic: c.publish(topic, b"x", qos=1).mid for topic in (
+            f"{R}/devices/dev-b/report", f"{R}/artifacts/{'ef' * 32}/0",
+            f"{R}/devices/dev-a/report")}
+        assert done.wait(10)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    assert acks[mids[f"{R}/devices/dev-b/report"]] == 0x87
+    assert acks[mids[f"{R}/artifacts/{'ef' * 32}/0"]] == 0x87
+    # its own topic: accepted (0x10: accepted, no subscriber yet)
+    assert acks[mids[f"{R}/devices/dev-a/report"]] in (0, 0x10)

@@ -267,6 +267,57 @@ def test_fake_retained_statuses_do_not_appear_in_discovery(broker, fleet, caplog
            int(found["dev-a"].profile != PROFILE), "intake: payload names another device")
 
 
+def test_a_device_cannot_report_for_another_devices_deployment(broker, fleet, caplog):
+    """An enrolled device's genuine signature on a report about another device's deployment."""
+    keys, reg = fleet
+    b = Broker(port=broker.port)
+    pub = MqttClient(b, "statuses", clean_session=True)
+    pub.connect(timeout=10)
+    for d in ("dev-a", "dev-b"):
+        pub.publish(Topics(d).status, keys[d].sign_device(
+            Status(device_id=d, online=True, profile=PROFILE)).to_json(), qos=1,
+            retain=True).wait(5)
+    pub.close()
+    watch, seen = _manifest_watch(b, "dev-a")
+    dev_b = Device(b, "dev-b", keys["dev-b"], before=1)
+    sent = 0
+
+    def lie() -> None:  # dev-b (its own key, its own topic) says dev-a's deployment is active
+        nonlocal sent
+        _wait(lambda: seen, 20)
+        m = seen[0]
+        fake = keys["dev-b"].sign_device(Report(
+            device_id="dev-b", deployment_id=m.deployment_id, manifest_sha256=m.digest,
+            model_sha256=m.model.sha256, state="active", final=True))
+        dev_b.client.publish(Topics("dev-b").report, fake.to_json(), qos=1).wait(5)
+        sent += 1  # while dev-a's deployment is pending
+        _wait(lambda: dev_b.manifests, 20)  # wave 1: dev-a's deployment has timed out
+        dev_b.client.publish(Topics("dev-b").report, fake.to_json(), qos=1).wait(5)
+        sent += 1  # a "late report" for a deployment the host decided without one
+        time.sleep(0.5)
+        dev_b.go.set()
+
+    with dev_b, caplog.at_level(logging.WARNING):
+        t = threading.Thread(target=lie)
+        t.start()
+        try:
+            result = run_rollout({PROFILE: MODEL}, b, reg, intake=Intake.from_registry(reg),
+                                 discover_s=0.5, policy=WavePolicy(
+                                     canary=1, timeout_s=2, max_failure_rate=1.0))
+        finally:
+            t.join()
+            watch.close()
+    outcomes = reg.outcomes(result.rollout_id)
+    assert sent == 2 and outcomes["dev-b"] is Outcome.ACTIVE  # dev-b's own word counts
+    believed = int(outcomes["dev-a"] is not Outcome.TIMED_OUT)
+    dep_a = next(d for d in reg.deployments("dev-a") if d["rollout_id"] == result.rollout_id)
+    stored = [r for r in reg.reports(dep_a["deployment_id"]) if r["device_id"] != "dev-a"]
+    assert believed == 0 and stored == []
+    record("other_deployment", "an enrolled device's signed 'active' report for another "
+           "device's deployment (while pending, and late)", sent, believed + len(stored),
+           "host: a device speaks for its own deployments only")
+
+
 BAD_FIGURES = {
     "NaN latency": ("benchmark.latency_ms.p90", math.nan),
     "Infinity latency": ("benchmark.latency_ms.mean", math.inf),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+import time
 
 import pytest
 from trustbroker import FleetBroker, Inbox
@@ -12,7 +13,7 @@ from trustbroker import FleetBroker, Inbox
 from core.errors import BrokerUnavailable, ConfigError, KeyFileError
 from core.mqtt import MqttClient
 from core.signing import load_signing_key, load_verify_key, write_key_pair
-from fleet.brokerconf import write_broker_config
+from fleet.brokerconf import PasswordFile, write_broker_config
 from fleet.enrol import enrol_device, revoke_device
 from fleet.registry import Registry
 from hostcli.main import main
@@ -51,12 +52,32 @@ def test_host_made_key_bundle_and_registry(tmp_path):
     assert e.password not in (bdir / "devices.passwd").read_text()
 
 
-def test_enrol_with_the_devices_own_public_key(tmp_path):
+def test_enrol_with_the_devices_own_public_key(tmp_path, monkeypatch):
+    import io
+
     _priv, pub = write_key_pair(tmp_path, "dev")
+    _priv2, pub2 = write_key_pair(tmp_path, "dev2")
     with Registry(tmp_path / "f.sqlite") as reg:
         e = enrol_device(reg, "pi-2", PROFILE, public_key=pub)
         assert e.key_id == load_verify_key(pub).key_id and e.password is None
-        assert reg.public_keys() == {"pi-2": pub.read_text()}
+        monkeypatch.setattr("sys.stdin", io.StringIO(pub2.read_text()))  # keygen | enrol -
+        e2 = enrol_device(reg, "pi-3", PROFILE, public_key="-")
+        assert e2.key_id == load_verify_key(pub2).key_id
+        assert reg.public_keys() == {"pi-2": pub.read_text(), "pi-3": pub2.read_text()}
+
+
+def test_password_file_keeps_users_added_with_mosquitto_passwd(tmp_path):
+    import shutil
+    import subprocess
+
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path = tmp_path / "devices.passwd"
+    path.write_text("")
+    subprocess.run([tool, "-b", str(path), "ops", "s3cret"], check=True, capture_output=True)
+    pw = PasswordFile(path)
+    assert pw.verify("ops", "s3cret")  # mosquitto_passwd's hash, checked by ours
+    pw.set("pi-1", "one")
+    assert pw.verify("ops", "s3cret") and pw.verify("pi-1", "one")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -96,13 +117,18 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
                 dev = MqttClient(b.device_broker("pi-5", e.password), "pi-5")
                 dev.connect(timeout=10)
                 dev.publish(f"{R}/devices/pi-5/status", b"hello", qos=1).wait(5)
-                dev.close()
                 assert host.wait_for(f"{R}/devices/pi-5/status")
             assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password"]
             assert reg.public_key("pi-5") is None
             with pytest.raises(ConfigError, match="not enrolled"):
                 revoke_device(reg, "pi-5", b.workdir)
         b.reload()
+        deadline = time.monotonic() + 5  # the reload disconnects it, and it cannot come back
+        while dev.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        connected = dev.connected
+        dev.close()
+        assert not connected
         with pytest.raises(BrokerUnavailable, match="refused"):
             MqttClient(b.device_broker("pi-5", e.password), "pi-5").connect(timeout=10)
     finally:
@@ -110,6 +136,7 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
 
 
 def test_client_certificate_identity_mutual_tls(tmp_path):
+    """Devices and the host role authenticate with certificates from the fleet CA."""
     b = FleetBroker(workdir=tmp_path / "broker", client_certs=True)
     b.start()
     try:
@@ -129,6 +156,12 @@ def test_client_certificate_identity_mutual_tls(tmp_path):
             assert f"{R}/devices/other/status" not in host.topics()
         with pytest.raises(BrokerUnavailable):  # no certificate: the TLS handshake fails
             MqttClient(b.device_broker("pi-6", "x"), "pi-6").connect(timeout=5)
+        host = b.host_broker()  # the host role too: its certificate, not its password
+        assert host.cert_file is not None and host.username is None
+        with pytest.raises(BrokerUnavailable):
+            MqttClient(host.__class__(**{**host.__dict__, "cert_file": None, "key_file": None,
+                                         "username": "paoding-host", "password": "x"}),
+                       "host-no-cert").connect(timeout=5)
     finally:
         b.kill()
 
@@ -190,7 +223,6 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from tflitehelp import dense_tflite
@@ -232,3 +264,19 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
             log.close()
         reg.close()
         fb.kill()
+
+
+def test_broker_config_again_keeps_the_ca_and_the_enrolled_devices(tmp_path):
+    from fleet.brokerconf import enrol_broker_user
+
+    first = write_broker_config(tmp_path / "b")
+    password = enrol_broker_user(tmp_path / "b", "pi-10")
+    ca = first.ca.read_bytes()
+    again = write_broker_config(tmp_path / "b", max_packet_bytes=256 * 1024)
+    assert again.ca.read_bytes() == ca and again.host_password is None  # no new host secret
+    assert PasswordFile(again.devices_passwd).verify("pi-10", password)
+    assert "max_packet_size 262144" in again.conf.read_text()
+    with pytest.raises(ConfigError, match="two ports"):
+        write_broker_config(tmp_path / "c", device_port=9000, host_port=9000)
+    with pytest.raises(ConfigError, match="both --certfile and --keyfile"):
+        write_broker_config(tmp_path / "c", certfile=first.ca)

@@ -50,6 +50,8 @@ def test_noise_rule_majority_within_margin(search, make_profile):
     pid = _loose(make_profile)
     r = tn.tune(search.model, pid, search=search, **TUNE_KW)
     c, profile = r.chosen, dp.load(pid)
+    # without a device the outcome is a prediction, and says so
+    assert r.outcome == "predicted" and "not verified on a device" in r.statement
     rule = NoiseRule(repeats=3, margin=0.05)
     # a microsecond under the budget is inside the noise margin: not verified
     m = measure(c, b"x", Scripted(10.0, [9.99, 9.98, 9.99]), profile, rule)

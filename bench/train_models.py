@@ -5,6 +5,10 @@
 - digits_mlp: MLP 784-128-128-64-10 on scikit-learn digits upsampled to 28x28.
 - digits_cnn: Conv2D(16)+BN -> pool -> Conv2D(32)+BN -> pool -> Dense(64) -> 10.
 - cancer_mlp: MLP 30-64-32-2 on breast cancer, features min-max scaled to [0, 1].
+- mlp_256: MLP 784-256-128-10 on the 28x28 digits.
+- cnn_bn_before, cnn_bn_after, cnn_no_bn: Conv2D(16)-Conv2D(32)-Conv2D(64) blocks with
+  BatchNormalization before the ReLU, after it, or none; max pooling between blocks,
+  GlobalAveragePooling2D, Dense(10) (see gap_cnn).
 
 Each model is saved as .keras (no optimizer state) and its test accuracy printed.
 """
@@ -72,6 +76,18 @@ def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
                 layers.Dense(10, activation="softmax", name="out"),
             ],
         )
+    if name.startswith("cnn_"):
+        return _functional(name, [keras.Input((28, 28, 1)), *gap_cnn(name[4:])])
+    if name == "mlp_256":
+        return _functional(
+            name,
+            [
+                keras.Input((784,)),
+                layers.Dense(256, activation="relu", name="fc1"),
+                layers.Dense(128, activation="relu", name="fc2"),
+                layers.Dense(10, activation="softmax", name="out"),
+            ],
+        )
     if name == "cancer_mlp":
         return _functional(
             name,
@@ -85,7 +101,32 @@ def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
     raise ValueError(f"unknown benchmark model {name!r}")
 
 
-EPOCHS = {"digits_mlp": 60, "digits_cnn": 30, "cancer_mlp": 150}
+def gap_cnn(bn: str, widths: tuple[int, ...] = (16, 32, 64)) -> list:
+    """Conv blocks -> GlobalAveragePooling2D -> Dense(10): the layout edge models use.
+
+    ``bn`` places BatchNormalization ``before`` the ReLU, ``after`` it, or not
+    at all (``no_bn``); max pooling follows every block but the last.
+    """
+    from keras import layers
+
+    stack: list = []
+    for i, w in enumerate(widths, 1):
+        stack.append(layers.Conv2D(w, 3, padding="same", name=f"conv{i}"))
+        block = [layers.ReLU(name=f"relu{i}")]
+        if bn == "bn_before":
+            block.insert(0, layers.BatchNormalization(name=f"bn{i}"))
+        elif bn == "bn_after":
+            block.append(layers.BatchNormalization(name=f"bn{i}"))
+        stack.extend(block)
+        if i < len(widths):
+            stack.append(layers.MaxPooling2D(2, name=f"pool{i}"))
+    stack.append(layers.GlobalAveragePooling2D(name="gap"))
+    stack.append(layers.Dense(10, activation="softmax", name="out"))
+    return stack
+
+
+EPOCHS = {"digits_mlp": 60, "digits_cnn": 30, "cancer_mlp": 150, "mlp_256": 60,
+          "cnn_bn_before": 30, "cnn_bn_after": 30, "cnn_no_bn": 30}
 
 
 def train(name: str, seed: int = SEED, path: Path | None = None) -> float:

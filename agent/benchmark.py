@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.cpuemu import cpu_emulator
 from agent.runtime import Model, Runtime
 from core.protocol import BenchmarkResult, BenchmarkSettings, LatencyStats
 
@@ -119,6 +120,7 @@ def run_benchmark(
         if len(times) >= settings.runs and elapsed >= settings.min_seconds:
             break
     measured = time.perf_counter() - start
+    emulator = cpu_emulator()
     result = BenchmarkResult(
         runtime=runtime.info,
         threads=settings.threads,
@@ -131,9 +133,11 @@ def run_benchmark(
         rss_before_mb=rss_before,
         measured_seconds=measured,
         overhead_ms_per_run=measure_overhead(),
-        emulated=slowdown > 1.0 or emulation is not None,
+        emulated=slowdown > 1.0 or emulation is not None or emulator is not None,
         slowdown=slowdown,
-        emulation=emulation,
+        emulation=emulation or (emulator and f"CPU emulated by {emulator}: latency is not "
+                                "a device measurement"),
+        cpu_emulator=emulator,
     )
     return result, loaded
 

@@ -27,6 +27,10 @@ def evaluate_outputs(out: np.ndarray, probes: dict[str, np.ndarray],
     if out.shape != ref.shape:
         raise ProbeError(f"the model's outputs {out.shape} do not match the reference "
                          f"{ref.shape}")
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if bad:  # NaN compares False with everything: refuse before any comparison
+        raise ProbeError(f"the model's outputs are not finite ({bad} of {out.size} values "
+                         "are NaN or infinite)")
     pred = out.argmax(axis=1)
     correct = pred == y
     clean = kind == "clean"
@@ -66,11 +70,12 @@ def threshold_failures(thresholds: Thresholds, *, p90_ms: float, mean_ms: float,
     """Every threshold the measurements miss, as readable reasons (empty: all pass)."""
     t = thresholds
     out: list[str] = []
-    if t.max_p90_ms is not None and p90_ms > t.max_p90_ms:
+    # every comparison is written so that NaN fails it ("not value <= limit")
+    if t.max_p90_ms is not None and not p90_ms <= t.max_p90_ms:
         out.append(f"p90 latency {p90_ms:.3f} ms exceeds {t.max_p90_ms:g} ms")
-    if t.max_mean_ms is not None and mean_ms > t.max_mean_ms:
+    if t.max_mean_ms is not None and not mean_ms <= t.max_mean_ms:
         out.append(f"mean latency {mean_ms:.3f} ms exceeds {t.max_mean_ms:g} ms")
-    if t.max_peak_memory_mb is not None and peak_memory_mb > t.max_peak_memory_mb:
+    if t.max_peak_memory_mb is not None and not peak_memory_mb <= t.max_peak_memory_mb:
         out.append(f"peak memory {peak_memory_mb:.1f} MB exceeds {t.max_peak_memory_mb:g} MB")
     wants_probes = any(v is not None for v in (t.min_agreement, t.min_clean_accuracy,
                                                t.min_robust_accuracy, t.max_abs_deviation))
@@ -85,7 +90,7 @@ def threshold_failures(thresholds: Thresholds, *, p90_ms: float, mean_ms: float,
             return
         if value is None:
             out.append(f"{name} cannot be measured with these probes (needs >= {floor:g})")
-        elif value < floor:
+        elif not value >= floor:
             out.append(f"{name} {value:.4f} is below {floor:g}")
 
     low("top-1 agreement", checks.agreement, t.min_agreement)
@@ -94,7 +99,7 @@ def threshold_failures(thresholds: Thresholds, *, p90_ms: float, mean_ms: float,
     if t.max_abs_deviation is not None:
         if checks.max_abs_deviation is None:
             out.append("max deviation cannot be measured: the probes have no 'expected'")
-        elif checks.max_abs_deviation > t.max_abs_deviation:
+        elif not checks.max_abs_deviation <= t.max_abs_deviation:
             out.append(f"max abs deviation {checks.max_abs_deviation:.6g} exceeds "
                        f"{t.max_abs_deviation:g}")
     return out

@@ -1,4 +1,4 @@
-"""`paoding-agent`: run the device agent, or show its state."""
+"""`paoding-agent`: run the device agent, make its key, or show its state."""
 
 from __future__ import annotations
 
@@ -39,9 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--emulate", help="emulate a device profile on this host")
     run.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime", "tensorflow"],
                      help="force an interpreter")
+    run.add_argument("--device-key", help="this device's Ed25519 private key (default "
+                     "STATE_DIR/device.key, made on first start; see 'keygen')")
+    run.add_argument("--mqtt-protocol", choices=["3.1.1", "5"],
+                     help="MQTT version (default 5: the broker drops messages over the "
+                     "agent's maximum packet size before they reach it)")
     run.add_argument("--stall-seconds", type=float, help="ask again for missing chunks after "
                      "this long without one (default 2)")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    kg = sub.add_parser("keygen", help="make this device's signing key (mode 0600) and print "
+                        "its public key (PEM) for enrolment")
+    kg.add_argument("--state-dir", default=None, help="write STATE_DIR/device.key")
+    kg.add_argument("--out", help="write the private key to this file instead")
+    kg.add_argument("--config", help="config file (for state_dir)")
     st = sub.add_parser("status", help="print the active model, its benchmark and the history")
     st.add_argument("--state-dir", default=None, help="state directory")
     st.add_argument("--config", help="config file (for state_dir)")
@@ -85,10 +95,13 @@ def _settings(args: argparse.Namespace) -> tuple[Any, str]:
     slowdown, emulation = 1.0, None
     if cfg.emulate:
         slowdown, emulation = _emulation(cfg.emulate)
+    from core.signing import device_key
+
+    key = device_key(cfg.device_key) if cfg.device_key else None
     settings = AgentSettings(
         device_id=cfg.device_id, broker=broker, state_dir=cfg.state_dir, profile=cfg.profile,
         trust=trust, slowdown=slowdown, emulation=emulation, stall_seconds=cfg.stall_seconds,
-        runtime=cfg.runtime)
+        runtime=cfg.runtime, device_key=key)
     return settings, cfg.log_level
 
 
@@ -108,21 +121,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     agent.start()
     try:
         while not agent.wait(0.5):
-            pass
+            if not agent.healthy():  # systemd restarts the agent
+                logging.getLogger("agent").error("the agent's worker died: exiting")
+                return 1
     finally:
         agent.stop()
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _state_dir(args: argparse.Namespace) -> Path:
     from agent.config import read_config_file
-    from agent.service import status_summary
-    from agent.storage import Storage
 
     state_dir = args.state_dir
     if state_dir is None and args.config:
         state_dir = read_config_file(args.config).get("state_dir")
-    state_dir = Path(state_dir or "/var/lib/paoding-agent")
+    return Path(state_dir or "/var/lib/paoding-agent")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from core.signing import device_key
+
+    path = Path(args.out) if args.out else _state_dir(args) / "device.key"
+    if path.exists():
+        raise ConfigError(f"{path} already exists (refusing to overwrite a device key)")
+    key = device_key(path)
+    print(key.public_key().public_pem().decode(), end="")
+    print(f"# key id {key.key_id}, private key in {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.service import status_summary
+    from agent.storage import Storage
+
+    state_dir = _state_dir(args)
     if not state_dir.is_dir():
         raise ConfigError(f"state directory {state_dir} does not exist")
     summary = status_summary(Storage(state_dir))
@@ -174,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return cmd_run(args) if args.command == "run" else cmd_status(args)
+        commands = {"run": cmd_run, "keygen": cmd_keygen, "status": cmd_status}
+        return commands[args.command](args)
     except PaodingError as exc:
         print(f"paoding-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,8 @@ class AgentConfig(BaseModel):
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False
-    mqtt_protocol: str = "3.1.1"
+    mqtt_protocol: str = "5"
+    device_key: Path | None = None
     trust_key: list[Path] = []
     trust_hmac: list[Path] = []
     allow_unsigned: bool = False

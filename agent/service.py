@@ -1,11 +1,14 @@
 """The running agent: MQTT in, the state machine, reports out.
 
-Network thread (paho): chunks are written straight to disk; manifests go to
-the worker queue. Worker thread: validates manifests, asks for missing
-chunks (again when the transfer stalls or after a reconnect), runs the state
-machine when a transfer is complete. Reports are spooled to disk first and
-deleted when the broker acknowledges them, so reports made offline are sent
-after the reconnect.
+Network thread (paho): chunks are checked against their digests and written
+straight to disk; manifests and cancels go to the worker queue. Worker
+thread: runs the state machine (``agent.states``): ``Accept`` for each
+manifest, then the deployment from the stage recorded in the lock, and asks
+for missing chunks when the transfer stalls or after a reconnect. It also
+restarts a dead network loop. Reports are signed with the device key,
+spooled to disk first and deleted when the broker acknowledges them, so
+reports made offline are sent after the reconnect; refusals of manifests
+are answered once and never stored.
 """
 
 from __future__ import annotations
@@ -25,21 +28,25 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.runtime import detect_runtime, select_runtime
+from agent.states import Accept, Context, State, Transfer, advance, resume
 from agent.storage import Storage
-from agent.transfer import Transfer
+from agent.transfer import Transfer as ChunkStore
 from core.errors import PaodingError, StorageError, TransferError
 from core.mqtt import Broker, MqttClient, Will
 from core.protocol import (
+    MAX_PACKET_BYTES,
     ActiveModel,
+    Cancel,
     ChunkRequest,
     Manifest,
     Report,
     RuntimeInfo,
     Status,
     Topics,
-    TransferStats,
+    artifact_filter,
+    parse_artifact_topic,
 )
-from core.signing import TrustStore
+from core.signing import SigningKey, TrustStore, device_key, one_line
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +62,7 @@ class AgentSettings:
     emulation: str | None = None
     stall_seconds: float = 2.0
     runtime: str | None = None
-
-
-def _short(exc: Exception, limit: int = 600) -> str:
-    if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                 for e in exc.errors()[:5]]
-        text = "; ".join(parts)
-    else:
-        text = str(exc)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    device_key: SigningKey | None = None  # None: <state_dir>/device.key, made on first start
 
 
 class Agent:
@@ -78,13 +75,23 @@ class Agent:
         self._pidfile = self._lock_state_dir()
         for note in self.storage.recover():
             log.warning("recovery: %s", note)
-        offline = Status(device_id=settings.device_id, online=False, profile=settings.profile)
+        self.key = settings.device_key or device_key(self.storage.root / "device.key")
+        offline = self.key.sign_device(Status(device_id=settings.device_id, online=False,
+                                              profile=settings.profile))
         self.client = MqttClient(
             settings.broker, client_id=f"paoding-agent-{settings.device_id}",
-            clean_session=False, will=Will(self.topics.status, offline.to_json()))
+            clean_session=False, will=Will(self.topics.status, offline.to_json()),
+            max_packet_size=MAX_PACKET_BYTES)
+        self.ctx = Context(
+            storage=self.storage, device_id=settings.device_id, emit=self.emit,
+            notify=self.notify, trust=settings.trust, link=self,
+            runtime=lambda: select_runtime(settings.runtime), runtime_name=settings.runtime,
+            slowdown=settings.slowdown, emulation=settings.emulation)
         self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
-        self._transfer: Transfer | None = None
+        self._state: State | None = None
+        self._transfer: ChunkStore | None = None
+        self._cancels: set[str] = set()
         self._tlock = threading.Lock()
         self._spool_lock = threading.Lock()
         self._in_flight: set[Path] = set()
@@ -112,13 +119,14 @@ class Agent:
 
         With ``wait_connected`` the first connection must succeed in that many
         seconds (BrokerUnavailable otherwise); without it the agent also starts
-        offline and keeps trying.
+        offline and keeps trying. A deployment recorded in the lock resumes
+        from its stage.
         """
         self.runtime_info()  # find the interpreter now, not in the network thread
-        self._resume()
+        self._state = resume(self.ctx)
         self.client.on_connect(self._on_connect)
         self.client.subscribe(self.topics.manifest, self._on_manifest, qos=1)
-        self.client.subscribe(self.topics.chunk_filter, self._on_chunk, qos=1)
+        self.client.subscribe(self.topics.cancel, self._on_cancel, qos=1)
         self._worker.start()
         if wait_connected is not None:
             self.client.connect(timeout=wait_connected, wait=True)
@@ -131,8 +139,9 @@ class Agent:
         self._jobs.put(("stop", None))
         if self.client.connected:
             try:
-                offline = Status(device_id=self.settings.device_id, online=False,
-                                 profile=self.settings.profile, active_model=self._active())
+                offline = self.key.sign_device(Status(
+                    device_id=self.settings.device_id, online=False,
+                    profile=self.settings.profile, active_model=self._active()))
                 self.client.publish(self.topics.status, offline.to_json(),
                                     retain=True).wait(2.0)
             except PaodingError:
@@ -151,6 +160,10 @@ class Agent:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
+
+    def healthy(self) -> bool:
+        """Whether the worker runs (``paoding-agent run`` exits non-zero otherwise)."""
+        return self._worker.is_alive() or self._stop.is_set()
 
     # -- status -------------------------------------------------------------
 
@@ -175,7 +188,8 @@ class Agent:
             device_id=self.settings.device_id, online=True, profile=self.settings.profile,
             runtime=self.runtime_info(), active_model=self._active(),
             agent_version=__version__, emulation=self.settings.emulation)
-        self.client.publish(self.topics.status, status.to_json(), retain=True)
+        self.client.publish(self.topics.status, self.key.sign_device(status).to_json(),
+                            retain=True)
 
     def _on_connect(self) -> None:
         # network thread: do nothing slow here, the worker does the rest
@@ -190,10 +204,20 @@ class Agent:
     # -- reports ------------------------------------------------------------
 
     def emit(self, report: Report) -> None:
-        """Spool ``report`` and publish it when connected (again after a reconnect)."""
+        """Sign, spool and publish ``report`` (again after a reconnect until acknowledged).
+
+        Final reports are retained: a host that lost its session still gets them.
+        """
         log.info("report %s %s %s", report.deployment_id, report.state, report.reason or "")
-        path = self.storage.spool_add(report.report_id, report.to_json())
+        signed = self.key.sign_device(report)
+        path = self.storage.spool_add(report.report_id, signed.to_json(), retain=report.final)
         self._publish_spooled(path)
+
+    def notify(self, report: Report) -> None:
+        """Answer a refused manifest: signed, sent once, not stored, not retained."""
+        if self.client.connected:
+            self.client.publish(self.topics.report,
+                                self.key.sign_device(report).to_json(), qos=1)
 
     def flush_spool(self) -> None:
         with self._spool_lock:
@@ -219,130 +243,131 @@ class Agent:
             with self._spool_lock:
                 self._in_flight.discard(path)
 
-        # retained: a host that lost its session still gets the latest report on resubscribe
         self.client.publish(self.topics.report, payload, qos=1,
-                            retain=True).add_done_callback(acked)
+                            retain=Storage.spool_retained(path)).add_done_callback(acked)
 
     # -- incoming (network thread) --------------------------------------------
 
     def _on_manifest(self, topic: str, payload: bytes) -> None:
         self._jobs.put(("manifest", payload))
 
+    def _on_cancel(self, topic: str, payload: bytes) -> None:
+        self._jobs.put(("cancel", payload))
+
     def _on_chunk(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained chunk being cleared
         try:
-            dep, artifact, index = self.topics.parse_chunk(topic)
+            sha, index = parse_artifact_topic(topic)
         except ValueError as exc:
             log.warning("dropped a chunk: %s", exc)
             return
         with self._tlock:
             tr = self._transfer
-            if tr is None or tr.manifest.deployment_id != dep:
-                log.debug("dropped a chunk for %s: no such transfer in progress", dep)
+            rec = tr.receiver_for(sha) if tr is not None else None
+            if tr is None or rec is None:
+                log.debug("dropped a chunk of %s: no transfer needs it", sha[:12])
                 return
             try:
-                new = tr.write(artifact, index, payload)
+                new = tr.write(rec.name, index, payload)
             except (TransferError, OSError) as exc:
-                log.warning("dropped chunk %s/%d of %s: %s", artifact, index, dep, exc)
+                log.warning("dropped chunk %d of %s: %s", index, tr.manifest.deployment_id, exc)
                 return
             if new and tr.complete:
-                self._jobs.put(("run", dep))
+                self._jobs.put(("advance", None))
+
+    # -- the link the state machine uses (agent.states.Link) ------------------------
+
+    def open(self, manifest: Manifest) -> ChunkStore:
+        """The transfer of ``manifest``: opened from disk and subscribed to its chunks."""
+        dep = manifest.deployment_id
+        with self._tlock:
+            tr = self._transfer
+            if tr is not None and tr.manifest.deployment_id == dep:
+                return tr
+            if tr is not None:
+                tr.close()
+            tr = ChunkStore(self.storage.transfer_dir(dep), manifest)
+            self._transfer = tr
+            self._last_need = time.monotonic()  # retained chunks come first: ask later
+        for art in manifest.artifacts().values():
+            self.client.subscribe(artifact_filter(art.sha256), self._on_chunk, qos=1)
+        return tr
+
+    def close(self, deployment_id: str) -> None:
+        with self._tlock:
+            tr = self._transfer
+            if tr is None or tr.manifest.deployment_id != deployment_id:
+                return
+            self._transfer = None
+        for art in tr.manifest.artifacts().values():
+            self.client.unsubscribe(artifact_filter(art.sha256))
+        tr.close()
+
+    def cancelled(self, deployment_id: str) -> bool:
+        return deployment_id in self._cancels
 
     # -- worker -------------------------------------------------------------
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            self.client.ensure_loop()
             try:
                 kind, arg = self._jobs.get(timeout=0.25)
             except queue.Empty:
-                self._check_stall()
-                continue
+                kind, arg = "tick", None
             try:
                 if kind == "manifest":
-                    self._handle_manifest(arg)
+                    self._accept(arg)
+                elif kind == "cancel":
+                    self._cancel(arg)
                 elif kind == "connected":
                     self._connected()
-                elif kind == "run":
-                    self._run_deployment(arg)
+                elif kind == "tick":
+                    self._check_stall()
+                self._advance()
             except Exception:  # noqa: BLE001 - the worker must survive anything
                 log.exception("worker job %s failed", kind)
 
-    def _error(self, reason: str, manifest: Manifest | None = None,
-               state: str = "error") -> None:
-        log.warning("%s", reason)
-        self.emit(Report(device_id=self.settings.device_id,
-                         deployment_id=manifest.deployment_id if manifest else None,
-                         manifest_sha256=manifest.digest if manifest else None,
-                         state=state, final=state != "error", reason=reason[:4000]))
+    def _advance(self) -> None:
+        if self._state is None:
+            return
+        dep = getattr(self._state, "manifest", None)
+        self._state, outcome = advance(self.ctx, self._state)
+        if outcome is not None:
+            log.info("deployment %s: %s", dep.deployment_id if dep else "?", outcome)
+        if self._state is None:
+            _release_memory()
+            if self.client.connected:
+                self.publish_status()
 
-    def _handle_manifest(self, payload: bytes) -> None:
+    def _accept(self, payload: bytes) -> None:
+        state, _outcome = advance(self.ctx, Accept(payload))
+        if state is not None:
+            self._state = state
+        elif isinstance(self._state, Transfer):
+            self._request_missing()  # the host sent the manifest again: say what we lack
+
+    def _cancel(self, payload: bytes) -> None:
         try:
-            manifest = Manifest.from_json(payload)
-        except (ValidationError, ValueError) as exc:
-            self._error(f"malformed manifest dropped: {_short(exc)}")
+            cancel = Cancel.from_json(payload)
+            if cancel.device_id != self.settings.device_id:
+                raise PaodingError(f"cancel is for device {cancel.device_id}")
+            if self.settings.trust is not None:
+                self.settings.trust.verify(cancel)
+        except (PaodingError, ValidationError, ValueError) as exc:
+            log.warning("cancel dropped: %s", one_line(exc))
             return
-        dep = manifest.deployment_id
-        if manifest.device_id != self.settings.device_id:
-            self._error(f"manifest {dep} is for device {manifest.device_id}, "
-                        f"not {self.settings.device_id}", manifest)
-            return
-        with self._tlock:
-            current = self._transfer
-        lock = self.storage.read_lock()
-        if current is not None or lock:
-            busy = current.manifest.deployment_id if current else lock.get("deployment_id")
-            if busy == dep and current is not None and current.manifest.digest != manifest.digest:
-                self._error(f"deployment {dep} is in progress with a different manifest: "
-                            "refused", manifest, "rejected")
-                return
-            if busy == dep:
-                log.info("manifest %s again: resuming", dep)
-                self._request_missing()
-                return
-            self._error(f"deployment {dep} refused: deployment {busy} is in progress", manifest,
-                        "rejected")
-            return
-        if self.storage.seen(dep):
-            self._error(f"deployment id {dep} was already used: replay refused", manifest)
-            return
-        if self.settings.trust is not None:
-            try:
-                self.settings.trust.verify(manifest)
-            except PaodingError as exc:
-                self._finish_early(manifest, "rejected", str(exc))
-                return
-        self.storage.write_lock({"deployment_id": dep, "stage": "transfer",
-                                 "manifest": manifest.model_dump(mode="json"),
-                                 "started_at": time.time()})
-        self._open_transfer(manifest)
-
-    def _finish_early(self, manifest: Manifest, outcome: str, reason: str) -> None:
-        self.storage.append_history({"deployment_id": manifest.deployment_id,
-                                     "outcome": outcome, "reason": reason,
-                                     "sha256": manifest.model.sha256,
-                                     "size": manifest.model.size, "finished_at": time.time()})
-        self._error(reason, manifest, outcome)
-
-    def _open_transfer(self, manifest: Manifest) -> None:
-        tr = Transfer(self.storage.transfer_dir(manifest.deployment_id), manifest)
-        with self._tlock:
-            self._transfer = tr
-        if tr.complete:
-            self._jobs.put(("run", manifest.deployment_id))
-        else:
-            self._request_missing()
-
-    def _resume(self) -> None:
-        lock = self.storage.read_lock()
-        if not lock:
-            return
-        try:
-            manifest = Manifest.model_validate(lock["manifest"])
-        except (KeyError, ValidationError, TypeError) as exc:
-            log.error("unreadable deployment lock dropped: %s", _short(exc))
-            self.storage.clear_lock()
-            return
-        log.info("resuming deployment %s from %s", manifest.deployment_id, lock.get("stage"))
-        self._open_transfer(manifest)
+        dep = cancel.deployment_id
+        current = getattr(self._state, "manifest", None)
+        if isinstance(self._state, Transfer) and current and current.deployment_id == dep:
+            log.info("deployment %s cancelled by the host", dep)
+            self._cancels.add(dep)
+        elif current is not None and current.deployment_id == dep:
+            log.info("cancel of %s ignored: its transfer is complete", dep)
+        elif not self.storage.seen(dep):
+            self.storage.record(dep, 0, accepted=False)  # its manifest is refused later
+            log.info("deployment %s cancelled before its manifest arrived", dep)
 
     def _request_missing(self) -> None:
         with self._tlock:
@@ -350,11 +375,12 @@ class Agent:
             missing = tr.missing() if tr is not None else {}
         if tr is None or not missing or not self.client.connected:
             return
-        for artifact, ranges in missing.items():
+        for name, ranges in missing.items():
             req = ChunkRequest(device_id=self.settings.device_id,
-                               deployment_id=tr.manifest.deployment_id, artifact=artifact,
-                               ranges=ranges, have=tr.receivers[artifact].count)
-            self.client.publish(self.topics.need, req.to_json(), qos=1)
+                               deployment_id=tr.manifest.deployment_id,
+                               artifact=tr.receivers[name].artifact.sha256,
+                               ranges=ranges, have=tr.receivers[name].count)
+            self.client.publish(self.topics.need, self.key.sign_device(req).to_json(), qos=1)
         self._last_need = time.monotonic()
 
     def _check_stall(self) -> None:
@@ -369,31 +395,6 @@ class Agent:
             log.info("transfer %s stalled: asking again for missing chunks",
                      tr.manifest.deployment_id)
             self._request_missing()
-
-    def _run_deployment(self, deployment_id: str) -> None:
-        with self._tlock:
-            tr = self._transfer
-        if tr is None or tr.manifest.deployment_id != deployment_id or not tr.complete:
-            return
-        from agent.states import Context, Received, run_machine  # numpy, the interpreter
-
-        tr.close()
-        stats = TransferStats(bytes=tr.bytes_total, chunks=tr.chunks_total,
-                              seconds=round(tr.seconds, 6), resumed=tr.resumed,
-                              resumed_chunks=tr.resumed_chunks)
-        ctx = Context(
-            storage=self.storage, manifest=tr.manifest, transfer_dir=tr.directory,
-            device_id=self.settings.device_id, emit=self.emit, trust=self.settings.trust,
-            runtime=lambda: select_runtime(self.settings.runtime),
-            runtime_name=self.settings.runtime,
-            slowdown=self.settings.slowdown, emulation=self.settings.emulation, transfer=stats)
-        outcome = run_machine(ctx, Received())
-        log.info("deployment %s: %s", deployment_id, outcome)
-        with self._tlock:
-            self._transfer = None
-        _release_memory()
-        if self.client.connected:
-            self.publish_status()
 
 
 def _release_memory() -> None:

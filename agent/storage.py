@@ -8,7 +8,10 @@ Layout (all under ``root``)::
     deployment.lock     the deployment in progress: id, stage, manifest
     transfers/<id>/     chunks being received (see agent.transfer)
     spool/              reports not yet acknowledged by the broker
-    history.jsonl       one line per finished deployment (replay detection, status)
+    history.jsonl       one line per finished deployment (status)
+    ledger.txt          one line "<release> <deployment id>" per authenticated manifest
+                        accepted or refused as busy: replay and downgrade detection,
+                        read once per agent start, appended after authentication
 
 Every write is write-to-temp, fsync, rename, fsync of the directory.
 """
@@ -41,6 +44,8 @@ class Storage:
             raise StorageError(f"cannot create state directory {self.root}: {exc}") from None
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"state directory {self.root} is not writable")
+        self._seen: set[str] | None = None
+        self._last_release = 0
 
     # -- paths --------------------------------------------------------------
 
@@ -114,6 +119,15 @@ class Storage:
         write_json_atomic(self.state_path, new)
         self._link_active(record["sha256"])
         self.prune_models()
+
+    def deactivate(self) -> None:
+        """No model is active any more (a failed first deployment is undone)."""
+        old = self.state()
+        write_json_atomic(self.state_path, {"active": None, "previous": old["active"],
+                                            "updated_at": time.time()})
+        with contextlib.suppress(FileNotFoundError):
+            self.active_link.unlink()
+        fsync_dir(self.root)
 
     def _link_active(self, sha256: str) -> None:
         tmp = self.root / f".active.{os.getpid()}.lnk"
@@ -210,15 +224,64 @@ class Storage:
                 continue  # a torn last line after a kill
         return out
 
+    # -- ledger: replay and downgrade detection ---------------------------------
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.txt"
+
+    def _ledger(self) -> set[str]:
+        if self._seen is None:
+            seen: set[str] = set()
+            last = 0
+            try:
+                lines = self.ledger_path.read_text().splitlines()
+            except OSError:  # an older state directory: start from its history
+                lines = [f"0 {h.get('deployment_id')}" for h in self.history()]
+            for line in lines:
+                release, _, dep = line.partition(" ")
+                if dep and release.isascii() and release.isdigit():
+                    seen.add(dep)
+                    last = max(last, int(release))
+            self._seen, self._last_release = seen, last
+        return self._seen
+
     def seen(self, deployment_id: str) -> bool:
-        return any(h.get("deployment_id") == deployment_id for h in self.history())
+        """Whether an authenticated manifest with this id was ever accepted or refused as busy."""
+        return deployment_id in self._ledger()
+
+    @property
+    def last_release(self) -> int:
+        """The highest release of an accepted manifest (0: none yet)."""
+        self._ledger()
+        return self._last_release
+
+    def record(self, deployment_id: str, release: int, *, accepted: bool = True) -> None:
+        """Note an authenticated deployment id (and its release when ``accepted``)."""
+        seen = self._ledger()
+        rel = int(release) if accepted else 0
+        with open(self.ledger_path, "a") as f:
+            f.write(f"{rel} {deployment_id}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        seen.add(deployment_id)
+        self._last_release = max(self._last_release, rel)
 
     # -- report spool -------------------------------------------------------
 
-    def spool_add(self, report_id: str, payload: bytes) -> Path:
-        path = self.root / "spool" / f"{time.time_ns():020d}-{report_id}.json"
+    def spool_add(self, report_id: str, payload: bytes, *, retain: bool = False) -> Path:
+        """Keep a report until the broker acknowledges it (``retain``: publish it retained)."""
+        kind = "r" if retain else "q"
+        existing = list((self.root / "spool").glob(f"*-{report_id}.?.json"))
+        if existing:  # the same report again (a resumed final state): send it once
+            return existing[0]
+        path = self.root / "spool" / f"{time.time_ns():020d}-{report_id}.{kind}.json"
         write_atomic(path, payload)
         return path
+
+    @staticmethod
+    def spool_retained(path: Path) -> bool:
+        return path.name.endswith(".r.json")
 
     def spool_list(self) -> list[Path]:
         return sorted(p for p in (self.root / "spool").glob("*.json"))

@@ -4,7 +4,9 @@ Each artifact of a deployment is a preallocated ``<name>.part`` file written
 at ``index * chunk_size`` plus a ``<name>.have`` bitmap (one byte per chunk).
 The bitmap is only written after the part file is fsynced, so after a kill
 it never claims a chunk whose bytes are not on disk; at worst a few chunks
-are asked for again. ``missing_ranges()`` is what the agent asks the host to
+are asked for again. Every chunk is checked against its sha256 in the signed
+manifest before it is written: a poisoned chunk is refused (and asked for
+again), so the first writer cannot spoil a deployment. ``missing_ranges()`` is what the agent asks the host to
 (re)send.
 """
 
@@ -60,6 +62,7 @@ class ArtifactReceiver:
         self._fd = os.open(self.part, os.O_RDWR)
         self._dirty = 0
         self._last_flush = time.monotonic()
+        self.poisoned = 0  # chunks refused because their digest did not match
 
     @property
     def count(self) -> int:
@@ -78,6 +81,10 @@ class ArtifactReceiver:
         if len(data) != expected:
             raise TransferError(f"{self.name} chunk {index} has {len(data)} bytes, "
                                 f"expected {expected}")
+        if not self.artifact.chunk_ok(index, data):
+            self.poisoned += 1
+            raise TransferError(f"{self.name} chunk {index} does not match its sha256 in the "
+                                "manifest: dropped")
         with self._lock:
             if self.have[index]:
                 return False
@@ -138,6 +145,10 @@ class Transfer:
     @property
     def complete(self) -> bool:
         return all(r.complete for r in self.receivers.values())
+
+    def receiver_for(self, sha256: str) -> ArtifactReceiver | None:
+        """The receiver of the artifact whose digest is ``sha256``."""
+        return next((r for r in self.receivers.values() if r.artifact.sha256 == sha256), None)
 
     def write(self, artifact: str, index: int, data: bytes) -> bool:
         rec = self.receivers.get(artifact)

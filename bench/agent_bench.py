@@ -34,6 +34,7 @@ from mosquitto import Mosquitto  # noqa: E402
 from core.mqtt import Broker, MqttClient  # noqa: E402
 from core.protocol import Status, Topics  # noqa: E402
 from core.signing import write_key_pair  # noqa: E402
+from fleet.broker import stop_process  # noqa: E402
 from fleet.publisher import deploy  # noqa: E402
 
 DEVICE = "bench-01"
@@ -87,15 +88,6 @@ def start_agent(broker: Mosquitto, state: Path, pub: Path, log: Path) -> subproc
         cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def stop(p: subprocess.Popen) -> None:
-    p.terminate()
-    try:
-        p.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-
-
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             starts.append(wait_online(broker, t0))
             time.sleep(1.0)  # settle
             idle.append(proc_status(p.pid, "VmRSS"))
-            stop(p)
+            stop_process(p)
         results["cold_start_s"] = {"median": statistics.median(starts), "all": starts}
         results["idle_rss_mb"] = {"median": statistics.median(idle), "all": idle}
 
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                          **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
         results["loaded_rss_mb"] = proc_status(p.pid, "VmRSS")
         results["loaded_peak_rss_mb"] = proc_status(p.pid, "VmHWM")
-        stop(p)
+        stop_process(p)
         results["deploy"] = e2e
     finally:
         broker.kill()

@@ -67,6 +67,10 @@ class SignatureError(PaodingError):
     """A signature is missing, malformed or does not verify with a trusted key."""
 
 
+class MessageRejected(PaodingError):
+    """A device message is unsigned, signed by another key, for another device or out of range."""
+
+
 class TransferError(PaodingError):
     """A chunk or an artifact does not fit the manifest."""
 

@@ -4,7 +4,10 @@
 is the Last Will; ``MqttClient`` connects, keeps its subscriptions across
 reconnects, dispatches messages to handlers and turns publish acks into
 futures. Failures are the adapter's own errors (``BrokerUnavailable`` names
-host:port).
+host:port). On MQTT 5 ``max_packet_size`` tells the broker the largest packet
+the client accepts, so an oversized message is dropped by the broker instead
+of being buffered whole here; ``ensure_loop()`` restarts a network loop that
+died (paho's thread ends on an exception such as MemoryError).
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from core.errors import BrokerUnavailable, MqttError, NotConnected, PublishTimeout
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
-
-
-
-
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: keep a persistent session a week
 
 
 @dataclass(frozen=True)
@@ -135,14 +137,24 @@ class MqttClient:
         clean_session: bool = False,
         will: Will | None = None,
         max_inflight: int = 64,
+        max_packet_size: int | None = None,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
+        self.loop_failures = 0  # network loops that died and were restarted
         version = (MQTTProtocolVersion.MQTTv5 if broker.protocol == "5"
                    else MQTTProtocolVersion.MQTTv311)
         kwargs: dict[str, object] = {"protocol": version}
+        self._connect_props: Properties | None = None
         if version == MQTTProtocolVersion.MQTTv311:
             kwargs["clean_session"] = clean_session
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            if max_packet_size is not None:
+                props.MaximumPacketSize = int(max_packet_size)
+            if not clean_session:
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+            self._connect_props = props
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
         self._clean_session = clean_session
         self._client.max_inflight_messages_set(max_inflight)
@@ -200,7 +212,8 @@ class MqttClient:
         b = self.broker
         if wait:
             try:
-                self._client.connect(b.host, b.port, keepalive=b.keepalive)
+                self._client.connect(b.host, b.port, keepalive=b.keepalive,
+                                     **self._v5_connect_args())
             except (OSError, ssl.SSLError) as exc:
                 raise BrokerUnavailable(
                     f"cannot connect to MQTT broker at {b.address}: {exc}") from None
@@ -222,9 +235,39 @@ class MqttClient:
                 raise BrokerUnavailable(
                     f"MQTT broker at {b.address} did not acknowledge the subscriptions")
         else:
-            self._client.connect_async(b.host, b.port, keepalive=b.keepalive)
+            self._client.connect_async(b.host, b.port, keepalive=b.keepalive,
+                                       **self._v5_connect_args())
             self._client.loop_start()
             self._started = True
+
+    def _v5_connect_args(self) -> dict[str, object]:
+        if self._connect_props is None:
+            return {}
+        return {"properties": self._connect_props,
+                "clean_start": bool(self._clean_session)}
+
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread is running."""
+        name = f"paho-mqtt-client-{self.client_id}"
+        return any(t.name == name and t.is_alive() for t in threading.enumerate())
+
+    def ensure_loop(self) -> bool:
+        """Restart a network loop that died; True if it had to (call it periodically).
+
+        paho's thread ends on any exception (a MemoryError while reading a
+        huge packet, say) and the client would sit deaf; here it reconnects.
+        """
+        if not self._started or self.loop_alive():
+            return False
+        self.loop_failures += 1
+        log.error("the MQTT network loop died: reconnecting to %s", self.broker.address)
+        self._connected.clear()
+        try:
+            self._client.reconnect()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("reconnect to %s failed (will retry): %s", self.broker.address, exc)
+        self._client.loop_start()
+        return True
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
@@ -349,9 +392,17 @@ class MqttClient:
         with self._lock:
             subs = list(self._subscriptions.items())
         for topic_filter, (_qos, handler) in subs:
-            if paho.topic_matches_sub(topic_filter, message.topic):
+            if paho.topic_matches_sub(_unshared(topic_filter), message.topic):
                 try:
                     handler(message.topic, message.payload)
                 except Exception:  # noqa: BLE001 - never let one bad message kill the client
                     log.exception("handler for %s failed", message.topic)
                 return
+
+
+def _unshared(topic_filter: str) -> str:
+    """The filter a shared subscription ``$share/<group>/<filter>`` matches topics with."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else topic_filter
+    return topic_filter

@@ -1,15 +1,20 @@
 """The wire contract between the host and the agent: pydantic v2 models and topics.
 
 Every JSON message carries ``protocol`` (== PROTOCOL_VERSION). Models forbid
-unknown fields and validate sizes, so anything malformed from the network is
-a ``pydantic.ValidationError`` naming the bad field. Chunks are raw bytes;
-their topic says which deployment, artifact and index they belong to.
+unknown fields, non-finite numbers and control characters and validate sizes
+and ranges, so anything malformed from the network is a
+``pydantic.ValidationError`` naming the bad field. Chunks are raw bytes on
+``paoding/v2/artifacts/<sha256>/<index>``; the signed manifest carries each
+chunk's sha256. Host messages (Manifest, Cancel) are signed by the host key,
+device messages (Status, Report, ChunkRequest) by the device key; a signature
+covers ``signed_bytes()``: the canonical JSON of every field but the signature.
 The topic tree, QoS and retained flags are documented in docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -19,22 +24,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PROTOCOL_VERSION = 1
-TOPIC_ROOT = "paoding/v1/devices"
+PROTOCOL_VERSION = 2
+PROTOCOL_ROOT = "paoding/v2"
+TOPIC_ROOT = f"{PROTOCOL_ROOT}/devices"  # + /<device id>/<kind>
+ARTIFACT_ROOT = f"{PROTOCOL_ROOT}/artifacts"  # + /<sha256>/<index>
+DEVICE_FILTER = f"{TOPIC_ROOT}/+/+"  # the host's one intake subscription
+DEVICE_KINDS = ("status", "need", "report")  # what a device publishes
 
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024  # 512 MiB: bigger than any model for a small device
 MIN_CHUNK_BYTES = 1024
 MAX_CHUNK_BYTES = 1024 * 1024  # AWS IoT caps a message at 128 KB; the default is 64 KB
 DEFAULT_CHUNK_BYTES = 64 * 1024
-MAX_CHUNKS = 1 << 20
+MAX_CHUNKS = 6144  # chunk digests of model + probes keep a manifest under 1 MiB
 MAX_MESSAGE_BYTES = 1024 * 1024  # JSON messages (not chunks) larger than this are dropped
+# the largest MQTT packet an agent accepts: one chunk or one JSON message plus headers
+MAX_PACKET_BYTES = max(MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES) + 4096
 MAX_RANGES = 4096
+MAX_MS = 1e6  # latencies and times in a device message: >= 0 and below this
+DEFAULT_TTL_S = 3600.0  # a manifest's default lifetime (expires_at - created_at)
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 DeploymentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ArtifactName = Literal["model", "probes"]
-ShortText = Annotated[str, Field(max_length=4096)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+ShortText = Annotated[str, Field(max_length=4096, pattern=_PRINTABLE)]
+Name = Annotated[str, Field(max_length=128, pattern=_PRINTABLE)]
+Ms = Annotated[float, Field(ge=0, lt=MAX_MS)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -42,10 +59,15 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class WireModel(BaseModel):
     """Base of every message: strict about unknown fields, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=False).encode()
+
+    def signed_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: every field but the signature."""
+        data = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> Any:
@@ -76,6 +98,15 @@ class Artifact(WireModel):
     sha256: Sha256
     size: int = Field(gt=0, le=MAX_ARTIFACT_BYTES)
     chunk_size: int = Field(default=DEFAULT_CHUNK_BYTES, ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)
+    chunk_sha256: list[Sha256] = Field(max_length=MAX_CHUNKS)
+
+    @classmethod
+    def of(cls, data: bytes, chunk_size: int = DEFAULT_CHUNK_BYTES) -> Artifact:
+        """The artifact record of ``data``: digest, size and one digest per chunk."""
+        step = max(int(chunk_size), 1)
+        return cls(sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk_size,
+                   chunk_sha256=[hashlib.sha256(data[i:i + step]).hexdigest()
+                                 for i in range(0, len(data), step)])
 
     @property
     def chunks(self) -> int:
@@ -87,10 +118,19 @@ class Artifact(WireModel):
             raise ValueError(f"chunk index {index} outside 0..{self.chunks - 1}")
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
+    def chunk_ok(self, index: int, data: bytes) -> bool:
+        """Whether ``data`` is chunk ``index`` as the (signed) manifest describes it."""
+        return (0 <= index < self.chunks and len(data) == self.chunk_length(index)
+                and hmac.compare_digest(hashlib.sha256(data).hexdigest(),
+                                        self.chunk_sha256[index]))
+
     @model_validator(mode="after")
     def _bounded_chunks(self) -> Artifact:
         if self.chunks > MAX_CHUNKS:
             raise ValueError(f"{self.chunks} chunks exceed the limit of {MAX_CHUNKS}")
+        if len(self.chunk_sha256) != self.chunks:
+            raise ValueError(f"chunk_sha256 has {len(self.chunk_sha256)} digests for "
+                             f"{self.chunks} chunks")
         return self
 
 
@@ -118,25 +158,66 @@ class BenchmarkSettings(WireModel):
 
 
 class Signature(WireModel):
-    """A signature over the manifest's canonical bytes (see Manifest.signed_bytes)."""
+    """The host's signature over a message's canonical bytes (see ``signed_bytes``)."""
 
     alg: Literal["ed25519", "hmac-sha256"]
     key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     value: str = Field(min_length=1, max_length=1024)  # base64
 
 
+class DeviceSignature(WireModel):
+    """A device's Ed25519 signature over a message's canonical bytes."""
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    value: str = Field(min_length=1, max_length=128)  # base64 of 64 bytes
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class Manifest(Versioned):
-    """A deployment: what to fetch, how to verify it and what it must achieve."""
+    """A deployment: what to fetch, how to verify it and what it must achieve.
+
+    ``release`` grows strictly per device; a manifest whose release is not
+    above the device's last accepted one is a downgrade or a replay and is
+    refused unless ``rollback`` (signed) says the operator means it. After
+    ``expires_at`` a deployment that has not finished its transfer ends
+    ``expired`` and frees the device.
+    """
 
     type: Literal["manifest"] = "manifest"
     deployment_id: DeploymentId
     device_id: DeviceId
+    rollout_id: DeploymentId | None = None
+    release: int = Field(default_factory=_now_ms, ge=0, le=2**62)
     created_at: float = Field(default_factory=time.time, ge=0)
+    expires_at: float = Field(default=0.0, ge=0)  # 0: created_at + DEFAULT_TTL_S
+    rollback: bool = False
     model: Artifact
     probes: Artifact | None = None
     thresholds: Thresholds = Thresholds()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     signature: Signature | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_expiry(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("expires_at"):
+            created = data.get("created_at")
+            if created is None:
+                created = time.time()
+                data = dict(data, created_at=created)
+            if isinstance(created, int | float):
+                data = dict(data, expires_at=float(created) + DEFAULT_TTL_S)
+        return data
+
+    @model_validator(mode="after")
+    def _expiry_after_creation(self) -> Manifest:
+        if self.expires_at <= self.created_at:
+            raise ValueError(f"expires_at {self.expires_at} is not after created_at "
+                             f"{self.created_at}")
+        return self
 
     def artifacts(self) -> dict[str, Artifact]:
         out = {"model": self.model}
@@ -144,15 +225,24 @@ class Manifest(Versioned):
             out["probes"] = self.probes
         return out
 
-    def signed_bytes(self) -> bytes:
-        """The canonical bytes a signature covers: every field but the signature."""
-        data = self.model_dump(mode="json", exclude={"signature"})
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
     @property
     def digest(self) -> str:
         """sha256 of ``signed_bytes()``: reports echo it, so a host tells deployments apart."""
         return hashlib.sha256(self.signed_bytes()).hexdigest()
+
+    def artifact_by_sha(self, sha256: str) -> tuple[str, Artifact] | None:
+        """(name, artifact) of this manifest's artifact with digest ``sha256``."""
+        return next(((n, a) for n, a in self.artifacts().items() if a.sha256 == sha256), None)
+
+
+class Cancel(Versioned):
+    """The host ends a deployment that has not finished its transfer (signed by the host)."""
+
+    type: Literal["cancel"] = "cancel"
+    deployment_id: DeploymentId
+    device_id: DeviceId
+    issued_at: float = Field(default_factory=time.time, ge=0)
+    signature: Signature | None = None
 
 
 # --- device -> host ---------------------------------------------------------
@@ -164,9 +254,11 @@ class ChunkRequest(Versioned):
     type: Literal["need"] = "need"
     device_id: DeviceId
     deployment_id: DeploymentId
-    artifact: ArtifactName
+    artifact: Sha256  # the artifact's sha256
     ranges: list[tuple[int, int]] = Field(max_length=MAX_RANGES)
     have: int = Field(ge=0, le=MAX_CHUNKS)
+    timestamp: float = Field(default_factory=time.time, ge=0)
+    signature: DeviceSignature | None = None
 
     @field_validator("ranges")
     @classmethod
@@ -178,63 +270,69 @@ class ChunkRequest(Versioned):
 
 
 class RuntimeInfo(WireModel):
-    name: str = Field(max_length=64)
-    version: str = Field(max_length=64)
+    name: str = Field(max_length=64, pattern=_PRINTABLE)
+    version: str = Field(max_length=64, pattern=_PRINTABLE)
 
 
 class LatencyStats(WireModel):
     """Milliseconds over the measured runs."""
 
     count: int = Field(ge=0)
-    mean: float
-    std: float
-    min: float
-    max: float
-    p50: float
-    p90: float
-    p99: float
+    mean: Ms
+    std: Ms
+    min: Ms
+    max: Ms
+    p50: Ms
+    p90: Ms
+    p99: Ms
 
 
 class BenchmarkResult(WireModel):
     runtime: RuntimeInfo
-    threads: int | None = None
-    init_ms: float
-    first_inference_ms: float
-    warmup_runs: int
-    warmup_mean_ms: float
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    init_ms: Ms
+    first_inference_ms: Ms
+    warmup_runs: int = Field(ge=0)
+    warmup_mean_ms: Ms
     latency_ms: LatencyStats
-    peak_memory_mb: float
-    rss_before_mb: float
-    measured_seconds: float
-    overhead_ms_per_run: float = 0.0
+    peak_memory_mb: float = Field(ge=0, le=1_048_576)
+    rss_before_mb: float = Field(ge=0, le=1_048_576)
+    measured_seconds: float = Field(ge=0, lt=MAX_MS)
+    overhead_ms_per_run: Ms = 0.0
     emulated: bool = False
-    slowdown: float = 1.0
-    emulation: str | None = Field(default=None, max_length=1024)
+    slowdown: float = Field(default=1.0, ge=1, le=10_000)
+    emulation: str | None = Field(default=None, max_length=1024, pattern=_PRINTABLE)
+    # Set when the agent's instructions were emulated (qemu-user on another
+    # architecture): the latency is the emulator's, not a device measurement,
+    # and must not be compared with a profile's budgets or used to calibrate.
+    cpu_emulator: str | None = Field(default=None, max_length=256, pattern=_PRINTABLE)
 
 
 class CheckResults(WireModel):
     """Probe checks; accuracies in [0, 1], robust accuracy keyed 'attack@eps'."""
 
     count: int = Field(ge=0)
-    clean_accuracy: float | None = None
-    robust_accuracy: dict[str, float] = {}
-    min_robust_accuracy: float | None = None
-    agreement: float | None = None
-    max_abs_deviation: float | None = None
-    seconds: float = 0.0
+    clean_accuracy: Fraction | None = None
+    robust_accuracy: dict[Annotated[str, Field(max_length=64, pattern=_PRINTABLE)],
+                          Fraction] = Field(default={}, max_length=256)
+    min_robust_accuracy: Fraction | None = None
+    agreement: Fraction | None = None
+    max_abs_deviation: float | None = Field(default=None, ge=0)
+    seconds: float = Field(default=0.0, ge=0, lt=MAX_MS)
 
 
 State = Literal[
     "received", "verified", "installed", "benchmarked",
-    "active", "rolled_back", "rejected", "failed", "error",
+    "active", "rolled_back", "rejected", "failed", "expired", "cancelled", "error",
 ]
-FINAL_STATES: frozenset[str] = frozenset({"active", "rolled_back", "rejected", "failed"})
+FINAL_STATES: frozenset[str] = frozenset(
+    {"active", "rolled_back", "rejected", "failed", "expired", "cancelled"})
 
 
 class TransferStats(WireModel):
     bytes: int = Field(ge=0)
     chunks: int = Field(ge=0)
-    seconds: float = Field(ge=0)
+    seconds: float = Field(ge=0, lt=MAX_MS)
     resumed: bool = False
     resumed_chunks: int = Field(default=0, ge=0)  # already on disk when the agent restarted
 
@@ -243,24 +341,26 @@ class Report(Versioned):
     """One step of a deployment (or an ``error`` about a bad message)."""
 
     type: Literal["report"] = "report"
-    report_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=64)
+    report_id: str = Field(default_factory=lambda: uuid.uuid4().hex,
+                           pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     device_id: DeviceId
     deployment_id: DeploymentId | None = None
     manifest_sha256: Sha256 | None = None  # Manifest.digest of the manifest this answers
     state: State
     final: bool = False
     reason: ShortText | None = None
-    timestamp: float = Field(default_factory=time.time)
+    timestamp: float = Field(default_factory=time.time, ge=0)
     model_sha256: Sha256 | None = None
     runtime: RuntimeInfo | None = None
     transfer: TransferStats | None = None
     benchmark: BenchmarkResult | None = None
     checks: CheckResults | None = None
     active_sha256: Sha256 | None = None
+    signature: DeviceSignature | None = None
 
 
 class ActiveModel(WireModel):
-    deployment_id: str | None = Field(default=None, max_length=64)
+    deployment_id: DeploymentId | None = None
     sha256: Sha256
     size: int = Field(ge=0)
 
@@ -271,12 +371,18 @@ class Status(Versioned):
     type: Literal["status"] = "status"
     device_id: DeviceId
     online: bool
-    profile: str | None = Field(default=None, max_length=128)
+    profile: Name | None = None
     runtime: RuntimeInfo | None = None
     active_model: ActiveModel | None = None
-    agent_version: str | None = Field(default=None, max_length=32)
-    emulation: str | None = Field(default=None, max_length=1024)
-    timestamp: float = Field(default_factory=time.time)
+    agent_version: str | None = Field(default=None, max_length=32, pattern=_PRINTABLE)
+    emulation: str | None = Field(default=None, max_length=1024, pattern=_PRINTABLE)
+    timestamp: float = Field(default_factory=time.time, ge=0)
+    signature: DeviceSignature | None = None
+
+
+DeviceMessage = Status | Report | ChunkRequest
+DEVICE_MODELS: dict[str, type[Status] | type[Report] | type[ChunkRequest]] = {
+    "status": Status, "report": Report, "need": ChunkRequest}
 
 
 # --- topics -----------------------------------------------------------------
@@ -305,6 +411,10 @@ class Topics:
         return f"{self.base}/manifest"
 
     @property
+    def cancel(self) -> str:
+        return f"{self.base}/cancel"
+
+    @property
     def need(self) -> str:
         return f"{self.base}/need"
 
@@ -312,25 +422,38 @@ class Topics:
     def report(self) -> str:
         return f"{self.base}/report"
 
-    @property
-    def chunk_filter(self) -> str:
-        return f"{self.base}/chunk/+/+/+"
 
-    def chunk(self, deployment_id: str, artifact: str, index: int) -> str:
-        return f"{self.base}/chunk/{deployment_id}/{artifact}/{index}"
+_INDEX_RE = re.compile(r"[0-9]{1,7}")  # ASCII digits only: str.isdigit() takes "١" too
 
-    def parse_chunk(self, topic: str) -> tuple[str, str, int]:
-        """(deployment id, artifact, index) of a chunk topic; ValueError if malformed."""
-        prefix = f"{self.base}/chunk/"
-        if not topic.startswith(prefix):
-            raise ValueError(f"not a chunk topic: {topic!r}")
-        parts = topic[len(prefix):].split("/")
-        if len(parts) != 3:
-            raise ValueError(f"chunk topic needs deployment/artifact/index: {topic!r}")
-        dep, artifact, index = parts
-        check_id(dep, "deployment id")
-        if artifact not in ("model", "probes"):
-            raise ValueError(f"unknown artifact {artifact!r} in {topic!r}")
-        if not index.isdigit() or len(index) > 8:
-            raise ValueError(f"bad chunk index {index!r} in {topic!r}")
-        return dep, artifact, int(index)
+
+def artifact_filter(sha256: str) -> str:
+    """The filter that matches every chunk of one artifact."""
+    return f"{ARTIFACT_ROOT}/{sha256}/+"
+
+
+def artifact_topic(sha256: str, index: int) -> str:
+    return f"{ARTIFACT_ROOT}/{sha256}/{index}"
+
+
+def parse_artifact_topic(topic: str) -> tuple[str, int]:
+    """(artifact sha256, chunk index) of a chunk topic; ValueError if malformed."""
+    prefix = f"{ARTIFACT_ROOT}/"
+    parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+    if len(parts) != 2:
+        raise ValueError(f"not a chunk topic: {topic[:200]!r}")
+    sha, index = parts
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ValueError(f"bad artifact digest in chunk topic {topic[:200]!r}")
+    if not _INDEX_RE.fullmatch(index):
+        raise ValueError(f"bad chunk index {index[:20]!r} in {topic[:200]!r} "
+                         "(ASCII digits only)")
+    return sha, int(index)
+
+
+def parse_device_topic(topic: str) -> tuple[str, str]:
+    """(device id, kind) of ``paoding/v2/devices/<id>/<kind>``; ValueError otherwise."""
+    prefix = f"{TOPIC_ROOT}/"
+    parts = topic[len(prefix):].split("/") if topic.startswith(prefix) else []
+    if len(parts) != 2:
+        raise ValueError(f"not a device topic: {topic[:200]!r}")
+    return check_id(parts[0]), parts[1]

@@ -1,9 +1,12 @@
-"""Manifest signatures: Ed25519 (default) or HMAC-SHA256 with a shared secret.
+"""Signatures: host messages (Ed25519 or HMAC-SHA256) and device messages (Ed25519).
 
-A signature covers ``Manifest.signed_bytes()`` (every manifest field but the
-signature: deployment id, the model's sha256 and size, probes, thresholds,
-benchmark settings). Keys are identified by ``key_id``: the first 16 hex
-digits of the sha256 of the raw public key (Ed25519) or of the secret (HMAC).
+A signature covers ``signed_bytes()`` of its message (every field but the
+signature). The host signs manifests and cancels with its key; the agent
+trusts it through a ``TrustStore``. Each device signs its Status, Report and
+ChunkRequest with its own Ed25519 key; the host accepts a device message only
+through ``check_device_message`` (topic, enrolled key, signature, ranges).
+Keys are identified by ``key_id``: the first 16 hex digits of the sha256 of
+the raw public key (Ed25519) or of the secret (HMAC).
 """
 
 from __future__ import annotations
@@ -13,15 +16,31 @@ import binascii
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
-from core.errors import KeyFileError, SignatureError
-from core.protocol import Manifest, Signature
+from core.errors import KeyFileError, MessageRejected, SignatureError
+from core.protocol import (
+    DEVICE_KINDS,
+    DEVICE_MODELS,
+    MAX_MESSAGE_BYTES,
+    Cancel,
+    DeviceMessage,
+    DeviceSignature,
+    Manifest,
+    Signature,
+    parse_device_topic,
+)
+
+HostSigned = TypeVar("HostSigned", Manifest, Cancel)
+DeviceSigned = TypeVar("DeviceSigned", bound=DeviceMessage)
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
@@ -69,9 +88,17 @@ class SigningKey:
         return Signature(alg=self.alg, key_id=self.key_id,  # type: ignore[arg-type]
                          value=base64.b64encode(sig).decode())
 
-    def sign(self, manifest: Manifest) -> Manifest:
-        """A copy of ``manifest`` carrying this key's signature."""
-        return manifest.model_copy(update={"signature": self.sign_bytes(manifest.signed_bytes())})
+    def sign(self, message: HostSigned) -> HostSigned:
+        """A copy of ``message`` (a Manifest or a Cancel) carrying this key's signature."""
+        return message.model_copy(update={"signature": self.sign_bytes(message.signed_bytes())})
+
+    def sign_device(self, message: DeviceSigned) -> DeviceSigned:
+        """A copy of a device message (Status, Report, ChunkRequest) signed by this device key."""
+        if self._private is None:
+            raise KeyFileError("a device key must be Ed25519, not an HMAC secret")
+        sig = self._private.sign(message.signed_bytes())
+        return message.model_copy(update={"signature": DeviceSignature(
+            key_id=self.key_id, value=base64.b64encode(sig).decode())})
 
     def private_pem(self) -> bytes:
         if self._private is None:
@@ -89,6 +116,18 @@ class VerifyKey:
     key_id: str
     _public: Ed25519PublicKey | None = field(default=None, repr=False)
     _secret: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_pem(cls, pem: bytes | str, what: str = "public key") -> VerifyKey:
+        """An Ed25519 public key from PEM text (as the registry stores a device's key)."""
+        data = pem.encode() if isinstance(pem, str) else pem
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{what} is not a PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{what} holds a {type(key).__name__}, not an Ed25519 key")
+        return cls("ed25519", key_id_of(key.public_bytes(_RAW, _RAW_PUB)), _public=key)
 
     def public_pem(self) -> bytes:
         if self._public is None:
@@ -130,17 +169,88 @@ class TrustStore:
     def add(self, key: VerifyKey) -> None:
         self._keys[key.key_id] = key
 
-    def verify(self, manifest: Manifest) -> str:
-        """Verify the manifest's signature; return the key id or raise SignatureError."""
-        sig = manifest.signature
+    def verify(self, message: Manifest | Cancel) -> str:
+        """Verify a host message's signature; return the key id or raise SignatureError."""
+        sig = message.signature
+        what = message.type
         if sig is None:
-            raise SignatureError("the manifest is not signed")
+            raise SignatureError(f"the {what} is not signed")
         key = self._keys.get(sig.key_id)
         if key is None:
-            raise SignatureError(f"manifest signed by unknown key {sig.key_id} "
+            raise SignatureError(f"{what} signed by unknown key {sig.key_id} "
                                  f"(trusted: {', '.join(sorted(self._keys)) or 'none'})")
-        key.verify_bytes(manifest.signed_bytes(), sig)
+        key.verify_bytes(message.signed_bytes(), sig)
         return key.key_id
+
+
+# --- device messages on the host ------------------------------------------------
+
+
+def verify_device_message(message: DeviceMessage, device_id: str,
+                          key: VerifyKey | None) -> None:
+    """Accept ``message`` as said by ``device_id`` (enrolled with ``key``) or raise.
+
+    MessageRejected names the reason in one line: another device's id in the
+    payload, a device that is not enrolled, no signature, a signature by
+    another key or one that does not verify.
+    """
+    if message.device_id != device_id:
+        raise MessageRejected(f"{message.type} on {device_id}'s topic names device "
+                              f"{message.device_id}")
+    if key is None:
+        raise MessageRejected(f"{message.type} from {device_id}: device not enrolled "
+                              "(no public key)")
+    sig = message.signature
+    if sig is None:
+        raise MessageRejected(f"{message.type} from {device_id} is not signed")
+    if key.alg != "ed25519" or sig.key_id != key.key_id:
+        raise MessageRejected(f"{message.type} from {device_id} signed by key {sig.key_id}, "
+                              f"not its enrolled key {key.key_id}")
+    try:
+        key.verify_bytes(message.signed_bytes(),
+                         Signature(alg="ed25519", key_id=sig.key_id, value=sig.value))
+    except SignatureError:
+        raise MessageRejected(f"{message.type} from {device_id}: signature does not verify "
+                              f"with its enrolled key {key.key_id}") from None
+
+
+def check_device_message(topic: str, payload: bytes,
+                         key_for: Callable[[str], VerifyKey | None]) -> DeviceMessage:
+    """Parse and authenticate one message from ``paoding/v2/devices/<id>/<kind>``.
+
+    ``key_for(device_id)`` returns the device's enrolled public key (None: not
+    enrolled). Returns the Status, Report or ChunkRequest; raises
+    MessageRejected with a one-line reason for anything else: a foreign
+    topic, an oversized or malformed payload, a number that is not finite or
+    out of range (latencies >= 0 and < 1e6 ms, memory >= 0, accuracies in
+    [0, 1], counts >= 0), a control character, or a failed ``verify_device_message``.
+    """
+    try:
+        device_id, kind = parse_device_topic(topic)
+    except ValueError as exc:
+        raise MessageRejected(str(exc)) from None
+    if kind not in DEVICE_KINDS:
+        raise MessageRejected(f"{topic}: {kind!r} is not a device message")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise MessageRejected(f"{kind} from {device_id}: {len(payload)} bytes exceed "
+                              f"{MAX_MESSAGE_BYTES}")
+    try:
+        message = DEVICE_MODELS[kind].from_json(payload)
+    except (ValidationError, ValueError) as exc:
+        raise MessageRejected(f"{kind} from {device_id} malformed: {one_line(exc)}") from None
+    verify_device_message(message, device_id, key_for(device_id))
+    return message
+
+
+def one_line(exc: Exception, limit: int = 300) -> str:
+    """A validation error (or any error) as one short line naming the fields."""
+    if isinstance(exc, ValidationError):
+        text = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                         for e in exc.errors()[:3])
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- key files ----------------------------------------------------------------
@@ -173,13 +283,7 @@ def load_verify_key(path: str | os.PathLike[str]) -> VerifyKey:
     data = _read(path)
     if data.startswith(b"hmac-sha256:"):
         return SigningKey.hmac(_b64(data[len(b"hmac-sha256:"):], path)).public_key()
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
-    return VerifyKey("ed25519", key_id_of(key.public_bytes(_RAW, _RAW_PUB)), _public=key)
+    return VerifyKey.from_pem(data, str(path))
 
 
 def _b64(data: bytes, path: str | os.PathLike[str]) -> bytes:
@@ -198,11 +302,34 @@ def write_key_pair(directory: str | os.PathLike[str], name: str = "paoding",
     if not overwrite and (priv.exists() or pub.exists()):
         raise KeyFileError(f"{priv} or {pub} already exists (refusing to overwrite)")
     key = SigningKey.generate()
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_pem())
+    if overwrite:
+        priv.unlink(missing_ok=True)
+    _write_private(priv, key)
     pub.write_bytes(key.public_key().public_pem())
     return priv, pub
+
+
+def _write_private(path: Path, key: SigningKey) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_pem())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def device_key(path: str | os.PathLike[str], *, create: bool = True) -> SigningKey:
+    """The device's Ed25519 key at ``path``, made (mode 0600) on first use if ``create``."""
+    p = Path(path)
+    if not p.exists() and create:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_private(p, SigningKey.generate())
+        except FileExistsError:
+            pass  # made concurrently: load that one
+    key = load_signing_key(p)
+    if key.alg != "ed25519":
+        raise KeyFileError(f"{p}: a device key must be Ed25519, not an HMAC secret")
+    return key
 
 
 def write_hmac_secret(path: str | os.PathLike[str], secret: bytes | None = None) -> Path:

@@ -250,17 +250,23 @@ def fit(
     *,
     source: str,
     ridge: float = 1e-3,
+    fit_overhead: bool = True,
 ) -> LatencyModel:
     """Refit the latency (and, when measured, memory) model from measurements.
 
     Minimises relative error (each row divided by its measured latency), with
-    non-negative coefficients expressed as scale factors on the prior.
+    non-negative coefficients expressed as scale factors on the prior. With
+    ``fit_overhead=False`` the prior's fixed overhead is kept (for measurements of
+    large models only, which cannot tell a per-inference overhead from their cost).
     """
     if len(data) < 3:
         raise ValueError(f"need at least 3 measurements to calibrate, got {len(data)}")
     keys = sorted({k for m in data for k, v in m.features.counts.items() if v})
     x = np.array([[m.features.counts.get(k, 0.0) for k in keys] + [1.0] for m in data])
     y = np.array([m.p90_ms for m in data])
+    if not fit_overhead:
+        x[:, -1] = 0.0
+        y = y - prior.overhead_ms
     # Scale of each parameter: the prior, or (when the prior is 0) what the feature
     # alone would need to explain an equal share of the typical latency.
     typical = [
@@ -274,6 +280,8 @@ def fit(
     a = x * prior_vals / y[:, None]
     scale = _nnls_ridge(a, np.ones(len(y)), ridge)
     values = scale * prior_vals
+    if not fit_overhead:
+        values[-1] = prior.overhead_ms
     coefficients = dict(prior.coefficients)
     coefficients.update({k: float(f"{v:.6g}") for k, v in zip(keys, values[:-1], strict=True)})
 

@@ -72,11 +72,12 @@ def _wait_listening(
     raise BrokerStartError(f"broker did not listen on {host}:{port} within {timeout:g} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate ``proc`` and wait; kill it when it does not stop within ``timeout``."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -116,7 +117,7 @@ def local_broker(prefer: str = "auto", timeout: float = 15.0) -> Iterator[LocalB
         _wait_listening(proc, host, port, timeout, log)
         yield LocalBroker(kind, host, port, proc.pid)
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,13 +1,19 @@
 """Publish a signed deployment to one device and wait for its final report.
 
-``deploy()`` sends the manifest, then serves the chunks the agent asks for
-(again after a reconnect or an agent restart), collects the agent's reports
-and returns a ``DeploymentReport`` once the deployment reaches a final state.
+``deploy()`` sends the manifest (release, expiry and per-chunk digests, signed),
+publishes the artifact's chunks once (retained on
+``paoding/v2/artifacts/<sha256>/<index>``, shared by every deployment of the
+same variant from this process and cleared by the last one), re-serves what
+the agent asks for within a per-deployment limit, collects the agent's
+reports and returns a ``DeploymentReport`` once the deployment reaches a
+final state. Given the device's enrolled public key, reports and chunk
+requests that do not carry the device's signature are dropped and logged.
+``cancel()`` sends a signed Cancel.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import queue
 import threading
@@ -25,10 +31,12 @@ from core.mqtt import Broker, MqttClient, PublishFuture
 from core.probes import load_probes, probes_to_bytes, validate_probes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_TTL_S,
     FINAL_STATES,
     Artifact,
     BenchmarkResult,
     BenchmarkSettings,
+    Cancel,
     CheckResults,
     ChunkRequest,
     Manifest,
@@ -37,16 +45,26 @@ from core.protocol import (
     Thresholds,
     Topics,
     TransferStats,
+    artifact_topic,
     check_id,
 )
-from core.signing import SigningKey, load_signing_key
+from core.signing import (
+    SigningKey,
+    VerifyKey,
+    check_device_message,
+    load_signing_key,
+    load_verify_key,
+    one_line,
+)
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, dict[str, Any]], None]
 # Runs a TFLite model on the host: (model bytes, x) -> outputs, for the probes' ``expected``.
 HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
 MANIFEST_RESEND_S = 5.0
-
-
+RESEND_INTERVAL_S = 1.0  # a chunk is re-served at most this often per deployment
+RESEND_FACTOR = 4.0  # and at most this many times the deployment's chunks in all
 
 
 class DeploymentReport(BaseModel):
@@ -64,6 +82,9 @@ class DeploymentReport(BaseModel):
     chunk_size: int
     chunks: int
     chunks_sent: int  # chunk messages the host published (re-sends included)
+    resends_refused: int = 0  # chunk requests beyond the per-deployment limit
+    dropped: int = 0  # device messages dropped (unsigned, another key, malformed)
+    release: int | None = None
     signed_by: str | None = None
     runtime: RuntimeInfo | None = None
     benchmark: BenchmarkResult | None = None
@@ -91,6 +112,15 @@ def _as_key(key: SigningKey | str | os.PathLike[str] | None) -> SigningKey | Non
     return load_signing_key(key)
 
 
+def _as_device_key(key: VerifyKey | bytes | str | os.PathLike[str] | None) -> VerifyKey | None:
+    """A device's public key: a VerifyKey, PEM text/bytes or a PEM file."""
+    if key is None or isinstance(key, VerifyKey):
+        return key
+    if isinstance(key, bytes) or (isinstance(key, str) and key.lstrip().startswith("-----")):
+        return VerifyKey.from_pem(key, "the device's public key")
+    return load_verify_key(key)
+
+
 def _load_probes(probes: str | os.PathLike[str] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if isinstance(probes, dict):
         data = {k: np.asarray(v) for k, v in probes.items()}
@@ -111,37 +141,109 @@ def add_expected(model: bytes, probes: dict[str, np.ndarray], host_outputs: Host
     return dict(probes, expected=out.astype(np.float32))
 
 
-class _Sender:
-    """Publishes requested chunks in order, with a bounded number in flight."""
+class _Shelf:
+    """Which artifacts this process keeps retained on which broker (published once per variant).
 
-    def __init__(self, client: MqttClient, topics: Topics, deployment_id: str,
-                 blobs: dict[str, bytes], artifacts: dict[str, Artifact],
-                 window: int = 256, progress: Progress | None = None) -> None:
-        self.client, self.topics, self.dep = client, topics, deployment_id
-        self.blobs, self.artifacts = blobs, artifacts
+    The first deployment of a variant publishes its chunks (retained); later
+    ones reuse them; the last one to finish clears them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[tuple[str, str], int] = {}
+
+    def claim(self, broker: str, sha256: str) -> bool:
+        """Count one more user; True for the first (who publishes)."""
+        with self._lock:
+            n = self._users.get((broker, sha256), 0)
+            self._users[(broker, sha256)] = n + 1
+            return n == 0
+
+    def release(self, broker: str, sha256: str) -> bool:
+        """Count one user less; True for the last (who clears)."""
+        with self._lock:
+            n = self._users.get((broker, sha256), 1) - 1
+            if n <= 0:
+                self._users.pop((broker, sha256), None)
+                return True
+            self._users[(broker, sha256)] = n
+            return False
+
+
+SHELF = _Shelf()
+
+
+class ResendLimit:
+    """Per-deployment limit on re-served chunks, so forged or looping requests cost little.
+
+    A chunk is re-served at most once per ``interval`` seconds, and at most
+    ``factor`` times the deployment's chunk count in all.
+    """
+
+    def __init__(self, total_chunks: int, interval: float = RESEND_INTERVAL_S,
+                 factor: float = RESEND_FACTOR) -> None:
+        self.interval = interval
+        self.budget = int(max(1, total_chunks) * factor)
+        self.used = 0
+        self.refused = 0
+        self._last: dict[tuple[str, int], float] = {}
+
+    def allow(self, sha256: str, index: int, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        last = self._last.get((sha256, index))
+        if self.used >= self.budget or (last is not None and now - last < self.interval):
+            self.refused += 1
+            return False
+        self._last[(sha256, index)] = now
+        self.used += 1
+        return True
+
+
+class _Sender:
+    """Publishes chunks (retained) in order, with a bounded number in flight."""
+
+    def __init__(self, client: MqttClient, blobs: dict[str, bytes],
+                 artifacts: dict[str, Artifact], window: int = 256,
+                 progress: Progress | None = None) -> None:
+        self.client = client
+        self.by_sha = {a.sha256: (blobs[name], a) for name, a in artifacts.items()}
         self.window, self.progress = window, progress
-        self._want: dict[str, set[int]] = {k: set() for k in artifacts}
+        self.limit = ResendLimit(sum(a.chunks for a in artifacts.values()))
+        self._want: dict[str, set[int]] = {sha: set() for sha in self.by_sha}
         self._cv = threading.Condition()
         self._stop = False
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="paoding-sender", daemon=True)
         self._thread.start()
 
+    def publish_all(self, sha256: str) -> None:
+        """Queue every chunk of an artifact (its first publication)."""
+        _blob, art = self.by_sha[sha256]
+        with self._cv:
+            self._want[sha256].update(range(art.chunks))
+            self._cv.notify()
+
     def request(self, req: ChunkRequest) -> None:
-        art = self.artifacts.get(req.artifact)
-        if art is None:
+        """Queue what a device asks for again, within the deployment's resend limit."""
+        entry = self.by_sha.get(req.artifact)
+        if entry is None:
             return
+        chunks = entry[1].chunks
+        now = time.monotonic()
         with self._cv:
             for start, end in req.ranges:
-                self._want[req.artifact].update(range(start, min(end, art.chunks)))
+                for i in range(start, min(end, chunks)):
+                    if i not in self._want[req.artifact] and self.limit.allow(
+                            req.artifact, i, now):
+                        self._want[req.artifact].add(i)
             self._cv.notify()
 
     def _next(self) -> tuple[str, int] | None:
-        for name, want in self._want.items():
+        for sha, want in self._want.items():
             if want:
                 i = min(want)
                 want.discard(i)
-                return name, i
+                return sha, i
         return None
 
     def _run(self) -> None:
@@ -155,11 +257,12 @@ class _Sender:
                 item = self._next()
             if item is None:
                 continue
-            name, i = item
-            art = self.artifacts[name]
+            sha, i = item
+            blob, art = self.by_sha[sha]
             start = i * art.chunk_size
-            data = self.blobs[name][start:start + art.chunk_size]
-            inflight.append(self.client.publish(self.topics.chunk(self.dep, name, i), data, qos=1))
+            data = blob[start:start + art.chunk_size]
+            inflight.append(self.client.publish(artifact_topic(sha, i), data, qos=1,
+                                                retain=True))
             self.sent += 1
             if len(inflight) >= self.window:
                 inflight = [f for f in inflight if not f.done()]
@@ -170,13 +273,25 @@ class _Sender:
                         pass
                     inflight = [f for f in inflight if not f.done()]
             if self.progress:
-                self.progress("chunk", {"artifact": name, "index": i, "sent": self.sent})
+                self.progress("chunk", {"artifact": sha, "index": i, "sent": self.sent})
 
     def close(self) -> None:
         with self._cv:
             self._stop = True
             self._cv.notify()
         self._thread.join(timeout=5)
+
+
+def clear_artifact(client: MqttClient, artifact: Artifact, timeout: float = 10.0) -> None:
+    """Remove an artifact's retained chunks from the broker (empty retained messages)."""
+    futures = [client.publish(artifact_topic(artifact.sha256, i), b"", qos=1, retain=True)
+               for i in range(artifact.chunks)]
+    deadline = time.monotonic() + timeout
+    for f in futures:
+        try:
+            f.wait(max(0.1, deadline - time.monotonic()))
+        except PaodingError:
+            break
 
 
 def deploy(
@@ -193,9 +308,19 @@ def deploy(
     progress: Progress | None = None,
     deployment_id: str | None = None,
     host_outputs: HostOutputs | None = None,
+    release: int | None = None,
+    rollback: bool = False,
+    rollout_id: str | None = None,
+    ttl: float | None = None,
+    device_key: VerifyKey | bytes | str | os.PathLike[str] | None = None,
 ) -> DeploymentReport:
     """Send ``model`` to ``device_id`` and return its final report.
 
+    ``release`` (default: milliseconds since the epoch) must grow per device;
+    ``rollback`` lets a device take a release not above its last one; the
+    manifest expires ``ttl`` seconds after creation (default: the larger of
+    ``timeout`` and an hour). With ``device_key`` (the device's enrolled
+    public key) only reports and requests signed by that key count.
     Raises ``BrokerUnavailable`` (naming host:port) when the broker cannot be
     reached and ``DeploymentTimeout`` when no final report arrives in ``timeout``.
     """
@@ -216,46 +341,87 @@ def deploy(
         bs = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings(
             **(benchmark or {}))
         blobs = {"model": blob}
-        arts = {"model": Artifact(sha256=hashlib.sha256(blob).hexdigest(), size=len(blob),
-                                  chunk_size=chunk_size)}
+        arts = {"model": Artifact.of(blob, chunk_size)}
         if probes is not None:
             pdata = _load_probes(probes)
             if host_outputs is not None:
                 pdata = add_expected(blob, pdata, host_outputs)
             blobs["probes"] = probes_to_bytes(pdata)
-            arts["probes"] = Artifact(sha256=hashlib.sha256(blobs["probes"]).hexdigest(),
-                                      size=len(blobs["probes"]), chunk_size=chunk_size)
-        manifest = Manifest(deployment_id=deployment_id, device_id=device_id,
-                            model=arts["model"], probes=arts.get("probes"), thresholds=th,
-                            benchmark=bs)
+            arts["probes"] = Artifact.of(blobs["probes"], chunk_size)
+        now = time.time()
+        fields: dict[str, Any] = {
+            "deployment_id": deployment_id, "device_id": device_id, "rollout_id": rollout_id,
+            "created_at": now, "expires_at": now + (ttl or max(timeout, DEFAULT_TTL_S)),
+            "rollback": rollback, "model": arts["model"], "probes": arts.get("probes"),
+            "thresholds": th, "benchmark": bs}
+        if release is not None:
+            fields["release"] = release
+        manifest = Manifest(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DeployError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        raise DeployError(one_line(exc)) from None
     signing_key = _as_key(key)
     if signing_key is not None:
         manifest = signing_key.sign(manifest)
-    return _run(manifest, blobs, _as_broker(broker), timeout, progress)
+    return _run(manifest, blobs, _as_broker(broker), timeout, progress,
+                _as_device_key(device_key))
+
+
+def cancel(device_id: str, deployment_id: str, broker: str | Broker,
+           key: SigningKey | str | os.PathLike[str], timeout: float = 10.0) -> Cancel:
+    """Publish a signed Cancel for a deployment that has not finished its transfer."""
+    signing_key = _as_key(key)
+    assert signing_key is not None
+    message = signing_key.sign(Cancel(deployment_id=check_id(deployment_id, "deployment id"),
+                                      device_id=check_id(device_id)))
+    client = MqttClient(_as_broker(broker), client_id=f"paoding-cancel-{uuid.uuid4().hex[:8]}",
+                        clean_session=True)
+    client.connect(timeout=timeout)
+    try:
+        client.publish(Topics(device_id).cancel, message.to_json(), qos=1).wait(timeout)
+    finally:
+        client.close()
+    return message
 
 
 def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: float,
-         progress: Progress | None) -> DeploymentReport:
+         progress: Progress | None, device_key: VerifyKey | None = None) -> DeploymentReport:
     topics = Topics(manifest.device_id)
     dep = manifest.deployment_id
     digest = manifest.digest
-    events: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    events: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
     client = MqttClient(broker, client_id=f"paoding-host-{dep}"[:64], clean_session=False)
-    client.subscribe(topics.report, lambda _t, p: events.put(("report", p)))
-    client.subscribe(topics.need, lambda _t, p: events.put(("need", p)))
+    client.subscribe(topics.report, lambda t, p: events.put(("report", t, p)))
+    client.subscribe(topics.need, lambda t, p: events.put(("need", t, p)))
     t0 = time.monotonic()
     client.connect(timeout=min(10.0, timeout))
-    sender = _Sender(client, topics, dep, blobs, manifest.artifacts(), progress=progress)
+    artifacts = manifest.artifacts()
+    sender = _Sender(client, blobs, artifacts, progress=progress)
+    owned = [a for a in artifacts.values() if SHELF.claim(broker.address, a.sha256)]
     reports: list[Report] = []
     seen: set[str] = set()
     received_at: float | None = None
     final: Report | None = None
+    dropped = 0
+
+    def parse(kind: str, topic: str, payload: bytes) -> Report | ChunkRequest | None:
+        nonlocal dropped
+        try:
+            if device_key is not None:
+                msg = check_device_message(topic, payload, lambda d: device_key
+                                           if d == manifest.device_id else None)
+            else:
+                msg = (Report if kind == "report" else ChunkRequest).from_json(payload)
+        except (PaodingError, ValidationError, ValueError) as exc:
+            dropped += 1
+            log.warning("dropped a %s for %s: %s", kind, dep, one_line(exc))
+            return None
+        return msg
+
     try:
         t_manifest = time.monotonic()
         client.publish(topics.manifest, manifest.to_json(), qos=1).wait(min(30.0, timeout))
+        for art in owned:
+            sender.publish_all(art.sha256)
         if progress:
             progress("manifest", {"deployment_id": dep})
         deadline = t0 + timeout
@@ -273,21 +439,17 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
                     f"no final report from {manifest.device_id} for {dep} within {timeout:g}s "
                     f"(last: {last}; broker {broker.address})")
             try:
-                kind, payload = events.get(timeout=min(left, 0.5))
+                kind, topic, payload = events.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
-            if kind == "need":
-                try:
-                    req = ChunkRequest.from_json(payload)
-                except (ValidationError, ValueError):
-                    continue
-                if req.deployment_id == dep:
+            if kind == "need" and payload:
+                req = parse(kind, topic, payload)
+                if isinstance(req, ChunkRequest) and req.deployment_id == dep:
                     heard = True
                     sender.request(req)
                 continue
-            try:
-                rep = Report.from_json(payload)
-            except (ValidationError, ValueError):
+            rep = parse(kind, topic, payload) if payload else None
+            if not isinstance(rep, Report):
                 continue
             if (rep.deployment_id != dep or rep.report_id in seen
                     or rep.manifest_sha256 != digest):  # e.g. a retained report of a replay
@@ -305,12 +467,17 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
         sender.close()
         for t in (topics.report, topics.need):
             client.unsubscribe(t)
+        for art in artifacts.values():
+            if SHELF.release(broker.address, art.sha256):
+                clear_artifact(client, art)
         client.close()
-    return _summarise(manifest, final, reports, t0, t_manifest, received_at, sender.sent)
+    return _summarise(manifest, final, reports, t0, t_manifest, received_at, sender,
+                      dropped)
 
 
 def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               t_manifest: float, received_at: float | None, sent: int) -> DeploymentReport:
+               t_manifest: float, received_at: float | None, sender: _Sender,
+               dropped: int) -> DeploymentReport:
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
     checks = next((r.checks for r in reversed(reports) if r.checks), None)
     transfer = next((r.transfer for r in reports if r.transfer), None)
@@ -320,7 +487,9 @@ def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: flo
         deployment_id=manifest.deployment_id, device_id=manifest.device_id,
         state=final.state, ok=final.state == "active", reason=final.reason,
         model_sha256=manifest.model.sha256, model_size=manifest.model.size,
-        chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks, chunks_sent=sent,
+        chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks,
+        chunks_sent=sender.sent, resends_refused=sender.limit.refused, dropped=dropped,
+        release=manifest.release,
         signed_by=manifest.signature.key_id if manifest.signature else None,
         runtime=bench.runtime if bench else final.runtime, benchmark=bench, checks=checks,
         transfer=transfer, transfer_seconds=tsec,

@@ -1,68 +1,135 @@
-"""The fleet's record: devices, deployments and reports, in SQLite.
+"""The fleet's record and source of truth: devices, rollouts, deployments, reports.
 
-One file, standard library only. Every write is a short transaction, so the
-record survives a crash of the host process between writes.
+SQLite by default (one file), PostgreSQL (``postgresql://...``) when several
+host processes share a fleet. Every write is a short transaction, so the
+record survives a crash of the host between writes; a rollout resumes from it.
+
+What it holds beyond history:
+- ``rollouts``: each rollout's spec (variants, waves, policy) and state, so a
+  crashed rollout continues where it stopped;
+- ``artifacts``: the bytes of every variant a rollout publishes (by sha256),
+  so a resume needs no files;
+- ``devices.lock_rollout``: one rollout at a time per device;
+- ``deployments.manifest``: the signed manifest sent, re-sent unchanged;
+- ``devices.active_sha``: what each device runs, from its signed reports.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fleet.db import Database
 from fleet.rollout import Device, Outcome
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    device_id   TEXT PRIMARY KEY,
-    profile     TEXT NOT NULL,
-    tags        TEXT NOT NULL DEFAULT '[]',
-    runtime     TEXT,
-    online      INTEGER NOT NULL DEFAULT 0,
-    active_sha  TEXT,
-    last_seen   REAL
-);
-CREATE TABLE IF NOT EXISTS deployments (
-    deployment_id TEXT PRIMARY KEY,
-    rollout_id    TEXT,
-    device_id     TEXT NOT NULL REFERENCES devices(device_id),
-    model_sha256  TEXT NOT NULL,
-    model_bytes   INTEGER NOT NULL,
-    wave          INTEGER NOT NULL DEFAULT 0,
-    outcome       TEXT NOT NULL DEFAULT 'pending',
-    reason        TEXT,
-    started_at    REAL NOT NULL,
-    finished_at   REAL
-);
-CREATE TABLE IF NOT EXISTS reports (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    deployment_id TEXT NOT NULL,
-    device_id     TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    received_at   REAL NOT NULL,
-    body          TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reports_by_deployment ON reports(deployment_id);
-CREATE INDEX IF NOT EXISTS deployments_by_rollout ON deployments(rollout_id);
-"""
+_TABLES = {
+    "devices": """CREATE TABLE IF NOT EXISTS devices (
+        device_id   TEXT PRIMARY KEY,
+        profile     TEXT NOT NULL,
+        tags        TEXT NOT NULL DEFAULT '[]',
+        runtime     TEXT,
+        online      INTEGER NOT NULL DEFAULT 0,
+        active_sha  TEXT,
+        last_seen   DOUBLE PRECISION
+    )""",
+    "rollouts": """CREATE TABLE IF NOT EXISTS rollouts (
+        rollout_id  TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        reason      TEXT,
+        spec        TEXT NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL,
+        updated_at  DOUBLE PRECISION NOT NULL
+    )""",
+    "artifacts": """CREATE TABLE IF NOT EXISTS artifacts (
+        sha256      TEXT PRIMARY KEY,
+        size        BIGINT NOT NULL,
+        data        {blob} NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL
+    )""",
+    "deployments": """CREATE TABLE IF NOT EXISTS deployments (
+        deployment_id TEXT PRIMARY KEY,
+        rollout_id    TEXT,
+        device_id     TEXT NOT NULL REFERENCES devices(device_id),
+        model_sha256  TEXT NOT NULL,
+        model_bytes   BIGINT NOT NULL,
+        wave          INTEGER NOT NULL DEFAULT 0,
+        outcome       TEXT NOT NULL DEFAULT 'pending',
+        reason        TEXT,
+        started_at    DOUBLE PRECISION NOT NULL,
+        finished_at   DOUBLE PRECISION
+    )""",
+    "reports": """CREATE TABLE IF NOT EXISTS reports (
+        id            {serial},
+        report_id     TEXT,
+        deployment_id TEXT NOT NULL,
+        device_id     TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        received_at   DOUBLE PRECISION NOT NULL,
+        body          TEXT NOT NULL
+    )""",
+}
+# columns added after the first release: (table, column, type); old files gain them on open
+_COLUMNS = [
+    ("devices", "active_deployment", "TEXT"),
+    ("devices", "lock_rollout", "TEXT"),
+    ("deployments", "manifest", "TEXT"),
+    ("deployments", "release", "BIGINT"),
+    ("reports", "report_id", "TEXT"),
+    ("devices", "public_key", "TEXT"),  # enrolment: the device's Ed25519 public key (PEM)
+    ("devices", "broker_user", "TEXT"),
+    ("devices", "enrolled_at", "DOUBLE PRECISION"),
+]
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS reports_by_deployment ON reports(deployment_id)",
+    "CREATE INDEX IF NOT EXISTS deployments_by_rollout ON deployments(rollout_id)",
+    "CREATE INDEX IF NOT EXISTS deployments_by_device ON deployments(device_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS one_deployment_per_rollout_device "
+    "ON deployments(rollout_id, device_id) WHERE rollout_id IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS reports_once ON reports(report_id) "
+    "WHERE report_id IS NOT NULL",
+]
 
 
 class Registry:
-    """Devices, deployments and reports of one fleet."""
+    """Devices, rollouts, deployments and reports of one fleet."""
 
-    def __init__(self, path: str | Path = "fleet.sqlite") -> None:
-        self.path = Path(path)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, target: str | Path = "fleet.sqlite") -> None:
+        self.path = target
+        self.db = Database(target)
+        self._migrate()
+
+    @property
+    def label(self) -> str:
+        return self.db.label
+
+    def _migrate(self) -> None:
+        pg = self.db.postgres
+        with self.db.tx():
+            for ddl in _TABLES.values():
+                self.db.execute(ddl.format(
+                    blob="BYTEA" if pg else "BLOB",
+                    serial="BIGSERIAL PRIMARY KEY" if pg else "INTEGER PRIMARY KEY AUTOINCREMENT",
+                ))
+            for table, column, kind in _COLUMNS:
+                if column not in self._columns(table):
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for ddl in _INDEXES:
+                self.db.execute(ddl)
+
+    def _columns(self, table: str) -> set[str]:
+        if self.db.postgres:
+            rows = self.db.query(
+                "SELECT column_name AS name FROM information_schema.columns "
+                "WHERE table_name=? AND table_schema=current_schema()", (table,))
+        else:
+            rows = self.db.query(f"PRAGMA table_info({table})")
+        return {r["name"] for r in rows}
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -70,12 +137,7 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._db:
-            yield self._db
-
-    # devices
+    # devices ---------------------------------------------------------------
     def upsert_device(
         self,
         device: Device,
@@ -84,8 +146,15 @@ class Registry:
         online: bool | None = None,
         active_sha: str | None = None,
     ) -> None:
-        with self._tx() as db:
-            db.execute(
+        self.upsert_devices([(device, runtime, online, active_sha)])
+
+    def upsert_devices(
+        self, rows: Iterable[tuple[Device, str | None, bool | None, str | None]]
+    ) -> None:
+        """Record devices (profile, tags, runtime, online, active model) in one transaction."""
+        now = time.time()
+        with self.db.tx():
+            self.db.executemany(
                 """INSERT INTO devices(device_id, profile, tags, runtime, online, active_sha,
                                        last_seen)
                    VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -95,28 +164,142 @@ class Registry:
                      online=COALESCE(?, devices.online),
                      active_sha=COALESCE(excluded.active_sha, devices.active_sha),
                      last_seen=excluded.last_seen""",
-                (
-                    device.device_id,
-                    device.profile,
-                    json.dumps(sorted(device.tags)),
-                    runtime,
-                    int(bool(online)),
-                    active_sha,
-                    time.time(),
-                    None if online is None else int(online),
-                ),
+                [
+                    (d.device_id, d.profile, json.dumps(sorted(d.tags)), runtime,
+                     int(bool(online)), sha, now, None if online is None else int(online))
+                    for d, runtime, online, sha in rows
+                ],
+            )
+
+    def note_devices(self, rows: Iterable[tuple[str, bool | None, str | None, str | None]]
+                     ) -> None:
+        """What known devices say now: (device id, online, active sha, deployment id)."""
+        now = time.time()
+        with self.db.tx():
+            self.db.executemany(
+                """UPDATE devices SET online=COALESCE(?, online),
+                     active_sha=COALESCE(?, active_sha),
+                     active_deployment=COALESCE(?, active_deployment), last_seen=?
+                   WHERE device_id=?""",
+                [(None if online is None else int(online), sha, dep, now, device_id)
+                 for device_id, online, sha, dep in rows],
             )
 
     def devices(self) -> list[Device]:
-        rows = self._db.execute("SELECT * FROM devices ORDER BY device_id").fetchall()
         return [
-            Device(r["device_id"], r["profile"], frozenset(json.loads(r["tags"]))) for r in rows
+            Device(r["device_id"], r["profile"], frozenset(json.loads(r["tags"])))
+            for r in self.device_rows()
         ]
 
     def device_rows(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute("SELECT * FROM devices ORDER BY device_id")]
+        return self.db.query("SELECT * FROM devices ORDER BY device_id")
 
-    # deployments
+    # enrolment -------------------------------------------------------------
+    def set_identity(self, device_id: str, profile: str, public_key: str | None,
+                     broker_user: str | None) -> None:
+        """Record an enrolled device: its public key (PEM) and broker user name.
+
+        A device that is not yet known is added with ``profile``; re-enrolling
+        replaces the key (the old one is no longer accepted).
+        """
+        with self.db.tx():
+            self.db.execute(
+                """INSERT INTO devices(device_id, profile, public_key, broker_user, enrolled_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(device_id) DO UPDATE SET
+                     profile=excluded.profile, public_key=excluded.public_key,
+                     broker_user=excluded.broker_user, enrolled_at=excluded.enrolled_at""",
+                (device_id, profile, public_key, broker_user, time.time()),
+            )
+
+    def revoke_identity(self, device_id: str) -> bool:
+        """Forget a device's key and broker user; True if it was enrolled."""
+        with self.db.tx():
+            changed = self.db.execute(
+                """UPDATE devices SET public_key=NULL, broker_user=NULL, enrolled_at=NULL
+                   WHERE device_id=? AND public_key IS NOT NULL""", (device_id,))
+        return changed == 1
+
+    def public_key(self, device_id: str) -> str | None:
+        """The enrolled device's public key (PEM), None when it is not enrolled."""
+        rows = self.db.query("SELECT public_key FROM devices WHERE device_id=?", (device_id,))
+        return rows[0]["public_key"] if rows else None
+
+    def public_keys(self) -> dict[str, str]:
+        """Every enrolled device's public key (PEM), by device id."""
+        rows = self.db.query(
+            "SELECT device_id, public_key FROM devices WHERE public_key IS NOT NULL")
+        return {r["device_id"]: r["public_key"] for r in rows}
+
+    # one rollout at a time per device ---------------------------------------
+    def lock_devices(self, rollout_id: str, device_ids: Sequence[str]) -> dict[str, str]:
+        """Lock devices for ``rollout_id``; returns the ones held by another rollout (id -> it)."""
+        with self.db.tx():
+            self.db.executemany(
+                "UPDATE devices SET lock_rollout=? WHERE device_id=? AND lock_rollout IS NULL",
+                [(rollout_id, d) for d in device_ids],
+            )
+            held = self._locks()
+        return {d: held[d] for d in device_ids if held.get(d) not in (None, rollout_id)}
+
+    def unlock_devices(self, rollout_id: str, device_ids: Sequence[str] | None = None) -> None:
+        """Free the devices ``rollout_id`` holds (all of them by default)."""
+        with self.db.tx():
+            if device_ids is None:
+                self.db.execute(
+                    "UPDATE devices SET lock_rollout=NULL WHERE lock_rollout=?", (rollout_id,))
+            else:
+                self.db.executemany(
+                    "UPDATE devices SET lock_rollout=NULL WHERE lock_rollout=? AND device_id=?",
+                    [(rollout_id, d) for d in device_ids],
+                )
+
+    def _locks(self) -> dict[str, str | None]:
+        rows = self.db.query("SELECT device_id, lock_rollout FROM devices")
+        return {r["device_id"]: r["lock_rollout"] for r in rows}
+
+    # rollouts --------------------------------------------------------------
+    def create_rollout(self, rollout_id: str, spec: dict[str, Any]) -> None:
+        now = time.time()
+        with self.db.tx():
+            self.db.execute(
+                "INSERT INTO rollouts(rollout_id, state, spec, created_at, updated_at) "
+                "VALUES (?, 'running', ?, ?, ?)",
+                (rollout_id, json.dumps(spec, sort_keys=True), now, now),
+            )
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        rows = self.db.query("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,))
+        return {**rows[0], "spec": json.loads(rows[0]["spec"])} if rows else None
+
+    def rollouts(self, state: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM rollouts", ()
+        if state is not None:
+            query, args = query + " WHERE state=?", (state,)
+        rows = self.db.query(query + " ORDER BY created_at", args)
+        return [{**r, "spec": json.loads(r["spec"])} for r in rows]
+
+    def set_rollout_state(self, rollout_id: str, state: str, reason: str = "") -> None:
+        with self.db.tx():
+            self.db.execute(
+                "UPDATE rollouts SET state=?, reason=?, updated_at=? WHERE rollout_id=?",
+                (state, reason, time.time(), rollout_id),
+            )
+
+    # artifacts -------------------------------------------------------------
+    def put_artifact(self, sha256: str, data: bytes) -> None:
+        with self.db.tx():
+            self.db.execute(
+                "INSERT INTO artifacts(sha256, size, data, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(sha256) DO NOTHING",
+                (sha256, len(data), data, time.time()),
+            )
+
+    def artifact(self, sha256: str) -> bytes | None:
+        rows = self.db.query("SELECT data FROM artifacts WHERE sha256=?", (sha256,))
+        return bytes(rows[0]["data"]) if rows else None
+
+    # deployments -----------------------------------------------------------
     def add_deployment(
         self,
         deployment_id: str,
@@ -126,55 +309,96 @@ class Registry:
         *,
         rollout_id: str | None = None,
         wave: int = 0,
+        manifest: str | None = None,
+        release: int | None = None,
     ) -> None:
-        with self._tx() as db:
-            db.execute(
-                """INSERT INTO deployments(deployment_id, rollout_id, device_id, model_sha256,
-                                           model_bytes, wave, started_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    deployment_id,
-                    rollout_id,
-                    device_id,
-                    model_sha256,
-                    model_bytes,
-                    wave,
-                    time.time(),
-                ),
+        self.add_deployments([
+            (deployment_id, device_id, model_sha256, model_bytes, rollout_id, wave, manifest,
+             release)
+        ])
+
+    def add_deployments(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Rows of (deployment id, device id, sha256, bytes, rollout id, wave, manifest, release).
+
+        A device gets at most one deployment per rollout (a unique index says so).
+        """
+        now = time.time()
+        with self.db.tx():
+            self.db.executemany(
+                """INSERT INTO deployments(deployment_id, device_id, model_sha256, model_bytes,
+                                           rollout_id, wave, manifest, release, started_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [(*r, now) for r in rows],
             )
 
     def finish_deployment(self, deployment_id: str, outcome: Outcome, reason: str = "") -> None:
-        with self._tx() as db:
-            cur = db.execute(
+        with self.db.tx():
+            changed = self.db.execute(
                 "UPDATE deployments SET outcome=?, reason=?, finished_at=? WHERE deployment_id=?",
                 (outcome.value, reason, time.time(), deployment_id),
             )
-            if cur.rowcount != 1:
-                raise KeyError(f"no deployment {deployment_id!r} in {self.path}")
+        if changed != 1:
+            raise KeyError(f"no deployment {deployment_id!r} in {self.label}")
+
+    def settle(self, rows: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
+               ) -> None:
+        """Record final outcomes (deployment id, outcome, reason[, device id]).
+
+        A pending deployment takes any outcome. One the host decided without a
+        report (timed out, offline, cancelled) takes a device-reported final
+        outcome that arrives later: the device's word is the truth. With a
+        device id, only that device's deployment is settled (a device speaks
+        for its own deployments only).
+        """
+        now = time.time()
+        args = []
+        for row in rows:
+            dep, o, reason = row[:3]
+            device = row[3] if len(row) > 3 else None
+            args.append((o.value, reason, now, dep, int(not o.revisable), device))
+        with self.db.tx():
+            self.db.executemany(
+                "UPDATE deployments SET outcome=?, reason=?, finished_at=? "
+                "WHERE deployment_id=? AND (outcome='pending' OR "
+                "(? = 1 AND outcome IN ('timed_out', 'offline', 'cancelled'))) "
+                "AND device_id = COALESCE(?, device_id)",
+                args,
+            )
 
     def outcomes(self, rollout_id: str) -> dict[str, Outcome]:
-        rows = self._db.execute(
-            "SELECT device_id, outcome FROM deployments WHERE rollout_id=?", (rollout_id,)
-        )
+        rows = self.db.query(
+            "SELECT device_id, outcome FROM deployments WHERE rollout_id=?", (rollout_id,))
         return {r["device_id"]: Outcome(r["outcome"]) for r in rows}
+
+    def rollout_deployments(self, rollout_id: str) -> list[dict[str, Any]]:
+        return self.db.query(
+            "SELECT * FROM deployments WHERE rollout_id=? ORDER BY wave, device_id",
+            (rollout_id,))
 
     def deployments(self, device_id: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM deployments", ()
         if device_id is not None:
             query, args = query + " WHERE device_id=?", (device_id,)
-        return [dict(r) for r in self._db.execute(query + " ORDER BY started_at", args)]
+        return self.db.query(query + " ORDER BY started_at, deployment_id", args)
 
-    # reports
-    def add_report(self, deployment_id: str, device_id: str, state: str, body: dict) -> None:
-        with self._tx() as db:
-            db.execute(
-                """INSERT INTO reports(deployment_id, device_id, state, received_at, body)
-                   VALUES (?, ?, ?, ?, ?)""",
-                (deployment_id, device_id, state, time.time(), json.dumps(body, sort_keys=True)),
+    # reports ---------------------------------------------------------------
+    def add_report(self, deployment_id: str, device_id: str, state: str, body: dict,
+                   report_id: str | None = None) -> None:
+        self.add_reports([(report_id, deployment_id, device_id, state, body)])
+
+    def add_reports(self, rows: Iterable[tuple[str | None, str, str, str, dict]]) -> None:
+        """Rows of (report id, deployment id, device id, state, body); repeats are ignored."""
+        now = time.time()
+        with self.db.tx():
+            self.db.executemany(
+                """INSERT INTO reports(report_id, deployment_id, device_id, state, received_at,
+                                       body)
+                   VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                [(rid, dep, dev, state, now, json.dumps(body, sort_keys=True))
+                 for rid, dep, dev, state, body in rows],
             )
 
     def reports(self, deployment_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT * FROM reports WHERE deployment_id=? ORDER BY id", (deployment_id,)
-        )
-        return [{**dict(r), "body": json.loads(r["body"])} for r in rows]
+        rows = self.db.query(
+            "SELECT * FROM reports WHERE deployment_id=? ORDER BY id", (deployment_id,))
+        return [{**r, "body": json.loads(r["body"])} for r in rows]

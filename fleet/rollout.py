@@ -129,6 +129,9 @@ class Outcome(str, Enum):
     REJECTED = "rejected"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    OFFLINE = "offline"  # the device's Last Will said it went away mid-deployment
+    EXPIRED = "expired"  # the manifest expired before the transfer finished
+    CANCELLED = "cancelled"  # the rollout aborted before the device finished
 
     @property
     def finished(self) -> bool:
@@ -136,11 +139,18 @@ class Outcome(str, Enum):
 
     @property
     def failed(self) -> bool:
-        return self in (Outcome.ROLLED_BACK, Outcome.REJECTED, Outcome.FAILED, Outcome.TIMED_OUT)
+        return self in (Outcome.ROLLED_BACK, Outcome.REJECTED, Outcome.FAILED, Outcome.TIMED_OUT,
+                        Outcome.OFFLINE, Outcome.EXPIRED)
+
+    @property
+    def revisable(self) -> bool:
+        """An outcome the host decided without a final report: a late one overrides it."""
+        return self in (Outcome.PENDING, Outcome.TIMED_OUT, Outcome.OFFLINE, Outcome.CANCELLED)
 
 
 class Decision(str, Enum):
     WAIT = "wait"  # the wave has devices still pending
+    PAUSE = "pause"  # the broker is unreachable: start nothing, time nothing out
     CONTINUE = "continue"  # the wave is done and healthy: start the next one
     DONE = "done"  # the last wave is done and healthy
     ABORT = "abort"  # a threshold was crossed: start no more waves
@@ -202,3 +212,88 @@ def judge(outcomes: dict[str, Outcome], policy: WavePolicy, *, last_wave: bool) 
     if last_wave:
         return verdict(Decision.DONE, f"all {finished} device(s) finished, {failures} failed")
     return verdict(Decision.CONTINUE, f"wave healthy: {failures}/{finished} failed")
+
+
+# --- what the devices say, and what the rollout does about it ----------------
+
+_REPORTED = {
+    "active": Outcome.ACTIVE,
+    "rolled_back": Outcome.ROLLED_BACK,
+    "rejected": Outcome.REJECTED,
+    "failed": Outcome.FAILED,
+    "error": Outcome.FAILED,
+    "expired": Outcome.EXPIRED,
+    "cancelled": Outcome.CANCELLED,
+}
+
+
+def reported_outcome(state: str) -> Outcome | None:
+    """The outcome a final report's state means (None: not final)."""
+    return _REPORTED.get(state)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a device last said, from its signed (retained) status and final report."""
+
+    online: bool | None = None
+    active_sha: str | None = None
+    active_deployment: str | None = None
+    final_deployment: str | None = None
+    final_state: str | None = None
+    final_reason: str | None = None
+
+
+class Action(str, Enum):
+    DEPLOY = "deploy"
+    ALREADY = "already"  # it runs the variant: nothing to do
+    OFFLINE = "offline"  # its Last Will says it is away: skipped
+    UNKNOWN = "unknown"  # never heard of: skipped
+
+
+def classify(seen: Seen | None, sha256: str, *, include_offline: bool = False
+             ) -> tuple[Action, str]:
+    """Whether a device of a wave gets a deployment, and why not."""
+    if seen is None:
+        return Action.UNKNOWN, "no status from the device"
+    if seen.active_sha == sha256:
+        return Action.ALREADY, f"already runs {sha256[:12]}"
+    if seen.online is False and not include_offline:
+        return Action.OFFLINE, "offline (its Last Will)"
+    return Action.DEPLOY, ""
+
+
+def settle(deployment_id: str, sha256: str, seen: Seen | None) -> tuple[Outcome, str] | None:
+    """The outcome of a pending deployment from what the device said (None: still pending).
+
+    A final report for this deployment decides; without one, a status naming
+    the deployment as the active model means active (the report was lost);
+    a Last Will means offline, settled at once instead of timing out.
+    """
+    if seen is None:
+        return None
+    if seen.final_deployment == deployment_id and seen.final_state:
+        outcome = reported_outcome(seen.final_state)
+        if outcome is not None:
+            return outcome, seen.final_reason or ""
+    if seen.active_deployment == deployment_id and seen.active_sha == sha256:
+        return Outcome.ACTIVE, "from the device's status"
+    if seen.online is False:
+        return Outcome.OFFLINE, "device went offline (Last Will)"
+    return None
+
+
+def next_wave(waves: Sequence[Sequence[str]], started: set[str]) -> int | None:
+    """The first wave with a device not yet started (None: every wave started)."""
+    for index, wave in enumerate(waves):
+        if any(d not in started for d in wave):
+            return index
+    return None
+
+
+def gate(verdict: Verdict, *, connected: bool) -> Verdict:
+    """Hold a rollout whose broker is away: nothing starts and nothing times out."""
+    if connected or verdict.decision in (Decision.ABORT, Decision.DONE):
+        return verdict
+    return Verdict(Decision.PAUSE, "broker unreachable: paused", verdict.failures,
+                   verdict.finished, verdict.counts)

@@ -9,8 +9,10 @@ from typing import Any
 from hostcli.options import (
     add_check_arguments,
     add_connection_arguments,
+    add_trust_arguments,
     bench_from_args,
     broker_from_args,
+    device_key_for,
     key_from_args,
     thresholds_from_args,
 )
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", required=True, help="the device id")
     parser.add_argument("--probes", help="probe bundle (.npz) built by `paoding-edge probes`")
     add_connection_arguments(parser)
+    add_trust_arguments(parser)
+    parser.add_argument("--device-key", metavar="PUB",
+                        help="the device's public key (default: its enrolled key in --db)")
     add_check_arguments(parser)
     parser.add_argument("--chunk-size", type=int, default=65536, help="bytes per chunk (64 KB)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
@@ -31,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fleet.publisher import deploy
 
+    device_key = device_key_for(args, args.device)
     key = key_from_args(args)
     broker = broker_from_args(args)
     thresholds = thresholds_from_args(args)
@@ -44,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     report = deploy(args.model, args.device, broker, probes=args.probes, thresholds=thresholds,
                     key=key, benchmark=bench,
                     timeout=args.timeout, chunk_size=args.chunk_size, progress=progress,
-                    deployment_id=args.deployment_id, host_outputs=host_runner())
+                    deployment_id=args.deployment_id, host_outputs=host_runner(),
+                    device_key=device_key)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

@@ -1,15 +1,20 @@
-"""`paoding-edge fleet`: the recorded devices and their deployment history."""
+"""`paoding-edge fleet`: what each device runs (from its signed reports), and the history."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default="fleet.sqlite", help="the fleet record (SQLite)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
+        help="the fleet record: a SQLite file or a postgresql:// URL (env PAODING_DB)",
+    )
     parser.add_argument("--device", help="only this device's history")
     parser.add_argument(
         "--tag",
@@ -22,29 +27,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
+    from fleet.db import is_postgres_url
     from fleet.registry import Registry
     from fleet.rollout import Device
 
-    if not Path(args.db).is_file():
+    if not is_postgres_url(args.db) and not Path(args.db).is_file():
         raise ConfigError(f"no fleet record at {args.db}: run `paoding-edge rollout` first")
     with Registry(args.db) as reg:
         if args.tag:
             device_id, *tags = args.tag
             known = {d.device_id: d for d in reg.devices()}
             if device_id not in known:
-                raise ConfigError(f"no device {device_id!r} in {args.db}")
+                raise ConfigError(f"no device {device_id!r} in {reg.label}")
             reg.upsert_device(Device(device_id, known[device_id].profile, frozenset(tags)))
         devices = reg.device_rows()
         history = reg.deployments(args.device)
+        rollouts = reg.rollouts()
     if args.json:
-        print(json.dumps({"devices": devices, "deployments": history}, indent=2))
+        for r in rollouts:
+            r["spec"] = {k: r["spec"][k] for k in ("variants", "policy") if k in r["spec"]}
+        print(json.dumps({"devices": devices, "deployments": history, "rollouts": rollouts},
+                         indent=2, default=str))
         return 0
-    print(f"{'device':<24} {'profile':<28} {'online':<6} {'active model':<16} tags")
+    print(f"{'device':<24} {'profile':<28} {'online':<6} {'runs model':<16} "
+          f"{'rollout lock':<24} tags")
     for d in devices:
         print(
             f"{d['device_id']:<24} {d['profile']:<28} {'yes' if d['online'] else 'no':<6} "
-            f"{(d['active_sha'] or '-')[:16]:<16} {' '.join(json.loads(d['tags']))}"
+            f"{(d['active_sha'] or '-')[:16]:<16} {d.get('lock_rollout') or '-':<24} "
+            f"{' '.join(json.loads(d['tags']))}"
         )
+    if rollouts:
+        print(f"\n{'rollout':<24} {'state':<8} reason")
+        for r in rollouts:
+            print(f"{r['rollout_id']:<24} {r['state']:<8} {r['reason'] or ''}")
     print(f"\n{'started':<20} {'device':<24} {'rollout':<24} {'wave':>4}  {'outcome':<12} reason")
     for h in history:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["started_at"]))

@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("hostcli.deploy", "publish a signed deployment to a device and print its report"),
     "rollout": ("hostcli.rollout", "deploy one variant per profile to the fleet, in waves"),
     "fleet": ("hostcli.fleet", "the recorded devices and their deployment history"),
+    "enrol": ("hostcli.enrol", "give a device its identity: key, broker credentials, bundle"),
+    "broker-config": ("hostcli.broker", "write a Mosquitto configuration for the fleet "
+                      "(TLS, passwords, ACL, limits)"),
     "demo": ("hostcli.demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 

@@ -27,6 +27,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username")
     parser.add_argument("--password-file")
     parser.add_argument("--ca-file", help="CA certificate for mqtts://")
+    parser.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
+    parser.add_argument("--key-file", help="the client certificate's private key")
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument(
         "--key",
@@ -38,6 +40,57 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send without a signature (agents must run --allow-unsigned)",
     )
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser, *, with_db: bool = True) -> None:
+    """Where the host finds the devices' enrolled keys (their reports must be signed by them)."""
+    if with_db:
+        parser.add_argument(
+            "--db",
+            default=os.environ.get("PAODING_DB", "fleet.sqlite"),
+            help="the fleet record with the devices' enrolled keys (env PAODING_DB)",
+        )
+    parser.add_argument(
+        "--unverified-reports",
+        action="store_true",
+        help="also accept reports from devices that are not enrolled, unauthenticated "
+        "(a test bed only: anyone on the broker can forge them)",
+    )
+
+
+def enrolled_key(db: str, device_id: str) -> str | None:
+    """The device's enrolled public key (PEM) in the fleet record ``db``, None if none."""
+    if not os.path.isfile(db):
+        return None
+    from fleet.registry import Registry
+
+    with Registry(db) as registry:
+        return registry.public_key(device_id)
+
+
+def device_key_for(args: argparse.Namespace, device_id: str) -> Any:
+    """The key ``device_id``'s reports must be signed by; refuses a device that is not enrolled.
+
+    ``--device-key PUB`` (where the command has it), else the enrolled key in
+    ``--db``, else None with a warning under ``--unverified-reports``.
+    """
+    import sys
+
+    from core.errors import ConfigError
+    from core.signing import load_verify_key
+
+    if getattr(args, "device_key", None):
+        return load_verify_key(args.device_key)
+    pem = enrolled_key(args.db, device_id)
+    if pem is not None:
+        return pem.encode()
+    if args.unverified_reports:
+        print(f"warning: {device_id} is not enrolled: its reports are not authenticated",
+              file=sys.stderr)
+        return None
+    raise ConfigError(f"device {device_id!r} is not enrolled in {args.db}: its reports could "
+                      f"not be authenticated (enrol it: paoding-edge enrol {device_id} "
+                      "--profile P --public-key PUB)")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +115,11 @@ def broker_from_args(args: argparse.Namespace) -> Any:
     from core.mqtt import Broker
 
     password = None
+    if bool(args.cert_file) != bool(args.key_file):
+        raise ConfigError("mutual TLS needs both --cert-file and --key-file")
+    for path in (args.cert_file, args.key_file, args.ca_file):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"no such file {path}")
     if args.password_file:
         try:
             with open(args.password_file) as f:
@@ -76,6 +134,8 @@ def broker_from_args(args: argparse.Namespace) -> Any:
             username=args.username,
             password=password,
             ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
             insecure=args.insecure or None,
         )
     except ValueError as exc:

@@ -134,6 +134,11 @@ def _from_agent_report(path: Path, data: dict[str, Any], models: dict[str, Path]
     sha = data.get("model_sha256")
     if not bench.get("latency_ms"):
         raise PaodingError(f"report {path} has no benchmark (state {data.get('state')})")
+    if bench.get("cpu_emulator"):
+        raise PaodingError(
+            f"report {path}: measured under {bench['cpu_emulator']}, the emulator's latency, "
+            "not a device measurement: it cannot calibrate a profile"
+        )
     if sha not in models:
         raise PaodingError(
             f"report {path}: model {str(sha)[:12]}... not found (pass --models DIR holding the "

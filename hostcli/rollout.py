@@ -11,19 +11,41 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hostcli.options import add_check_arguments, add_connection_arguments
+    from hostcli.options import (
+        add_check_arguments,
+        add_connection_arguments,
+        add_trust_arguments,
+    )
 
     parser.add_argument(
         "--variant",
         action="append",
-        required=True,
+        default=[],
         metavar="PROFILE=MODEL",
         help="the .tflite model for devices of PROFILE (repeat per profile)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="ROLLOUT",
+        help="continue the rollout in progress (the latest, or ROLLOUT) from the registry; "
+        "running the same --variant command again continues it too",
     )
     parser.add_argument("--probes", help="probe bundle (.npz) sent with every variant")
     add_connection_arguments(parser)
     parser.add_argument(
-        "--db", default="fleet.sqlite", help="the fleet record (SQLite; default fleet.sqlite)"
+        "--db",
+        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
+        help="the fleet record: a SQLite file (default fleet.sqlite) or a postgresql:// URL "
+        "for several host processes (env PAODING_DB)",
+    )
+    add_trust_arguments(parser, with_db=False)
+    parser.add_argument(
+        "--share-group",
+        help="take device messages through the shared subscription $share/GROUP/... "
+        "(several host processes on one fleet)",
     )
     t = parser.add_argument_group("targeting")
     t.add_argument("--profile", action="append", default=[], help="only devices of this profile")
@@ -77,7 +99,8 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.orchestrator import discover, run_rollout
+    from fleet.intake import Intake
+    from fleet.orchestrator import run_rollout
     from fleet.registry import Registry
     from fleet.rollout import Target, WavePolicy
     from hostcli.deploy import host_runner
@@ -88,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
         thresholds_from_args,
     )
 
-    variants = _variants(args.variant)
+    if not args.variant and not args.resume:
+        from core.errors import ConfigError
+
+        raise ConfigError("give --variant PROFILE=MODEL.tflite, or --resume")
+    variants = _variants(args.variant) if not args.resume else None
     if args.probes and not os.path.isfile(args.probes):
         from core.errors import ConfigError
 
@@ -107,37 +134,55 @@ def run(args: argparse.Namespace) -> int:
         device_patterns=tuple(args.devices),
     )
 
+    counts: dict[str, int] = {}
+
     def progress(event: str, info: dict[str, Any]) -> None:
         if args.json:
             return
         if event == "plan":
             sizes = ", ".join(str(len(w)) for w in info["waves"]) or "none"
-            print(f"rollout {info['rollout_id']}: waves of {sizes} device(s)", file=sys.stderr)
-            for device_id, why in info["skipped"].items():
+            verb = "continuing" if info.get("resumed") else "rollout"
+            print(f"{verb} {info['rollout_id']}: waves of {sizes} device(s)", file=sys.stderr)
+            skipped = info["skipped"]
+            for device_id, why in list(skipped.items())[:20]:
                 print(f"  skip {device_id}: {why}", file=sys.stderr)
+            if len(skipped) > 20:
+                print(f"  ... {len(skipped) - 20} more skipped", file=sys.stderr)
         elif event == "wave":
-            print(f"wave {info['wave']}: {' '.join(info['devices'])}", file=sys.stderr)
+            ids = info["devices"]
+            shown = " ".join(ids[:10]) + (f" ... (+{len(ids) - 10})" if len(ids) > 10 else "")
+            print(f"wave {info['wave']}: {shown}", file=sys.stderr)
         elif event == "device":
-            why = f" ({info['reason']})" if info["reason"] else ""
-            print(f"  {info['device_id']}: {info['outcome']}{why}", file=sys.stderr)
+            counts[info["outcome"]] = counts.get(info["outcome"], 0) + 1
+            if info["outcome"] != "active" or sum(counts.values()) <= 20:
+                why = f" ({info['reason']})" if info["reason"] else ""
+                print(f"  {info['device_id']}: {info['outcome']}{why}", file=sys.stderr)
         elif event == "abort":
             print(f"ABORT: {info['reason']}", file=sys.stderr)
+        elif event == "pause":
+            print(f"PAUSED: {info['reason']}; waiting for it", file=sys.stderr)
+        elif event == "resume":
+            print("broker back: continuing", file=sys.stderr)
 
-    statuses = discover(broker, wait_s=args.discover_seconds)
     with Registry(args.db) as registry:
+        # device messages count only when signed by the device's enrolled key (read once)
+        intake = None if args.unverified_reports else Intake(registry.public_keys())
         result = run_rollout(
             variants,
             broker,
             registry,
             policy=policy,
             target=target,
-            statuses=statuses,
+            resume=args.resume,
+            share_group=args.share_group,
+            discover_s=args.discover_seconds,
             progress=progress,
             probes=args.probes,
             thresholds=thresholds_from_args(args),
             key=key_from_args(args),
             benchmark=bench_from_args(args),
-            host_outputs=host_runner(),
+            host_outputs=host_runner() if variants and args.probes else None,
+            intake=intake,
         )
     if args.plot:
         plot_rollout(result.to_dict(), args.plot)
@@ -148,19 +193,30 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def format_result(r: dict[str, Any]) -> str:
+def format_result(r: dict[str, Any], limit: int = 50) -> str:
+    """The outcome, and a row per device (the first ``limit`` and every one not active)."""
+    counts: dict[str, int] = {}
+    for d in r["results"]:
+        counts[d["outcome"]] = counts.get(d["outcome"], 0) + 1
+    summary = ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) or "no deployment"
     lines = [
         f"rollout {r['rollout_id']}: {r['decision'].upper()} ({r['reason']})",
+        f"{summary}; {len(r['skipped'])} skipped",
         f"{'device':<24} {'profile':<28} {'wave':>4}  {'outcome':<12} {'p90 ms':>8}  reason",
     ]
-    for d in r["results"]:
+    shown = [d for i, d in enumerate(r["results"]) if i < limit or d["outcome"] != "active"]
+    for d in shown:
         p90 = "-" if d["p90_ms"] is None else f"{d['p90_ms']:.3f}"
         lines.append(
             f"{d['device_id']:<24} {d['profile']:<28} {d['wave']:>4}  "
             f"{d['outcome']:<12} {p90:>8}  {d['reason']}"
         )
-    for device_id, why in r["skipped"].items():
+    if len(shown) < len(r["results"]):
+        lines.append(f"... {len(r['results']) - len(shown)} more active")
+    for device_id, why in list(r["skipped"].items())[:limit]:
         lines.append(f"{device_id:<24} {'':<28} {'':>4}  {'skipped':<12} {'':>8}  {why}")
+    if len(r["skipped"]) > limit:
+        lines.append(f"... {len(r['skipped']) - limit} more skipped")
     return "\n".join(lines)
 
 

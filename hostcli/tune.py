@@ -5,9 +5,12 @@
         --verify-on pi-01 --broker mqtt://127.0.0.1:1883 --key keys/paoding.key -o out/
 
 Prints the table of candidates (the chosen one marked '*'), writes
-out/model.tflite, out/model.keras, out/report.json and out/report.png. When
-no candidate meets the budgets it still writes the report and plot, names
-the closest candidate and the budget it misses, and exits with status 2.
+out/model.tflite, out/model.keras, out/report.json and out/report.png. With
+--verify-on the outcome is a candidate VERIFIED on the device (measured, every
+budget met with the noise margin, active there) or none. When no candidate meets
+the budgets (or none could be verified) it still writes the report and plot,
+names the closest candidate and what it misses, writes no model and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from hostcli.options import add_trust_arguments, device_key_for
 from pruner.evaldata import BUNDLED, load_eval_data
 
 
@@ -70,11 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--broker", help="broker URL for --verify-on (mqtt://host:port)")
     parser.add_argument("--key", help="signing key for the deployment (Ed25519 PEM)")
+    add_trust_arguments(parser)
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="verify rounds: next candidate after a measured miss (default 3)",
+        default=6,
+        help="most candidates to deploy and measure before giving up (default 6)",
     )
     parser.add_argument(
         "--timeout",
@@ -112,6 +117,11 @@ def probes_for(search: Any, n: int = 100) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.quiet import native_quiet
+
+    with native_quiet():  # TensorFlow's start-up notices
+        import tensorflow  # noqa: F401
+
     import device_profiles
     import tuner as tn
     from pruner.bounds import InputBox
@@ -120,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     profile = device_profiles.load(args.profile)
     if args.verify_on and not args.broker:
         raise ConfigError("--verify-on needs --broker mqtt://host:port")
+    device_key = device_key_for(args, args.verify_on) if args.verify_on else None
     out = Path(args.output)
     if out.exists() and (
         not out.is_dir() or any(f.name not in tn.OUTPUT_FILES for f in out.iterdir())
@@ -168,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
             key=args.key,
             timeout=args.timeout,
             save_dir=saved,
+            device_key=device_key,
         )
-        tn.verify(result, search, deployer, rounds=args.rounds)
+        tn.verify(result, search, deployer, rounds=args.rounds, device=args.verify_on)
         print(tn.table(result))
         print(result.statement)
         for v in result.verification:

@@ -6,8 +6,7 @@ The public verbs are re-exported here lazily, so that importing ``pruner``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {
     # name: module that defines it
@@ -25,14 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is not None:
-        return getattr(importlib.import_module(module), name)
-    try:  # a submodule, e.g. pruner.evaluate or pruner.export
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module 'pruner' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, submodules=True)

@@ -100,7 +100,7 @@ class PruneResult:
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.config.target, self.config.step)
+        return Schedule(self.config.target, self.config.step, self.config.round_to)
 
     @property
     def input_box(self) -> InputBox:
@@ -330,7 +330,7 @@ def prune_steps(
         **options,
     )
     mode, scope, seed = cfg.mode, cfg.scope, cfg.seed
-    schedule = Schedule(cfg.target, cfg.step)
+    schedule = Schedule(cfg.target, cfg.step, cfg.round_to)
     budget = stop.budget if stop is not None else None
     stop = StopCriteria(cfg.min_accuracy_retention, cfg.min_robust_retention, budget)
     box = InputBox(cfg.input_lo, cfg.input_hi)
@@ -340,7 +340,7 @@ def prune_steps(
     if stop.needs_eval and data is None:
         raise ConfigError("accuracy or robustness floors need eval_data")
     synth = check = None
-    if cfg.synthetic > 0:
+    if cfg.synthetic > 0 and not graph.coupled:  # coupled: random box inputs for fidelity
         n_check = max(32, cfg.synthetic // 2)
         if synthetic_inputs is None:
             from pruner.synthesis import synthesize
@@ -356,14 +356,20 @@ def prune_steps(
             synth = None
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, cfg)
+    if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
+        if scope == "global":
+            raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
+        from pruner.coupled import coupled_strategy
+
+        strategy = coupled_strategy(mode, rng)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
     goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, cfg, check)
-    needs_bounds = mode in ("paoding", "greedy")
-    one_shot = not needs_bounds
+    one_shot = mode not in ("paoding", "greedy")
+    needs_bounds = not one_shot and not graph.coupled
     graph0 = graph
 
     from tqdm.auto import tqdm

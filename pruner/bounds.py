@@ -184,3 +184,143 @@ def propagate_deviation(
         outs_lo.append(dlo.reshape(len(dlo), -1))
         outs_hi.append(dhi.reshape(len(dhi), -1))
     return np.concatenate(outs_lo), np.concatenate(outs_hi)
+
+
+# --- bounds on a DAG ----------------------------------------------------------------
+
+
+def _linear_map(layer: Any, params: str, x: np.ndarray, absolute: bool) -> np.ndarray:
+    """The linear part of a producer or depthwise layer applied to x (|weights| if
+    ``absolute``), without bias."""
+    import tensorflow as tf
+
+    w = [np.abs(a) if absolute else a for a in layer.get_weights()]
+    x32 = tf.constant(x.astype(np.float32))
+    if params == "dense":
+        return x @ w[0].astype(x.dtype)
+    rank = len(layer.kernel_size)
+    strides = tuple(layer.strides)
+    dilations = tuple(layer.dilation_rate)
+    padding = layer.padding.upper()
+    if padding == "CAUSAL":
+        raise ConfigError(f"layer {layer.name!r}: causal padding has no interval bounds")
+    if params == "conv":
+        y = tf.nn.convolution(x32, w[0], strides=strides, padding=padding, dilations=dilations)
+        return y.numpy().astype(x.dtype)
+    depth = w[0] if rank == 2 else None
+    y = tf.nn.depthwise_conv2d(
+        x32, depth, strides=(1, *strides, 1), padding=padding, dilations=dilations
+    )
+    if params == "separable":
+        y = tf.nn.conv2d(y, w[1], strides=1, padding="VALID")
+    return y.numpy().astype(x.dtype)
+
+
+def activation_bounds(name: str | None, fn: Any, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """Sound bounds of fn(x) for x in [lo, hi] (monotone, dipping or softmax)."""
+    from pruner.handlers import DIPPING, MONOTONE
+
+    if name in (None, "linear"):
+        return lo, hi
+    if name == "softmax":
+        return np.zeros_like(lo), np.ones_like(hi)
+    if name not in MONOTONE and name not in DIPPING:
+        raise ConfigError(f"activation {name!r} has no interval bounds")
+
+    def f(v: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(v.astype(np.float32)), np.float64).astype(v.dtype)
+
+    a, b = f(lo), f(hi)
+    if name in MONOTONE:
+        return a, b
+    x_min = DIPPING[name]
+    f_min = f(np.full((1,), x_min, lo.dtype))[0]
+    straddle = (lo < x_min) & (hi > x_min)
+    return np.where(straddle, f_min, np.minimum(a, b)), np.maximum(a, b)
+
+
+def _merge_bounds(key: str, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
+    lo, hi = ins[0]
+    for lo2, hi2 in ins[1:]:
+        if key in ("Add", "op:add", "Average"):
+            lo, hi = lo + lo2, hi + hi2
+        elif key in ("Subtract", "op:subtract"):
+            lo, hi = lo - hi2, hi - lo2
+        elif key in ("Multiply", "op:multiply"):  # the product of two intervals
+            p = np.stack(np.broadcast_arrays(lo * lo2, lo * hi2, hi * lo2, hi * hi2))
+            lo, hi = p.min(axis=0), p.max(axis=0)
+        elif key == "Maximum":
+            lo, hi = np.maximum(lo, lo2), np.maximum(hi, hi2)
+        elif key == "Minimum":
+            lo, hi = np.minimum(lo, lo2), np.minimum(hi, hi2)
+        else:
+            raise ConfigError(f"{key} of two tensors has no interval bounds")
+    if key == "Average":
+        lo, hi = lo / len(ins), hi / len(ins)
+    return lo, hi
+
+
+def _call_node(node: Any, values: list[np.ndarray]) -> np.ndarray:
+    """Run a node's op on concrete inputs (constants such as ``x + 3.0`` kept)."""
+    if node.call is None or len(node.call.arguments.keras_tensors) != len(values):
+        arg = values[0] if len(values) == 1 else [v.astype(np.float32) for v in values]
+        if len(values) == 1:
+            arg = arg.astype(np.float32)
+        out = node.op(arg, training=False) if _takes_training(node.op) else node.op(arg)
+        return np.asarray(out, np.float64)
+    tensors = {
+        id(t): v.astype(np.float32)
+        for t, v in zip(node.call.arguments.keras_tensors, values, strict=True)
+    }
+    args, kwargs = node.call.arguments.fill_in(tensors)
+    return np.asarray(node.op(*args, **kwargs), np.float64)
+
+
+def _takes_training(op: Any) -> bool:
+    import keras
+
+    return isinstance(op, keras.layers.Layer)
+
+
+def node_bounds(node: Any, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
+    """Sound bounds of one DAG node's output from its inputs' bounds (batched)."""
+    from pruner.handlers import activation_of
+
+    kind, params, op = node.handler.kind, node.handler.params, node.op
+    if kind == "producer" or params == "depthwise":
+        lo, hi = ins[0]
+        c = _linear_map(op, params, (lo + hi) / 2, False)
+        r = _linear_map(op, params, (hi - lo) / 2, True)
+        if getattr(op, "use_bias", False):
+            c = c + op.get_weights()[-1]
+        return activation_bounds(activation_of(op), op.activation, c - r, c + r)
+    if params == "bn":
+        from pruner.handlers import bn_affine
+
+        scale, shift = bn_affine(op)
+        a, b = scale * ins[0][0] + shift, scale * ins[0][1] + shift
+        return np.minimum(a, b), np.maximum(a, b)
+    if kind == "merge" and len(ins) > 1:
+        return _merge_bounds(node.key, ins)
+    act = activation_of(op)
+    if act is not None and kind == "same":
+        fn = op.activation if hasattr(op, "activation") else (lambda v: _call_node(node, [v]))
+        if type(op).__name__ in ("ReLU", "LeakyReLU", "ELU", "Softmax") or act.startswith("op:"):
+            fn = lambda v: _call_node(node, [v])  # noqa: E731
+        return activation_bounds(act, fn, *ins[0])
+    # positive linear maps, max pooling, reshapes, concatenation and x + c, x * c: monotone
+    # in each input, increasing or decreasing
+    a = _call_node(node, [lo for lo, _ in ins])
+    b = _call_node(node, [hi for _, hi in ins])
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def dag_interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
+    """bounds[i] = (lo, hi) of the output of graph.nodes[i] (one sample, no batch axis),
+    sound for every input inside ``box``: affine maps in centre-radius form, sums at
+    Add, interval products at Multiply, monotone and dipping activations exactly."""
+    lo, hi = box.arrays(graph.input_shape)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(lo[None], hi[None])]
+    for node in graph.nodes[1:]:
+        out.append(node_bounds(node, [out[p] for p in node.parents]))
+    return [(lo[0], hi[0]) for lo, hi in out]

@@ -49,7 +49,8 @@ class PruneConfig:
     """The options of a pruning run (defaults are the method's; see PRUNING.md).
 
     Schedule: ``target`` share of prunable units to remove, ``step`` share of
-    each layer per step. Selection: ``mode``, ``scope``, ``seed``; annealing
+    each layer per step, ``round_to`` (kept widths in multiples of it, see
+    schedule.Schedule). Selection: ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:
     ``synthetic`` inputs synthesised from the model (0 turns them off, and with
@@ -66,6 +67,7 @@ class PruneConfig:
 
     target: float = 0.5
     step: float = 0.05
+    round_to: int = 1
     mode: str = "paoding"
     scope: str = "layer"
     seed: int = 0
@@ -100,6 +102,7 @@ class PruneConfig:
         _choice("tau_start", self.tau_start, TAU_STARTS)
         _choice("compensation", self.compensation, COMPENSATIONS)
         _count("seed", self.seed, 0)
+        _count("round_to", self.round_to, 1)
         _count("max_candidates", self.max_candidates, 1)
         _count("synthetic", self.synthetic, 0)
         _count("synthesis_steps", self.synthesis_steps, 0)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,6 @@ from core.files import write_atomic
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_SAMPLES = 100
-
-
 
 class _DefaultBox:
     lo = 0.0
@@ -35,6 +34,9 @@ def export_tflite(
     representative_data: np.ndarray | None = None,
     *,
     box: Any = None,
+    per_channel: bool | None = None,
+    max_op_versions: Mapping[str, int] | None = None,
+    runtime: str = "the target runtime",
 ) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer; optionally write it to path.
 
@@ -43,15 +45,30 @@ def export_tflite(
     input and output). ``int8`` calibrates on ``representative_data``; when
     none is given it uses random inputs from ``box`` (default [0, 1]) and
     warns that it did so.
+
+    per_channel: weight scales per output channel (True) or per tensor
+    (False). The default is per tensor for ``dynamic``: the per-channel hybrid
+    FULLY_CONNECTED is v12, which tflite-runtime 2.14 cannot load (it stops at
+    v10), while per tensor writes v9, which every runtime the profiles name
+    loads. ``int8`` stays per channel (its kernels load everywhere).
+
+    max_op_versions: the highest version of each builtin op ``runtime`` (a
+    name for messages) can load; an op above its limit, or missing from the
+    table, raises ExportError naming it, so nothing unloadable is emitted.
     """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, "
                           f"got {quantization!r}")
+    if per_channel is None:
+        per_channel = quantization != "dynamic"
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization in ("dynamic", "int8") and not per_channel:
+        # The documented switch of TFLiteConverter (lite.py) for per-tensor weight scales.
+        converter._experimental_disable_per_channel = True
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
@@ -83,9 +100,27 @@ def export_tflite(
     except Exception as exc:  # the converter raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"TFLite conversion ({quantization}) failed: {first}") from exc
+    if max_op_versions is not None:
+        reason = op_version_problems(tflite_ops(data), max_op_versions, runtime)
+        if reason:
+            raise ExportError(f"{runtime} cannot load the {quantization} export: {reason}")
     if path is not None:
         write_atomic(path, data)
     return data
+
+
+def op_version_problems(
+    ops: Sequence[tuple[str, int]], limits: Mapping[str, int], runtime: str = "the runtime"
+) -> str | None:
+    """The ops above their limit (or without one) as one line, or None when all fit."""
+    bad = []
+    for op, version in ops:
+        limit = limits.get(op)
+        if limit is None:
+            bad.append(f"{op} (not in the {runtime} table)")
+        elif version > limit:
+            bad.append(f"{op} v{version} > v{limit}")
+    return ", ".join(bad) or None
 
 
 def _interpreter(tflite_bytes: bytes, num_threads: int) -> Any:

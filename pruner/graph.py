@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
+from pruner.dag import build_dag
+from pruner.handlers import bn_affine  # noqa: F401 - read by criteria through graph
 
 # activation name -> (positively homogeneous, Lipschitz constant); all monotone.
 ACTIVATIONS: dict[str, tuple[bool, float]] = {
@@ -137,6 +139,7 @@ class PruneGraph:
     ops: list[Op]
     groups: list[Group] = field(default_factory=list)
     output_op: int = 0  # index of the output layer's affine op
+    coupled: bool = False  # a chain: no channel is shared between groups
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -267,8 +270,21 @@ def _layer_ops(layer: Any) -> list[Op]:
     raise _unsupported(layer, "unknown layer type")  # pragma: no cover - _chain refuses it
 
 
-def build_graph(model: Any) -> PruneGraph:
-    """The prunable groups of ``model``; UnsupportedLayerError names any layer it cannot handle."""
+def build_graph(model: Any) -> Any:
+    """The prunable groups of ``model``; UnsupportedLayerError names any layer it cannot handle.
+
+    A chain of Dense/Conv2D layers gives a PruneGraph (ops in order, one producer
+    and one consumer per group: the bounds-driven criteria walk it); any other
+    model gives a ``dag.DagGraph`` of coupled channel groups.
+    """
+    try:
+        return build_chain(model)
+    except UnsupportedLayerError:
+        return build_dag(model)
+
+
+def build_chain(model: Any) -> PruneGraph:
+    """The chain form of ``model``; UnsupportedLayerError when it is not a supported chain."""
     layers = _chain(model)
     ops: list[Op] = []
     for layer in layers:
@@ -332,18 +348,6 @@ def _group(ops: list[Op], p: int, c: int) -> Group:
 # --- reading the units' weights -----------------------------------------------------------
 
 
-def bn_affine(bn: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-mode BatchNormalization as y = scale * x + shift (per channel)."""
-    names = [w.path.split("/")[-1] for w in bn.weights]
-    values = dict(zip(names, bn.get_weights(), strict=True))
-    n = values["moving_mean"].shape[0]
-    gamma = values.get("gamma", np.ones(n, np.float32))
-    beta = values.get("beta", np.zeros(n, np.float32))
-    scale = gamma / np.sqrt(values["moving_variance"] + bn.epsilon)
-    shift = beta - values["moving_mean"] * scale
-    return scale.astype(np.float64), shift.astype(np.float64)
-
-
 def kernel_bias(layer: Any) -> tuple[np.ndarray, np.ndarray]:
     """A Dense/Conv2D layer's kernel and bias (zeros when it has none)."""
     weights = layer.get_weights()
@@ -357,6 +361,8 @@ def incoming(group: Group) -> np.ndarray:
 
     Inference-mode BatchNormalization is folded in. Shape [units, fan_in + 1].
     """
+    if not isinstance(group, Group):
+        return group.incoming()
     kernel, bias = kernel_bias(group.producer)
     w = kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64)
     b = bias.astype(np.float64)
@@ -370,6 +376,8 @@ def incoming(group: Group) -> np.ndarray:
 def outgoing(group: Group) -> np.ndarray:
     """Each unit's outgoing vector: the consumer weights that read it, times the scale
     of a BatchNormalization after the nonlinearity. Shape [units, k]."""
+    if not isinstance(group, Group):
+        return group.outgoing()
     kernel = group.consumer.get_weights()[0].astype(np.float64)
     n = group.width
     if type(group.consumer).__name__ == "Conv2D":

@@ -27,6 +27,15 @@ def _layer_macs(layer: Any) -> int:
         out = layer.output.shape
         kh, kw = layer.kernel_size
         return int(out[1]) * int(out[2]) * kh * kw * int(out[3])
+    if cls == "Conv1D":
+        out = layer.output.shape
+        cin = int(layer.input.shape[-1]) // max(1, getattr(layer, "groups", 1))
+        return int(out[1]) * int(layer.kernel_size[0]) * cin * int(out[2])
+    if cls == "SeparableConv2D":  # depthwise at the output resolution, then pointwise
+        out = layer.output.shape
+        kh, kw = layer.kernel_size
+        mid = int(layer.input.shape[-1]) * int(layer.depth_multiplier)
+        return int(out[1]) * int(out[2]) * mid * (kh * kw + int(out[3]))
     if hasattr(layer, "layers"):
         return count_macs(layer)
     return 0

@@ -10,44 +10,16 @@ consumer's input rows / channels. A new, smaller model is built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from core.errors import ConfigError
+from pruner.dag_surgery import apply_dag_plan
 from pruner.graph import Group, PruneGraph, merge_terms
+from pruner.plan import GroupPlan, Plan, validate
 
-
-@dataclass
-class GroupPlan:
-    """Units to remove from one group and the merges that compensate some of them."""
-
-    remove: list[int] = field(default_factory=list)
-    merges: list[tuple[int, int, float]] = field(default_factory=list)  # (keep, remove, gamma)
-
-
-Plan = dict[str, GroupPlan]  # producer layer name -> its plan
-
-
-def _validate(group: Group, gp: GroupPlan) -> np.ndarray:
-    n = group.width
-    remove = np.unique(np.asarray(gp.remove, dtype=np.int64))
-    if remove.size != len(gp.remove):
-        raise ConfigError(f"{group.name}: a unit is listed for removal twice")
-    if remove.size and (remove[0] < 0 or remove[-1] >= n):
-        raise ConfigError(f"{group.name}: unit index out of range [0, {n})")
-    if remove.size >= n:
-        raise ConfigError(f"{group.name}: a layer must keep at least one unit")
-    removed = set(remove.tolist())
-    for a, b, g in gp.merges:
-        if b not in removed:
-            raise ConfigError(f"{group.name}: merge source {b} is not removed")
-        if a in removed:
-            raise ConfigError(f"{group.name}: merge target {a} is itself removed")
-        if not np.isfinite(g):
-            raise ConfigError(f"{group.name}: merge factor must be finite")
-    return np.setdiff1d(np.arange(n), remove)
+__all__ = ["GroupPlan", "Plan", "apply_plan", "rebuild", "remove_units", "validate"]
 
 
 def _merge_consumer(group: Group, kernel: np.ndarray, bias: np.ndarray | None, merges: list):
@@ -84,6 +56,8 @@ def _slice_consumer(group: Group, kernel: np.ndarray, keep: np.ndarray) -> np.nd
 
 def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
     """A new model with the plan's units physically removed (``model`` is not changed)."""
+    if graph.coupled:
+        return apply_dag_plan(model, graph, plan)
     weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
     widths: dict[str, int] = {}
     known = {g.name for g in graph.groups}
@@ -94,7 +68,7 @@ def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
         gp = plan.get(group.name)
         if gp is None or not gp.remove:
             continue
-        keep = _validate(group, gp)
+        keep = validate(group, gp)
         prod = weights[group.producer.name]
         prod[0] = prod[0][..., keep]
         if group.producer.use_bias:

@@ -104,6 +104,42 @@ def test_no_import_cycles_between_modules():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def top_level_names(path: Path) -> set[str] | None:
+    """Names a module binds at top level; None when it resolves names dynamically."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+            return None
+        for sub in ast.walk(node) if isinstance(node, ast.If | ast.Try) else [node]:
+            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(sub.name)
+            elif isinstance(sub, ast.Import | ast.ImportFrom):
+                names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+            elif isinstance(sub, ast.Assign | ast.AnnAssign):
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                for t in targets:
+                    names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return None if "__getattr__" in names else names
+
+
+def test_every_imported_name_exists():
+    """`from pkg.mod import Name` (nested imports too) names something pkg.mod binds."""
+    mods = project_modules()
+    bad = []
+    for path in mods.values():
+        for target, names, line in imports(path):
+            if target not in mods:
+                continue
+            defined = top_level_names(mods[target])
+            if defined is None:
+                continue
+            missing = [n for n in names if n not in defined and f"{target}.{n}" not in mods]
+            if missing:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {missing} from {target}")
+    assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
 def test_nested_imports_are_read(tmp_path):
     """An import inside a function counts: the checker sees agent -> pruner there."""
     bad = tmp_path / "bad.py"

@@ -7,8 +7,7 @@ Public verbs, re-exported lazily (so ``import tuner`` stays light):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from core.lazy import lazy_getattr
 
 _EXPORTS = {
     "EXPORTS": "tuner.candidates",
@@ -32,9 +31,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

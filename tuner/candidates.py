@@ -15,12 +15,14 @@ from device_profiles.schema import DeviceProfile
 EXPORTS = ("float32", "float16", "dynamic", "int8")
 OUTPUT_FILES = ("model.tflite", "model.keras", "report.json", "report.png", "devices")
 
-# Highest builtin op version each runtime can load. tflite-runtime 2.14: from
-# tensorflow/lite/core/kernels/register.cc of that release, and checked here
-# against the tflite-runtime 2.14.0 wheel by raising the version of each op
-# the exporter writes until the interpreter refused it (FULLY_CONNECTED 10,
-# CONV_2D 7, DEPTHWISE_CONV_2D 7, MAX_POOL_2D 3, SOFTMAX 3, RESHAPE 1, SHAPE 1,
-# STRIDED_SLICE 8, PACK 4, QUANTIZE 3, DEQUANTIZE 5).
+# Highest builtin op version each runtime can load, for every op the exporter
+# writes (Dense, Conv2D, pooling, padding, resizing, activations, softmax, the
+# four export types). tflite-runtime 2.14: measured on the tflite-runtime
+# 2.14.0 wheel by raising each op's version in real exports until the
+# interpreter refused it; tests/tuner/test_export_compat.py re-measures every
+# entry (limit loads, limit + 1 does not) and loads every export type of every
+# test model in the real runtime. ai-edge-litert of this converter's
+# generation loads what the converter writes (tested there too): no table.
 OP_MAX_VERSIONS: dict[tuple[str, tuple[int, int]], dict[str, int]] = {
     ("tflite-runtime", (2, 14)): {
         "ADD": 5,
@@ -30,6 +32,7 @@ OP_MAX_VERSIONS: dict[tuple[str, tuple[int, int]], dict[str, int]] = {
         "CONV_2D": 7,
         "DEPTHWISE_CONV_2D": 7,
         "DEQUANTIZE": 5,
+        "ELU": 1,
         "EXPAND_DIMS": 1,
         "FULLY_CONNECTED": 10,
         "GATHER": 6,
@@ -43,6 +46,7 @@ OP_MAX_VERSIONS: dict[tuple[str, tuple[int, int]], dict[str, int]] = {
         "PAD": 4,
         "PADV2": 4,
         "QUANTIZE": 3,
+        "REDUCE_MAX": 3,
         "RELU": 3,
         "RELU6": 3,
         "RESHAPE": 1,
@@ -52,29 +56,30 @@ OP_MAX_VERSIONS: dict[tuple[str, tuple[int, int]], dict[str, int]] = {
         "STRIDED_SLICE": 8,
         "SUB": 5,
         "TANH": 3,
+        "TILE": 3,
         "TRANSPOSE": 6,
     },
 }
 
 
+def op_limits(profile: DeviceProfile) -> dict[str, int] | None:
+    """The op-version table of the profile's runtime, or None when it loads what we write."""
+    rt = profile.runtime
+    return OP_MAX_VERSIONS.get((rt.interpreter, tuple(rt.version_tuple[:2])))  # type: ignore[arg-type]
+
+
 def runtime_check(profile: DeviceProfile, ops: Sequence[tuple[str, int]]) -> str | None:
     """Why the profile's runtime cannot load a model with these ops, or None when it can."""
+    from pruner.export import op_version_problems
+
     rt = profile.runtime
-    table = OP_MAX_VERSIONS.get((rt.interpreter, tuple(rt.version_tuple[:2])))  # type: ignore[arg-type]
+    table = op_limits(profile)
     if table is None:
         if rt.interpreter == "tflite-runtime" and rt.version_tuple[:2] < (2, 14):
             return f"no op-version table for tflite-runtime {rt.version}: refusing to guess"
         return None  # ai-edge-litert / TF Lite of this converter's generation
-    bad = []
-    for op, version in ops:
-        limit = table.get(op)
-        if limit is None:
-            bad.append(f"{op} (not in the {rt.interpreter} {rt.version} table)")
-        elif version > limit:
-            bad.append(f"{op} v{version} > v{limit}")
-    if bad:
-        return f"{rt.interpreter} {rt.version} cannot load " + ", ".join(bad)
-    return None
+    bad = op_version_problems(ops, table, f"{rt.interpreter} {rt.version}")
+    return f"{rt.interpreter} {rt.version} cannot load {bad}" if bad else None
 
 
 @dataclass
@@ -180,6 +185,8 @@ class TuneResult:
     keras_model: Any = None
     seconds: float = 0.0
     per_export: int = 2
+    device: str | None = None  # where verify measured, None: not verified on a device
+    verified: bool = False  # chosen was measured there: every budget met, active
     pending: list[tuple[Candidate, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +211,8 @@ class TuneResult:
             "run through its .tflite export; correct clean and attacked",
             "original": self.original.to_dict(),
             "chosen": self.chosen.to_dict() if self.chosen else None,
+            "outcome": self.outcome,
+            "device": self.device,
             "statement": self.statement,
             "screened_out_before_export": self.screened_out,
             "candidates": [c.to_dict() for c in self.candidates],
@@ -212,11 +221,21 @@ class TuneResult:
             "seconds": round(self.seconds, 1),
         }
 
+    @property
+    def outcome(self) -> str:
+        """'verified' (measured on the device), 'not verified' (verify found none),
+        'predicted' (no device) or 'none' (no candidate meets the budgets)."""
+        if self.verified:
+            return "verified"
+        if self.device is not None:
+            return "not verified"
+        return "predicted" if self.chosen is not None else "none"
+
     def measurements(self) -> list[dict[str, Any]]:
         """Measured candidates as latency-model calibration records."""
         out = []
         for c in self.candidates:
-            if c.measured and c.features and c.measured.get("p90_ms"):
+            if c.measured and c.features and c.measured.get("p90_ms"):  # device latency only
                 out.append(
                     {
                         "profile": self.profile.id,

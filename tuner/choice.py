@@ -8,22 +8,21 @@ from tuner.candidates import Candidate, TuneResult
 
 
 def misses(c: Candidate, p: DeviceProfile, correction: float) -> list[str]:
+    """Every budget a candidate misses: measured on the device where it was, else predicted."""
     b = p.budgets
     out = []
-    p90 = c.predicted_p90_ms * correction
-    how = "predicted" if correction == 1.0 else f"predicted x{correction:.2f} measured/predicted"
-    if c.measured and c.measured.get("p90_ms") is not None:
-        p90, how = (
-            c.measured["p90_ms"],
-            "measured" + (", emulated" if c.measured.get("emulated") else ""),
+    m = c.measured or {}
+    if m.get("misses"):  # the closed loop's verdict on latency, memory and the device
+        out += list(m["misses"])
+    if m.get("p90_ms") is None and not any(x.startswith("p90") for x in out):
+        p90 = c.predicted_p90_ms * correction
+        how = "predicted" if correction == 1.0 else f"predicted x{correction:.2f} measured/predicted"
+        if p90 > b.p90_latency_ms:
+            out.append(f"p90 latency {p90:.3g} ms > {b.p90_latency_ms:g} ms ({how})")
+    if m.get("peak_memory_mb") is None and c.predicted_memory_mb > b.peak_memory_mb:
+        out.append(
+            f"peak memory {c.predicted_memory_mb:.4g} MB > {b.peak_memory_mb:g} MB (predicted)"
         )
-    if p90 > b.p90_latency_ms:
-        out.append(f"p90 latency {p90:.3g} ms > {b.p90_latency_ms:g} ms ({how})")
-    mem, mhow = c.predicted_memory_mb, "predicted"
-    if c.measured and c.measured.get("peak_memory_mb") is not None:
-        mem, mhow = c.measured["peak_memory_mb"], "measured"
-    if mem > b.peak_memory_mb:
-        out.append(f"peak memory {mem:.4g} MB > {b.peak_memory_mb:g} MB ({mhow})")
     if c.size_kb > b.model_size_kb:
         out.append(f"model size {c.size_kb:.1f} KB > {b.model_size_kb:g} KB")
     if c.accuracy_retention is not None and c.accuracy_retention < b.min_accuracy_retention:
@@ -36,15 +35,17 @@ def misses(c: Candidate, p: DeviceProfile, correction: float) -> list[str]:
 
 
 def excess(c: Candidate, p: DeviceProfile, correction: float) -> float:
-    """How far a candidate is from meeting the budgets (0 when it meets them)."""
+    """How far a candidate is from meeting the budgets (0 when it meets them).
+
+    Latency and memory are the measured medians where the device measured them.
+    """
     if c.runtime_error:
         return float("inf")
     b = p.budgets
-    ratios = [
-        c.predicted_p90_ms * correction / b.p90_latency_ms,
-        c.predicted_memory_mb / b.peak_memory_mb,
-        c.size_kb / b.model_size_kb,
-    ]
+    m = c.measured or {}
+    p90 = m.get("p90_ms") or c.predicted_p90_ms * correction
+    mem = m.get("peak_memory_mb") or c.predicted_memory_mb
+    ratios = [p90 / b.p90_latency_ms, mem / b.peak_memory_mb, c.size_kb / b.model_size_kb]
     if c.accuracy_retention is not None:
         ratios.append(b.min_accuracy_retention / max(c.accuracy_retention, 1e-9))
     if c.robust_retention is not None:
@@ -82,8 +83,8 @@ def choose(result: TuneResult) -> Candidate | None:
         result.statement = (
             f"chosen {best.key} for {p.id}: robust accuracy {best.robust:.3f} "
             f"(retention {_fmt(best.robust_retention)}), accuracy {best.accuracy:.3f}, "
-            f"{latency}, {best.size_kb:.1f} KB; "
-            f"meets every budget"
+            f"{latency}, {best.size_kb:.1f} KB; meets every budget as predicted, "
+            "not verified on a device"
         )
         return best
     result.chosen = None

@@ -14,7 +14,12 @@ from tuner.candidates import OUTPUT_FILES, Candidate, TuneResult
 
 
 def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str:
-    """The candidates as a fixed-width table; '*' marks the chosen one, 'ok' those that meet."""
+    """The candidates as a fixed-width table.
+
+    '*' marks the chosen one; VERIFIED: measured on the device, every budget met;
+    'ok (predicted)': predicted to meet, not measured; 'meas p90' is the median of
+    (xN) measurements.
+    """
     b = profile.budgets
     emu = " (emulated)" if profile.emulated else ""
     header = [
@@ -33,21 +38,15 @@ def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str
     rows = []
     for c in candidates:
         m = c.measured or {}
-        status = (
-            "ok"
-            if c.meets and not c.measured_miss
-            else (
-                "runtime"
-                if c.runtime_error
-                else "miss: "
-                + ", ".join(
-                    x.split(" ")[0]
-                    if not x.startswith(("p90", "peak", "model", "robust"))
-                    else " ".join(x.split(" ")[:2])
-                    for x in (c.misses or m.get("misses") or [])
-                )
-            )
-        )
+        if m.get("verified"):
+            status = "VERIFIED"
+        elif c.runtime_error:
+            status = "runtime"
+        elif c.meets and not c.measured_miss:
+            status = "ok (predicted)"
+        else:
+            status = "miss: " + ", ".join(_short(x) for x in c.misses)
+        n = m.get("measurements")
         rows.append(
             [
                 "*" if c.chosen else "",
@@ -55,7 +54,9 @@ def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str
                 str(c.params),
                 f"{c.size_kb:.1f}",
                 f"{c.predicted_p90_ms:.3g}",
-                f"{m['p90_ms']:.3g}" if m.get("p90_ms") is not None else "-",
+                (f"{m['p90_ms']:.3g}" + (f" (x{n})" if n else ""))
+                if m.get("p90_ms") is not None
+                else ("n/a" if m else "-"),
                 f"{c.predicted_memory_mb:.1f}",
                 f"{m['peak_memory_mb']:.1f}" if m.get("peak_memory_mb") is not None else "-",
                 f"{c.accuracy:.3f}" if c.accuracy is not None else "-",
@@ -75,6 +76,12 @@ def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str
     ]
     out += [line(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(out)
+
+
+def _short(miss: str) -> str:
+    """'p90 latency 1.2 ms > ...' -> 'p90 latency'; 'device rolled_back: ...' -> 'device'."""
+    words = miss.split(" ")
+    return " ".join(words[:2]) if miss.startswith(("p90", "peak", "model", "robust")) else words[0]
 
 
 def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
@@ -136,18 +143,19 @@ def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
             )
     if result.chosen:
         c = result.chosen
+        at = (c.measured or {}).get("p90_ms") or c.predicted_p90_ms
         ax.scatter(
-            [c.predicted_p90_ms],
+            [at],
             [c.robust],
             marker="*",
             s=300,
             color="gold",
             edgecolors="black",
             zorder=5,
-            label="chosen",
+            label="verified on the device" if result.verified else "chosen (predicted)",
         )
         ax2.scatter(
-            [c.predicted_p90_ms],
+            [at],
             [c.size_kb],
             marker="*",
             s=300,
@@ -166,7 +174,10 @@ def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
             label=f"p90 budget {b.p90_latency_ms:g} ms",
         )
         a.set_xscale("log")
-        a.set_xlabel("predicted p90 latency (ms)" + (", emulated device" if p.emulated else ""))
+        a.set_xlabel(
+            "p90 latency (ms): predicted; circles measured"
+            + (" (emulated device)" if p.emulated else "")
+        )
     if o.accuracy:
         ax.axhline(
             o.accuracy * b.min_accuracy_retention,
@@ -180,7 +191,7 @@ def plot(result: TuneResult, png: str | os.PathLike[str]) -> Path:
             o.robust * b.min_robust_retention, color="tab:red", ls=":", lw=1, label="robust floor"
         )
     ax.set_ylabel("accuracy / robust accuracy")
-    ax.set_title(f"{p.id}: candidates")
+    ax.set_title(f"{p.id}: candidates ({result.outcome})")
     ax.legend(fontsize=7, loc="lower right")
     ax2.axhline(
         b.model_size_kb, color="black", ls="-.", lw=1, label=f"size budget {b.model_size_kb:g} KB"

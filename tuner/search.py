@@ -39,6 +39,7 @@ from device_profiles.schema import DeviceProfile
 from tuner import choice
 from tuner.candidates import EXPORTS, Candidate, Step, TuneResult, estimate, runtime_check
 from tuner.choice import choose
+from tuner.quiet import native_quiet
 
 
 @dataclass
@@ -171,7 +172,9 @@ class Search:
             if rec.step < len(done):  # pruning is deterministic: reuse what was measured
                 steps.append(done[rec.step])
                 continue
-            f32 = export_tflite(m, quantization="float32")
+            with native_quiet():
+                f32 = export_tflite(m, quantization="float32")
+                feats = lat.features_from_tflite(f32)
             s = Step(
                 mode,
                 seed,
@@ -181,7 +184,7 @@ class Search:
                 int(rec.macs),
                 m,
                 f32,
-                lat.features_from_tflite(f32),
+                feats,
                 self._adversarial(m),
             )
             steps.append(s)
@@ -202,12 +205,13 @@ class Search:
         if key not in self.exports:
             from pruner.export import export_tflite
 
-            self.exports[key] = export_tflite(
-                s.model,
-                quantization=export,
-                representative_data=self.calibration,
-                box=self.box,
-            )
+            with native_quiet():
+                self.exports[key] = export_tflite(
+                    s.model,
+                    quantization=export,
+                    representative_data=self.calibration,
+                    box=self.box,
+                )
         return self.exports[key]
 
     def score(self, s: Step, export: str) -> tuple[float, float]:
@@ -217,12 +221,15 @@ class Search:
             from pruner.export import run_tflite
 
             blob = self.export(s, export)
-            clean = np.argmax(run_tflite(blob, self.x), axis=1) == self.y
-            n = min(self.robust_samples, len(self.x))
-            robust = [
-                float(np.mean(clean[:n] & (np.argmax(run_tflite(blob, a), axis=1) == self.y[:n])))
-                for a in s.adv
-            ]
+            with native_quiet():
+                clean = np.argmax(run_tflite(blob, self.x), axis=1) == self.y
+                n = min(self.robust_samples, len(self.x))
+                robust = [
+                    float(
+                        np.mean(clean[:n] & (np.argmax(run_tflite(blob, a), axis=1) == self.y[:n]))
+                    )
+                    for a in s.adv
+                ]
             self.scores[key] = (float(np.mean(clean)), float(np.mean(robust)))
         return self.scores[key]
 
@@ -234,7 +241,8 @@ def fill(
     from pruner.export import tflite_ops
 
     blob = search.export(s, c.export)
-    feats = lat.features_from_tflite(blob)
+    with native_quiet():
+        feats = lat.features_from_tflite(blob)
     c.exported = True
     c.features = feats.to_dict()
     c.size_kb = len(blob) / 1024.0

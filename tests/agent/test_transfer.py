@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 
 from agent.transfer import Transfer, to_ranges
 from core.errors import TransferError
-from core.protocol import Manifest
+from core.protocol import Artifact, Manifest
 
 
 def setup(tmp_path, size=10_000, chunk=1024):
     blob = os.urandom(size)
-    m = Manifest(deployment_id="d1", device_id="pi-1",
-                 model={"sha256": hashlib.sha256(blob).hexdigest(), "size": size,
-                        "chunk_size": chunk})
+    m = Manifest(deployment_id="d1", device_id="pi-1", model=Artifact.of(blob, chunk))
     return blob, m
 
 
@@ -44,6 +41,19 @@ def test_bad_chunks_are_refused(tmp_path):
         tr.write("model", 10, b"x")
     with pytest.raises(TransferError, match="no probes"):
         tr.write("probes", 0, b"x")
+    tr.close()
+
+
+def test_poisoned_chunk_is_dropped_and_asked_for_again(tmp_path):
+    """A chunk of the right length but the wrong bytes never reaches the file."""
+    blob, m = setup(tmp_path)
+    tr = Transfer(tmp_path / "t", m)
+    with pytest.raises(TransferError, match="does not match its sha256"):
+        tr.write("model", 3, b"\0" * 1024)
+    assert tr.receivers["model"].poisoned == 1 and tr.missing() == {"model": [(0, 10)]}
+    for i in range(10):
+        tr.write("model", i, chunk(blob, i))
+    assert tr.complete and tr.receivers["model"].sha256() == m.model.sha256
     tr.close()
 
 

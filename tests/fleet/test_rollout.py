@@ -6,16 +6,24 @@ import pytest
 
 from core.errors import ConfigError
 from fleet.rollout import (
+    Action,
     Decision,
     Device,
     Outcome,
+    Seen,
     Target,
+    Verdict,
     WavePolicy,
     apply_timeouts,
+    classify,
+    gate,
     group_by_profile,
     judge,
+    next_wave,
     plan_waves,
+    reported_outcome,
     select,
+    settle,
 )
 
 A, R, P, T = Outcome.ACTIVE, Outcome.ROLLED_BACK, Outcome.PENDING, Outcome.TIMED_OUT
@@ -128,3 +136,100 @@ def test_policy_validation_names_the_field(kwargs, field):
 def test_policy_config_round_trip():
     policy = WavePolicy(canary=2, growth=3.0, max_failures=4)
     assert WavePolicy.from_config(policy.get_config()) == policy
+
+
+SHA, OLD = "a" * 64, "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("seen", "include_offline", "action"),
+    [
+        (None, False, Action.UNKNOWN),
+        (Seen(online=True, active_sha=SHA), False, Action.ALREADY),
+        (Seen(online=False, active_sha=SHA), False, Action.ALREADY),
+        (Seen(online=True, active_sha=OLD), False, Action.DEPLOY),
+        (Seen(online=True), False, Action.DEPLOY),
+        (Seen(online=False, active_sha=OLD), False, Action.OFFLINE),
+        (Seen(online=False, active_sha=OLD), True, Action.DEPLOY),
+    ],
+)
+def test_classify(seen, include_offline, action):
+    got, why = classify(seen, SHA, include_offline=include_offline)
+    assert got is action
+    assert (why == "") == (action is Action.DEPLOY)
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        (None, None),
+        (Seen(online=True), None),
+        (Seen(online=True, final_deployment="d1", final_state="active"), Outcome.ACTIVE),
+        (Seen(online=True, final_deployment="d1", final_state="rolled_back"), Outcome.ROLLED_BACK),
+        (Seen(online=True, final_deployment="d1", final_state="error"), Outcome.FAILED),
+        (Seen(online=True, final_deployment="d1", final_state="cancelled"), Outcome.CANCELLED),
+        (Seen(online=True, final_deployment="d1", final_state="received"), None),
+        # another deployment's final report says nothing about this one
+        (Seen(online=True, final_deployment="d0", final_state="active"), None),
+        # the report was lost but the status names this deployment as running
+        (Seen(online=True, active_sha=SHA, active_deployment="d1"), Outcome.ACTIVE),
+        (Seen(online=True, active_sha=OLD, active_deployment="d1"), None),
+        (Seen(online=False), Outcome.OFFLINE),
+        # a final report beats the Last Will that came after it
+        (Seen(online=False, final_deployment="d1", final_state="active"), Outcome.ACTIVE),
+    ],
+)
+def test_settle(seen, expected):
+    got = settle("d1", SHA, seen)
+    assert (got[0] if got else None) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome"),
+    [("active", A), ("rolled_back", R), ("rejected", Outcome.REJECTED),
+     ("expired", Outcome.EXPIRED), ("error", Outcome.FAILED), ("received", None),
+     ("benchmarked", None)],
+)
+def test_reported_outcome(state, outcome):
+    assert reported_outcome(state) is outcome
+
+
+@pytest.mark.parametrize(
+    ("started", "expected"),
+    [(set(), 0), ({"a"}, 1), ({"a", "b"}, 1), ({"a", "b", "c"}, 2), ({"a", "b", "c", "d"}, None),
+     ({"b", "c", "d"}, 0)],
+)
+def test_next_wave(started, expected):
+    assert next_wave([["a"], ["b", "c"], ["d"]], started) == expected
+
+
+@pytest.mark.parametrize(
+    ("decision", "connected", "expected"),
+    [
+        (Decision.WAIT, True, Decision.WAIT),
+        (Decision.WAIT, False, Decision.PAUSE),
+        (Decision.CONTINUE, False, Decision.PAUSE),  # no next wave while the broker is away
+        (Decision.CONTINUE, True, Decision.CONTINUE),
+        (Decision.ABORT, False, Decision.ABORT),
+        (Decision.DONE, False, Decision.DONE),
+    ],
+)
+def test_gate(decision, connected, expected):
+    assert gate(Verdict(decision, "x"), connected=connected).decision is expected
+
+
+@pytest.mark.parametrize(
+    ("outcome", "failed", "revisable"),
+    [(A, False, False), (P, False, True), (T, True, True), (Outcome.OFFLINE, True, True),
+     (Outcome.CANCELLED, False, True), (R, True, False), (Outcome.EXPIRED, True, False)],
+)
+def test_outcome_kinds(outcome, failed, revisable):
+    assert outcome.failed is failed and outcome.revisable is revisable
+
+
+def test_dead_devices_count_as_failures_in_the_judgement():
+    outcomes = {f"d{i}": A for i in range(9)} | {"dead": Outcome.OFFLINE}
+    v = judge(outcomes, WavePolicy(max_failure_rate=0.2), last_wave=True)
+    assert v.decision is Decision.DONE and v.failures == 1
+    v = judge(outcomes, WavePolicy(max_failure_rate=0.05), last_wave=False)
+    assert v.decision is Decision.ABORT

@@ -94,3 +94,21 @@ def test_calibrate_refuses_emulated_for_real_device(tmp_path, capsys):
     )
     assert rc == 2
     assert "host emulation" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_reports_measured_under_a_cpu_emulator(tmp_path, capsys):
+    report = tmp_path / "agent-report.json"
+    lat = {"count": 100, "mean": 9, "std": 1, "min": 8, "max": 12, "p50": 9, "p90": 10, "p99": 11}
+    report.write_text(
+        json.dumps(
+            {
+                "model_sha256": "0" * 64,
+                "device_id": "pi-qemu",
+                "state": "active",
+                "benchmark": {"latency_ms": lat, "cpu_emulator": "qemu-aarch64 (cortex-a72)"},
+            }
+        )
+    )
+    rc = main(["profiles", "calibrate", "raspberry-pi-4", "--from-reports", str(report)])
+    assert rc == 2
+    assert "not a device measurement" in capsys.readouterr().err

@@ -82,6 +82,8 @@ def test_emulation_validation(good):
 def test_calibrated_needs_provenance(good):
     data = copy.deepcopy(good)
     data["latency"]["provenance"] = "calibrated"
+    data["latency"].pop("calibrated_at", None)
+    data["latency"].pop("calibration_reports", None)
     with pytest.raises(dp.ProfileError, match="calibrated_at"):
         dp.validate(data)
 

@@ -105,3 +105,35 @@ def test_input_box_validates_and_round_trips():
     assert lo.shape == (3, 2) and hi[0, 1] == 1.0
     with pytest.raises(ConfigError, match="does not fit"):
         box.arrays((3,))
+
+
+def _dag_models():
+    from dagnets import PATTERNS
+
+    from pruner import zoo
+
+    return {**PATTERNS, "ds_cnn": lambda: zoo.ds_cnn(filters=8),
+            "mobilenet_v3_small": lambda: zoo.mobilenet_v3_small((32, 32, 3), alpha=0.75)}
+
+
+@pytest.mark.parametrize("name", ["add", "concatenate", "multiply_se", "depthwise", "separable",
+                                  "sequential", "ds_cnn", "mobilenet_v3_small"])
+def test_dag_bounds_hold_every_node(name):
+    """Every node's value on inputs from the box lies inside its bounds; an Add's bounds
+    are the sum of its inputs' and a Multiply's hold the interval product."""
+    from pruner.bounds import dag_interval_bounds
+    from pruner.dag import build_dag
+
+    model = _dag_models()[name]()
+    graph = build_dag(model)
+    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    probe = keras.Model(model.inputs, [n.op.output for n in graph.nodes[1:]])
+    x = np.random.default_rng(0).uniform(0, 1, (64, *graph.input_shape)).astype(np.float32)
+    x[:2] = [np.zeros(graph.input_shape), np.ones(graph.input_shape)]  # the corners too
+    for node, value, (lo, hi) in zip(graph.nodes[1:], probe(x), bounds[1:], strict=True):
+        value = np.asarray(value)
+        tol = 1e-4 * (1 + np.abs(value))
+        assert np.all(value >= lo - tol) and np.all(value <= hi + tol), node.op.name
+        if node.key == "Add":
+            parts = [bounds[p] for p in node.parents]
+            np.testing.assert_allclose(lo, sum(p[0] for p in parts), rtol=1e-6, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +74,39 @@ def make_profile(tmp_path, monkeypatch) -> Callable[..., str]:
         return pid
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tflite_runtime_python(pytestconfig, tmp_path_factory) -> Path:
+    """Python of a venv holding tflite-runtime 2.14.0 and numpy<2 (created when missing).
+
+    Kept in the pytest cache between runs (a temporary directory without the cache
+    plugin); the tests using it are skipped, saying why, only when the package index
+    cannot provide it (and CI fails on a skip).
+    """
+    cache = getattr(pytestconfig, "cache", None)
+    venv = (
+        Path(cache.mkdir("tflite-runtime-2.14-venv"))
+        if cache is not None
+        else tmp_path_factory.mktemp("tflite-runtime-2.14-venv")
+    )
+    py = venv / "bin" / "python"
+    check = [
+        str(py),
+        "-c",
+        "import tflite_runtime, numpy; assert tflite_runtime.__version__ == '2.14.0'",
+    ]
+    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return py
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(py), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"],
+    ]
+    for cmd in steps:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            pytest.skip(
+                f"cannot build the tflite-runtime 2.14 environment ({' '.join(cmd[:4])}): "
+                f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}"
+            )
+    return py

@@ -1,0 +1,480 @@
+"""The model as a DAG of nodes, and its groups of coupled channels.
+
+Every tensor's channel (last) axis is a list of segments, each a slice of a
+channel *space*. A producer (Dense, Conv1D, Conv2D, SeparableConv2D) makes a
+new space; 'same' layers (BatchNormalization, DepthwiseConv2D, activations,
+pooling, ...) pass it on; Add/Multiply and friends join their inputs' spaces
+into one (union-find); Concatenate lays its inputs' segments side by side;
+Flatten multiplies positions. A group is one joined space: every producer
+whose filters make it, every per-channel layer that carries it and every
+consumer whose kernel reads it must lose the same channels (the dependency
+graph of Torch-Pruning). Spaces that reach the model's input or output, or a
+layer that reorders channels, are frozen (never pruned).
+
+The graph reads weights; ``surgery`` edits them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.errors import ConfigError, UnsupportedLayerError
+from pruner.handlers import HOMOGENEOUS, Handler, activation_of, bn_affine, handler, op_key
+
+
+@dataclass
+class Segment:
+    space: int
+    size: int
+    nonlinear: bool = False  # a nonlinearity acted on it since its producer
+
+
+@dataclass
+class Layout:
+    """A tensor's channel axis: segments side by side; Flatten sets ``positions``."""
+
+    segments: list[Segment]
+    positions: int = 1
+
+    @property
+    def channels(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def offsets(self) -> list[tuple[Segment, int]]:
+        out, at = [], 0
+        for seg in self.segments:
+            out.append((seg, at))
+            at += seg.size
+        return out
+
+    def copy(self, nonlinear: bool | None = None) -> Layout:
+        segs = [
+            Segment(s.space, s.size, s.nonlinear if nonlinear is None else nonlinear or s.nonlinear)
+            for s in self.segments
+        ]
+        return Layout(segs, self.positions)
+
+
+@dataclass
+class Member:
+    """One layer's share of a group: ``out`` (its filters), ``chan`` (per-channel
+    weights, e.g. BatchNormalization or DepthwiseConv2D) or ``in`` (kernel rows
+    that read the channels). Channel u of the group is index ``offset + u`` of the
+    layer's axis; an ``in`` member after Flatten reads rows p * total + offset + u."""
+
+    layer: Any
+    role: str
+    params: str
+    offset: int = 0
+    total: int = 0
+    positions: int = 1
+    post: bool = False  # a chan member after a nonlinearity
+    space: int = 0
+
+    def rows(self, units: np.ndarray) -> np.ndarray:
+        """Indices into the layer's axis for ``units`` (shape [len(units), positions])."""
+        units = np.asarray(units, dtype=np.int64) + self.offset
+        pos = np.arange(self.positions, dtype=np.int64)
+        return pos[None, :] * self.total + units[:, None]
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must go together; ``mergeable`` when one producer makes them and
+    every reader is linear in each channel (Dense/Conv kernels), so a merge
+    o_a += gamma * o_b is exact whenever h_b = gamma * h_a."""
+
+    name: str
+    width: int
+    members: list[Member]
+    homogeneous: bool = True
+    mergeable: bool = False
+    post_bn: Any = None  # interface of the chain Group: merges never see a post BN here
+    post_max: bool = False
+    bn: Any = None
+    flatten_positions: int = 0
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "out"]
+
+    @property
+    def readers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "in"]
+
+    @property
+    def producer(self) -> Any:
+        return self.producers[0].layer
+
+    @property
+    def consumer(self) -> Any:
+        readers = self.readers
+        return readers[0].layer if readers else None
+
+    @property
+    def coupled(self) -> bool:
+        return len(self.producers) > 1 or any(
+            m.params == "depthwise" for m in self.members if m.role == "chan"
+        )
+
+    def layer_names(self) -> list[str]:
+        return sorted({m.layer.name for m in self.members})
+
+    def incoming(self) -> np.ndarray:
+        """Each channel's incoming weights over all producers (pre-activation
+        BatchNormalization folded), bias last. Shape [width, fan_in + 1]."""
+        cols, bias = [], np.zeros(self.width)
+        for m in self.producers:
+            kernel, b = producer_kernel(m.layer)
+            cols.append(kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64))
+            bias = bias + b
+        w = np.concatenate(cols, axis=1)
+        for m in self.members:
+            if m.role == "chan" and m.params == "bn" and not m.post:
+                scale, shift = bn_channels(m.layer, m.offset, self.width)
+                w, bias = w * scale[:, None], bias * scale + shift
+        return np.concatenate([w, bias[:, None]], axis=1)
+
+    def outgoing(self) -> np.ndarray:
+        """Each channel's outgoing weights over all readers. Shape [width, k]."""
+        units = np.arange(self.width)
+        parts = []
+        for m in self.readers:
+            w = m.layer.get_weights()
+            if m.params == "dense":
+                parts.append(w[0][m.rows(units)].reshape(self.width, -1))
+            elif m.params == "conv":
+                parts.append(np.moveaxis(w[0], -2, 0)[m.offset + units].reshape(self.width, -1))
+            else:  # separable: pointwise rows, scaled by the depthwise filter's norm
+                dw = np.moveaxis(w[0], 2, 0)[m.offset + units].reshape(self.width, -1)
+                pw = w[1][0, 0][m.offset + units]
+                parts.append(pw * np.linalg.norm(dw, axis=1, keepdims=True))
+        if not parts:
+            return np.zeros((self.width, 1))
+        return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+@dataclass
+class Node:
+    """One layer or Keras op of the model, with the nodes it reads."""
+
+    op: Any
+    key: str
+    handler: Handler
+    parents: list[int]
+    call: Any = None  # keras Node (for ops called with constants)
+    layout: Layout | None = None
+
+
+@dataclass
+class DagGraph:
+    """The model's nodes in topological order and its prunable channel groups."""
+
+    model: Any
+    nodes: list[Node]
+    groups: list[ChannelGroup] = field(default_factory=list)
+    output: int = 0
+    coupled: bool = True  # not a chain: criteria that walk ops do not apply
+
+    @property
+    def layers(self) -> list[Any]:
+        import keras
+
+        return [n.op for n in self.nodes if isinstance(n.op, keras.layers.Layer)]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+# --- weights as groups read them ------------------------------------------------------
+
+
+def producer_kernel(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A producer's effective kernel [..., fan_in, out] and bias (zeros when none);
+    a SeparableConv2D's pointwise kernel stands for its filters."""
+    w = layer.get_weights()
+    kernel = w[1] if type(layer).__name__ == "SeparableConv2D" else w[0]
+    has_bias = getattr(layer, "use_bias", False)
+    bias = w[-1] if has_bias else np.zeros(kernel.shape[-1], kernel.dtype)
+    return kernel, bias.astype(np.float64)
+
+
+def bn_channels(bn: Any, offset: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    scale, shift = bn_affine(bn)
+    return scale[offset : offset + width], shift[offset : offset + width]
+
+
+# --- building ------------------------------------------------------------------------
+
+
+class _Spaces:
+    """Union-find over channel spaces, with per-space size, frozen and homogeneous flags."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.frozen: list[bool] = []
+        self.homogeneous: list[bool] = []
+
+    def new(self, size: int, frozen: bool = False) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        self.frozen.append(frozen)
+        self.homogeneous.append(True)
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[b] = a
+            self.frozen[a] = self.frozen[a] or self.frozen[b]
+            self.homogeneous[a] = self.homogeneous[a] and self.homogeneous[b]
+
+    def freeze(self, layout: Layout) -> None:
+        for seg in layout.segments:
+            self.frozen[self.find(seg.space)] = True
+
+    def taint(self, layout: Layout) -> None:
+        for seg in layout.segments:
+            self.homogeneous[self.find(seg.space)] = False
+
+
+def _check_model(model: Any) -> None:
+    if type(model).__name__ not in ("Sequential", "Functional", "Model"):
+        raise UnsupportedLayerError(
+            f"model {model.name!r} ({type(model).__name__}) is not supported: "
+            "only Sequential and Functional models can be pruned"
+        )
+    if not getattr(model, "inputs", None):
+        raise ConfigError(
+            f"model {model.name!r} is not built: give it an Input or call it on data first"
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
+            "outputs: only single-input, single-output models are supported"
+        )
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ConfigError(
+            f"model {model.name!r} has input shape {shape}: every dimension but the batch "
+            "must be known"
+        )
+
+
+def _nodes(model: Any) -> list[Node]:
+    """The model's operations in topological order with their parents (index 0: the input)."""
+    sequential = type(model).__name__ == "Sequential"
+    ops = list(model.layers) if sequential else list(model.operations)
+    nodes: list[Node] = []
+    index: dict[int, int] = {}
+    input_op = model.inputs[0]._keras_history.operation
+    nodes.append(Node(input_op, "InputLayer", Handler("input"), []))
+    index[id(input_op)] = 0
+    for op in ops:
+        if type(op).__name__ == "InputLayer":
+            index[id(op)] = 0
+            continue
+        h = handler(op)  # refuses unknown layers first, naming them
+        if sequential:
+            parents, call = [len(nodes) - 1], None
+        else:
+            if len(op._inbound_nodes) != 1:
+                raise UnsupportedLayerError(
+                    f"layer {op.name!r} ({type(op).__name__}) is not supported: "
+                    "a layer called more than once cannot be pruned"
+                )
+            call = op._inbound_nodes[0]
+            parents = [index[id(t._keras_history.operation)] for t in call.arguments.keras_tensors]
+        index[id(op)] = len(nodes)
+        nodes.append(Node(op, op_key(op), h, parents, call))
+    return nodes
+
+
+def _last_dim(tensor: Any) -> int:
+    return int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
+
+
+def build_dag(model: Any) -> DagGraph:
+    """The nodes and channel groups of ``model``; UnsupportedLayerError names any layer
+    no handler covers."""
+    _check_model(model)
+    nodes = _nodes(model)
+    spaces = _Spaces()
+    members: list[Member] = []
+    inp = model.inputs[0]
+    nodes[0].layout = Layout([Segment(spaces.new(_last_dim(inp), frozen=True), _last_dim(inp))])
+    for node in nodes[1:]:
+        node.layout = _visit(node, [nodes[p].layout for p in node.parents], spaces, members)
+    out_op = model.outputs[0]._keras_history.operation
+    output = next(i for i, n in enumerate(nodes) if n.op is out_op)
+    spaces.freeze(nodes[output].layout)
+    graph = DagGraph(model=model, nodes=nodes, output=output)
+    graph.groups = _groups(spaces, members)
+    if not any(n.handler.kind == "producer" for n in nodes):
+        raise UnsupportedLayerError(f"model {model.name!r} has no Dense or convolution to prune")
+    return graph
+
+
+def _visit(node: Node, inputs: list[Layout], spaces: _Spaces, members: list[Member]) -> Layout:
+    op, kind, params = node.op, node.handler.kind, node.handler.params
+    out_channels = _last_dim(op.output) if hasattr(op, "output") else None
+    if kind == "producer":
+        (lay,) = inputs
+        _check_producer(op, lay)
+        mult = int(getattr(op, "depth_multiplier", 1))
+        if mult != 1:
+            spaces.freeze(lay)
+        for seg, off in lay.offsets():
+            members.append(
+                Member(op, "in", params, off, lay.channels, lay.positions, space=seg.space)
+            )
+        n = int(op.units if params == "dense" else op.filters)
+        space = spaces.new(n)
+        members.append(Member(op, "out", params, 0, n, space=space))
+        act = activation_of(op)
+        out = Layout([Segment(space, n, act not in ("linear", None))])
+        if act not in HOMOGENEOUS:
+            spaces.taint(out)
+        return out
+    if kind == "input":  # pragma: no cover - only node 0
+        raise AssertionError
+    if kind == "freeze":
+        for lay in inputs:
+            spaces.freeze(lay)
+        return inputs[0].copy()
+    if kind == "same" or (kind == "merge" and len(inputs) == 1):
+        (lay,) = inputs
+        if params in ("bn", "depthwise"):
+            if lay.positions != 1 or (params == "bn" and not _last_axis_bn(op)):
+                spaces.freeze(lay)
+            if params == "depthwise" and (
+                int(op.depth_multiplier) != 1 or op.data_format != "channels_last"
+            ):
+                spaces.freeze(lay)
+                return Layout([Segment(spaces.new(out_channels, True), out_channels)])
+            for seg, off in lay.offsets():
+                members.append(
+                    Member(op, "chan", params, off, lay.channels, post=seg.nonlinear,
+                           space=seg.space)
+                )
+        if node.key == "Rescaling" and (np.ndim(op.scale) or np.ndim(op.offset)):
+            spaces.freeze(lay)
+        act = activation_of(op) if params != "bn" else None
+        if kind == "merge" or node.key == "Rescaling":
+            act = "affine"  # x + c, x * c: affine, not homogeneous
+        if act is None or act == "linear":
+            return lay.copy()
+        if act not in HOMOGENEOUS:
+            spaces.taint(lay)
+        return lay.copy(nonlinear=act != "affine")
+    if kind == "merge":
+        full = [lay for lay in inputs if out_channels is None or lay.channels == out_channels]
+        for lay in inputs:
+            if all(lay is not f for f in full):  # broadcast along channels: kept whole
+                spaces.freeze(lay)
+        first = full[0]
+        shape = [s.size for s in first.segments]
+        for lay in full[1:]:
+            if [s.size for s in lay.segments] != shape or lay.positions != first.positions:
+                for other in full:
+                    spaces.freeze(other)
+                break
+            for a, b in zip(first.segments, lay.segments, strict=True):
+                spaces.union(a.space, b.space)
+        product = node.key in ("Multiply", "op:multiply", "op:divide", "Maximum", "Minimum")
+        if product:
+            spaces.taint(first)
+        nonlinear = product or any(s.nonlinear for lay in full for s in lay.segments)
+        return first.copy(nonlinear=nonlinear)
+    if kind == "concat":
+        axis = op.axis if op.axis >= 0 else len(op.output.shape) + op.axis
+        if axis != len(op.output.shape) - 1 or any(lay.positions != 1 for lay in inputs):
+            return _visit(Node(op, "Add", Handler("merge"), node.parents), inputs, spaces, members)
+        return Layout([Segment(s.space, s.size, s.nonlinear) for lay in inputs for s in lay.segments])
+    if kind == "flatten":
+        (lay,) = inputs
+        if lay.positions != 1:
+            spaces.freeze(lay)
+        shape = op.input.shape[1:]
+        positions = int(np.prod([int(d) for d in shape[:-1]])) if len(shape) > 1 else 1
+        return Layout(lay.copy().segments, lay.positions * positions)
+    if kind == "reshape":
+        (lay,) = inputs
+        keeps = (
+            node.key == "Reshape"
+            and lay.positions == 1
+            and _last_dim(op.input) == out_channels
+        )
+        if keeps:
+            return lay.copy()
+        spaces.freeze(lay)
+        return Layout([Segment(spaces.new(out_channels, True), out_channels)])
+    raise UnsupportedLayerError(  # pragma: no cover - every kind is handled above
+        f"layer {op.name!r} ({type(op).__name__}) is not supported: unknown kind {kind}"
+    )
+
+
+def _last_axis_bn(bn: Any) -> bool:
+    axis = bn.axis if isinstance(bn.axis, int) else bn.axis[0]
+    return axis in (-1, len(bn.input.shape) - 1)
+
+
+def _check_producer(op: Any, lay: Layout) -> None:
+    cls = type(op).__name__
+    if cls != "Dense":
+        if op.data_format != "channels_last":
+            raise UnsupportedLayerError(
+                f"layer {op.name!r} ({cls}) is not supported: only channels_last convolutions"
+            )
+        if int(getattr(op, "groups", 1)) != 1:
+            raise UnsupportedLayerError(
+                f"layer {op.name!r} ({cls}) is not supported: grouped convolutions"
+            )
+        if lay.positions != 1:  # pragma: no cover - a conv cannot read a flat vector
+            raise UnsupportedLayerError(f"layer {op.name!r} ({cls}) reads a flattened tensor")
+
+
+def _groups(spaces: _Spaces, members: list[Member]) -> list[ChannelGroup]:
+    by_root: dict[int, list[Member]] = {}
+    for m in members:
+        by_root.setdefault(spaces.find(m.space), []).append(m)
+    groups = []
+    for root, ms in by_root.items():
+        if spaces.frozen[root] or not any(m.role == "out" for m in ms):
+            continue
+        width = spaces.size[root]
+        producers = [m for m in ms if m.role == "out"]
+        group = ChannelGroup(
+            name=producers[0].layer.name,
+            width=width,
+            members=ms,
+            homogeneous=spaces.homogeneous[root],
+        )
+        chans = [m for m in ms if m.role == "chan"]
+        group.mergeable = (
+            len(producers) == 1
+            and all(m.params == "bn" and not m.post for m in chans)
+            and all(m.params in ("dense", "conv") for m in group.readers)
+            and len({m.space for m in ms}) == 1
+        )
+        pre_bn = [m for m in chans if m.params == "bn" and not m.post]
+        group.bn = pre_bn[0].layer if pre_bn else None
+        groups.append(group)
+    return groups

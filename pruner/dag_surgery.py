@@ -1,0 +1,140 @@
+"""Surgery on a DagGraph: slice every member of a group through its handler, fold
+merges where they are exact, and rebuild the Functional graph with new widths.
+
+A group's removed channels disappear from every producer's filters, every
+per-channel layer (BatchNormalization, DepthwiseConv2D) and every reader's
+kernel rows (Dense, Conv, SeparableConv2D), at the member's offset (Concatenate)
+and for every position (Flatten). Merges o_a += gamma * o_b go into the
+readers' rows and are accepted only for ``mergeable`` groups (one producer,
+readers linear in each channel); coupled groups take plain removal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.errors import ConfigError
+from pruner.dag import ChannelGroup, DagGraph, Member
+from pruner.plan import GroupPlan, validate
+
+# params kind -> (index of the weight, its input-channel axis) for reader rows
+_READ_AXES = {"dense": [(0, 0)], "conv": [(0, -2)], "separable": [(0, 2), (1, 2)]}
+
+
+def _masks(graph: DagGraph, weights: dict[str, list[np.ndarray]]) -> dict[tuple[str, str], Any]:
+    masks: dict[tuple[str, str], np.ndarray] = {}
+    for group in graph.groups:
+        for m in group.members:
+            w = weights[m.layer.name]
+            if m.role == "out":
+                n = w[1].shape[-1] if m.params == "separable" else w[0].shape[-1]
+            elif m.role == "chan":
+                n = w[0].shape[2] if m.params == "depthwise" else w[0].shape[0]
+            else:
+                n = w[0].shape[0] if m.params == "dense" else w[0].shape[-2 if m.params == "conv" else 2]
+            masks.setdefault((m.layer.name, m.role), np.ones(n, bool))
+    return masks
+
+
+def _merge_rows(m: Member, w: list[np.ndarray], merges: list[tuple[int, int, float]]) -> None:
+    for a, b, g in merges:
+        rows_a = m.rows(np.array([a]))[0]
+        rows_b = m.rows(np.array([b]))[0]
+        kernel = w[0]
+        if m.params == "dense":
+            kernel[rows_a] += np.float32(g) * kernel[rows_b]
+        else:
+            kernel[..., rows_a, :] += np.float32(g) * kernel[..., rows_b, :]
+
+
+def _slice(params: str, role_masks: dict[str, np.ndarray], w: list[np.ndarray]) -> list:
+    keep_in, keep_out, keep_ch = (role_masks.get(r) for r in ("in", "out", "chan"))
+    w = list(w)
+    if params == "bn":
+        return [x[keep_ch] for x in w]
+    if params == "depthwise":
+        w[0] = w[0][:, :, keep_ch, :]
+        if len(w) > 1:
+            w[1] = w[1][keep_ch]
+        return w
+    if params == "dense":
+        if keep_in is not None:
+            w[0] = w[0][keep_in]
+    elif params == "conv":
+        if keep_in is not None:
+            w[0] = w[0][..., keep_in, :]
+    elif keep_in is not None:  # separable: depthwise and pointwise rows
+        w[0], w[1] = w[0][:, :, keep_in, :], w[1][:, :, keep_in, :]
+    if keep_out is not None:
+        k = 1 if params == "separable" else 0
+        w[k] = w[k][..., keep_out]
+        if len(w) > k + 1:
+            w[k + 1] = w[k + 1][keep_out]
+    return w
+
+
+def apply_dag_plan(model: Any, graph: DagGraph, plan: dict[str, GroupPlan]) -> Any:
+    """A new model with the plan's channels removed from every member of their group."""
+    known = {g.name for g in graph.groups}
+    for name in plan:
+        if name not in known:
+            raise ConfigError(f"no prunable layer named {name!r}")
+    weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
+    masks = _masks(graph, weights)
+    for group in graph.groups:
+        gp = plan.get(group.name)
+        if gp is None or not gp.remove:
+            continue
+        validate(group, gp)
+        if gp.merges and not group.mergeable:
+            raise ConfigError(f"{group.name}: {_why_not(group)}, so its channels cannot be merged "
+                              "exactly; remove them without merges")
+        remove = np.asarray(gp.remove, np.int64)
+        for m in group.members:
+            if m.role == "in" and gp.merges:
+                _merge_rows(m, weights[m.layer.name], gp.merges)
+            masks[(m.layer.name, m.role)][m.rows(remove).reshape(-1)] = False
+    by_layer: dict[str, dict[str, np.ndarray]] = {}
+    for (name, role), mask in masks.items():
+        if not mask.all():
+            by_layer.setdefault(name, {})[role] = mask
+    params = {m.layer.name: m.params for g in graph.groups for m in g.members}
+    widths = {}
+    for name, role_masks in by_layer.items():
+        weights[name] = _slice(params[name], role_masks, weights[name])
+        if "out" in role_masks:
+            widths[name] = int(role_masks["out"].sum())
+    return rebuild_dag(model, widths, weights)
+
+
+def _why_not(group: ChannelGroup) -> str:
+    if len(group.producers) > 1:
+        names = ", ".join(m.layer.name for m in group.producers)
+        return f"its channels are made by {len(group.producers)} layers ({names})"
+    odd = [m.layer.name for m in group.members if m.role == "chan" and m.params != "bn"]
+    if odd:
+        return f"its channels pass through {odd[0]} (per-channel filters)"
+    return "a BatchNormalization after the nonlinearity or a non-linear reader carries it"
+
+
+def rebuild_dag(model: Any, widths: dict[str, int], weights: dict[str, list]) -> Any:
+    """A copy of ``model``'s graph with producers resized to ``widths`` and ``weights`` set."""
+    import keras
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer.name in widths:
+            config["units" if type(layer).__name__ == "Dense" else "filters"] = widths[layer.name]
+        elif type(layer).__name__ == "Reshape":  # one that keeps the channel axis
+            target = list(config["target_shape"])
+            if target[-1] == int(layer.input.shape[-1]) and -1 not in target:
+                config["target_shape"] = (*target[:-1], -1)
+        return type(layer).from_config(config)
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in new.layers:
+        if weights.get(layer.name):
+            layer.set_weights(weights[layer.name])
+    return new

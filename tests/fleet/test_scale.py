@@ -1,0 +1,324 @@
+"""Rollouts over simulated devices on a real Mosquitto: scale properties and faults.
+
+Each test ends with the registry and the devices agreeing (``assert_agree``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from simhelp import assert_agree, variant
+
+from core.mqtt import Broker
+from core.signing import SigningKey, TrustStore, write_key_pair
+from fleet.orchestrator import RolloutLocked, run_rollout
+from fleet.registry import Registry
+from fleet.rollout import Decision, Outcome, WavePolicy
+from fleet.simulator import Simulator, device_ids, simulated_key, simulated_public_keys
+
+pytestmark = pytest.mark.broker
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+@pytest.fixture
+def host_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def enrol(reg: Registry, ids: list[str], profile: str = "simulated") -> None:
+    for d in ids:
+        pem = simulated_key(d).public_key().public_pem().decode()
+        reg.set_identity(d, profile, pem, d)
+
+
+def start_sim(broker, ids, host_key, **kw) -> Simulator:
+    sim = Simulator(Broker(port=broker.port), ids, trust=TrustStore([host_key.public_key()]),
+                    **kw)
+    sim.start()
+    sim.wait_born()
+    return sim
+
+
+def test_one_connection_artifacts_once_and_the_record(broker, host_key, tmp_path):
+    ids = device_ids(60)
+    model = variant()
+    with start_sim(broker, ids, host_key, dead=ids[:6]) as sim, \
+            Registry(tmp_path / "f.sqlite") as reg:
+        enrol(reg, ids)
+        result = run_rollout({"simulated": model}, Broker(port=broker.port), reg, key=host_key,
+                             policy=WavePolicy(canary=4, growth=4, timeout_s=30),
+                             discover_s=0.5)
+        assert result.decision is Decision.DONE, result.reason
+        assert len(result.results) == 54 and all(
+            r.outcome is Outcome.ACTIVE for r in result.results)
+        assert {why for d, why in result.skipped.items()} == {"offline (its Last Will)"}
+        # the model went out once, whatever the number of devices
+        assert result.stats["published_bytes"] == len(model)
+        assert result.stats["messages_dropped"] == 0
+        counts = assert_agree(reg, sim, result.rollout_id)
+        assert counts == {"active": 54}
+        assert reg.rollouts("running") == []
+        assert all(r["lock_rollout"] is None for r in reg.device_rows())
+        # the same rollout again: every device already runs the variant
+        again = run_rollout({"simulated": model}, Broker(port=broker.port), reg, key=host_key,
+                            discover_s=0.5)
+        assert again.results == [] and again.decision is Decision.DONE
+        assert set(again.skipped.values()) == {"already runs " + result_sha(model)[:12],
+                                               "offline (its Last Will)"}
+        assert sum(len(d.accepted) for d in sim.devices.values()) == 54
+
+
+def result_sha(model: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(model).hexdigest()
+
+
+def test_unsigned_or_forged_device_messages_are_dropped(broker, host_key, tmp_path):
+    ids = device_ids(4)
+    with start_sim(broker, ids, host_key) as sim, Registry(tmp_path / "f.sqlite") as reg:
+        # the registry holds other keys for two of them: their word is not taken
+        enrol(reg, ids[:2])
+        for d in ids[2:]:
+            reg.set_identity(d, "simulated",
+                             SigningKey.generate().public_key().public_pem().decode(), d)
+        result = run_rollout({"simulated": variant()}, Broker(port=broker.port), reg,
+                             key=host_key, policy=WavePolicy(canary=4, timeout_s=3),
+                             discover_s=0.5)
+        outcomes = {r.device_id: r.outcome for r in result.results}
+        assert outcomes == {ids[0]: Outcome.ACTIVE, ids[1]: Outcome.ACTIVE}
+        assert {ids[2], ids[3]} <= set(result.skipped)  # their status never verified
+        assert result.stats["messages_dropped"] > 0
+        del sim
+
+
+def test_dead_devices_settle_at_once_and_abort_cancels_the_wave(broker, host_key, tmp_path):
+    ids = device_ids(40)
+    slow = ids[10:]
+    with start_sim(broker, ids, host_key, step_s=0.05, slow=slow) as sim, \
+            Registry(tmp_path / "f.sqlite") as reg:
+        enrol(reg, ids)
+        killed = threading.Event()
+
+        def progress(event: str, info: dict) -> None:
+            if event == "wave" and info["wave"] == 1 and not killed.is_set():
+                sim.kill(info["devices"][:3])  # their Last Will goes out mid-wave
+                killed.set()
+
+        t0 = time.monotonic()
+        result = run_rollout({"simulated": variant()}, Broker(port=broker.port), reg,
+                             key=host_key, progress=progress, discover_s=0.5,
+                             policy=WavePolicy(canary=2, growth=100, timeout_s=120, max_failure_rate=1.0,
+                                               max_failures=3))
+        took = time.monotonic() - t0
+        assert killed.is_set()
+        assert result.decision is Decision.ABORT and "max_failures=3" in result.reason
+        assert took < 30  # not the 120 s timeout: the Last Will settled them
+        outcomes = [r.outcome for r in result.results]
+        assert outcomes.count(Outcome.OFFLINE) == 3
+        assert outcomes.count(Outcome.CANCELLED) > 10  # the wave in progress was stopped
+        time.sleep(1.0)  # the devices' cancelled reports arrive
+        assert_agree(reg, sim, result.rollout_id)
+        assert not any(sim.devices[d].active for d in slow)
+
+
+def _worker(spec: dict, tmp_path: Path, name: str) -> subprocess.Popen:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{HERE}")
+    return subprocess.Popen([sys.executable, str(HERE / "rollout_worker.py"), str(path)],
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip()
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"no {prefix!r} line from the worker")
+
+
+def test_kill9_mid_wave_then_the_same_command_resumes(broker, host_key, tmp_path):
+    ids = device_ids(40)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    db = tmp_path / "fleet.sqlite"
+    spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}", "profile": "simulated",
+            "model": str(model_path), "key": str(key_path),
+            "policy": {"canary": 4, "growth": 3, "timeout_s": 60}, "discover_s": 0.5}
+    with start_sim(broker, ids, key, step_s=0.15) as sim:
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        proc = _worker(spec, tmp_path, "first")
+        rollout_id = _wait_line(proc, "planned").split()[1]
+        # wait until a wave is in flight (some active, some still pending), then kill -9
+        with Registry(db) as reg:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                outcomes = list(reg.outcomes(rollout_id).values())
+                if outcomes.count(Outcome.ACTIVE) >= 4 and Outcome.PENDING in outcomes:
+                    break
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with Registry(db) as reg:
+            before = reg.outcomes(rollout_id)
+            assert Outcome.PENDING in before.values() and len(before) < 40
+            result = run_rollout({"simulated": model_path}, Broker(port=broker.port), reg,
+                                 key=key, discover_s=0.5,
+                                 policy=WavePolicy(canary=4, growth=3, timeout_s=60))
+            assert result.rollout_id == rollout_id and result.resumed
+            assert result.decision is Decision.DONE, result.reason
+            assert {r.outcome for r in result.results} == {Outcome.ACTIVE}
+            assert len(result.results) == 40
+            assert assert_agree(reg, sim, rollout_id) == {"active": 40}
+            # every device took exactly one deployment: nothing deployed twice
+            assert all(len(d.accepted) == 1 for d in sim.devices.values())
+            assert reg.rollout(rollout_id)["state"] == "done"
+
+
+def test_two_rollouts_at_once_the_second_is_refused(broker, host_key, tmp_path):
+    ids = device_ids(20)
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, host_key, step_s=0.2) as sim, Registry(db) as reg:
+        enrol(reg, ids)
+        results: dict[str, object] = {}
+
+        def first() -> None:
+            with Registry(db) as reg1:
+                results["first"] = run_rollout(
+                    {"simulated": variant(seed=1)}, Broker(port=broker.port), reg1,
+                    key=host_key, discover_s=0.5, policy=WavePolicy(canary=5, timeout_s=60))
+
+        t = threading.Thread(target=first)
+        t.start()
+        deadline = time.monotonic() + 30
+        while not reg.rollouts("running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(RolloutLocked, match="held by rollout r"):
+            run_rollout({"simulated": variant(seed=2)}, Broker(port=broker.port), reg,
+                        key=host_key, discover_s=0.5)
+        t.join(60)
+        first_result = results["first"]
+        assert first_result.decision is Decision.DONE
+        assert assert_agree(reg, sim, first_result.rollout_id) == {"active": 20}
+        assert len(reg.rollouts()) == 1
+        assert {len(d.accepted) for d in sim.devices.values()} == {1}
+
+
+@pytest.mark.parametrize("outage_s", [0.0, pytest.param(30.0, marks=pytest.mark.slow)])
+def test_broker_restart_or_outage_mid_wave_pauses_the_rollout(
+        volatile_broker, host_key, tmp_path, outage_s):
+    """A broker without persistence: a restart loses every retained message and session."""
+    broker = volatile_broker
+    ids = device_ids(30)
+    events: list[str] = []
+    with start_sim(broker, ids, host_key, step_s=0.3) as sim, \
+            Registry(tmp_path / "f.sqlite") as reg:
+        enrol(reg, ids)
+        restarted = threading.Event()
+
+        def outage() -> None:
+            broker.stop()
+            time.sleep(outage_s)
+            broker.start()
+            restarted.set()
+
+        def progress(event: str, info: dict) -> None:
+            events.append(event)
+            if event == "wave" and info["wave"] == 1:
+                threading.Thread(target=outage).start()
+
+        result = run_rollout({"simulated": variant()}, Broker(port=broker.port), reg,
+                             key=host_key, progress=progress, discover_s=0.5,
+                             policy=WavePolicy(canary=3, growth=4, timeout_s=10))
+        assert restarted.wait(outage_s + 30)
+        assert "pause" in events and "resume" in events
+        assert result.decision is Decision.DONE, (result.reason, [
+            (r.device_id, r.outcome.value, r.reason) for r in result.results])
+        assert assert_agree(reg, sim, result.rollout_id) == {"active": 30}  # no timeouts
+
+
+def test_lost_chunks_are_served_again_within_the_bound(broker, host_key, tmp_path):
+    ids = device_ids(20)
+    model = variant(size=64 * 1024 * 6)
+    with start_sim(broker, ids, host_key, loss=0.3, need_after_s=0.3) as sim, \
+            Registry(tmp_path / "f.sqlite") as reg:
+        enrol(reg, ids)
+        result = run_rollout({"simulated": model}, Broker(port=broker.port), reg, key=host_key,
+                             discover_s=0.5, policy=WavePolicy(canary=20, timeout_s=60))
+        assert result.decision is Decision.DONE
+        assert sim.stats.need_requests > 0 and result.stats["reserved_chunks"] > 0
+        # one re-publish serves every device missing the chunk: far fewer than the requests
+        assert result.stats["reserved_chunks"] <= 6 * 64
+        assert assert_agree(reg, sim, result.rollout_id) == {"active": 20}
+
+
+def test_several_host_processes_on_postgres_with_a_shared_intake(broker, host_key, tmp_path,
+                                                                 pg_url):
+    ids = device_ids(30)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    with start_sim(broker, ids, key, step_s=0.05) as sim:
+        with Registry(pg_url) as reg:
+            enrol(reg, ids)
+        base = {"db": pg_url, "broker": f"mqtt://127.0.0.1:{broker.port}",
+                "profile": "simulated", "model": str(model_path), "key": str(key_path),
+                "share_group": "paoding-hosts", "discover_s": 1.0,
+                "policy": {"canary": 3, "growth": 3, "timeout_s": 60}}
+        a = _worker({**base, "devices": ["sim-0000*", "sim-00010", "sim-00011"]}, tmp_path, "a")
+        b = _worker({**base, "devices": ["sim-0001[2-9]", "sim-0002*"]}, tmp_path, "b")
+        outs = [json.loads(_wait_line(p, "{", timeout=120)) for p in (a, b)]
+        assert [p.wait(30) for p in (a, b)] == [0, 0]
+        assert [o["decision"] for o in outs] == ["done", "done"]
+        with Registry(pg_url) as reg:
+            total: dict[str, int] = {}
+            for o in outs:
+                for k, v in assert_agree(reg, sim, o["rollout_id"]).items():
+                    total[k] = total.get(k, 0) + v
+            assert total == {"active": 30}
+            assert sum(1 for r in reg.device_rows() if r["active_sha"]) == 30
+
+
+def test_fleet_command_shows_what_each_device_runs(broker, host_key, tmp_path, capsys):
+    from hostcli.main import main
+
+    ids = device_ids(5)
+    model = variant()
+    db = tmp_path / "f.sqlite"
+    with start_sim(broker, ids, host_key), Registry(db) as reg:
+        enrol(reg, ids)
+        run_rollout({"simulated": model}, Broker(port=broker.port), reg, key=host_key,
+                    discover_s=0.5, policy=WavePolicy(canary=5))
+    assert main(["fleet", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(result_sha(model)[:16]) == 5
+
+
+def test_resume_with_nothing_in_progress_is_a_clear_error(tmp_path, broker):
+    with Registry(tmp_path / "f.sqlite") as reg, pytest.raises(Exception, match="no rollout in"):
+        run_rollout(None, Broker(port=broker.port), reg, resume=True, discover_s=0.1)
+
+
+def test_simulated_keys_are_stable():
+    assert simulated_public_keys(["a"])["a"].key_id == simulated_key("a").key_id

@@ -1,0 +1,29 @@
+"""Schedule: widths rounded to SIMD-friendly multiples."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ConfigError
+from pruner.schedule import Schedule
+
+
+def test_round_to_keeps_multiples():
+    s = Schedule(0.3, 0.05, round_to=8)
+    assert s.layer_target(64) == 16  # keeps 45 -> 48
+    assert s.layer_target(100) == 28  # keeps 70 -> 72
+    assert s.layer_target(8) == Schedule(0.3).layer_target(8) == 2  # too narrow to round
+    assert Schedule.from_config(s.get_config()).layer_target(64) == 16
+    assert Schedule(0.3).get_config() == {"target": 0.3, "step": 0.05}
+    with pytest.raises(ConfigError, match="round_to"):
+        Schedule(0.3, round_to=0)
+
+
+def test_pruned_widths_are_multiples():
+    pytest.importorskip("keras")
+    from pruner import zoo
+    from pruner.api import prune
+
+    result = prune(zoo.ds_cnn(filters=24), schedule=Schedule(0.4, 0.2, round_to=8),
+                   mode="magnitude", n_random=0, measure_tflite=False, progress=False)
+    assert set(result.final.units.values()) == {16}

@@ -42,22 +42,24 @@ def _functional(name: str, stack: list):  # noqa: ANN201 - keras.Model
     return keras.Model(x, h, name=name)
 
 
+MLPS = {  # name: (inputs, hidden widths, classes)
+    "digits_mlp": (784, (128, 128, 64), 10),
+    "mlp_256": (784, (256, 128), 10),
+    "cancer_mlp": (30, (64, 32), 2),
+}
+
+
 def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
     """The architecture of a benchmark model (uncompiled, Functional)."""
     import keras
     from keras import layers
 
-    if name == "digits_mlp":
-        return _functional(
-            name,
-            [
-                keras.Input((784,)),
-                layers.Dense(128, activation="relu", name="fc1"),
-                layers.Dense(128, activation="relu", name="fc2"),
-                layers.Dense(64, activation="relu", name="fc3"),
-                layers.Dense(10, activation="softmax", name="out"),
-            ],
-        )
+    if name in MLPS:
+        inputs, widths, classes = MLPS[name]
+        hidden = [layers.Dense(w, activation="relu", name=f"fc{i}")
+                  for i, w in enumerate(widths, 1)]
+        return _functional(name, [keras.Input((inputs,)), *hidden,
+                                  layers.Dense(classes, activation="softmax", name="out")])
     if name == "digits_cnn":
         return _functional(
             name,
@@ -78,26 +80,6 @@ def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
         )
     if name.startswith("cnn_"):
         return _functional(name, [keras.Input((28, 28, 1)), *gap_cnn(name[4:])])
-    if name == "mlp_256":
-        return _functional(
-            name,
-            [
-                keras.Input((784,)),
-                layers.Dense(256, activation="relu", name="fc1"),
-                layers.Dense(128, activation="relu", name="fc2"),
-                layers.Dense(10, activation="softmax", name="out"),
-            ],
-        )
-    if name == "cancer_mlp":
-        return _functional(
-            name,
-            [
-                keras.Input((30,)),
-                layers.Dense(64, activation="relu", name="fc1"),
-                layers.Dense(32, activation="relu", name="fc2"),
-                layers.Dense(2, activation="softmax", name="out"),
-            ],
-        )
     raise ValueError(f"unknown benchmark model {name!r}")
 
 

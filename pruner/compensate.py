@@ -49,6 +49,12 @@ def preactivation(layer: Any, inp: np.ndarray) -> np.ndarray:
     return out + weights[1] if layer.use_bias else out
 
 
+def _target(original: Any, name: str, ref: dict, kept: dict) -> np.ndarray:
+    """The original layer's pre-activation, on the output channels the pruned one kept."""
+    target = preactivation(original.get_layer(name), ref[name])
+    return target[..., kept[name]] if name in kept else target
+
+
 def correct_biases(
     original: Any,
     pruned: Any,
@@ -69,9 +75,7 @@ def correct_biases(
     ref = _inputs(original, names, x)
     for name in names:
         layer = pruned.get_layer(name)
-        target = preactivation(original.get_layer(name), ref[name])
-        if name in kept:
-            target = target[..., kept[name]]
+        target = _target(original, name, ref, kept)
         now = preactivation(layer, _inputs(pruned, [name], x)[name])
         delta = (target - now).reshape(-1, target.shape[-1]).mean(axis=0)
         kernel, bias = layer.get_weights()[:2]
@@ -115,9 +119,7 @@ def reconstruct(
     ref = _inputs(original, names, x)
     for name in names:
         layer = pruned.get_layer(name)
-        target = preactivation(original.get_layer(name), ref[name])
-        if name in kept:
-            target = target[..., kept[name]]
+        target = _target(original, name, ref, kept)
         weights = layer.get_weights()
         kernel = weights[0]
         fan_in, k = int(np.prod(kernel.shape[:-1])), kernel.shape[-1]

@@ -94,7 +94,8 @@ def export_tflite(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         # Keras prints the SavedModel signature to stdout while converting.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), _native_stderr_dropped(), \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             data = bytes(converter.convert())
     except Exception as exc:  # the converter raises many unrelated types
@@ -107,6 +108,28 @@ def export_tflite(
     if path is not None:
         write_atomic(path, data)
     return data
+
+
+@contextlib.contextmanager
+def _native_stderr_dropped() -> Any:
+    """Drop what native code writes to fd 2 meanwhile (the converter's "fully_quantize: 0,
+    inference_type: 6 ..." lines); Python errors still raise with their messages."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded); nothing to drop
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def op_version_problems(

@@ -210,3 +210,22 @@ def test_forged_need_messages_cost_little(broker, inproc_agent, attacker, keys, 
     assert rep.ok and rep.dropped >= 200 and rep.chunks_sent <= n + 8, rep.chunks_sent
     print(f"forged needs: {n} chunks; published {unkeyed} without the device key, "
           f"{rep.chunks_sent} with it ({rep.dropped} dropped)")
+
+
+def test_malformed_manifest_leaves_the_retained_final_report(broker, inproc_agent, collector,
+                                                            attacker, keys, tiny_model):
+    """One anonymous malformed manifest once replaced the retained final report."""
+    inproc_agent(broker, trust=keys["trust"])
+    rep = deploy(tiny_model, DEVICE, broker.url, key=keys["private"], timeout=60,
+                 deployment_id="keep-me")
+    assert rep.ok
+    attacker.publish(T.manifest, b"{not json").wait(5)
+    attacker.publish(T.manifest, Manifest(deployment_id="x1", device_id=DEVICE,
+                                          model=Artifact.of(tiny_model)).to_json()).wait(5)
+    time.sleep(0.5)
+    _c, got = collector(broker, T.report)  # a new subscriber: it gets the retained one
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    retained = Report.from_json(got[0][1])
+    assert retained.deployment_id == "keep-me" and retained.state == "active"

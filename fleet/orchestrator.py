@@ -85,6 +85,7 @@ MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest i
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
+VERDICT_S = 0.2  # how often a rollout in progress is judged again
 CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
 
 
@@ -302,6 +303,8 @@ class _Engine:
         self.resumed = False
         self._polled = 0.0
         self._ticked = 0.0
+        self._judged = 0.0
+        self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
@@ -508,6 +511,12 @@ class _Engine:
                 self.server.publish(art.sha256)
                 self.published.add(art.sha256)
 
+    @property
+    def plan_index(self) -> dict[str, int]:
+        if self._plan_index is None:
+            self._plan_index = {d: i for i, d in enumerate(d for w in self.waves for d in w)}
+        return self._plan_index
+
     def start_wave(self, index: int) -> None:
         wave = [d for d in self.waves[index] if d not in self.started]
         rows = []
@@ -523,7 +532,9 @@ class _Engine:
             if action is not Action.DEPLOY:
                 self.skipped[device_id] = why
                 continue
-            dep_id = f"{self.rollout_id}-w{index}-{uuid.uuid4().hex[:6]}"
+            # unique by construction: the device's place in the plan (random ids collide
+            # in waves of thousands)
+            dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
             manifest = self._manifest(dep_id, device_id, variant)
             rows.append((dep_id, device_id, variant.model.sha256, variant.model.size,
                          self.rollout_id, index, manifest.decode(), json.loads(manifest)[
@@ -600,9 +611,12 @@ class _Engine:
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
-            if not self._changed and connected == self.link.connected:
-                continue
+            if connected == self.link.connected and not (
+                    self._changed and (not self.pending
+                                       or time.monotonic() - self._judged > VERDICT_S)):
+                continue  # judging is O(devices): at most five times a second
             self._changed, connected = False, self.link.connected
+            self._judged = time.monotonic()
             verdict = self.verdict()
             if verdict.decision is Decision.ABORT:
                 self.progress("abort", {"reason": verdict.reason})
@@ -818,6 +832,11 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     for device in devices:
         if device not in chosen:
             skipped[device.device_id] = "not targeted"
+    # the rollout is recorded (running, no waves yet) before it takes any lock, so a
+    # crash leaves no lock held by a rollout the registry does not know
+    for sha, data in blobs.items():
+        registry.put_artifact(sha, data)
+    registry.create_rollout(rollout_id, spec)
     held = registry.lock_devices(rollout_id, [d.device_id for d in chosen])
     for device_id, other in held.items():
         skipped[device_id] = f"held by rollout {other}"
@@ -825,8 +844,10 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     if held and not chosen:
         registry.unlock_devices(rollout_id)
         other = sorted(set(held.values()))
-        raise RolloutLocked(f"every targeted device is held by rollout {', '.join(other)} "
-                            "(one rollout at a time per device; resume or wait for it)")
+        reason = (f"every targeted device is held by rollout {', '.join(other)} "
+                  "(one rollout at a time per device; resume or wait for it)")
+        registry.set_rollout_state(rollout_id, "refused", reason)
+        raise RolloutLocked(reason)
     waves = plan_waves(chosen, policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
@@ -834,9 +855,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         tags={d.device_id: sorted(d.tags) for d in chosen if d.tags},
         skipped=skipped,
     )
-    for sha, data in blobs.items():
-        registry.put_artifact(sha, data)
-    registry.create_rollout(rollout_id, spec)
+    registry.set_rollout_spec(rollout_id, spec)
     engine.waves, engine.profiles, engine.tags = spec["waves"], spec["profiles"], spec["tags"]
     engine.skipped = dict(skipped)
     engine.progress("plan", {"rollout_id": rollout_id, "waves": engine.waves,

@@ -16,8 +16,8 @@ EXPORTS = ("float32", "float16", "dynamic", "int8")
 OUTPUT_FILES = ("model.tflite", "model.keras", "report.json", "report.png", "devices")
 
 # Highest builtin op version each runtime can load, for every op the exporter
-# writes (Dense, Conv2D, pooling, padding, resizing, activations, softmax, the
-# four export types). tflite-runtime 2.14: measured on the tflite-runtime
+# writes (Dense, Conv2D, pooling, padding, resizing, activations, merges, softmax,
+# the four export types). tflite-runtime 2.14: measured on the tflite-runtime
 # 2.14.0 wheel by raising each op's version in real exports until the
 # interpreter refused it; tests/tuner/test_export_compat.py re-measures every
 # entry (limit loads, limit + 1 does not) and loads every export type of every
@@ -39,8 +39,10 @@ OP_MAX_VERSIONS: dict[tuple[str, tuple[int, int]], dict[str, int]] = {
         "HARD_SWISH": 1,
         "LEAKY_RELU": 2,
         "LOGISTIC": 3,
+        "MAXIMUM": 4,
         "MAX_POOL_2D": 3,
         "MEAN": 3,
+        "MINIMUM": 4,
         "MUL": 7,
         "PACK": 4,
         "PAD": 4,

@@ -2,7 +2,8 @@
 
 Test models cover the layers the pruner handles (Dense with each activation,
 Conv2D, BatchNormalization, pooling, padding, cropping, up-sampling,
-rescaling, reshaping). Each is exported as every type, plus the per-channel
+rescaling, reshaping, and the merges: add, subtract, multiply, average,
+maximum, minimum, concatenate). Each is exported as every type, plus the per-channel
 dynamic-range export that the default avoids. Then:
 
 - tflite-runtime 2.14 (its own venv) loads exactly the exports the table
@@ -26,7 +27,7 @@ import device_profiles as dp
 from core.errors import ExportError
 from tuner.candidates import OP_MAX_VERSIONS, op_limits, runtime_check
 
-pytestmark = pytest.mark.slow  # exports 3 models x 5 types once per module
+pytestmark = pytest.mark.slow  # exports 4 models x 5 types once per module
 
 TYPES = ("float32", "float16", "dynamic", "dynamic-per-channel", "int8")
 TABLE = OP_MAX_VERSIONS[("tflite-runtime", (2, 14))]
@@ -81,7 +82,17 @@ def _models():
     h = L.GlobalMaxPooling2D()(L.Conv2D(32, 3, activation="relu")(h))
     h = L.Dense(64, activation="relu")(h)
     flat = keras.Model(i, L.Dense(3)(L.Dropout(0.1)(h)))
-    return {"mlp": mlp, "cnn": cnn, "flat": flat}
+    i = keras.Input((64,))
+    a = L.Dense(64, activation="relu")(i)
+    b = L.Dense(64, activation="relu")(a)
+    h = L.Add()([a, b])
+    h = L.Subtract()([h, L.Dense(64)(h)])
+    h = L.Multiply()([h, L.Dense(64, activation="sigmoid")(h)])
+    h = L.Average()([h, L.Maximum()([h, L.Dense(64)(h)])])
+    h = L.Minimum()([h, L.Dense(64)(h)])
+    h = L.Concatenate()([h, L.Dense(64, activation="relu")(h)])
+    merge = keras.Model(i, L.Dense(10, activation="softmax")(h))
+    return {"mlp": mlp, "cnn": cnn, "flat": flat, "merge": merge}
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,6 @@ def plot(runs: list[dict], png: Path) -> None:
                label="tuned, verified (red: not verified)")
         if ps:
             ax.axhline(ps[0]["budget_p90_ms"], color="black", ls="--", lw=1, label="p90 budget")
-        ax.set_yscale("log")
         ax.set_xticks(xs)
         ax.set_xlabel("run")
         ax.set_ylabel("p90 ms (median of measurements, emulated)")

@@ -173,7 +173,11 @@ def write_outputs(results: list[dict], meta: dict, out: Path) -> None:
         "# Fleet rollout at scale (simulated devices, real Mosquitto, one host process)",
         "",
         f"Model {meta['model_bytes'] // 1024} KiB in {meta['chunks']} chunks; canary "
-        f"{meta['canary']}, growth {meta['growth']}; {meta['machine']}.",
+        f"{meta['canary']}, growth {meta['growth']}; {meta['machine']}; commit "
+        f"{meta.get('commit')}. Host threads include the benchmark's own sampling thread "
+        "(the rollout runs two: its own and the MQTT network loop). The simulator "
+        "multiplexes its devices over one connection, so the broker sends it each chunk "
+        "once: broker bytes per device exclude the artifact's fan-out to real devices.",
         "",
         "| devices | settled | reports lost | wall s | host CPU s | host RSS MB | host fds | "
         "host threads | host bytes published | broker msgs/device | broker bytes/device |",
@@ -222,7 +226,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.host_run:
         return host_run(args.host_run)
-    from bench.common import machine
+    from bench.common import git_commit, machine
 
     work = Path(tempfile.mkdtemp(prefix="paoding-fleet-bench-"))
     model = work / "model.tflite"
@@ -240,7 +244,7 @@ def main() -> int:
     meta = {"machine": f"{m.get('cpu', '')} x{m.get('cores', '')}".strip(),
             "machine_full": m, "model_bytes": args.model_kb * 1024,
             "chunks": -(-args.model_kb * 1024 // (64 * 1024)), "canary": args.canary,
-            "growth": args.growth, "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+            "growth": args.growth, "commit": git_commit(), "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                  time.gmtime())}
     write_outputs(results, meta, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())

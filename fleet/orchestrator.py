@@ -85,6 +85,7 @@ MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest i
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
+VERDICT_S = 0.2  # how often a rollout in progress is judged again
 CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
 
 
@@ -302,6 +303,9 @@ class _Engine:
         self.resumed = False
         self._polled = 0.0
         self._ticked = 0.0
+        self._judged = 0.0
+        self._abort_checked = 0.0
+        self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
@@ -499,7 +503,7 @@ class _Engine:
             self.outcomes[d] = Outcome.PENDING
             self._ensure_published(self.variants[device.profile])
             self._try_settle(d)  # the retained report or status may already tell
-            if dep.deployment_id in self.pending:
+            if dep.deployment_id in self.pending and not self._abort_requested():
                 self._send_manifest(dep)
 
     def _ensure_published(self, variant: Variant) -> None:
@@ -507,6 +511,12 @@ class _Engine:
             if art is not None and art.sha256 not in self.published:
                 self.server.publish(art.sha256)
                 self.published.add(art.sha256)
+
+    @property
+    def plan_index(self) -> dict[str, int]:
+        if self._plan_index is None:
+            self._plan_index = {d: i for i, d in enumerate(d for w in self.waves for d in w)}
+        return self._plan_index
 
     def start_wave(self, index: int) -> None:
         wave = [d for d in self.waves[index] if d not in self.started]
@@ -523,7 +533,9 @@ class _Engine:
             if action is not Action.DEPLOY:
                 self.skipped[device_id] = why
                 continue
-            dep_id = f"{self.rollout_id}-w{index}-{uuid.uuid4().hex[:6]}"
+            # unique by construction: the device's place in the plan (random ids collide
+            # in waves of thousands)
+            dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
             manifest = self._manifest(dep_id, device_id, variant)
             rows.append((dep_id, device_id, variant.model.sha256, variant.model.size,
                          self.rollout_id, index, manifest.decode(), json.loads(manifest)[
@@ -588,6 +600,16 @@ class _Engine:
         return gate(judge(self.outcomes, self.policy, last_wave=last),
                     connected=self.link.connected)
 
+    def _abort_requested(self) -> bool:
+        """The operator's abort: the event, or ``rollout --abort`` from any process (registry)."""
+        if self.abort_event is not None and self.abort_event.is_set():
+            return True
+        if time.monotonic() - self._abort_checked < 1.0:
+            return False
+        self._abort_checked = time.monotonic()
+        row = self.registry.rollout(self.rollout_id)
+        return row is not None and row["state"] == "aborting"
+
     def run(self) -> Verdict:
         verdict = self.verdict()
         connected = self.link.connected
@@ -596,13 +618,16 @@ class _Engine:
             self.tick()
             self.flush()
             self.poll_registry()
-            if self.abort_event is not None and self.abort_event.is_set():
+            if self._abort_requested():
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
-            if not self._changed and connected == self.link.connected:
-                continue
+            if connected == self.link.connected and not (
+                    self._changed and (not self.pending
+                                       or time.monotonic() - self._judged > VERDICT_S)):
+                continue  # judging is O(devices): at most five times a second
             self._changed, connected = False, self.link.connected
+            self._judged = time.monotonic()
             verdict = self.verdict()
             if verdict.decision is Decision.ABORT:
                 self.progress("abort", {"reason": verdict.reason})
@@ -640,6 +665,19 @@ class _Engine:
         for sha in self.published - busy:
             self.server.clear(sha)
         self.published &= busy
+
+
+def request_abort(registry: Registry, rollout_id: str) -> None:
+    """Ask the rollout to stop: its host process cancels the wave in progress within a second.
+
+    ConfigError when there is no such rollout or it is not in progress.
+    """
+    found = registry.rollout(rollout_id)
+    if found is None:
+        raise ConfigError(f"no rollout {rollout_id!r} in {registry.label}")
+    if found["state"] not in ("running", "aborting"):
+        raise ConfigError(f"rollout {rollout_id} is {found['state']}, not in progress")
+    registry.set_rollout_state(rollout_id, "aborting", "aborted by the operator")
 
 
 def _spec_variants(spec: dict[str, Any], registry: Registry
@@ -757,7 +795,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         found = registry.rollout(resume)
         if found is None:
             raise ConfigError(f"no rollout {resume!r} in {registry.label}")
-        if found["state"] != "running":
+        if found["state"] not in ("running", "aborting"):
             raise ConfigError(f"rollout {resume} is {found['state']}, not in progress")
     else:
         fp = _fingerprint(prepared, target)
@@ -818,6 +856,11 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     for device in devices:
         if device not in chosen:
             skipped[device.device_id] = "not targeted"
+    # the rollout is recorded (running, no waves yet) before it takes any lock, so a
+    # crash leaves no lock held by a rollout the registry does not know
+    for sha, data in blobs.items():
+        registry.put_artifact(sha, data)
+    registry.create_rollout(rollout_id, spec)
     held = registry.lock_devices(rollout_id, [d.device_id for d in chosen])
     for device_id, other in held.items():
         skipped[device_id] = f"held by rollout {other}"
@@ -825,8 +868,10 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     if held and not chosen:
         registry.unlock_devices(rollout_id)
         other = sorted(set(held.values()))
-        raise RolloutLocked(f"every targeted device is held by rollout {', '.join(other)} "
-                            "(one rollout at a time per device; resume or wait for it)")
+        reason = (f"every targeted device is held by rollout {', '.join(other)} "
+                  "(one rollout at a time per device; resume or wait for it)")
+        registry.set_rollout_state(rollout_id, "refused", reason)
+        raise RolloutLocked(reason)
     waves = plan_waves(chosen, policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
@@ -834,9 +879,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         tags={d.device_id: sorted(d.tags) for d in chosen if d.tags},
         skipped=skipped,
     )
-    for sha, data in blobs.items():
-        registry.put_artifact(sha, data)
-    registry.create_rollout(rollout_id, spec)
+    registry.set_rollout_spec(rollout_id, spec)
     engine.waves, engine.profiles, engine.tags = spec["waves"], spec["profiles"], spec["tags"]
     engine.skipped = dict(skipped)
     engine.progress("plan", {"rollout_id": rollout_id, "waves": engine.waves,

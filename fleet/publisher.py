@@ -3,8 +3,9 @@
 ``deploy()`` sends the manifest (release, expiry and per-chunk digests, signed),
 publishes the artifact's chunks once (retained on
 ``paoding/v2/artifacts/<sha256>/<index>``, shared by every deployment of the
-same variant from this process and cleared by the last one), re-serves what
-the agent asks for within a per-deployment limit, collects the agent's
+same variant from this process and cleared by the last one; the publishing
+and the bounded re-serving are ``fleet.artifacts.ArtifactServer``'s), re-serves
+what the agent asks for, collects the agent's
 reports and returns a ``DeploymentReport`` once the deployment reaches a
 final state. Given the device's enrolled public key, reports and chunk
 requests that do not carry the device's signature are dropped and logged.
@@ -45,8 +46,8 @@ from core.protocol import (
     Thresholds,
     Topics,
     TransferStats,
-    artifact_topic,
     check_id,
+    parse_artifact_topic,
 )
 from core.signing import (
     SigningKey,
@@ -56,6 +57,7 @@ from core.signing import (
     load_verify_key,
     one_line,
 )
+from fleet.artifacts import ArtifactServer
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ Progress = Callable[[str, dict[str, Any]], None]
 # Runs a TFLite model on the host: (model bytes, x) -> outputs, for the probes' ``expected``.
 HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
 MANIFEST_RESEND_S = 5.0
-RESEND_INTERVAL_S = 1.0  # a chunk is re-served at most this often per deployment
-RESEND_FACTOR = 4.0  # and at most this many times the deployment's chunks in all
 
 
 class DeploymentReport(BaseModel):
@@ -173,125 +173,32 @@ class _Shelf:
 SHELF = _Shelf()
 
 
-class ResendLimit:
-    """Per-deployment limit on re-served chunks, so forged or looping requests cost little.
+class _Counted:
+    """Publishes for one deployment: counts chunk messages, reports progress, keeps acks."""
 
-    A chunk is re-served at most once per ``interval`` seconds, and at most
-    ``factor`` times the deployment's chunk count in all.
-    """
-
-    def __init__(self, total_chunks: int, interval: float = RESEND_INTERVAL_S,
-                 factor: float = RESEND_FACTOR) -> None:
-        self.interval = interval
-        self.budget = int(max(1, total_chunks) * factor)
-        self.used = 0
-        self.refused = 0
-        self._last: dict[tuple[str, int], float] = {}
-
-    def allow(self, sha256: str, index: int, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        last = self._last.get((sha256, index))
-        if self.used >= self.budget or (last is not None and now - last < self.interval):
-            self.refused += 1
-            return False
-        self._last[(sha256, index)] = now
-        self.used += 1
-        return True
-
-
-class _Sender:
-    """Publishes chunks (retained) in order, with a bounded number in flight."""
-
-    def __init__(self, client: MqttClient, blobs: dict[str, bytes],
-                 artifacts: dict[str, Artifact], window: int = 256,
-                 progress: Progress | None = None) -> None:
-        self.client = client
-        self.by_sha = {a.sha256: (blobs[name], a) for name, a in artifacts.items()}
-        self.window, self.progress = window, progress
-        self.limit = ResendLimit(sum(a.chunks for a in artifacts.values()))
-        self._want: dict[str, set[int]] = {sha: set() for sha in self.by_sha}
-        self._cv = threading.Condition()
-        self._stop = False
+    def __init__(self, client: MqttClient, progress: Progress | None) -> None:
+        self.client, self.progress = client, progress
         self.sent = 0
-        self._thread = threading.Thread(target=self._run, name="paoding-sender", daemon=True)
-        self._thread.start()
+        self.clearing: list[PublishFuture] = []
 
-    def publish_all(self, sha256: str) -> None:
-        """Queue every chunk of an artifact (its first publication)."""
-        _blob, art = self.by_sha[sha256]
-        with self._cv:
-            self._want[sha256].update(range(art.chunks))
-            self._cv.notify()
+    def __call__(self, topic: str, payload: bytes, *, retain: bool = False) -> PublishFuture:
+        fut = self.client.publish(topic, payload, qos=1, retain=retain)
+        if not payload:  # clearing a retained chunk
+            self.clearing.append(fut)
+            return fut
+        self.sent += 1
+        if self.progress:
+            sha, index = parse_artifact_topic(topic)
+            self.progress("chunk", {"artifact": sha, "index": index, "sent": self.sent})
+        return fut
 
-    def request(self, req: ChunkRequest) -> None:
-        """Queue what a device asks for again, within the deployment's resend limit."""
-        entry = self.by_sha.get(req.artifact)
-        if entry is None:
-            return
-        chunks = entry[1].chunks
-        now = time.monotonic()
-        with self._cv:
-            for start, end in req.ranges:
-                for i in range(start, min(end, chunks)):
-                    if i not in self._want[req.artifact] and self.limit.allow(
-                            req.artifact, i, now):
-                        self._want[req.artifact].add(i)
-            self._cv.notify()
-
-    def _next(self) -> tuple[str, int] | None:
-        for sha, want in self._want.items():
-            if want:
-                i = min(want)
-                want.discard(i)
-                return sha, i
-        return None
-
-    def _run(self) -> None:
-        inflight: list[PublishFuture] = []
-        while True:
-            with self._cv:
-                while not self._stop and not any(self._want.values()):
-                    self._cv.wait(0.5)
-                if self._stop:
-                    return
-                item = self._next()
-            if item is None:
-                continue
-            sha, i = item
-            blob, art = self.by_sha[sha]
-            start = i * art.chunk_size
-            data = blob[start:start + art.chunk_size]
-            inflight.append(self.client.publish(artifact_topic(sha, i), data, qos=1,
-                                                retain=True))
-            self.sent += 1
-            if len(inflight) >= self.window:
-                inflight = [f for f in inflight if not f.done()]
-                while len(inflight) >= self.window and not self._stop:
-                    try:
-                        inflight[0].wait(0.5)
-                    except PaodingError:
-                        pass
-                    inflight = [f for f in inflight if not f.done()]
-            if self.progress:
-                self.progress("chunk", {"artifact": sha, "index": i, "sent": self.sent})
-
-    def close(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join(timeout=5)
-
-
-def clear_artifact(client: MqttClient, artifact: Artifact, timeout: float = 10.0) -> None:
-    """Remove an artifact's retained chunks from the broker (empty retained messages)."""
-    futures = [client.publish(artifact_topic(artifact.sha256, i), b"", qos=1, retain=True)
-               for i in range(artifact.chunks)]
-    deadline = time.monotonic() + timeout
-    for f in futures:
-        try:
-            f.wait(max(0.1, deadline - time.monotonic()))
-        except PaodingError:
-            break
+    def wait_cleared(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for f in self.clearing:
+            try:
+                f.wait(max(0.1, deadline - time.monotonic()))
+            except PaodingError:
+                break
 
 
 def deploy(
@@ -395,7 +302,10 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
     t0 = time.monotonic()
     client.connect(timeout=min(10.0, timeout))
     artifacts = manifest.artifacts()
-    sender = _Sender(client, blobs, artifacts, progress=progress)
+    publish = _Counted(client, progress)
+    server = ArtifactServer(publish)
+    for name, art in artifacts.items():
+        server.add(blobs[name], art)
     owned = [a for a in artifacts.values() if SHELF.claim(broker.address, a.sha256)]
     reports: list[Report] = []
     seen: set[str] = set()
@@ -421,7 +331,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
         t_manifest = time.monotonic()
         client.publish(topics.manifest, manifest.to_json(), qos=1).wait(min(30.0, timeout))
         for art in owned:
-            sender.publish_all(art.sha256)
+            server.publish(art.sha256)
         if progress:
             progress("manifest", {"deployment_id": dep})
         deadline = t0 + timeout
@@ -446,7 +356,7 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
                 req = parse(kind, topic, payload)
                 if isinstance(req, ChunkRequest) and req.deployment_id == dep:
                     heard = True
-                    sender.request(req)
+                    server.request(req)
                 continue
             rep = parse(kind, topic, payload) if payload else None
             if not isinstance(rep, Report):
@@ -464,19 +374,19 @@ def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: f
             if rep.final or rep.state in FINAL_STATES or rep.state == "error":
                 final = rep
     finally:
-        sender.close()
         for t in (topics.report, topics.need):
             client.unsubscribe(t)
         for art in artifacts.values():
             if SHELF.release(broker.address, art.sha256):
-                clear_artifact(client, art)
+                server.clear(art.sha256)
+        publish.wait_cleared()
         client.close()
-    return _summarise(manifest, final, reports, t0, t_manifest, received_at, sender,
-                      dropped)
+    return _summarise(manifest, final, reports, t0, t_manifest, received_at, publish.sent,
+                      server.stats.refused_requests, dropped)
 
 
 def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               t_manifest: float, received_at: float | None, sender: _Sender,
+               t_manifest: float, received_at: float | None, sent: int, refused: int,
                dropped: int) -> DeploymentReport:
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
     checks = next((r.checks for r in reversed(reports) if r.checks), None)
@@ -488,7 +398,7 @@ def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: flo
         state=final.state, ok=final.state == "active", reason=final.reason,
         model_sha256=manifest.model.sha256, model_size=manifest.model.size,
         chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks,
-        chunks_sent=sender.sent, resends_refused=sender.limit.refused, dropped=dropped,
+        chunks_sent=sent, resends_refused=refused, dropped=dropped,
         release=manifest.release,
         signed_by=manifest.signature.key_id if manifest.signature else None,
         runtime=bench.runtime if bench else final.runtime, benchmark=bench, checks=checks,

@@ -233,10 +233,15 @@ class Registry:
 
     # one rollout at a time per device ---------------------------------------
     def lock_devices(self, rollout_id: str, device_ids: Sequence[str]) -> dict[str, str]:
-        """Lock devices for ``rollout_id``; returns the ones held by another rollout (id -> it)."""
+        """Lock devices for ``rollout_id``; returns the ones held by another rollout (id -> it).
+
+        A lock whose rollout is no longer running (or was never recorded) is free.
+        """
         with self.db.tx():
             self.db.executemany(
-                "UPDATE devices SET lock_rollout=? WHERE device_id=? AND lock_rollout IS NULL",
+                "UPDATE devices SET lock_rollout=? WHERE device_id=? AND (lock_rollout IS NULL "
+                "OR lock_rollout NOT IN (SELECT rollout_id FROM rollouts "
+                "WHERE state IN ('running', 'aborting')))",
                 [(rollout_id, d) for d in device_ids],
             )
             held = self._locks()
@@ -278,6 +283,13 @@ class Registry:
             query, args = query + " WHERE state=?", (state,)
         rows = self.db.query(query + " ORDER BY created_at", args)
         return [{**r, "spec": json.loads(r["spec"])} for r in rows]
+
+    def set_rollout_spec(self, rollout_id: str, spec: dict[str, Any]) -> None:
+        with self.db.tx():
+            self.db.execute(
+                "UPDATE rollouts SET spec=?, updated_at=? WHERE rollout_id=?",
+                (json.dumps(spec, sort_keys=True), time.time(), rollout_id),
+            )
 
     def set_rollout_state(self, rollout_id: str, state: str, reason: str = "") -> None:
         with self.db.tx():

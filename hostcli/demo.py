@@ -124,6 +124,8 @@ class _Agents:
                     profile,
                     "--broker",
                     broker,
+                    "--mqtt-protocol",  # the embedded amqtt broker speaks 3.1.1 only
+                    "3.1.1",
                     "--state-dir",
                     str(self.workdir / "agents" / device_id),
                     "--trust-key",

@@ -46,15 +46,26 @@ class NatsCluster:
     size: int = 3
     nodes: list[NatsNode] = field(default_factory=list)
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
+    def start(self, timeout: float = 45.0, attempts: int = 2) -> NatsCluster:
+        """Start the nodes; on a loaded machine the JetStream group may not form: retry."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout, attempt)
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+        return self
+
+    def _start(self, timeout: float, attempt: int) -> NatsCluster:
         self.nodes = [NatsNode(f"n{i}", free_port(), free_port(), free_port())
                       for i in range(self.size)]
         routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
         binary = nats_binary()
         for n in self.nodes:
-            store = self.workdir / n.name
+            store = self.workdir / f"{n.name}-{attempt}"
             store.mkdir(parents=True, exist_ok=True)
-            conf = self.workdir / f"{n.name}.conf"
+            conf = self.workdir / f"{n.name}-{attempt}.conf"
             conf.write_text(
                 f"server_name: {n.name}\n"
                 f"listen: 127.0.0.1:{n.client_port}\n"
@@ -63,7 +74,7 @@ class NatsCluster:
                 f"routes: [{routes}] }}\n"
                 f"mqtt {{ listen: 127.0.0.1:{n.mqtt_port} }}\n"
             )
-            log = open(self.workdir / f"{n.name}.log", "ab")  # noqa: SIM115 - kept by the process
+            log = open(self.workdir / f"{n.name}-{attempt}.log", "ab")  # noqa: SIM115 - kept by the process
             n.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -51,7 +51,8 @@ def deployed_model() -> tuple[bytes, str]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
-    result = prune(model, target=0.5, mode="paoding", seed=0, progress=False)
+    result = prune(model, target=0.5, mode="paoding", seed=0, progress=False,
+                   synthetic=0, keep_below_floor=True)
     return tf.lite.TFLiteConverter.from_keras_model(result.model).convert(), "pruned"
 
 
@@ -99,8 +100,9 @@ def inproc_agent(tmp_path) -> Iterator[Callable[..., object]]:
     agents = []
 
     def start(broker, *, device_id: str = "pi-kitchen-01", trust=None, state_dir=None,
-              **kw):
-        settings = AgentSettings(device_id=device_id, broker=Broker(port=broker.port),
+              protocol: str = "3.1.1", **kw):
+        settings = AgentSettings(device_id=device_id,
+                                 broker=Broker(port=broker.port, protocol=protocol),
                                  state_dir=Path(state_dir or tmp_path / f"state-{device_id}"),
                                  trust=trust, **kw)
         a = Agent(settings)
@@ -171,3 +173,16 @@ def agent_process(tmp_path) -> Iterator[Callable[..., AgentProcess]]:
     yield make
     for p in procs:
         p.kill()
+
+
+@pytest.fixture(scope="session")
+def nan_model() -> bytes:
+    """A model (same shapes as tiny_model) whose outputs are all NaN."""
+    import numpy as np
+    import tensorflow as tf
+
+    _bytes, model = dense_tflite((8,), seed=1)
+    last = model.layers[-1]
+    w, b = last.get_weights()
+    last.set_weights([w, np.full_like(b, np.nan)])
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()

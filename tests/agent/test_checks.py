@@ -69,3 +69,16 @@ def test_bundles_are_never_unpickled(tmp_path):
     np.savez(tmp_path / "short.npz", **b)
     with pytest.raises(ProbeError, match="lacks key.*reference"):
         load_probes(tmp_path / "short.npz")
+
+
+def test_non_finite_outputs_fail_and_thresholds_refuse_nan():
+    b = bundle()
+    for bad in (np.nan, np.inf):
+        out = b["reference"].copy()
+        out[0, 0] = bad
+        with pytest.raises(ProbeError, match="not finite"):
+            evaluate_outputs(out, b)
+    t = Thresholds(max_p90_ms=10, max_mean_ms=10, max_peak_memory_mb=10)
+    nan = float("nan")
+    assert len(threshold_failures(t, p90_ms=nan, mean_ms=nan, peak_memory_mb=nan,
+                                  checks=None)) == 3

@@ -56,3 +56,16 @@ def test_systemd_unit():
     unit = (ROOT / "agent" / "systemd" / "paoding-agent.service").read_text()
     assert "ExecStart=/usr/local/bin/paoding-agent run" in unit
     assert "Restart=always" in unit and "StateDirectory=paoding-agent" in unit
+
+
+def test_keygen_writes_a_private_key_and_prints_the_public_one(tmp_path, capsys):
+    from agent.cli import main
+    from core.signing import VerifyKey, load_signing_key
+
+    assert main(["keygen", "--state-dir", str(tmp_path)]) == 0
+    pem = capsys.readouterr().out
+    key = load_signing_key(tmp_path / "device.key")
+    assert VerifyKey.from_pem(pem).key_id == key.key_id
+    assert oct((tmp_path / "device.key").stat().st_mode & 0o777) == "0o600"
+    assert main(["keygen", "--state-dir", str(tmp_path)]) == 2  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err

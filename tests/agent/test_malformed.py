@@ -124,7 +124,7 @@ def test_poisoned_and_bad_chunks_during_a_transfer_are_dropped(broker, inproc_ag
             for topic, payload in [(artifact_topic(sha, 7), b"\0" * 5),
                                    (artifact_topic(sha, 10**6), b"\0" * chunk),
                                    (f"{ARTIFACT_ROOT}/{sha}/\u0661", medium_model[chunk:2 * chunk])]:
-                pub.publish(topic, payload).wait(5)
+                pub.publish(topic, payload, retain=True).wait(5)  # also seen on subscribing
             injected.append(True)
 
     caplog.set_level(logging.WARNING, logger="agent.service")

@@ -108,3 +108,15 @@ def test_unloadable_model_rolls_back_with_interpreter_message(tmp_path, unloadab
     assert run_machine(ctx, resume(ctx)) == "rolled_back"
     assert "FULLY_CONNECTED" in reports[-1].reason and "9999" in reports[-1].reason
     assert ctx.storage.active() is None
+
+
+def test_nan_outputs_fail_every_check_and_roll_back(tmp_path, tiny_model, nan_model):
+    """NaN > x is False: a NaN model once passed max_abs_deviation and went active."""
+    ctx, _ = prepare(tmp_path, tiny_model, dep="d0")
+    assert run_machine(ctx, resume(ctx)) == "active"
+    probes = dict(make_probes(tiny_model), expected=make_probes(tiny_model)["reference"])
+    ctx2, reports = prepare(tmp_path, nan_model, dep="d1", probes=probes,
+                            thresholds={"max_abs_deviation": 0.5})
+    assert run_machine(ctx2, resume(ctx2)) == "rolled_back"
+    assert "not finite" in reports[-1].reason
+    assert ctx2.storage.active()["sha256"] == hashlib.sha256(tiny_model).hexdigest()

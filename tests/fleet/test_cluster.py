@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 from simhelp import assert_agree, variant
+from tflitehelp import dense_tflite
 
+from agent.service import Agent, AgentSettings
 from core.errors import ConfigError
 from core.mqtt import Broker
 from core.signing import SigningKey, TrustStore
@@ -22,6 +24,12 @@ def test_rollout_through_a_three_node_cluster(nats_cluster, tmp_path):
     n0, n1, n2 = nats_cluster.nodes
     key = SigningKey.generate()
     ids = device_ids(40, "edge")
+    # a real agent too, on node 1 (NATS speaks MQTT 3.1.1: the agent is told so)
+    n1_broker = Broker.from_url(n1.url, protocol="3.1.1")
+    agent = Agent(AgentSettings(device_id="pi-real", broker=n1_broker,
+                                state_dir=tmp_path / "pi-real", profile="raspberry-pi-4",
+                                trust=TrustStore([key.public_key()])))
+    agent.start(wait_connected=10)
     # two groups of devices on two nodes, the host on the third
     sims = [
         Simulator(Broker.from_url(n0.url), ids[:20], trust=TrustStore([key.public_key()]),
@@ -37,17 +45,24 @@ def test_rollout_through_a_three_node_cluster(nats_cluster, tmp_path):
             for d in ids:
                 reg.set_identity(d, "simulated",
                                  simulated_key(d).public_key().public_pem().decode(), d)
-            model = variant()
-            result = run_rollout({"simulated": model}, Broker.from_url(n2.url), reg, key=key,
-                                 discover_s=2.0,
+            reg.set_identity("pi-real", "raspberry-pi-4",
+                             agent.key.public_key().public_pem().decode(), "pi-real")
+            model, tflite = variant(), dense_tflite((16,), inputs=8, classes=4)[0]
+            result = run_rollout({"simulated": model, "raspberry-pi-4": tflite},
+                                 Broker.from_url(n2.url), reg, key=key, discover_s=2.0,
+                                 benchmark={"runs": 5, "warmup_runs": 1},
                                  policy=WavePolicy(canary=4, growth=4, timeout_s=60))
             assert result.decision is Decision.DONE, result.reason
-            assert [r.outcome for r in result.results] == [Outcome.ACTIVE] * 36
+            assert [r.outcome for r in result.results] == [Outcome.ACTIVE] * 37
             assert set(result.skipped.values()) == {"offline (its Last Will)"}
-            assert result.stats["published_bytes"] == len(model)
+            assert result.stats["published_bytes"] == len(model) + len(tflite)
             assert result.stats["messages_dropped"] == 0
             assert assert_agree(reg, sims, result.rollout_id) == {"active": 36}
+            active = agent.storage.active()
+            row = {r["device_id"]: r for r in reg.device_rows()}["pi-real"]
+            assert active is not None and row["active_sha"] == active["sha256"]
     finally:
+        agent.stop()
         for s in sims:
             s.stop()
 

@@ -47,6 +47,8 @@ def test_one_deployment_per_device_and_rollout(registry_target):
 def test_locks_hold_a_device_for_one_rollout(registry_target):
     with Registry(registry_target) as reg, Registry(registry_target) as other:
         reg.upsert_devices([(Device(d, "p"), None, True, None) for d in ("a", "b", "c")])
+        reg.create_rollout("r1", {})
+        reg.create_rollout("r2", {})
         assert reg.lock_devices("r1", ["a", "b"]) == {}
         assert other.lock_devices("r2", ["b", "c"]) == {"b": "r1"}  # another process
         assert reg.lock_devices("r1", ["a"]) == {}  # re-locking its own is fine
@@ -145,6 +147,18 @@ def test_an_older_file_gains_the_identity_columns(tmp_path):
         assert reg.public_key("old-1") is None
         reg.set_identity("old-1", "p", "PEM", "old-1")
         assert reg.public_key("old-1") == "PEM"
+
+
+def test_a_lock_of_a_rollout_no_longer_running_is_free(registry_target):
+    with Registry(registry_target) as reg:
+        reg.upsert_devices([(Device(d, "p"), None, True, None) for d in ("a", "b")])
+        reg.create_rollout("r1", {})
+        assert reg.lock_devices("r1", ["a", "b"]) == {}
+        reg.set_rollout_state("r1", "aborted", "x")  # ended without unlocking (a crash)
+        reg.create_rollout("r2", {})
+        assert reg.lock_devices("r2", ["a"]) == {}
+        assert reg.lock_devices("ghost", ["b"]) == {}  # r1 is not running: free
+        assert reg.lock_devices("r2", ["b"]) == {}  # "ghost" was never recorded: free
 
 
 def test_a_device_settles_only_its_own_deployment(tmp_path):

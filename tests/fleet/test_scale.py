@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -131,12 +132,19 @@ def test_dead_devices_settle_at_once_and_abort_cancels_the_wave(broker, host_key
         assert not any(sim.devices[d].active for d in slow)
 
 
-def _worker(spec: dict, tmp_path: Path, name: str) -> subprocess.Popen:
+def _worker(spec: dict, tmp_path: Path, name: str, max_fds: int | None = None
+            ) -> subprocess.Popen:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{HERE}")
+
+    def limit() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
     return subprocess.Popen([sys.executable, str(HERE / "rollout_worker.py"), str(path)],
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=limit)
 
 
 def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
@@ -209,8 +217,9 @@ def test_two_rollouts_at_once_the_second_is_refused(broker, host_key, tmp_path):
         t = threading.Thread(target=first)
         t.start()
         deadline = time.monotonic() + 30
-        while not reg.rollouts("running") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline and not (
+                reg.rollouts("running") and reg.outcomes(reg.rollouts("running")[0]["rollout_id"])):
+            time.sleep(0.05)  # the first rollout holds its devices and has started
         with pytest.raises(RolloutLocked, match="held by rollout r"):
             run_rollout({"simulated": variant(seed=2)}, Broker(port=broker.port), reg,
                         key=host_key, discover_s=0.5)
@@ -218,7 +227,7 @@ def test_two_rollouts_at_once_the_second_is_refused(broker, host_key, tmp_path):
         first_result = results["first"]
         assert first_result.decision is Decision.DONE
         assert assert_agree(reg, sim, first_result.rollout_id) == {"active": 20}
-        assert len(reg.rollouts()) == 1
+        assert [r["state"] for r in reg.rollouts()] == ["done", "refused"]
         assert {len(d.accepted) for d in sim.devices.values()} == {1}
 
 
@@ -322,3 +331,131 @@ def test_resume_with_nothing_in_progress_is_a_clear_error(tmp_path, broker):
 
 def test_simulated_keys_are_stable():
     assert simulated_public_keys(["a"])["a"].key_id == simulated_key("a").key_id
+
+
+def test_a_host_limited_to_64_file_descriptors_rolls_out_to_150_devices(broker, tmp_path):
+    """Once each in-flight device cost the host ~5 descriptors: 128 were not enough for 100."""
+    ids = device_ids(150)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, key) as sim:
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}",
+                "profile": "simulated", "model": str(model_path), "key": str(key_path),
+                "policy": {"canary": 150, "timeout_s": 60}, "discover_s": 1.0}
+        proc = _worker(spec, tmp_path, "limited", max_fds=64)
+        out = json.loads(_wait_line(proc, "{", timeout=120))
+        assert proc.wait(30) == 0 and out["decision"] == "done"
+        with Registry(db) as reg:
+            assert assert_agree(reg, sim, out["rollout_id"]) == {"active": 150}
+
+
+def test_rollout_command_resume_and_postgres_record(broker, host_key, tmp_path, pg_url, capsys):
+    from hostcli.main import main
+
+    assert main(["rollout", "--resume", "--db", pg_url, "--broker", broker.url,
+                 "--unsigned"]) == 2
+    assert "no rollout in progress" in capsys.readouterr().err
+    assert main(["rollout", "--db", pg_url, "--broker", broker.url, "--unsigned"]) == 2
+    assert "--variant PROFILE=MODEL.tflite, or --resume" in capsys.readouterr().err
+    ids = device_ids(6)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    with start_sim(broker, ids, load_signing_key(key_path)):
+        with Registry(pg_url) as reg:
+            enrol(reg, ids)
+        rc = main(["rollout", "--variant", f"simulated={model}", "--db", pg_url, "--broker",
+                   broker.url, "--key", str(key_path), "--canary", "2", "--json",
+                   "--discover-seconds", "0.5"])
+        out = json.loads(capsys.readouterr().out)
+        assert rc == 0 and out["decision"] == "done" and len(out["results"]) == 6
+    assert main(["fleet", "--db", pg_url]) == 0
+    text = capsys.readouterr().out
+    assert text.count(result_sha(model.read_bytes())[:16]) == 6 and out["rollout_id"] in text
+
+
+def _started(db: Path) -> str:
+    """The id of the rollout in progress once it has deployments."""
+    with Registry(db) as reg:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = reg.rollouts("running")
+            if running and reg.outcomes(running[0]["rollout_id"]):
+                return running[0]["rollout_id"]
+            time.sleep(0.05)
+    raise AssertionError("no rollout started")
+
+
+def test_abort_from_another_process_cancels_the_wave_in_progress(broker, tmp_path, capsys):
+    from hostcli.main import main
+
+    ids = device_ids(12)
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, key, step_s=0.2, slow=ids) as sim:  # 8 s per deployment
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        results: dict[str, object] = {}
+
+        def roll() -> None:
+            with Registry(db) as reg:
+                results["r"] = run_rollout({"simulated": variant()}, Broker(port=broker.port),
+                                           reg, key=key, discover_s=0.5,
+                                           policy=WavePolicy(canary=6, timeout_s=60))
+
+        t = threading.Thread(target=roll)
+        t.start()
+        rollout_id = _started(db)
+        assert main(["rollout", "--abort", rollout_id, "--db", str(db), "--broker",
+                     broker.url, "--key", str(key_path)]) == 0
+        assert "aborted" in capsys.readouterr().out
+        t.join(30)
+        result = results["r"]
+        assert result.decision is Decision.ABORT and result.reason == "aborted by the operator"
+        assert {r.outcome for r in result.results} == {Outcome.CANCELLED}
+        assert len(result.results) == 6 and len(result.skipped) == 6  # wave 2 never started
+        with Registry(db) as reg:
+            assert assert_agree(reg, sim, rollout_id) == {"cancelled": 6}
+            assert reg.rollout(rollout_id)["state"] == "aborted"
+        assert not any(d.active for d in sim.devices.values())
+
+
+def test_abort_of_a_crashed_rollout_is_finished_by_the_abort_command(broker, tmp_path, capsys):
+    from hostcli.main import main
+
+    ids = device_ids(8)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, load_signing_key(key_path), step_s=0.2, slow=ids) as sim:
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}",
+                "profile": "simulated", "model": str(model_path), "key": str(key_path),
+                "policy": {"canary": 8, "timeout_s": 60}, "discover_s": 0.5}
+        proc = _worker(spec, tmp_path, "crashing")
+        rollout_id = _started(db)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert main(["rollout", "--abort", rollout_id, "--db", str(db), "--broker",
+                     broker.url, "--key", str(key_path), "--discover-seconds", "0.5"]) == 0
+        assert "ABORT" in capsys.readouterr().out
+        with Registry(db) as reg:
+            assert reg.rollout(rollout_id)["state"] == "aborted"
+            assert assert_agree(reg, sim, rollout_id) == {"cancelled": 8}
+            assert all(r["lock_rollout"] is None for r in reg.device_rows())

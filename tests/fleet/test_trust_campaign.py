@@ -420,7 +420,8 @@ def test_forged_need_messages_make_the_host_republish_nothing(broker, fleet):
                              "republished_chunks": rep.chunks_sent - chunks,
                              "republished_bytes": (rep.chunks_sent - chunks) * rep.chunk_size,
                              "dropped": rep.dropped}
-    assert results[False]["republished_chunks"] > 0  # the finding, without verification
+    # without verification the re-serving bound holds: a chunk at most once a second
+    assert results[False]["republished_chunks"] <= 2 * chunks
     assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] == 200
     record("forged_needs", "200 forged 'need' messages (unsigned / another device's key)",
            200, 200 - results[True]["dropped"], "intake signature check",

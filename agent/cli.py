@@ -187,7 +187,9 @@ def format_status(s: dict[str, Any]) -> str:
     else:
         lines.append("active:      none")
     if s["in_progress"]:
-        lines.append(f"in progress: {s['in_progress']}")
+        lines.append(f"in progress: {s['in_progress']} (stage {s.get('stage')})")
+    lines.append(f"release:     {s.get('last_release', 0)} (the last accepted; lower ones "
+                 "are refused unless signed as a rollback)")
     lines.append(f"spooled:     {s['spooled_reports']} report(s) waiting for the broker")
     lines.append("history:")
     for h in s["history"][-20:] or [{}]:

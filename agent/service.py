@@ -406,14 +406,17 @@ def _release_memory() -> None:
 
 
 def status_summary(storage: Storage) -> dict[str, Any]:
-    """What ``paoding-agent status`` shows: active model, its benchmark, history."""
+    """What ``paoding-agent status`` shows: active model, its benchmark, history, release."""
     st = storage.state()
+    lock = storage.read_lock() or {}
     return {
         "state_dir": str(storage.root),
         "active": st["active"],
         "previous": st["previous"],
         "active_path": str(storage.active_link) if st["active"] else None,
-        "in_progress": (storage.read_lock() or {}).get("deployment_id"),
+        "in_progress": lock.get("deployment_id"),
+        "stage": lock.get("stage"),
+        "last_release": storage.last_release,
         "spooled_reports": len(storage.spool_list()),
         "history": storage.history(),
     }

@@ -24,6 +24,10 @@ MODEL_FILES = {
     "digits_mlp": MODELS / "digits_mlp.keras",
     "digits_cnn": MODELS / "digits_cnn.keras",
     "cancer_mlp": MODELS / "cancer_mlp.keras",
+    "cnn_bn_before": MODELS / "cnn_bn_before.keras",
+    "cnn_bn_after": MODELS / "cnn_bn_after.keras",
+    "cnn_no_bn": MODELS / "cnn_no_bn.keras",
+    "mlp_256": MODELS / "mlp_256.keras",
 }
 
 
@@ -33,8 +37,10 @@ def dataset_for(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
     if name == "digits_mlp":
         return datasets.digits28(SPLIT_SEED, flatten=True)
-    if name == "digits_cnn":
+    if name == "digits_cnn" or name.startswith("cnn_"):
         return datasets.digits28(SPLIT_SEED, flatten=False)
+    if name == "mlp_256":
+        return datasets.digits28(SPLIT_SEED, flatten=True)
     if name == "cancer_mlp":
         return datasets.breast_cancer(SPLIT_SEED)
     raise ValueError(f"unknown benchmark model {name!r}")

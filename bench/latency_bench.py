@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             m = prune(model, target=r, mode=args.mode, seed=0,
                       step=r if args.mode not in ("paoding", "greedy") else 0.05,
-                      measure_tflite=False, n_random=0, progress=False).model
+                      measure_tflite=False, n_random=0, progress=False, synthetic=0,
+                      keep_below_floor=True).model
             seconds = time.perf_counter() - t
         key = f"{r:.2f}"
         blobs[key] = export_tflite(m)

@@ -231,7 +231,8 @@ def run_model(name: str, cfg: dict[str, Any], modes: list[str], bar: Any,
                 step = 0.05 if mode in PROGRESSIVE else r
                 t0 = time.perf_counter()
                 res = prune(original, target=r, mode=mode, seed=seed, step=step,
-                            measure_tflite=False, n_random=0, progress=False)
+                            measure_tflite=False, n_random=0, progress=False,
+                            keep_below_floor=True)
                 seconds = time.perf_counter() - t0
                 model = res.model
                 rec = res.final
@@ -491,13 +492,25 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description="Pruning benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="1 seed, 3 ratios, fewer samples")
-    p.add_argument("--models", nargs="+", choices=sorted(MODEL_FILES), default=list(MODEL_FILES))
+    p.add_argument("--models", nargs="+", choices=sorted(MODEL_FILES),
+                   default=["digits_mlp", "digits_cnn", "cancer_mlp"])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--no-reference", action="store_true", help="leave the reference out")
     p.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     p.add_argument("--from-json", type=Path, metavar="PRUNE_JSON",
                    help="only re-render prune.md and prune.png from an earlier prune.json")
+    p.add_argument("--suite", choices=("modes", "quality"), default="modes",
+                   help="modes: every mode on the three original models (default); quality: "
+                   "the CNNs by BN placement and the 784-256-128 MLP (bench/prune_quality.py)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="quality suite: pruning seeds (default 0 1 2)")
+    p.add_argument("--quality-models", nargs="+", default=None, metavar="NAME",
+                   help="quality suite: a subset of its models")
     args = p.parse_args(argv)
+    if args.suite == "quality":
+        from bench import prune_quality
+
+        return prune_quality.main(args.seeds, args.out, args.quality_models)
     if args.from_json:
         report = json.loads(args.from_json.read_text(encoding="utf-8"))
         md = markdown(report)

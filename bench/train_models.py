@@ -5,6 +5,10 @@
 - digits_mlp: MLP 784-128-128-64-10 on scikit-learn digits upsampled to 28x28.
 - digits_cnn: Conv2D(16)+BN -> pool -> Conv2D(32)+BN -> pool -> Dense(64) -> 10.
 - cancer_mlp: MLP 30-64-32-2 on breast cancer, features min-max scaled to [0, 1].
+- mlp_256: MLP 784-256-128-10 on the 28x28 digits.
+- cnn_bn_before, cnn_bn_after, cnn_no_bn: Conv2D(16)-Conv2D(32)-Conv2D(64) blocks with
+  BatchNormalization before the ReLU, after it, or none; max pooling between blocks,
+  GlobalAveragePooling2D, Dense(10) (see gap_cnn).
 
 Each model is saved as .keras (no optimizer state) and its test accuracy printed.
 """
@@ -38,22 +42,24 @@ def _functional(name: str, stack: list):  # noqa: ANN201 - keras.Model
     return keras.Model(x, h, name=name)
 
 
+MLPS = {  # name: (inputs, hidden widths, classes)
+    "digits_mlp": (784, (128, 128, 64), 10),
+    "mlp_256": (784, (256, 128), 10),
+    "cancer_mlp": (30, (64, 32), 2),
+}
+
+
 def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
     """The architecture of a benchmark model (uncompiled, Functional)."""
     import keras
     from keras import layers
 
-    if name == "digits_mlp":
-        return _functional(
-            name,
-            [
-                keras.Input((784,)),
-                layers.Dense(128, activation="relu", name="fc1"),
-                layers.Dense(128, activation="relu", name="fc2"),
-                layers.Dense(64, activation="relu", name="fc3"),
-                layers.Dense(10, activation="softmax", name="out"),
-            ],
-        )
+    if name in MLPS:
+        inputs, widths, classes = MLPS[name]
+        hidden = [layers.Dense(w, activation="relu", name=f"fc{i}")
+                  for i, w in enumerate(widths, 1)]
+        return _functional(name, [keras.Input((inputs,)), *hidden,
+                                  layers.Dense(classes, activation="softmax", name="out")])
     if name == "digits_cnn":
         return _functional(
             name,
@@ -72,20 +78,37 @@ def build(name: str):  # noqa: ANN201 - keras.Model, imported lazily
                 layers.Dense(10, activation="softmax", name="out"),
             ],
         )
-    if name == "cancer_mlp":
-        return _functional(
-            name,
-            [
-                keras.Input((30,)),
-                layers.Dense(64, activation="relu", name="fc1"),
-                layers.Dense(32, activation="relu", name="fc2"),
-                layers.Dense(2, activation="softmax", name="out"),
-            ],
-        )
+    if name.startswith("cnn_"):
+        return _functional(name, [keras.Input((28, 28, 1)), *gap_cnn(name[4:])])
     raise ValueError(f"unknown benchmark model {name!r}")
 
 
-EPOCHS = {"digits_mlp": 60, "digits_cnn": 30, "cancer_mlp": 150}
+def gap_cnn(bn: str, widths: tuple[int, ...] = (16, 32, 64)) -> list:
+    """Conv blocks -> GlobalAveragePooling2D -> Dense(10): the layout edge models use.
+
+    ``bn`` places BatchNormalization ``before`` the ReLU, ``after`` it, or not
+    at all (``no_bn``); max pooling follows every block but the last.
+    """
+    from keras import layers
+
+    stack: list = []
+    for i, w in enumerate(widths, 1):
+        stack.append(layers.Conv2D(w, 3, padding="same", name=f"conv{i}"))
+        block = [layers.ReLU(name=f"relu{i}")]
+        if bn == "bn_before":
+            block.insert(0, layers.BatchNormalization(name=f"bn{i}"))
+        elif bn == "bn_after":
+            block.append(layers.BatchNormalization(name=f"bn{i}"))
+        stack.extend(block)
+        if i < len(widths):
+            stack.append(layers.MaxPooling2D(2, name=f"pool{i}"))
+    stack.append(layers.GlobalAveragePooling2D(name="gap"))
+    stack.append(layers.Dense(10, activation="softmax", name="out"))
+    return stack
+
+
+EPOCHS = {"digits_mlp": 60, "digits_cnn": 30, "cancer_mlp": 150, "mlp_256": 60,
+          "cnn_bn_before": 30, "cnn_bn_after": 30, "cnn_no_bn": 30}
 
 
 def train(name: str, seed: int = SEED, path: Path | None = None) -> float:

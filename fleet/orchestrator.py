@@ -304,6 +304,7 @@ class _Engine:
         self._polled = 0.0
         self._ticked = 0.0
         self._judged = 0.0
+        self._abort_checked = 0.0
         self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
         self.dropped = 0
@@ -502,7 +503,7 @@ class _Engine:
             self.outcomes[d] = Outcome.PENDING
             self._ensure_published(self.variants[device.profile])
             self._try_settle(d)  # the retained report or status may already tell
-            if dep.deployment_id in self.pending:
+            if dep.deployment_id in self.pending and not self._abort_requested():
                 self._send_manifest(dep)
 
     def _ensure_published(self, variant: Variant) -> None:
@@ -599,6 +600,16 @@ class _Engine:
         return gate(judge(self.outcomes, self.policy, last_wave=last),
                     connected=self.link.connected)
 
+    def _abort_requested(self) -> bool:
+        """The operator's abort: the event, or ``rollout --abort`` from any process (registry)."""
+        if self.abort_event is not None and self.abort_event.is_set():
+            return True
+        if time.monotonic() - self._abort_checked < 1.0:
+            return False
+        self._abort_checked = time.monotonic()
+        row = self.registry.rollout(self.rollout_id)
+        return row is not None and row["state"] == "aborting"
+
     def run(self) -> Verdict:
         verdict = self.verdict()
         connected = self.link.connected
@@ -607,7 +618,7 @@ class _Engine:
             self.tick()
             self.flush()
             self.poll_registry()
-            if self.abort_event is not None and self.abort_event.is_set():
+            if self._abort_requested():
                 self.cancel_pending("aborted by the operator")
                 verdict = Verdict(Decision.ABORT, "aborted by the operator")
                 break
@@ -654,6 +665,19 @@ class _Engine:
         for sha in self.published - busy:
             self.server.clear(sha)
         self.published &= busy
+
+
+def request_abort(registry: Registry, rollout_id: str) -> None:
+    """Ask the rollout to stop: its host process cancels the wave in progress within a second.
+
+    ConfigError when there is no such rollout or it is not in progress.
+    """
+    found = registry.rollout(rollout_id)
+    if found is None:
+        raise ConfigError(f"no rollout {rollout_id!r} in {registry.label}")
+    if found["state"] not in ("running", "aborting"):
+        raise ConfigError(f"rollout {rollout_id} is {found['state']}, not in progress")
+    registry.set_rollout_state(rollout_id, "aborting", "aborted by the operator")
 
 
 def _spec_variants(spec: dict[str, Any], registry: Registry
@@ -771,7 +795,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         found = registry.rollout(resume)
         if found is None:
             raise ConfigError(f"no rollout {resume!r} in {registry.label}")
-        if found["state"] != "running":
+        if found["state"] not in ("running", "aborting"):
             raise ConfigError(f"rollout {resume} is {found['state']}, not in progress")
     else:
         fp = _fingerprint(prepared, target)

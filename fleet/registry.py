@@ -240,7 +240,8 @@ class Registry:
         with self.db.tx():
             self.db.executemany(
                 "UPDATE devices SET lock_rollout=? WHERE device_id=? AND (lock_rollout IS NULL "
-                "OR lock_rollout NOT IN (SELECT rollout_id FROM rollouts WHERE state='running'))",
+                "OR lock_rollout NOT IN (SELECT rollout_id FROM rollouts "
+                "WHERE state IN ('running', 'aborting')))",
                 [(rollout_id, d) for d in device_ids],
             )
             held = self._locks()

@@ -49,6 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paoding/greedy: quotas per layer (default), ranked across "
                         "layers, or one layer at a time front to back (helps MLPs pruned "
                         "past 70%%)")
+    parser.add_argument("--fidelity-floor", type=float, default=0.8, metavar="F",
+                        help="stop when the data-free fidelity (top-1 agreement with the "
+                        "original on inputs synthesised from the model) falls below F, and "
+                        "fail if the target was not reached (default 0.8)")
+    parser.add_argument("--keep-below-floor", action="store_true",
+                        help="prune to the target even below the fidelity floor (the report "
+                        "and stderr still say so)")
+    parser.add_argument("--synthetic", type=int, default=192, metavar="N",
+                        help="inputs synthesised from the model for scoring, compensation "
+                        "and the fidelity figure; 0 turns synthesis off (default 192)")
+    parser.add_argument("--compensation", choices=("reconstruct", "bias", "none"),
+                        default="reconstruct", help="paoding/greedy: refit each consumer on "
+                        "the synthesised inputs (default), correct biases only, or none")
     parser.add_argument("--eval-data", metavar="NPZ",
                         help="labelled evaluation set: an .npz with arrays x and y")
     parser.add_argument("--export", nargs="+", choices=QUANTIZATIONS, default=["float32"],
@@ -66,13 +79,28 @@ def note(command: str, message: str) -> None:
 
 # -- the command ------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> int:
-    if not 0.0 < args.target < 1.0:
-        raise ConfigError(f"--target must be in the open range (0, 1), got {args.target}")
-    if not 0.0 < args.step <= 1.0:
-        raise ConfigError(f"--step must be in (0, 1], got {args.step}")
-    eps = check_eps(args.eps)
+def config_from(args: argparse.Namespace) -> Any:
+    """The PruneConfig of the command line (validated, with the option names in errors)."""
+    from pruner.config import PruneConfig
+
     lo, hi = check_range(*args.input_range)
+    try:
+        return PruneConfig(
+            target=args.target, step=args.step, mode=args.mode, scope=args.scope,
+            seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(args.eps)),
+            fidelity_floor=args.fidelity_floor, keep_below_floor=args.keep_below_floor,
+            synthetic=args.synthetic, compensation=args.compensation,
+        )
+    except ConfigError as exc:
+        name, _, rest = str(exc).partition(" ")
+        if name not in PruneConfig.__dataclass_fields__:
+            raise
+        raise ConfigError(f"--{name.replace('_', '-')} {rest}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    lo, hi = config.input_lo, config.input_hi
     exports = list(dict.fromkeys(args.export))
     eval_data = load_eval_data(args.eval_data) if args.eval_data else None
     if eval_data is not None:
@@ -91,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
     from pruner.bounds import InputBox
     from pruner.export import export_tflite, tflite_ops
     from pruner.io import load_model
-    from pruner.schedule import Schedule
 
     started = time.time()
     model = load_model(args.model)
     if eval_data is not None:
         check_fits(model, *eval_data)
     box = InputBox(lo, hi)
-    result = prune(model, target=args.target, mode=args.mode, seed=args.seed,
-                   schedule=Schedule(target=args.target, step=args.step), input_box=box,
-                   eval_data=eval_data, eps=eps, progress=not args.no_progress,
-                   scope=args.scope)
+    result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress)
+    fid = result.final.data_free_fidelity
+    if fid is not None and fid < config.fidelity_floor:  # only with --keep-below-floor
+        note("prune", f"warning: data-free fidelity {fid:.3f} is below the floor "
+             f"{config.fidelity_floor}; the model was kept because of --keep-below-floor")
 
     with staged_dir(out) as tmp:
         result.model.save(tmp / "pruned.keras")
@@ -128,21 +156,19 @@ def run(args: argparse.Namespace) -> int:
         body["exports"] = files
         body["command"] = {
             "model": str(args.model), "model_sha256": sha256_file(args.model),
-            "target": args.target, "mode": args.mode, "seed": args.seed, "step": args.step,
-            "scope": args.scope,
-            "input_range": [lo, hi], "eps": list(eps),
             "eval_data": str(args.eval_data) if args.eval_data else None,
             "eval_samples": int(len(eval_data[0])) if eval_data is not None else 0,
             "seconds": round(time.time() - started, 3),
         }
         report.write_json(body, tmp / "report.json")
         report.plot_trajectory(body, tmp / "report.png")
-    rows = body.get("trajectory") or []
-    last = rows[-1] if rows else {}
+    last = result.final.to_dict()
     summary = f"wrote {out}/: pruned.keras, " + ", ".join(f["file"] for f in files.values())
     ratio = last.get("ratio") if isinstance(last, dict) else None
     if ratio is not None:
         summary += f" ({100 * float(ratio):.1f}% of units pruned"
+        if fid is not None:
+            summary += f", data-free fidelity {fid:.3f}"
         acc = last.get("accuracy")
         summary += f", accuracy {float(acc):.4f})" if acc is not None else ")"
     print(summary)

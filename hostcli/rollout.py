@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the rollout in progress (the latest, or ROLLOUT) from the registry; "
         "running the same --variant command again continues it too",
     )
+    parser.add_argument(
+        "--abort",
+        metavar="ROLLOUT",
+        help="stop a rollout in progress: the wave in progress is cancelled (signed Cancel "
+        "to every pending device) by its host process, or by this one if none runs",
+    )
     parser.add_argument("--probes", help="probe bundle (.npz) sent with every variant")
     add_connection_arguments(parser)
     parser.add_argument(
@@ -111,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         thresholds_from_args,
     )
 
+    if args.abort:
+        return _abort(args)
     if not args.variant and not args.resume:
         from core.errors import ConfigError
 
@@ -191,6 +199,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_result(result.to_dict()))
     return 0 if result.ok else 1
+
+
+def _abort(args: argparse.Namespace) -> int:
+    """Mark the rollout aborting; finish the abort here when no host process takes it."""
+    import threading
+    import time
+
+    from fleet.intake import Intake
+    from fleet.orchestrator import request_abort, run_rollout
+    from fleet.registry import Registry
+    from hostcli.options import broker_from_args, key_from_args
+
+    with Registry(args.db) as registry:
+        request_abort(registry, args.abort)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            row = registry.rollout(args.abort)
+            if row is not None and row["state"] != "aborting":
+                print(f"rollout {args.abort}: {row['state']} ({row['reason']})")
+                return 0
+            time.sleep(0.2)
+        stop = threading.Event()
+        stop.set()
+        intake = None if args.unverified_reports else Intake(registry.public_keys())
+        result = run_rollout(None, broker_from_args(args), registry, resume=args.abort,
+                             abort=stop, key=key_from_args(args), intake=intake,
+                             discover_s=args.discover_seconds)
+    print(format_result(result.to_dict()))
+    return 0
 
 
 def format_result(r: dict[str, Any], limit: int = 50) -> str:

@@ -12,6 +12,7 @@ _EXPORTS = {
     # name: module that defines it
     "prune": "pruner.api",
     "PruneResult": "pruner.api",
+    "PruneConfig": "pruner.config",
     "Schedule": "pruner.schedule",
     "StopCriteria": "pruner.schedule",
     "InputBox": "pruner.bounds",

@@ -13,15 +13,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, FidelityError
 from pruner.bounds import InputBox, interval_bounds
+from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
 from pruner.graph import build_graph
 from pruner.metrics import count_macs, count_params
@@ -29,9 +30,9 @@ from pruner.schedule import Schedule, StopCriteria
 from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotRanking
 from pruner.surgery import apply_plan
 
-MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
-SCOPES = ("layer", "global", "sequential")
-ATTACKS = ("fgsm", "pgd")
+__all__ = ["ATTACKS", "MODES", "SCOPES", "PruneConfig", "PruneResult", "StepRecord", "prune",
+           "prune_steps"]
+FIDELITY = "data-free fidelity"
 # Reasons a run ends that keep the last model (a crossed floor keeps the one before).
 TARGET_REACHED = "target reached"
 BUDGET_MET = "budget met"
@@ -60,11 +61,21 @@ class StepRecord:
     robust: dict[str, dict[float, float]] | None = None
     fidelity: float | None = None
     fidelity_random: float | None = None
+    fidelity_synthetic: float | None = None
     seconds: float = 0.0
     stop: str | None = None
 
+    @property
+    def data_free_fidelity(self) -> float | None:
+        """Top-1 agreement with the original on inputs the tool made itself: held-out
+        synthesised inputs, or random inputs from the box when synthesis is off."""
+        return self.fidelity_synthetic if self.fidelity_synthetic is not None else (
+            self.fidelity_random
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["data_free_fidelity"] = self.data_free_fidelity
         if self.robust is not None:
             d["robust"] = {a: {str(e): v for e, v in r.items()} for a, r in self.robust.items()}
         return d
@@ -72,17 +83,32 @@ class StepRecord:
 
 @dataclass
 class PruneResult:
-    """The pruned model, its trajectory and the settings that produced it."""
+    """The pruned model, its trajectory and the options that produced it."""
 
     model: Any
     trajectory: list[StepRecord]
-    mode: str
-    seed: int
-    schedule: Schedule
-    input_box: InputBox
-    stop: StopCriteria = field(default_factory=StopCriteria)
+    config: PruneConfig = field(default_factory=PruneConfig)
     stop_reason: str | None = None
-    eps: tuple[float, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.config.target, self.config.step, self.config.round_to)
+
+    @property
+    def input_box(self) -> InputBox:
+        return InputBox(self.config.input_lo, self.config.input_hi)
+
+    @property
+    def eps(self) -> tuple[float, ...]:
+        return self.config.eps
 
     @property
     def final(self) -> StepRecord:
@@ -93,15 +119,17 @@ class PruneResult:
         return self.trajectory[-1]
 
     def to_dict(self) -> dict[str, Any]:
+        """The report: every option (``config``, which from_config turns back into the
+        run's PruneConfig), why the run stopped, and the trajectory."""
+        final = self.final
         return {
+            "config": self.config.get_config(),
             "mode": self.mode,
             "seed": self.seed,
             "schedule": self.schedule.get_config(),
-            "stop_criteria": self.stop.get_config(),
-            "input_box": self.input_box.get_config(),
-            "eps": list(self.eps),
             "stop_reason": self.stop_reason,
-            "final_step": self.final.step,
+            "final_step": final.step,
+            "data_free_fidelity": final.data_free_fidelity,
             "trajectory": [rec.to_dict() for rec in self.trajectory],
         }
 
@@ -148,19 +176,14 @@ def _check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | N
     return x, y
 
 
-def _strategy(mode: str, rng: np.random.Generator, opts: dict[str, Any]) -> Any:
-    impact = RobustnessImpact(opts["alpha"], opts["beta"], opts["entropy_threshold"])
+def _strategy(mode: str, rng: np.random.Generator, cfg: PruneConfig) -> Any:
+    impact = RobustnessImpact(cfg.alpha, cfg.beta, cfg.entropy_threshold)
     if mode in ("paoding", "greedy"):
-        cls = GlobalAnnealing if opts["scope"] == "global" else Annealing
-        t0 = opts["t0"] if mode == "paoding" else 0.0
+        cls = GlobalAnnealing if cfg.scope == "global" else Annealing
+        t0 = cfg.t0 if mode == "paoding" else 0.0
         return cls(
-            rng,
-            PairSaliency(),
-            impact,
-            t0,
-            opts["cooling"],
-            opts["max_candidates"],
-            tau_start=opts["tau_start"],
+            rng, PairSaliency(), impact, t0, cfg.cooling, cfg.max_candidates,
+            tau_start=cfg.tau_start,
         )
     if mode == "baseline":
         return OneShotPairs()
@@ -172,28 +195,31 @@ def _strategy(mode: str, rng: np.random.Generator, opts: dict[str, Any]) -> Any:
 class _Meter:
     """Measures a model for the trajectory."""
 
-    def __init__(self, reference: Any, data: Any, box: InputBox, opts: dict[str, Any]) -> None:
-        self.reference, self.data, self.box, self.opts = reference, data, box, opts
+    def __init__(
+        self, reference: Any, data: Any, box: InputBox, cfg: PruneConfig, check: Any = None
+    ) -> None:
+        self.reference, self.data, self.box, self.cfg = reference, data, box, cfg
+        self.check = check  # held-out synthesised inputs: the data-free fidelity figure
         self.random_x = None
-        if opts["n_random"] > 0:
+        if cfg.n_random > 0:
             from pruner.evaluate import random_inputs
 
             shape = tuple(int(d) for d in reference.inputs[0].shape[1:])
-            self.random_x = random_inputs(box, shape, opts["n_random"], opts["seed"])
+            self.random_x = random_inputs(box, shape, cfg.n_random, cfg.seed)
 
     def __call__(self, model: Any, step: int, ratio: float, units: dict[str, int]) -> StepRecord:
         rec = StepRecord(step, ratio, units, count_params(model), count_macs(model))
-        if self.opts["measure_tflite"]:
+        if self.cfg.measure_tflite:
             from pruner.export import export_tflite
 
             rec.tflite_bytes = len(export_tflite(model))
-        if self.data is not None or self.random_x is not None:
-            from pruner import evaluate
+        from pruner import evaluate
+
         if self.data is not None:
             x, y = self.data
             rec.accuracy = evaluate.accuracy(model, x, y)
             rec.fidelity = evaluate.fidelity(self.reference, model, x)
-            if self.opts["eps"] and self.opts["attacks"]:
+            if self.cfg.eps and self.cfg.attacks:
                 rec.robust = {
                     attack: {
                         float(e): evaluate.robust_accuracy(
@@ -203,15 +229,17 @@ class _Meter:
                             float(e),
                             self.box,
                             attack=attack,
-                            steps=self.opts["pgd_steps"],
-                            seed=self.opts["seed"],
+                            steps=self.cfg.pgd_steps,
+                            seed=self.cfg.seed,
                         )
-                        for e in self.opts["eps"]
+                        for e in self.cfg.eps
                     }
-                    for attack in self.opts["attacks"]
+                    for attack in self.cfg.attacks
                 }
         if self.random_x is not None:
             rec.fidelity_random = evaluate.fidelity(self.reference, model, self.random_x)
+        if self.check is not None:
+            rec.fidelity_synthetic = evaluate.fidelity(self.reference, model, self.check)
         return rec
 
 
@@ -227,101 +255,107 @@ def _robust_retention(rec: StepRecord, base: StepRecord) -> float | None:
     return min(kept) if kept else None
 
 
-def prune_steps(
-    model: Any,
-    target: float = 0.5,
-    mode: str = "paoding",
+def resolve_config(
+    config: PruneConfig | None = None,
     *,
-    seed: int = 0,
-    step: float = 0.05,
+    target: float | None = None,
+    mode: str | None = None,
     schedule: Schedule | None = None,
     stop: StopCriteria | None = None,
-    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     input_box: InputBox | None = None,
-    eps: Sequence[float] = (0.01, 0.05, 0.1),
-    attacks: Sequence[str] = ATTACKS,
-    pgd_steps: int = 10,
-    n_random: int = 512,
-    measure_tflite: bool = True,
+    **options: Any,
+) -> PruneConfig:
+    """One PruneConfig from a base config, the legacy objects and keyword options."""
+    changes: dict[str, Any] = dict(options)
+    if schedule is not None:
+        changes.update(schedule.get_config())
+    if target is not None:
+        changes["target"] = target
+    if mode is not None:
+        changes["mode"] = mode
+    if stop is not None:
+        changes.update({k: v for k, v in stop.get_config().items() if v is not None})
+    if input_box is not None:
+        changes.update(input_lo=input_box.lo, input_hi=input_box.hi)
+    return (config or PruneConfig()).replace(**changes)
+
+
+def fidelity_failed(reason: str | None) -> bool:
+    return bool(reason) and reason.startswith(FIDELITY)
+
+
+def prune_steps(
+    model: Any,
+    target: float | None = None,
+    mode: str | None = None,
+    *,
+    config: PruneConfig | None = None,
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
+    schedule: Schedule | None = None,
+    stop: StopCriteria | None = None,
+    input_box: InputBox | None = None,
+    synthetic_inputs: np.ndarray | None = None,
     progress: bool = True,
-    alpha: float = 0.75,
-    beta: float = 0.25,
-    entropy_threshold: float = 0.9,
-    t0: float = 0.5,
-    cooling: float = 0.9,
-    max_candidates: int = 2048,
-    scope: str = "layer",
-    tau_start: str = "first",
+    **options: Any,
 ) -> Iterator[tuple[StepRecord, Any]]:
     """Prune progressively; yield (StepRecord, model) for the original (step 0) and each step.
 
-    The run ends at the target, when a step prunes nothing, when a floor of
-    ``stop`` is crossed (that step is still yielded, with ``stop`` set) or
-    when ``stop.budget(model)`` is met. ``model`` may be a path; a ``schedule``
-    overrides ``target`` and ``step``. paoding and greedy prune the previous
-    step's model (recursive merges); baseline, magnitude and random select on
-    the original model at every ratio (one-shot). ``scope="global"`` makes
-    paoding and greedy walk the pairs of all layers together each step;
-    ``scope="sequential"`` prunes one layer at a time, front to back, each to
-    its goal in steps of ``step`` before the next starts (the annealing
-    temperature restarts in each layer), so a layer's pairs are scored on
-    weights that already carry the merges of the layers before it. It is
-    opt-in because it depends on the model. Medians over seeds 0-4 (accuracy /
-    PGD@0.05): digits MLP 784-128-128-64-10 at 80% 0.725 / 0.225 against
-    0.539 / 0.208 with "layer", about equal at 10-70%; digits CNN at 80%
-    0.775 / 0.361 against 0.847 / 0.472, and PGD 0.686 against 0.714 at 50%.
-    ``t0``, ``cooling`` and ``tau_start`` set the annealing (see
-    strategies.Annealing for why the defaults are t0 = 0.5 and tau_start =
-    "first": saliency leads and the robustness score filters).
+    The options are one ``PruneConfig`` (``config``), changed by keyword
+    options of the same names (``seed=1, step=0.1``); ``schedule``, ``stop``
+    and ``input_box`` objects are accepted too. The run ends at the target,
+    when a step prunes nothing, when a floor is crossed (that step is still
+    yielded, with ``stop`` set): accuracy or robust accuracy retention (need
+    ``eval_data``) or the data-free fidelity floor (unless
+    ``keep_below_floor``), or when ``stop.budget(model)`` is met. ``model`` may
+    be a path. paoding and greedy prune the previous step's model (recursive
+    merges); baseline, magnitude and random select on the original model at
+    every ratio (one-shot). ``synthetic_inputs`` (a batch synthesised by
+    ``pruner.synthesis.synthesize`` for this model) saves the synthesis.
+
+    With ``synthetic`` > 0 (the default) paoding and greedy score pairs on the
+    activations the consumer reads on synthesised inputs and refit each
+    consumer after every step (``compensation``); a held-out part of the
+    synthesised batch gives the data-free fidelity of every step. Scope:
+    ``"global"`` walks the pairs of all layers together each step;
+    ``"sequential"`` prunes one layer at a time, front to back (opt-in, see
+    README). ``t0``, ``cooling`` and ``tau_start`` set the annealing (see
+    strategies.Annealing).
     """
     if isinstance(model, (str, os.PathLike)):
         from pruner.io import load_model
 
         model = load_model(model)
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    schedule = schedule or Schedule(target=target, step=step)
-    if mode == "baseline" and schedule.target > 0.5:
-        raise ConfigError(
-            f"baseline mode pairs each unit at most once, so it prunes at most 50% of each layer; "
-            f"target {schedule.target} is above that (use paoding or greedy)"
-        )
-    if scope not in SCOPES:
-        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if scope != "layer" and mode not in ("paoding", "greedy"):
-        raise ConfigError(f"scope {scope!r} applies to paoding and greedy, not {mode!r}")
-    if tau_start not in ("first", "median", "best"):
-        raise ConfigError(f"tau_start must be 'first', 'median' or 'best', got {tau_start!r}")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise ConfigError(f"attacks must be among {', '.join(ATTACKS)}, got {a!r}")
-    if any(not 0 < float(e) for e in eps):
-        raise ConfigError("every eps must be > 0")
-    stop = stop or StopCriteria()
-    box = input_box or InputBox(0.0, 1.0)
+    cfg = resolve_config(
+        config, target=target, mode=mode, schedule=schedule, stop=stop, input_box=input_box,
+        **options,
+    )
+    mode, scope, seed = cfg.mode, cfg.scope, cfg.seed
+    schedule = Schedule(cfg.target, cfg.step, cfg.round_to)
+    budget = stop.budget if stop is not None else None
+    stop = StopCriteria(cfg.min_accuracy_retention, cfg.min_robust_retention, budget)
+    box = InputBox(cfg.input_lo, cfg.input_hi)
     graph = build_graph(model)  # refuses unsupported models before anything else
     box.arrays(graph.input_shape)
     data = _check_eval(model, eval_data)
     if stop.needs_eval and data is None:
         raise ConfigError("accuracy or robustness floors need eval_data")
-    opts = dict(
-        seed=seed,
-        eps=tuple(float(e) for e in eps),
-        attacks=tuple(attacks),
-        pgd_steps=pgd_steps,
-        n_random=n_random,
-        measure_tflite=measure_tflite,
-        alpha=alpha,
-        beta=beta,
-        entropy_threshold=entropy_threshold,
-        t0=t0,
-        cooling=cooling,
-        max_candidates=max_candidates,
-        scope=scope,
-        tau_start=tau_start,
-    )
+    synth = check = None
+    if cfg.synthetic > 0 and not graph.coupled:  # coupled: random box inputs for fidelity
+        n_check = max(32, cfg.synthetic // 2)
+        if synthetic_inputs is None:
+            from pruner.synthesis import synthesize
+
+            synthetic_inputs = synthesize(
+                model, box, n=cfg.synthetic + n_check, steps=cfg.synthesis_steps, seed=seed
+            )
+        synthetic_inputs = np.asarray(synthetic_inputs, np.float32)
+        if len(synthetic_inputs) <= n_check:
+            raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
+        synth, check = synthetic_inputs[:-n_check], synthetic_inputs[-n_check:]
+        if not cfg.compensates:
+            synth = None
     rng = np.random.default_rng(seed)
-    strategy = _strategy(mode, rng, opts)
+    strategy = _strategy(mode, rng, cfg)
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
         if scope == "global":
             raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
@@ -333,7 +367,7 @@ def prune_steps(
     goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
-    meter = _Meter(model, data, box, opts)
+    meter = _Meter(model, data, box, cfg, check)
     one_shot = mode not in ("paoding", "greedy")
     needs_bounds = not one_shot and not graph.coupled
     graph0 = graph
@@ -365,6 +399,11 @@ def prune_steps(
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
+            acts = {}
+            if synth is not None:
+                from pruner.compensate import consumer_inputs
+
+                acts = consumer_inputs(source, [g.consumer.name for g in graph.groups], synth)
             views, quotas, caps = [], {}, {}
             active = None  # sequential: the first layer still short of its goal
             if scope == "sequential":
@@ -379,7 +418,7 @@ def prune_steps(
                 if quotas[name] <= 0:
                     continue
                 ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
-                views.append(UnitView.of(graph, group, ids, bounds))
+                views.append(UnitView.of(graph, group, ids, bounds, acts.get(group.consumer.name)))
             if scope == "global":
                 plan = strategy.select_all(views, quotas, caps, number - 1)
             for view in views if scope != "global" else []:
@@ -400,6 +439,14 @@ def prune_steps(
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
                 orig_ids[name] = np.delete(base_ids, gone)
+            if synth is not None and cfg.compensation != "none":
+                from pruner.compensate import correct_biases, reconstruct
+
+                consumers = [g.consumer.name for g in graph.groups]
+                if cfg.compensation == "reconstruct":
+                    reconstruct(model, current, synth, consumers, orig_ids, cfg.ridge)
+                else:
+                    correct_biases(model, current, synth, consumers, orig_ids)
             units = {name: len(ids) for name, ids in orig_ids.items()}
             ratio = (total0 - sum(units.values())) / total0
             rec = meter(current, number, ratio, units)
@@ -408,6 +455,10 @@ def prune_steps(
             bar.set_postfix(ratio=f"{ratio:.2f}")
             robust = _robust_retention(rec, base)
             reason = stop.floor_crossed(rec.accuracy, robust, base.accuracy, 1.0)
+            fid = rec.data_free_fidelity
+            if reason is None and fid is not None and fid < cfg.fidelity_floor:
+                if not cfg.keep_below_floor:
+                    reason = f"{FIDELITY} {fid:.3f} < floor {cfg.fidelity_floor}"
             if reason is None and stop.budget_met(current):
                 reason = BUDGET_MET
             if reason is None and all(widths0[n] - units[n] >= goals[n] for n in units):
@@ -423,76 +474,53 @@ def prune_steps(
 
 def prune(
     model: Any,
-    target: float = 0.5,
-    mode: str = "paoding",
+    target: float | None = None,
+    mode: str | None = None,
     *,
-    seed: int = 0,
-    step: float = 0.05,
+    config: PruneConfig | None = None,
+    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     schedule: Schedule | None = None,
     stop: StopCriteria | None = None,
-    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     input_box: InputBox | None = None,
-    eps: Sequence[float] = (0.01, 0.05, 0.1),
-    attacks: Sequence[str] = ATTACKS,
-    pgd_steps: int = 10,
-    n_random: int = 512,
-    measure_tflite: bool = True,
+    synthetic_inputs: np.ndarray | None = None,
     progress: bool = True,
-    alpha: float = 0.75,
-    beta: float = 0.25,
-    entropy_threshold: float = 0.9,
-    t0: float = 0.5,
-    cooling: float = 0.9,
-    max_candidates: int = 2048,
-    scope: str = "layer",
-    tau_start: str = "first",
+    **options: Any,
 ) -> PruneResult:
     """Prune ``model`` until ``target`` of its prunable units are gone; see prune_steps.
 
     The result's model is the last one within the stop floors (the step that
-    crossed a floor stays in the trajectory, marked with its reason).
+    crossed a floor stays in the trajectory, marked with its reason). When the
+    data-free fidelity floor stopped the run before the target, FidelityError
+    says so (``keep_below_floor=True`` prunes to the target regardless).
     """
-    schedule = schedule or Schedule(target=target, step=step)
-    stop = stop or StopCriteria()
-    input_box = input_box or InputBox(0.0, 1.0)
+    cfg = resolve_config(
+        config, target=target, mode=mode, schedule=schedule, stop=stop, input_box=input_box,
+        **options,
+    )
     trajectory: list[StepRecord] = []
     chosen = None
     steps = prune_steps(
-        model,
-        schedule.target,
-        mode,
-        seed=seed,
-        schedule=schedule,
-        stop=stop,
-        eval_data=eval_data,
-        input_box=input_box,
-        eps=eps,
-        attacks=attacks,
-        pgd_steps=pgd_steps,
-        n_random=n_random,
-        measure_tflite=measure_tflite,
+        model, config=cfg, eval_data=eval_data, synthetic_inputs=synthetic_inputs,
+        stop=StopCriteria(budget=stop.budget) if stop is not None else None,
         progress=progress,
-        alpha=alpha,
-        beta=beta,
-        entropy_threshold=entropy_threshold,
-        t0=t0,
-        cooling=cooling,
-        max_candidates=max_candidates,
-        scope=scope,
-        tau_start=tau_start,
     )
     for rec, pruned in steps:
         trajectory.append(rec)
         if rec.stop is None or rec.stop in KEEPS_MODEL:
             chosen = pruned
-    return PruneResult(
+    result = PruneResult(
         model=chosen,
         trajectory=trajectory,
-        mode=mode,
-        seed=int(seed),
-        schedule=schedule,
-        input_box=input_box,
-        stop=stop,
+        config=cfg,
         stop_reason=trajectory[-1].stop if trajectory else None,
-        eps=tuple(float(e) for e in eps),
     )
+    if fidelity_failed(result.stop_reason):
+        last_ok = result.final
+        raise FidelityError(
+            f"data-free fidelity fell below the floor {cfg.fidelity_floor} at "
+            f"{100 * trajectory[-1].ratio:.0f}% of units removed "
+            f"({trajectory[-1].data_free_fidelity:.3f}); the last model above it removes "
+            f"{100 * last_ok.ratio:.0f}% (target {100 * cfg.target:.0f}%): lower the target, "
+            "or keep the target's model regardless (keep_below_floor / --keep-below-floor)"
+        )
+    return result

@@ -34,6 +34,7 @@ class UnitView:
     w_out: np.ndarray  # [n, k]
     orig_ids: np.ndarray  # original unit index of every current unit
     bounds: list[tuple[np.ndarray, np.ndarray]] | None = None
+    acts: np.ndarray | None = None  # [rows, n]: the consumer's input on synthesised inputs
 
     @classmethod
     def of(
@@ -42,8 +43,11 @@ class UnitView:
         group: Group,
         orig_ids: np.ndarray,
         bounds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        acts: np.ndarray | None = None,
     ) -> UnitView:
-        return cls(graph, group, incoming(group), outgoing(group), np.asarray(orig_ids), bounds)
+        return cls(
+            graph, group, incoming(group), outgoing(group), np.asarray(orig_ids), bounds, acts
+        )
 
     @property
     def n(self) -> int:
@@ -64,6 +68,8 @@ class PairSaliency:
         self.gamma = gamma
 
     def __call__(self, view: UnitView) -> tuple[np.ndarray, np.ndarray]:
+        if view.acts is not None and self.gamma == "auto":
+            return self.from_activations(view)
         w = view.w_in
         gram = w @ w.T
         sq = np.diag(gram).copy()
@@ -84,6 +90,30 @@ class PairSaliency:
             if group.post_max:
                 bad = bad | (gamma * scale[None, :] * scale[:, None] < 0)
             saliency = np.where(bad, np.inf, saliency)
+        np.fill_diagonal(saliency, np.inf)
+        return gamma, saliency
+
+
+    def from_activations(self, view: UnitView) -> tuple[np.ndarray, np.ndarray]:
+        """The same pair score from what the consumer actually reads, u (on synthesised
+        inputs): u_b ~ k*u_a with k = max(0, cov(a,b)/var(a)), and
+        s(a,b) = std(u_b - k*u_a) * ||o_b|| (o_b the consumer's raw weights). The
+        means are left to bias correction. Returned gamma is the factor the surgery
+        expects (k rescaled by a BatchNormalization after the nonlinearity)."""
+        u = view.acts.astype(np.float64)
+        cov = np.cov(u, rowvar=False).reshape(view.n, view.n)
+        var = np.diag(cov).copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.where(var[:, None] > 1e-12, cov / var[:, None], 0.0)
+        k = np.maximum(k, 0.0)
+        resid = var[None, :] - 2.0 * k * cov + k**2 * var[:, None]
+        scale, _ = post_affine(view.group)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = view.w_out / np.where(scale == 0, np.inf, scale)[:, None]
+            gamma = k * scale[:, None] / scale[None, :]
+        saliency = np.sqrt(np.maximum(resid, 0.0)) * np.linalg.norm(raw, axis=1)[None, :]
+        saliency = np.where(np.isfinite(gamma), saliency, np.inf)
+        gamma = np.where(np.isfinite(gamma), gamma, 0.0)
         np.fill_diagonal(saliency, np.inf)
         return gamma, saliency
 

@@ -40,7 +40,7 @@ def box_bounds(box: Any, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.n
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
-def _outputs_probabilities(model: Any) -> bool:
+def outputs_probabilities(model: Any) -> bool:
     """True when the model ends in a softmax (its outputs are probabilities)."""
     last = model.layers[-1] if getattr(model, "layers", None) else None
     if last is None:
@@ -124,7 +124,7 @@ def fgsm(model: Any, x: np.ndarray, y: Any, eps: float, box: Any) -> np.ndarray:
     """Fast gradient sign method: x + eps * sign(grad), clipped to the box."""
     x, y = _check_attack_args(x, y, eps)
     lo, hi = box_bounds(box, x.shape[1:])
-    probs = _outputs_probabilities(model)
+    probs = outputs_probabilities(model)
     out = np.empty_like(x)
     for i in range(0, len(x), BATCH):
         xb = x[i : i + BATCH]
@@ -158,7 +158,7 @@ def pgd(
     rng = np.random.default_rng(seed)
     start = x + rng.uniform(-eps, eps, size=x.shape).astype(np.float32)
     adv = np.clip(start, ball_lo, ball_hi)
-    probs = _outputs_probabilities(model)
+    probs = outputs_probabilities(model)
     for _ in range(steps):
         for i in range(0, len(x), BATCH):
             sl = slice(i, i + BATCH)

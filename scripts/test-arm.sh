@@ -51,8 +51,11 @@ fi
 
 # -- the arm64 userland ---------------------------------------------------------
 $SUDO mkdir -p "$CACHE"
+# one run at a time per cache (a second run waits for the first)
+exec 9>>"$CACHE/.lock"
+flock 9
 if [ ! -e "$ROOT/.paoding-base" ]; then
-  step "debootstrap: arm64 Debian bookworm minbase with python3 into $ROOT (4-6 min)"
+  step "debootstrap: arm64 Debian bookworm minbase with python3 into $ROOT (4-12 min)"
   $SUDO rm -rf "$ROOT.tmp"
   $SUDO debootstrap --arch=arm64 --variant=minbase \
     --include=python3 bookworm "$ROOT.tmp" "$MIRROR" \
@@ -87,7 +90,7 @@ case "$LITERT_VERSION/$TFLITE_VERSION" in
 esac
 PLATFORMS=(--platform linux_aarch64 --platform manylinux2014_aarch64)
 for v in 17 24 27 28 31 34 35 36; do PLATFORMS+=(--platform "manylinux_2_${v}_aarch64"); done
-ARM_PIP=("$HOSTPY" -m pip install -q --disable-pip-version-check --only-binary=:all:
+ARM_PIP=("$HOSTPY" -m pip install -q --disable-pip-version-check --no-warn-conflicts --only-binary=:all:
          --python-version 3.11 --implementation cp --abi cp311 "${PLATFORMS[@]}")
 step "building this clone's wheel (from a copy: the clone gets no build/)"
 WHEELS=$(mktemp -d)

@@ -166,6 +166,7 @@ class Search:
             eps=(),
             n_random=0,
             progress=self.progress,
+            keep_below_floor=True,  # the tuner applies its own floors
         )
         for rec, m in gen:
             if rec.step < len(done):  # pruning is deterministic: reuse what was measured

@@ -51,7 +51,8 @@ def deployed_model() -> tuple[bytes, str]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
-    result = prune(model, target=0.5, mode="paoding", seed=0, progress=False)
+    result = prune(model, target=0.5, mode="paoding", seed=0, progress=False,
+                   synthetic=0, keep_below_floor=True)
     return tf.lite.TFLiteConverter.from_keras_model(result.model).convert(), "pruned"
 
 

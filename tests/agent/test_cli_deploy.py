@@ -98,3 +98,4 @@ def test_deploy_json_and_agent_status(broker, agent_process, tmp_path, small_mod
     js = json.loads(agent_cli("status", "--state-dir", str(state), "--json").stdout)
     assert js["active"]["deployment_id"] == rep["deployment_id"]
     assert [h["outcome"] for h in js["history"]] == ["active", "rolled_back"]
+    assert js["last_release"] > 1_700_000_000_000 and "release:" in st.stdout

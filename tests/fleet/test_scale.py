@@ -381,3 +381,81 @@ def test_rollout_command_resume_and_postgres_record(broker, host_key, tmp_path, 
     assert main(["fleet", "--db", pg_url]) == 0
     text = capsys.readouterr().out
     assert text.count(result_sha(model.read_bytes())[:16]) == 6 and out["rollout_id"] in text
+
+
+def _started(db: Path) -> str:
+    """The id of the rollout in progress once it has deployments."""
+    with Registry(db) as reg:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = reg.rollouts("running")
+            if running and reg.outcomes(running[0]["rollout_id"]):
+                return running[0]["rollout_id"]
+            time.sleep(0.05)
+    raise AssertionError("no rollout started")
+
+
+def test_abort_from_another_process_cancels_the_wave_in_progress(broker, tmp_path, capsys):
+    from hostcli.main import main
+
+    ids = device_ids(12)
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, key, step_s=0.2, slow=ids) as sim:  # 8 s per deployment
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        results: dict[str, object] = {}
+
+        def roll() -> None:
+            with Registry(db) as reg:
+                results["r"] = run_rollout({"simulated": variant()}, Broker(port=broker.port),
+                                           reg, key=key, discover_s=0.5,
+                                           policy=WavePolicy(canary=6, timeout_s=60))
+
+        t = threading.Thread(target=roll)
+        t.start()
+        rollout_id = _started(db)
+        assert main(["rollout", "--abort", rollout_id, "--db", str(db), "--broker",
+                     broker.url, "--key", str(key_path)]) == 0
+        assert "aborted" in capsys.readouterr().out
+        t.join(30)
+        result = results["r"]
+        assert result.decision is Decision.ABORT and result.reason == "aborted by the operator"
+        assert {r.outcome for r in result.results} == {Outcome.CANCELLED}
+        assert len(result.results) == 6 and len(result.skipped) == 6  # wave 2 never started
+        with Registry(db) as reg:
+            assert assert_agree(reg, sim, rollout_id) == {"cancelled": 6}
+            assert reg.rollout(rollout_id)["state"] == "aborted"
+        assert not any(d.active for d in sim.devices.values())
+
+
+def test_abort_of_a_crashed_rollout_is_finished_by_the_abort_command(broker, tmp_path, capsys):
+    from hostcli.main import main
+
+    ids = device_ids(8)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    db = tmp_path / "fleet.sqlite"
+    with start_sim(broker, ids, load_signing_key(key_path), step_s=0.2, slow=ids) as sim:
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}",
+                "profile": "simulated", "model": str(model_path), "key": str(key_path),
+                "policy": {"canary": 8, "timeout_s": 60}, "discover_s": 0.5}
+        proc = _worker(spec, tmp_path, "crashing")
+        rollout_id = _started(db)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert main(["rollout", "--abort", rollout_id, "--db", str(db), "--broker",
+                     broker.url, "--key", str(key_path), "--discover-seconds", "0.5"]) == 0
+        assert "ABORT" in capsys.readouterr().out
+        with Registry(db) as reg:
+            assert reg.rollout(rollout_id)["state"] == "aborted"
+            assert assert_agree(reg, sim, rollout_id) == {"cancelled": 8}
+            assert all(r["lock_rollout"] is None for r in reg.device_rows())

@@ -73,7 +73,8 @@ def test_prune_end_to_end(files, tmp_path, capsys):
     assert set(body["exports"]) == {"float32", "dynamic"}
     assert body["exports"]["dynamic"]["bytes"] < body["exports"]["float32"]["bytes"]
     assert ["FULLY_CONNECTED", 1] in body["exports"]["float32"]["ops"]
-    assert body["command"]["seed"] == 7 and body["command"]["eps"] == [0.02, 0.1]
+    assert body["config"]["seed"] == 7 and body["config"]["eps"] == [0.02, 0.1]
+    assert 0.0 <= body["data_free_fidelity"] <= 1.0
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     from core.files import file_mode
 
@@ -100,11 +101,52 @@ def test_prune_into_existing_dir_keeps_other_files(files, tmp_path, capsys):
     assert "random inputs" in capsys.readouterr().err  # int8 without data says so
     assert (out / "keep.txt").read_text() == "mine"
     body = json.loads((out / "report.json").read_text())  # replaced
-    assert body["command"]["mode"] == "magnitude" and body["command"]["eval_data"] is None
+    assert body["config"]["mode"] == "magnitude" and body["command"]["eval_data"] is None
     assert body["exports"]["int8"]["calibration"] == "random inputs from the input box"
     assert sorted(p.name for p in out.iterdir()) == [
         "keep.txt", "pruned.keras", "pruned_int8.tflite", "report.json", "report.png"]
     assert siblings(out) == []
+
+
+def test_report_records_every_option(files, tmp_path, capsys):
+    """report.json holds every PruneConfig field, and from_config gives the run's config."""
+    from pruner.config import PruneConfig
+
+    out = tmp_path / "opts"
+    rc = main(["prune", str(files["dir"] / "model.keras"), "--target", "0.2", "--step", "0.1",
+               "--mode", "greedy", "--scope", "global", "--seed", "3", "--fidelity-floor", "0.5",
+               "--synthetic", "48", "--compensation", "bias", "--input-range", "0", "1",
+               "--no-progress", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    body = json.loads((out / "report.json").read_text())
+    fields = set(PruneConfig.__dataclass_fields__)
+    assert set(body["config"]) == fields
+    for name in ("scope", "t0", "cooling", "tau_start", "synthetic", "compensation"):
+        assert name in body["config"]
+    again = PruneConfig.from_config(body["config"])
+    assert again == PruneConfig(target=0.2, step=0.1, mode="greedy", scope="global", seed=3,
+                                fidelity_floor=0.5, synthetic=48, compensation="bias")
+
+
+def test_fidelity_floor_fails_the_run_and_writes_nothing(files, tmp_path, capsys):
+    """A run whose data-free fidelity collapses exits non-zero, says why on stderr and
+    writes no result; --keep-below-floor keeps the model and still warns."""
+    model = str(files["dir"] / "model.keras")
+    out = tmp_path / "collapse"
+    argv = ["prune", model, "--target", "0.9", "--mode", "random", "--step", "0.3",
+            "--fidelity-floor", "0.95", "--synthetic", "48", "--no-progress", "-o", str(out)]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "fidelity" in err and "floor 0.95" in err and "--keep-below-floor" in err
+    assert not out.exists() and siblings(out) == []
+    rc = main([*argv, "--keep-below-floor"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "below the floor" in captured.err
+    body = json.loads((out / "report.json").read_text())
+    assert body["data_free_fidelity"] < 0.95
+    assert body["trajectory"][-1]["ratio"] == pytest.approx(0.9, abs=0.05)
 
 
 BAD = [
@@ -129,7 +171,7 @@ def test_prune_sequential_scope(files, tmp_path, capsys):
                "sequential", "--no-progress", "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     body = json.loads((out / "report.json").read_text())
-    assert body["command"]["scope"] == "sequential"
+    assert body["config"]["scope"] == "sequential"
     assert abs(body["trajectory"][-1]["ratio"] - 0.3) < 0.05
 
 

@@ -16,7 +16,7 @@ from pruner.criteria import L1Magnitude, PairSaliency, UnitView  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
 from pruner.strategies import Annealing, Greedy, OneShotPairs, OneShotRanking  # noqa: E402
 
-FAST = dict(progress=False, measure_tflite=False, n_random=0)
+FAST = dict(progress=False, measure_tflite=False, n_random=0, synthetic=0)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,95 @@
+"""Inputs the tool makes itself, from what the model carries: no data set needed.
+
+``synthesize`` optimises a batch of inputs inside the input box so that
+
+* every BatchNormalization sees batch statistics close to its running mean
+  and variance (ZeroQ, Cai et al. 2020; DeepInversion, Yin et al. 2020), and
+* the model assigns each input confidently to a class, the classes spread
+  evenly over the batch (the class-impression term of DeepInversion; it is
+  what remains for a model without BatchNormalization),
+
+with a small total-variation prior on image-shaped inputs. They serve three
+data-free purposes: activation statistics for scoring and compensating merges,
+bias correction after removal, and the fidelity figure (top-1 agreement with
+the original model on a separately seeded batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from core.errors import ConfigError
+from pruner.evaluate import outputs_probabilities
+
+
+def _bn_layers(model: Any) -> list[Any]:
+    return [lay for lay in model.layers if type(lay).__name__ == "BatchNormalization"]
+
+
+def synthesize(
+    model: Any,
+    box: Any,
+    n: int = 128,
+    steps: int = 150,
+    seed: int = 0,
+    lr: float = 0.1,
+    tv: float = 0.05,
+) -> np.ndarray:
+    """``n`` float32 inputs in the box, shaped like the model's input (see the module doc)."""
+    import keras
+    import tensorflow as tf
+
+    if n < 1 or steps < 0:
+        raise ConfigError(f"synthesis needs n >= 1 and steps >= 0, got {n} and {steps}")
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    lo = np.broadcast_to(np.asarray(box.lo, np.float32), shape)
+    hi = np.broadcast_to(np.asarray(box.hi, np.float32), shape)
+    rng = np.random.default_rng(seed)
+    v = tf.Variable(rng.normal(0.0, 1.0, (n, *shape)).astype(np.float32))
+    lo_t, span = tf.constant(lo), tf.constant(hi - lo)
+    bns = _bn_layers(model)
+    probe = keras.Model(model.inputs[0], [*(b.input for b in bns), model.outputs[0]])
+    stats = []
+    for b in bns:
+        w = dict(zip([x.path.split("/")[-1] for x in b.weights], b.get_weights(), strict=True))
+        stats.append((tf.constant(w["moving_mean"]), tf.constant(np.sqrt(w["moving_variance"]))))
+    out = model.outputs[0]
+    classes = int(out.shape[-1])
+    probs = outputs_probabilities(model)
+    target = tf.constant(np.arange(n) % classes)
+    opt = keras.optimizers.Adam(lr)
+    image = len(shape) == 3
+
+    @tf.function
+    def step() -> Any:
+        with tf.GradientTape() as tape:
+            x = lo_t + span * tf.sigmoid(v)
+            outs = probe(x, training=False)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            loss = 0.0
+            for (mean, std), h in zip(stats, outs[:-1], strict=True):
+                axes = list(range(len(h.shape) - 1))
+                m, var = tf.nn.moments(h, axes)
+                scale = tf.reduce_mean(std) + 1e-6
+                loss += tf.reduce_mean(((m - mean) / scale) ** 2)
+                loss += tf.reduce_mean(((tf.sqrt(var + 1e-8) - std) / scale) ** 2)
+            y = outs[-1]
+            if probs:
+                ce = -tf.math.log(tf.gather(y, target, batch_dims=1) + 1e-8)
+            else:
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(target, y)
+            loss += 0.1 * tf.reduce_mean(ce)
+            if image and tv > 0:
+                loss += tv * (
+                    tf.reduce_mean(tf.abs(x[:, 1:] - x[:, :-1]))
+                    + tf.reduce_mean(tf.abs(x[:, :, 1:] - x[:, :, :-1]))
+                )
+        grad = tape.gradient(loss, [v])
+        opt.apply_gradients(zip(grad, [v], strict=True))
+        return loss
+
+    for _ in range(steps):
+        step()
+    return np.asarray(lo + (hi - lo) * tf.sigmoid(v).numpy(), np.float32)

@@ -77,11 +77,44 @@ def coupled_strategy(mode: str, rng: np.random.Generator) -> Any:
     return OneShotRanking(RandomScore(rng))
 
 
+class LowestPairs:
+    """Pairs (keep a, remove b) lowest PairSaliency first, each unit in one pair at most
+    per step: OneShotPairs' walk over only the low end of the pair matrix
+    (``np.argpartition``, widened until the quota is met), so wide layers do not
+    sort n^2 pairs."""
+
+    def __init__(self, saliency: PairSaliency | None = None) -> None:
+        self.saliency = saliency or PairSaliency(gamma="auto")
+
+    def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
+        n = view.n
+        gamma, sal = self.saliency(view)
+        flat = sal.ravel()
+        k = min(flat.size, max(256, 16 * quota * 2))
+        while True:
+            idx = np.argpartition(flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+            idx = idx[np.argsort(flat[idx], kind="stable")]
+            idx = idx[np.isfinite(flat[idx])]
+            used = np.zeros(n, bool)
+            plan = GroupPlan()
+            for a, b in zip((idx // n).tolist(), (idx % n).tolist(), strict=True):
+                if len(plan.remove) >= quota:
+                    break
+                if used[a] or used[b]:
+                    continue
+                used[a] = used[b] = True
+                plan.remove.append(b)
+                plan.merges.append((a, b, float(gamma[a, b])))
+            if len(plan.remove) >= quota or k >= flat.size:
+                return plan
+            k = min(flat.size, 4 * k)
+
+
 class CoupledSelection:
     """Merges where exact (one producer, linear readers), plain removal elsewhere."""
 
     def __init__(self, pairs: Any = None, ranking: Any = None) -> None:
-        self.pairs = pairs or OneShotPairs(PairSaliency(gamma="auto"))
+        self.pairs = pairs or LowestPairs()
         self.ranking = ranking or OneShotRanking(GroupSaliency())
 
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:

@@ -206,3 +206,20 @@ def test_model_family_prunes_shrinks_and_exports(family):
     want = np.asarray(pruned(x))
     got = run_tflite(export_tflite(pruned), x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_lowest_pairs_walk_like_one_shot_pairs():
+    """The partial walk picks the same pairs as the full sort of OneShotPairs."""
+    from pruner.coupled import GroupSaliency, LowestPairs
+    from pruner.criteria import PairSaliency, UnitView
+    from pruner.strategies import OneShotPairs
+
+    graph = build_graph(_merge_net(False))
+    group = next(g for g in graph.groups if g.mergeable and g.width == 6)
+    view = UnitView.of(graph, group, np.arange(group.width))
+    for quota in (1, 2, 3):
+        fast = LowestPairs().select(view, quota, 0)
+        full = OneShotPairs(PairSaliency(gamma="auto")).select(view, quota, 0)
+        assert (fast.remove, fast.merges) == (full.remove, full.merges)
+    scores = GroupSaliency()(view)
+    assert scores.shape == (6,) and np.all(scores >= 0)

@@ -101,6 +101,8 @@ class PairSaliency:
         means are left to bias correction. Returned gamma is the factor the surgery
         expects (k rescaled by a BatchNormalization after the nonlinearity)."""
         u = view.acts.astype(np.float64)
+        if u.ndim != 2 or u.shape[1] != view.n:  # maps (or a flattened map): each position
+            u = u.reshape(-1, view.n)  # is one more sample of every unit (channels last)
         cov = np.cov(u, rowvar=False).reshape(view.n, view.n)
         var = np.diag(cov).copy()
         with np.errstate(divide="ignore", invalid="ignore"):

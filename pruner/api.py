@@ -368,6 +368,10 @@ def prune_steps(
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, cfg, check)
+    activation_scores = cfg.pair_scores == "activations" or (
+        cfg.pair_scores == "auto"
+        and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)
+    )
     one_shot = mode not in ("paoding", "greedy")
     needs_bounds = not one_shot and not graph.coupled
     graph0 = graph
@@ -400,7 +404,7 @@ def prune_steps(
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
             acts = {}
-            if synth is not None:
+            if synth is not None and activation_scores:
                 from pruner.compensate import consumer_inputs
 
                 acts = consumer_inputs(source, [g.consumer.name for g in graph.groups], synth)

@@ -19,6 +19,7 @@ SCOPES = ("layer", "global", "sequential")
 ATTACKS = ("fgsm", "pgd")
 TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
+PAIR_SCORES = ("auto", "activations", "weights")
 
 
 def _unit(name: str, value: Any, low_open: bool = True, high_open: bool = False) -> float:
@@ -57,7 +58,12 @@ class PruneConfig:
     them activation-based pair scores and compensation), ``synthesis_steps``,
     ``compensation`` (``reconstruct``: ridge least squares refit of each
     consumer on the synthesised inputs, ``ridge`` its strength; ``bias``: bias
-    correction only; ``none``). Input box ``input_lo``/``input_hi``.
+    correction only; ``none``), ``pair_scores`` (pair saliency from the
+    ``activations`` the consumer reads on the synthesised inputs, or from the
+    ``weights``; ``auto``: activations when the model has a BatchNormalization
+    or a convolution, whose statistics the synthesis matches, weights for plain
+    MLPs, where synthesised inputs are a poor stand-in and the weight rule is
+    exact). Input box ``input_lo``/``input_hi``.
     Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs, ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
@@ -81,6 +87,7 @@ class PruneConfig:
     synthetic: int = 192
     synthesis_steps: int = 200
     compensation: str = "reconstruct"
+    pair_scores: str = "auto"
     ridge: float = 0.01
     input_lo: Any = 0.0
     input_hi: Any = 1.0
@@ -101,6 +108,7 @@ class PruneConfig:
         _choice("scope", self.scope, SCOPES)
         _choice("tau_start", self.tau_start, TAU_STARTS)
         _choice("compensation", self.compensation, COMPENSATIONS)
+        _choice("pair_scores", self.pair_scores, PAIR_SCORES)
         _count("seed", self.seed, 0)
         _count("round_to", self.round_to, 1)
         _count("max_candidates", self.max_candidates, 1)

@@ -6,7 +6,8 @@ measured, not only predicted), measures it repeatedly under a noise rule
 ratio on a miss, re-screens the candidates skipped before export under that
 scale, and deploys the next one (when the rescaled model rules out every
 candidate, the unmeasured one predicted fastest among those meeting every other
-budget: the model has just been shown wrong, so measure). It ends in one of two
+budget and predicted faster than every candidate that missed: the model has
+just been shown wrong, so measure). It ends in one of two
 ways only:
 
 - a candidate VERIFIED on the device: every budget met as measured there, with
@@ -176,7 +177,10 @@ def verify(
     tried = 0
     verified: Candidate | None = None
     while tried < rounds:
-        c = choose(result) or (_fastest_untried(result) if tried else None)
+        c = choose(result)
+        if c is not None and tried and all(c is not u for u in _untried(result)):
+            c = None  # predicted slower than a candidate that missed: it would miss too
+        c = c or (_fastest_untried(result) if tried else None)
         if c is None:
             break
         result.chosen = c
@@ -208,18 +212,32 @@ def verify(
     return result
 
 
-def _fastest_untried(result: TuneResult) -> Candidate | None:
-    """When the rescaled model rules out every candidate: the unmeasured one with the lowest
-    predicted latency that meets every other budget (the model just proved wrong; measure)."""
-    pool = [
+def _untried(result: TuneResult) -> list[Candidate]:
+    """Unmeasured candidates that meet every budget but latency and are predicted faster
+    than every candidate measured over the latency budget (a slower one would miss too)."""
+    slowest_ok = min(
+        (
+            c.predicted_p90_ms
+            for c in result.candidates
+            if c.measured and any(m.startswith("p90 latency") for m in c.measured["misses"])
+        ),
+        default=float("inf"),
+    )
+    return [
         c
         for c in result.candidates
         if c.evaluated
         and not c.runtime_error
         and not c.measured
+        and c.predicted_p90_ms < slowest_ok
         and all(m.startswith("p90 latency") for m in c.misses)
     ]
-    return min(pool, key=lambda c: c.predicted_p90_ms, default=None)
+
+
+def _fastest_untried(result: TuneResult) -> Candidate | None:
+    """When the rescaled model rules out every candidate: the unmeasured one with the lowest
+    predicted latency that meets every other budget (the model just proved wrong; measure)."""
+    return min(_untried(result), key=lambda c: c.predicted_p90_ms, default=None)
 
 
 def _conclude(result: TuneResult, verified: Candidate | None, tried: int, rounds: int) -> None:
@@ -252,16 +270,12 @@ def _conclude(result: TuneResult, verified: Candidate | None, tried: int, rounds
         return  # nothing was deployed: the tuning's own statement says why
     closest = min(measured, key=lambda c: (choice.excess(c, p, result.correction), choice.rank_key(c)))
     m = closest.measured or {}
-    left = sum(
-        1
-        for c in result.candidates
-        if c.evaluated and not c.measured and not c.runtime_error
-        and all(m.startswith("p90 latency") for m in c.misses)
-    )
+    left = len(_untried(result))
     why = (
         f"{tried} deployed, the {rounds} rounds used up with {left} more predicted to meet"
         if tried >= rounds and left
-        else f"{tried} deployed, no other candidate meets the budgets that need no device"
+        else f"{tried} deployed, no other candidate can: the rest miss a budget the host "
+        "measures or are predicted slower than one that missed"
     )
     p90 = m.get("p90_ms")
     result.statement = (

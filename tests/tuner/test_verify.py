@@ -262,3 +262,14 @@ def test_verify_loop_measures_rescales_and_reports(broker, search, make_profile,
     finally:
         agent.terminate()
         agent.wait(timeout=20)
+
+
+def test_after_a_latency_miss_only_faster_candidates_are_tried(search, make_profile):
+    r = tn.tune(search.model, _loose(make_profile), search=search, **TUNE_KW)
+    dep = Scripted(10.0, lambda c: 30.0)  # every candidate far over the budget
+    tn.verify(r, search, dep, rounds=6, log=lambda s: None)
+    tried = [c for c in r.candidates if c.measured]
+    order = [next(c for c in tried if c.key == k) for k, _ in dep.log]
+    for i, c in enumerate(order[1:], 1):
+        assert c.predicted_p90_ms < min(p.predicted_p90_ms for p in order[:i])
+    assert r.chosen is None and r.statement.startswith("NOT VERIFIED")

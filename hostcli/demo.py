@@ -91,14 +91,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-class _Agents:
-    """Emulated agents in child processes; all terminated on exit."""
+class EmulatedAgents:
+    """Emulated agents in child processes (the demo's devices); all terminated on stop."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[Any] = []
 
-    def start(self, device_id: str, profile: str, broker: str, trust_key: Path) -> None:
+    def start(self, device_id: str, profile: str, broker: str, trust_key: Path | None,
+              mqtt_protocol: str = "3.1.1") -> Any:
+        """Start one agent and wait until it is connected; None as ``trust_key``: unsigned.
+
+        MQTT 3.1.1 by default: the embedded amqtt broker speaks nothing newer.
+        """
         import os
         import subprocess
         import sys
@@ -124,12 +129,11 @@ class _Agents:
                     profile,
                     "--broker",
                     broker,
-                    "--mqtt-protocol",  # the embedded amqtt broker speaks 3.1.1 only
-                    "3.1.1",
+                    "--mqtt-protocol",
+                    mqtt_protocol,
                     "--state-dir",
                     str(self.workdir / "agents" / device_id),
-                    "--trust-key",
-                    str(trust_key),
+                    *(["--trust-key", str(trust_key)] if trust_key else ["--allow-unsigned"]),
                     "--log-level",
                     "INFO",
                 ],
@@ -145,6 +149,7 @@ class _Agents:
                 tail = log.read_text(errors="replace")[-600:]
                 raise CommandError(f"agent {device_id} did not connect to {broker}: {tail}")
             time.sleep(0.1)
+        return proc
 
     def stop(self) -> None:
         import subprocess
@@ -367,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         write_key_pair(key_dir)
     priv, pub = key_dir / "paoding.key", key_dir / "paoding.pub"
 
-    agents = _Agents(work)
+    agents = EmulatedAgents(work)
     rows: list[dict[str, Any]] = []
     from contextlib import nullcontext
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from tunehelp import ROOT, TUNE_KW
+from tunehelp import TUNE_KW
 
 import device_profiles as dp
 import tuner as tn
@@ -120,41 +118,11 @@ def test_latency_that_is_not_a_device_measurement_never_verifies(search, make_pr
 
 
 def _start_agent(broker, device_id: str, profile: str, tmp_path: Path) -> subprocess.Popen:
-    log = tmp_path / f"agent-{device_id}.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "--device-id",
-                device_id,
-                "--profile",
-                profile,
-                "--emulate",
-                profile,
-                "--broker",
-                broker.url,
-                "--state-dir",
-                str(tmp_path / f"state-{device_id}"),
-                "--allow-unsigned",
-                "--log-level",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "connected to" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"agent did not connect: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc
+    """One emulated agent, started as the demo starts its devices."""
+    from hostcli.demo import EmulatedAgents
+
+    return EmulatedAgents(tmp_path).start(device_id, profile, broker.url, None,
+                                          mqtt_protocol="5")
 
 
 @pytest.mark.broker

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the tests need (Mosquitto included) and run them.
-# Usage: bash scripts/test.sh [pytest args...]
+# Install everything the tests need (Mosquitto included) and run them: ruff, pytest, and
+# (on a full run) the agent on real arm64 binaries under qemu-user (scripts/test-arm.sh).
+# Usage: bash scripts/test.sh [pytest args...]   (with arguments: that pytest run only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +33,9 @@ echo "== installing paoding-edge with [host,device,test]"
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== pytest"
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
+if [ "$#" -eq 0 ]; then
+  start=$(date +%s)
+  bash scripts/test-arm.sh
+  echo "== ARM test took $(( $(date +%s) - start ))s"
+fi

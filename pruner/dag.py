@@ -169,8 +169,25 @@ class Node:
     layout: Layout | None = None
 
 
+class GroupedGraph:
+    """What both graph kinds (a chain, a DAG) answer the same way: input shape, group by name."""
+
+    model: Any
+    groups: list[Any]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def group(self, name: str) -> Any:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
 @dataclass
-class DagGraph:
+class DagGraph(GroupedGraph):
     """The model's nodes in topological order and its prunable channel groups."""
 
     model: Any
@@ -185,15 +202,6 @@ class DagGraph:
 
         return [n.op for n in self.nodes if isinstance(n.op, keras.layers.Layer)]
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
-
-    def group(self, name: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(name)
 
 
 # --- weights as groups read them ------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
-from pruner.dag import build_dag
+from pruner.dag import GroupedGraph, build_dag
 from pruner.handlers import bn_affine  # noqa: F401 - read by criteria through graph
 
 # activation name -> (positively homogeneous, Lipschitz constant); all monotone.
@@ -131,7 +131,7 @@ class Group:
 
 
 @dataclass
-class PruneGraph:
+class PruneGraph(GroupedGraph):
     """The model's layers in order, its ops and its prunable groups."""
 
     model: Any
@@ -140,16 +140,6 @@ class PruneGraph:
     groups: list[Group] = field(default_factory=list)
     output_op: int = 0  # index of the output layer's affine op
     coupled: bool = False  # a chain: no channel is shared between groups
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
-
-    def group(self, name: str) -> Group:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(name)
 
 
 def _unsupported(layer: Any, why: str) -> UnsupportedLayerError:

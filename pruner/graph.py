@@ -15,7 +15,7 @@ import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
 from pruner.dag import GroupedGraph, build_dag
-from pruner.handlers import bn_affine  # noqa: F401 - read by criteria through graph
+from pruner.handlers import bn_affine
 
 # activation name -> (positively homogeneous, Lipschitz constant); all monotone.
 ACTIVATIONS: dict[str, tuple[bool, float]] = {

@@ -88,6 +88,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=180.0,
         help="seconds to wait for each device report (default 180)",
     )
+    parser.add_argument(
+        "--modes", default="paoding,greedy", help="pruning modes to search (default paoding,greedy)"
+    )
+    parser.add_argument(
+        "--max-ratio", type=float, default=0.9, help="most units to remove (default 0.9)"
+    )
+    parser.add_argument(
+        "--step", type=float, default=0.1, help="pruning ratio step of the search (default 0.1)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="most candidates deployed per device before giving up (default 6)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -214,7 +229,7 @@ def _side_by_side(rows: list[dict[str, Any]]) -> str:
                 f"{r['probe_min_robust']:.3f}" if r["probe_min_robust"] is not None else "-",
                 " ".join(yn(f[k]) for k in ("p90", "memory", "size", "accuracy", "robust")),
                 r["state"],
-                "VERIFIED" if r["verified"] else ("-" if r["kind"] == "original" else "not verified"),
+                "-" if r["kind"] == "original" else ("VERIFIED" if r["verified"] else "not verified"),
             ]
         )
     widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
@@ -340,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
             )
     progress = not args.no_progress
     rule = NoiseRule()
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes:
+        raise CommandError("--modes: give one or more pruning modes (e.g. paoding,greedy)")
+    if args.rounds < 1:
+        raise CommandError(f"--rounds must be >= 1, got {args.rounds}")
 
     print(f"[1/5] model: {'loading ' + args.model if args.model else 'the digits CNN'}")
     if args.model:
@@ -356,7 +376,13 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for pid in pids:
         r = tn.tune(
-            model, profiles[pid], search=search, modes=("paoding", "greedy"), progress=progress
+            model,
+            profiles[pid],
+            search=search,
+            modes=modes,
+            max_ratio=args.max_ratio,
+            step=args.step,
+            progress=progress,
         )
         print()
         print(tn.table(r))
@@ -411,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
                     orig, search.export(step0, "float32"), deployer, profiles[pid], rule
                 )
                 m0 = orig.measured
+                # its row now: the original may also be a candidate the loop measures again
+                rows.append(_row(device, pid, "original", orig, profiles[pid]))
                 print(
                     f"  {pid}: original p90 {m0.get('p90_ms') or float('nan'):.3g} ms measured "
                     f"(budget {profiles[pid].budgets.p90_latency_ms:g} ms), {m0.get('state')}"
@@ -419,13 +447,12 @@ def run(args: argparse.Namespace) -> int:
                     r,
                     search,
                     deployer,
-                    rounds=6,
+                    rounds=args.rounds,
                     rule=rule,
                     device=device,
                     log=lambda s, pid=pid: print(f"  {pid}: {s}"),
                 )
                 tn.save(r, work / pid)
-                rows.append(_row(device, pid, "original", orig, profiles[pid]))
                 if r.chosen is not None:
                     rows.append(_row(device, pid, "tuned", r.chosen, profiles[pid]))
                 else:
@@ -436,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
     print(_side_by_side(rows))
     print(
         "* p90: median of the measurements (each the p90 of one benchmark) by the agents under "
-        "HOST EMULATION (CPU set, realtime priority, quota, memory limit, deterministic "
+        "HOST EMULATION (each profile's CPU set, priority, quota, memory limit and deterministic "
         "slowdown): not measurements on real devices."
     )
     print(

@@ -24,6 +24,8 @@ from core.errors import ConfigError, DataError, FidelityError
 from pruner.bounds import InputBox, interval_bounds
 from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
+from pruner.dag import DagGraph
+from pruner.dag_surgery import advance, as_model
 from pruner.graph import build_graph
 from pruner.metrics import count_macs, count_params
 from pruner.schedule import Schedule, StopCriteria
@@ -207,8 +209,16 @@ class _Meter:
             shape = tuple(int(d) for d in reference.inputs[0].shape[1:])
             self.random_x = random_inputs(box, shape, cfg.n_random, cfg.seed)
 
-    def __call__(self, model: Any, step: int, ratio: float, units: dict[str, int]) -> StepRecord:
-        rec = StepRecord(step, ratio, units, count_params(model), count_macs(model))
+    def __call__(self, current: Any, step: int, ratio: float, units: dict[str, int]) -> StepRecord:
+        if isinstance(current, DagGraph):  # sizes from the arrays: no model to build
+            rec = StepRecord(step, ratio, units, current.params(), current.macs())
+        else:
+            rec = StepRecord(step, ratio, units, count_params(current), count_macs(current))
+        model = current
+        if self.cfg.measure_tflite or self.data is not None or self.random_x is not None or (
+            self.check is not None
+        ):
+            model = as_model(current)
         if self.cfg.measure_tflite:
             from pruner.export import export_tflite
 
@@ -321,14 +331,28 @@ def prune_steps(
     README). ``t0``, ``cooling`` and ``tau_start`` set the annealing (see
     strategies.Annealing).
     """
-    if isinstance(model, (str, os.PathLike)):
-        from pruner.io import load_model
-
-        model = load_model(model)
     cfg = resolve_config(
         config, target=target, mode=mode, schedule=schedule, stop=stop, input_box=input_box,
         **options,
     )
+    for rec, current in _run(model, cfg, eval_data, stop, synthetic_inputs, progress):
+        yield rec, as_model(current)
+
+
+def _run(
+    model: Any,
+    cfg: PruneConfig,
+    eval_data: Any,
+    stop: StopCriteria | None,
+    synthetic_inputs: np.ndarray | None,
+    progress: bool,
+) -> Iterator[tuple[StepRecord, Any]]:
+    """prune_steps' loop. On a DAG a step's model is a DagGraph holding weight arrays:
+    ``as_model`` builds the Keras model, only for the steps someone looks at."""
+    if isinstance(model, (str, os.PathLike)):
+        from pruner.io import load_model
+
+        model = load_model(model)
     mode, scope, seed = cfg.mode, cfg.scope, cfg.seed
     schedule = Schedule(cfg.target, cfg.step, cfg.round_to)
     budget = stop.budget if stop is not None else None
@@ -391,15 +415,16 @@ def prune_steps(
             yield base, model
             return
         yield base, model
-        previous, current, number = base, model, 0
+        previous, current, number = base, graph0 if graph0.coupled else model, 0
         while True:
             number += 1
             t = time.perf_counter()
             if one_shot:  # every ratio is a one-shot selection on the original model
                 graph, source = graph0, model
                 done = {name: 0 for name in widths0}
-            else:
-                graph, source = build_graph(current), current
+            else:  # a DAG step's graph is the previous step's result, no rebuild
+                graph = current if graph0.coupled else build_graph(current)
+                source = current
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
             bounds = interval_bounds(graph, box) if needs_bounds else None
             plan = {}
@@ -438,7 +463,7 @@ def prune_steps(
             if not plan or removed_now <= removed_before:
                 previous.stop = previous.stop or NO_PROGRESS
                 return
-            current = apply_plan(source, graph, plan)
+            current = advance(graph, plan) if graph0.coupled else apply_plan(source, graph, plan)
             for name in widths0:
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
@@ -463,7 +488,7 @@ def prune_steps(
             if reason is None and fid is not None and fid < cfg.fidelity_floor:
                 if not cfg.keep_below_floor:
                     reason = f"{FIDELITY} {fid:.3f} < floor {cfg.fidelity_floor}"
-            if reason is None and stop.budget_met(current):
+            if reason is None and stop.budget is not None and stop.budget_met(as_model(current)):
                 reason = BUDGET_MET
             if reason is None and all(widths0[n] - units[n] >= goals[n] for n in units):
                 reason = TARGET_REACHED
@@ -503,17 +528,13 @@ def prune(
     )
     trajectory: list[StepRecord] = []
     chosen = None
-    steps = prune_steps(
-        model, config=cfg, eval_data=eval_data, synthetic_inputs=synthetic_inputs,
-        stop=StopCriteria(budget=stop.budget) if stop is not None else None,
-        progress=progress,
-    )
-    for rec, pruned in steps:
+    budget = StopCriteria(budget=stop.budget) if stop is not None else None
+    for rec, pruned in _run(model, cfg, eval_data, budget, synthetic_inputs, progress):
         trajectory.append(rec)
         if rec.stop is None or rec.stop in KEEPS_MODEL:
             chosen = pruned
     result = PruneResult(
-        model=chosen,
+        model=as_model(chosen),  # a DAG's steps stay arrays until here
         trajectory=trajectory,
         config=cfg,
         stop_reason=trajectory[-1].stop if trajectory else None,

@@ -36,16 +36,16 @@ class GroupSaliency:
         n = group.width
         inflow = np.zeros(n)
         for m in group.producers:
-            kernel, _ = producer_kernel(m.layer)
+            kernel, _ = producer_kernel(m.layer, group.store(m.layer))
             inflow += np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]).T, axis=1)
         gain = np.ones(n)
         for m in group.members:
             if m.role != "chan":
                 continue
             if m.params == "bn":
-                gain *= np.abs(bn_channels(m.layer, m.offset, n)[0])
+                gain *= np.abs(bn_channels(m.layer, m.offset, n, group.store(m.layer))[0])
             else:  # depthwise filter of each channel
-                k = m.layer.get_weights()[0][:, :, m.offset : m.offset + n, :]
+                k = group.store(m.layer)[0][:, :, m.offset : m.offset + n, :]
                 gain *= np.linalg.norm(np.moveaxis(k, 2, 0).reshape(n, -1), axis=1)
         return inflow * gain * np.linalg.norm(view.w_out, axis=1)
 
@@ -59,7 +59,7 @@ class GroupL1:
             return np.abs(view.w_in[:, :-1]).sum(axis=1)
         total = np.zeros(group.width)
         for m in group.producers:
-            kernel, _ = producer_kernel(m.layer)
+            kernel, _ = producer_kernel(m.layer, group.store(m.layer))
             total += np.abs(kernel.reshape(-1, kernel.shape[-1])).sum(axis=0)
         return total
 

@@ -11,7 +11,10 @@ consumer whose kernel reads it must lose the same channels (the dependency
 graph of Torch-Pruning). Spaces that reach the model's input or output, or a
 layer that reorders channels, are frozen (never pruned).
 
-The graph reads weights; ``surgery`` edits them.
+The graph reads weights through a ``Weights`` store: the live layers for a
+graph built from a model, arrays for a graph ``dag_surgery.advance`` derived
+from it (the steps of a run edit arrays; the Keras model is rebuilt once,
+when someone asks for it).
 """
 
 from __future__ import annotations
@@ -58,6 +61,21 @@ class Layout:
         return Layout(segs, self.positions)
 
 
+class Weights:
+    """Layer weights by layer: read live from the layers, or held as arrays (``arrays``)."""
+
+    def __init__(self, arrays: dict[str, list[np.ndarray]] | None = None) -> None:
+        self.arrays = arrays
+
+    def __call__(self, layer: Any) -> list[np.ndarray]:
+        if self.arrays is None:
+            return layer.get_weights()
+        return self.arrays[layer.name]
+
+
+LIVE = Weights()
+
+
 @dataclass
 class Member:
     """One layer's share of a group: ``out`` (its filters), ``chan`` (per-channel
@@ -96,6 +114,7 @@ class ChannelGroup:
     post_max: bool = False
     bn: Any = None
     flatten_positions: int = 0
+    store: Weights = field(default=LIVE, repr=False)
 
     @property
     def producers(self) -> list[Member]:
@@ -128,13 +147,13 @@ class ChannelGroup:
         BatchNormalization folded), bias last. Shape [width, fan_in + 1]."""
         cols, bias = [], np.zeros(self.width)
         for m in self.producers:
-            kernel, b = producer_kernel(m.layer)
+            kernel, b = producer_kernel(m.layer, self.store(m.layer))
             cols.append(kernel.reshape(-1, kernel.shape[-1]).T.astype(np.float64))
             bias = bias + b
         w = np.concatenate(cols, axis=1)
         for m in self.members:
             if m.role == "chan" and m.params == "bn" and not m.post:
-                scale, shift = bn_channels(m.layer, m.offset, self.width)
+                scale, shift = bn_channels(m.layer, m.offset, self.width, self.store(m.layer))
                 w, bias = w * scale[:, None], bias * scale + shift
         return np.concatenate([w, bias[:, None]], axis=1)
 
@@ -143,7 +162,7 @@ class ChannelGroup:
         units = np.arange(self.width)
         parts = []
         for m in self.readers:
-            w = m.layer.get_weights()
+            w = self.store(m.layer)
             if m.params == "dense":
                 parts.append(w[0][m.rows(units)].reshape(self.width, -1))
             elif m.params == "conv":
@@ -195,6 +214,8 @@ class DagGraph(GroupedGraph):
     groups: list[ChannelGroup] = field(default_factory=list)
     output: int = 0
     coupled: bool = True  # not a chain: criteria that walk ops do not apply
+    store: Weights = field(default=LIVE, repr=False)
+    built: Any = field(default=None, repr=False)  # the Keras model of ``store``, once built
 
     @property
     def layers(self) -> list[Any]:
@@ -202,23 +223,58 @@ class DagGraph(GroupedGraph):
 
         return [n.op for n in self.nodes if isinstance(n.op, keras.layers.Layer)]
 
+    def params(self) -> int:
+        """count_params of the model this graph describes, without building it."""
+        if self.store.arrays is None:
+            from pruner.metrics import count_params
+
+            return count_params(self.model)
+        return int(sum(w.size for ws in self.store.arrays.values() for w in ws))
+
+    def macs(self) -> int:
+        """count_macs of the model this graph describes, without building it: per layer,
+        output positions (pruning keeps them) times the kernels' sizes."""
+        if self.store.arrays is None:
+            from pruner.metrics import count_macs
+
+            return count_macs(self.model)
+        total = 0
+        for layer in self.layers:
+            kernels = _MAC_KERNELS.get(type(layer).__name__)
+            if kernels is None:
+                continue
+            w = self.store(layer)
+            positions = int(np.prod([int(d) for d in layer.output.shape[1:-1]]))
+            total += positions * sum(int(w[k].size) for k in kernels)
+        return total
+
+
+# weights whose every entry is one multiply-accumulate per output position
+_MAC_KERNELS = {
+    "Dense": (0,), "Conv1D": (0,), "Conv2D": (0,), "DepthwiseConv2D": (0,),
+    "SeparableConv2D": (0, 1),
+}
+
 
 
 # --- weights as groups read them ------------------------------------------------------
 
 
-def producer_kernel(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+def producer_kernel(layer: Any, w: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A producer's effective kernel [..., fan_in, out] and bias (zeros when none);
-    a SeparableConv2D's pointwise kernel stands for its filters."""
-    w = layer.get_weights()
+    a SeparableConv2D's pointwise kernel stands for its filters. ``w``: its weights
+    (default: the layer's own)."""
+    w = layer.get_weights() if w is None else w
     kernel = w[1] if type(layer).__name__ == "SeparableConv2D" else w[0]
     has_bias = getattr(layer, "use_bias", False)
     bias = w[-1] if has_bias else np.zeros(kernel.shape[-1], kernel.dtype)
     return kernel, bias.astype(np.float64)
 
 
-def bn_channels(bn: Any, offset: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    scale, shift = bn_affine(bn)
+def bn_channels(
+    bn: Any, offset: int, width: int, w: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    scale, shift = bn_affine(bn, w)
     return scale[offset : offset + width], shift[offset : offset + width]
 
 

@@ -1,5 +1,6 @@
 """Surgery on a DagGraph: slice every member of a group through its handler, fold
-merges where they are exact, and rebuild the Functional graph with new widths.
+merges where they are exact (``advance``: arrays only), and rebuild the Functional
+graph with new widths (``as_model``: once, when a model is wanted).
 
 A group's removed channels disappear from every producer's filters, every
 per-channel layer (BatchNormalization, DepthwiseConv2D) and every reader's
@@ -11,12 +12,13 @@ readers linear in each channel); coupled groups take plain removal.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from core.errors import ConfigError
-from pruner.dag import ChannelGroup, DagGraph, Member
+from pruner.dag import ChannelGroup, DagGraph, Member, Weights
 from pruner.plan import GroupPlan, validate
 
 # params kind -> (index of the weight, its input-channel axis) for reader rows
@@ -77,11 +79,17 @@ def _slice(params: str, role_masks: dict[str, np.ndarray], w: list[np.ndarray]) 
 
 def apply_dag_plan(model: Any, graph: DagGraph, plan: dict[str, GroupPlan]) -> Any:
     """A new model with the plan's channels removed from every member of their group."""
+    return as_model(advance(graph, plan))
+
+
+def advance(graph: DagGraph, plan: dict[str, GroupPlan]) -> DagGraph:
+    """The graph after ``plan``: weights sliced and merged as arrays, groups narrowed, no
+    Keras model built (``as_model`` builds it). Member offsets follow the kept channels."""
     known = {g.name for g in graph.groups}
     for name in plan:
         if name not in known:
             raise ConfigError(f"no prunable layer named {name!r}")
-    weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
+    weights = {layer.name: [w.copy() for w in graph.store(layer)] for layer in graph.layers}
     masks = _masks(graph, weights)
     for group in graph.groups:
         gp = plan.get(group.name)
@@ -101,12 +109,36 @@ def apply_dag_plan(model: Any, graph: DagGraph, plan: dict[str, GroupPlan]) -> A
         if not mask.all():
             by_layer.setdefault(name, {})[role] = mask
     params = {m.layer.name: m.params for g in graph.groups for m in g.members}
-    widths = {}
     for name, role_masks in by_layer.items():
         weights[name] = _slice(params[name], role_masks, weights[name])
-        if "out" in role_masks:
-            widths[name] = int(role_masks["out"].sum())
-    return rebuild_dag(model, widths, weights)
+    store = Weights(weights)
+    groups = []
+    for group in graph.groups:
+        gone = len(plan[group.name].remove) if group.name in plan else 0
+        members = [
+            replace(m, offset=int(mask[: m.offset].sum()), total=int(mask[: m.total].sum()))
+            for m in group.members
+            for mask in (masks[(m.layer.name, m.role)],)
+        ]
+        groups.append(replace(group, width=group.width - gone, members=members, store=store))
+    return replace(graph, groups=groups, store=store, built=None)
+
+
+def as_model(graph: Any) -> Any:
+    """The Keras model a DagGraph describes (built once from its arrays); anything else as is."""
+    if not isinstance(graph, DagGraph):
+        return graph
+    if graph.store.arrays is None:
+        return graph.model
+    if graph.built is None:
+        arrays = graph.store.arrays
+        widths = {
+            n.op.name: int(arrays[n.op.name][1 if n.handler.params == "separable" else 0].shape[-1])
+            for n in graph.nodes
+            if n.handler.kind == "producer"
+        }
+        graph.built = rebuild_dag(graph.model, widths, arrays)
+    return graph.built
 
 
 def _why_not(group: ChannelGroup) -> str:

@@ -158,10 +158,11 @@ def activation_of(op: Any) -> str | None:
     return None
 
 
-def bn_affine(bn: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Inference-mode BatchNormalization as y = scale * x + shift (per channel)."""
+def bn_affine(bn: Any, weights: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inference-mode BatchNormalization as y = scale * x + shift (per channel);
+    ``weights``: its weight arrays (default: the layer's own)."""
     names = [w.path.split("/")[-1] for w in bn.weights]
-    values = dict(zip(names, bn.get_weights(), strict=True))
+    values = dict(zip(names, bn.get_weights() if weights is None else weights, strict=True))
     n = values["moving_mean"].shape[0]
     gamma = values.get("gamma", np.ones(n, np.float32))
     beta = values.get("beta", np.zeros(n, np.float32))

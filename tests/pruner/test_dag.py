@@ -90,6 +90,30 @@ def test_masked_equals_pruned(pattern):
         assert widths[g.name] == g.width - len(plan.get(g.name, GroupPlan()).remove)
 
 
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_steps_on_arrays_equal_steps_on_models(pattern):
+    """Two steps on weight arrays (advance, one build at the end) give the model that two
+    rebuilt steps give, and the arrays' sizes are the built model's."""
+    from pruner.dag_surgery import advance, as_model
+
+    model = PATTERNS[pattern]()
+    graph = build_graph(model)
+    rng = np.random.default_rng(1)
+    first = _plan(graph, rng, share=0.25)
+    state = advance(graph, first)
+    second = _plan(state, rng, share=0.25)
+    final = advance(state, second)
+    rebuilt = apply_plan(model, graph, first)
+    rebuilt = apply_plan(rebuilt, build_graph(rebuilt), second)
+    built = as_model(final)
+    assert as_model(final) is built  # built once
+    x = _x(model)
+    np.testing.assert_allclose(np.asarray(built(x)), np.asarray(rebuilt(x)), rtol=1e-5, atol=1e-6)
+    assert (final.params(), final.macs()) == (count_params(built), count_macs(built))
+    assert final.macs() < graph.macs() == count_macs(model)
+    assert [g.width for g in final.groups] == [g.width for g in build_graph(built).groups]
+
+
 def _merge_net(conv1d: bool):
     """One producer read, through a Concatenate, by a Conv and, after global pooling,
     by a Dense: every reader is linear in the channel."""

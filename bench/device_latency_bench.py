@@ -3,26 +3,33 @@
     python bench/device_latency_bench.py                   # predict, fit, report
     python bench/device_latency_bench.py --write-profiles  # also store the fitted models
 
-Data: bench/data/device_latency.json, every figure with its source address.
-Models: the keras.applications graphs of the published models, built with
-``weights=None`` (the real graphs with random weights, as the published
-benchmarks use) and exported to .tflite (float32; int8 per-channel with random
-calibration data); the latency model's features are read from those .tflite
-files (cached in bench/results/device_latency_features.json).
+Data: bench/data/device_latency.json, every figure with its source address and
+thread count. Models: the keras.applications graphs of the published models,
+built with ``weights=None`` (the real graphs with random weights, as the
+published benchmarks use) and exported to .tflite (float32; int8 per-channel with
+random calibration data); the features are read from those .tflite files by
+``device_profiles.latency.features_from_tflite`` (cached in
+bench/results/device_latency_features.json).
 
-Published multi-threaded figures are turned into single-thread ones with the
-cited single-thread factor (the profiles run one thread). Per board the
-latency model is fitted with ``device_profiles.latency.fit`` (non-negative,
-pulled towards a fixed prior: the host-calibrated model's ratios between
-features, scaled to the figures; the profile's fixed overhead kept: large
-models cannot tell it from their cost) and judged leave-one-out:
-each figure is predicted by a fit that did not see it. Figures marked
-``"fit": false`` are only compared. Writes bench/results/device_latency.{json,md,png}.
+Model form (few parameters, fitted jointly to both boards' figures):
+
+    ms = s_board * sum over kernel classes of q_board,class *
+         (MACs + w_dw * depthwise MACs + w_el * elements + w_op * ops)
+
+``s`` is the board's time per float MAC, ``q`` its int8/float ratio (1 for
+float), ``w_*`` the cost of a depthwise MAC, an output element of a non-conv op
+and an op, in float-MAC units, shared by the boards. That is 7 parameters for 12
+figures; each figure is judged leave-one-out (predicted by a fit that did not
+see it). The published figures are 4-threaded and are fitted as published; the
+profiles (one thread) get the fit times the cited single-thread factor (and the
+Zero 2 W the Pi 3B+'s times its clock ratio). Writes
+bench/results/device_latency.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -38,8 +45,12 @@ DATA = ROOT / "bench" / "data" / "device_latency.json"
 RESULTS = ROOT / "bench" / "results"
 FEATURES = RESULTS / "device_latency_features.json"
 TOLERANCE = 0.10
-# Pull towards the prior (prior_for): 0.01 held out best of 1e-3 ... 10 on these figures.
-RIDGE = 0.01
+CLASSES = ("float", "int8")
+# The chosen form and, for the report, the simpler ones it is compared with.
+FORM = ("dw", "el", "op")
+ABLATION = ((), ("dw",), ("dw", "el"), FORM)
+TERM_FEATURES = {"dw": ("dw_macs",), "el": ("elements",), "op": ("ops", "conv_ops")}
+TERM_START = {"dw": 3.0, "el": 5.0, "op": 1e5}
 
 
 def build(name: str):
@@ -85,26 +96,81 @@ def features(pairs: set[tuple[str, str]]) -> dict[str, dict]:
     return cache
 
 
-def prior_for(profile, train: list) -> object:
-    """The starting point of a fit: the host-calibrated model's ratios between features
-    (dev-host), scaled by one factor to the figures, with the profile's overhead and
-    memory model. Fixed, so a rerun after --write-profiles fits the same way."""
-    import device_profiles as dp
-    from device_profiles import latency as lat
+def _terms(counts: dict[str, float], kclass: str, form: tuple[str, ...]) -> np.ndarray:
+    """[MACs, then one amount per term of the form] of one kernel class."""
+    def g(f: str) -> float:
+        return float(counts.get(f"{f}.{kclass}", 0.0))
 
-    base = dp.load("dev-host").latency
-    k = float(np.median([m.p90_ms / lat.predict_latency_ms(base, m.features) for m in train]))
-    return profile.latency.model_copy(
-        update={"coefficients": {a: v * k for a, v in base.coefficients.items()}}
-    )
+    row = [g("conv_macs") + g("dense_macs")]
+    row += [sum(g(f) for f in TERM_FEATURES[t]) for t in form]
+    return np.array(row)
 
 
-def target_ms(rec: dict, data: dict) -> float:
-    """The single-thread latency on the profile's board that a figure stands for."""
-    ms = float(rec["ms"])
-    if rec.get("threads") not in (1, None):
-        ms *= data["single_thread_factor"]["value"]
-    return ms * data["boards"][rec["board"]]["clock_scale"]
+class ShapeModel:
+    """ms = s_b * sum_k q_bk * (MACs + sum_t w_t * term_t), fitted on log(pred / published)."""
+
+    def __init__(self, boards: list[str], form: tuple[str, ...]):
+        self.boards, self.form = boards, form
+        nb = len(boards)
+        self.p0 = np.concatenate(
+            [np.full(nb, np.log(1e-7)), np.zeros(nb), np.log([TERM_START[t] for t in form])]
+        )
+
+    def _unpack(self, p: np.ndarray):
+        nb = len(self.boards)
+        return np.exp(p[:nb]), np.exp(p[nb:2 * nb]), np.exp(p[2 * nb:])
+
+    def predict(self, p: np.ndarray, rows: list[tuple[int, dict]]) -> np.ndarray:
+        s, q, w = self._unpack(p)
+        weights = np.concatenate([[1.0], w])
+        out = []
+        for b, counts in rows:
+            total = sum(
+                (q[b] if k == "int8" else 1.0) * float(weights @ _terms(counts, k, self.form))
+                for k in CLASSES
+            )
+            out.append(s[b] * total)
+        return np.array(out)
+
+    def fit(self, rows: list[tuple[int, dict]], ms: np.ndarray) -> np.ndarray:
+        from scipy.optimize import least_squares
+
+        return least_squares(lambda p: np.log(self.predict(p, rows) / ms), self.p0).x
+
+    def coefficients(self, p: np.ndarray, board: int, scale: float) -> dict[str, float]:
+        """The profile's coefficients (ms per unit of each feature) for one board."""
+        s, q, w = self._unpack(p)
+        out: dict[str, float] = {}
+        for k in CLASSES:
+            unit = s[board] * (q[board] if k == "int8" else 1.0) * scale
+            out[f"conv_macs.{k}"] = out[f"dense_macs.{k}"] = unit
+            out[f"conv_elements.{k}"] = 0.0
+            for t, wt in zip(self.form, w, strict=True):
+                for f in TERM_FEATURES[t]:
+                    out[f"{f}.{k}"] = unit * wt
+        return {key: float(f"{v:.6g}") for key, v in sorted(out.items())}
+
+
+def loo_errors(model: ShapeModel, rows, ms: np.ndarray) -> np.ndarray:
+    """Relative error of each figure predicted by a fit without it."""
+    errs = []
+    for i in range(len(ms)):
+        keep = [j for j in range(len(ms)) if j != i]
+        p = model.fit([rows[j] for j in keep], ms[keep])
+        errs.append(model.predict(p, [rows[i]])[0] / ms[i] - 1.0)
+    return np.array(errs)
+
+
+def summary(errors: np.ndarray) -> dict[str, float]:
+    a = np.abs(errors)
+    return {
+        "n": float(a.size),
+        "median_abs": round(float(np.median(a)), 4),
+        "p90_abs": round(float(np.percentile(a, 90)), 4),
+        "max_abs": round(float(a.max()), 4),
+        "within_10pct": round(float(np.mean(a <= TOLERANCE)), 4),
+        "within_15pct": round(float(np.mean(a <= 0.15)), 4),
+    }
 
 
 def run(write_profiles: bool) -> dict:
@@ -114,87 +180,102 @@ def run(write_profiles: bool) -> dict:
     data = json.loads(DATA.read_text())
     recs = data["records"]
     cache = features({(r["model"], r["export"]) for r in recs})
-    rows, fitted_models = [], {}
-    for board, info in data["boards"].items():
+    boards = sorted(data["boards"])
+    fitted = [r for r in recs if r.get("fit", True)]
+    rows = [(boards.index(r["board"]), cache[f"{r['model']}/{r['export']}"]["counts"])
+            for r in fitted]
+    ms = np.array([float(r["ms"]) for r in fitted])
+    if any(r.get("threads") != 4 for r in fitted):
+        raise SystemExit("every fitted figure must be a 4-thread one (the form fits them as such)")
+    factor = float(data["single_thread_factor"]["value"])
+
+    ablation = []
+    for form in ABLATION:
+        e = loo_errors(ShapeModel(boards, form), rows, ms)
+        ablation.append({"form": "MACs" + "".join(f" + {t}" for t in form), **summary(e)})
+    model = ShapeModel(boards, FORM)
+    held = loo_errors(model, rows, ms)
+    p = model.fit(rows, ms)
+    in_fit = model.predict(p, rows)
+    s, q, w = model._unpack(p)
+    params = {
+        "s_ms_per_mac": {b: float(f"{s[i]:.6g}") for i, b in enumerate(boards)},
+        "q_int8": {b: round(float(q[i]), 4) for i, b in enumerate(boards)},
+        **{f"w_{t}": float(f"{v:.6g}") for t, v in zip(FORM, w, strict=True)},
+    }
+
+    profiles, report_rows = {}, []
+    for bi, board in enumerate(boards):
+        info = data["boards"][board]
+        scale = factor * float(info["clock_scale"])
         profile = dp.load(info["profile"])
-        mine = [r for r in recs if r["board"] == board]
-        meas = [
-            lat.Measurement(
-                lat.ModelFeatures.from_dict(cache[f"{r['model']}/{r['export']}"]),
-                target_ms(r, data),
-                label=f"{r['model']}/{r['export']}",
-            )
-            for r in mine
-        ]
-        fit_idx = [i for i, r in enumerate(mine) if r.get("fit", True)]
-        source = (
-            f"Fitted by bench/device_latency_bench.py to {len(fit_idx)} published {board} "
-            f"latencies (bench/data/device_latency.json: XNNPACK end2end-bench MobileNet "
-            f"v1/v2/v3, float32 and int8, 4 threads x {data['single_thread_factor']['value']} "
-            "single-thread factor"
-            + (f", x {info['clock_scale']} for the clock" if info["clock_scale"] != 1 else "")
-            + "); real-device figures, not measured here"
-        )
-        train = [meas[i] for i in fit_idx]
-        full = lat.fit(
-            prior_for(profile, train), train, source=source, ridge=RIDGE, fit_overhead=False
-        )
-        fitted_models[info["profile"]] = (profile, full, board)
-        for i, (r, m) in enumerate(zip(mine, meas, strict=True)):
-            if i in fit_idx and len(fit_idx) > 3:
-                others = [meas[j] for j in fit_idx if j != i]
-                loo = lat.fit(
-                    prior_for(profile, others), others, source=source, ridge=RIDGE,
-                    fit_overhead=False,
-                )
-                held = lat.predict_latency_ms(loo, m.features)
-            else:
-                held = lat.predict_latency_ms(full, m.features)
-            before = lat.predict_latency_ms(profile.latency, m.features)
-            rows.append(
-                {
-                    "board": board,
-                    "profile": info["profile"],
-                    "model": r["model"],
-                    "export": r["export"],
-                    "published_ms": r["ms"],
-                    "threads": r.get("threads"),
-                    "target_ms": round(m.p90_ms, 2),
-                    "fitted": i in fit_idx,
-                    "predicted_in_fit_ms": round(lat.predict_latency_ms(full, m.features), 2),
-                    "predicted_held_out_ms": round(held, 2),
-                    "error_held_out": round((held - m.p90_ms) / m.p90_ms, 4),
-                    "previous_model_ms": round(before, 2),
-                    "error_previous_model": round((before - m.p90_ms) / m.p90_ms, 4),
-                    "source": r["source"],
-                }
-            )
-    judged = [r for r in rows if r["fitted"]]
-    within = float(np.mean([abs(r["error_held_out"]) <= TOLERANCE for r in judged]))
-    prev = float(np.mean([abs(r["error_previous_model"]) <= TOLERANCE for r in judged]))
+        coefs = model.coefficients(p, bi, scale)
+        mine = [i for i, r in enumerate(fitted) if r["board"] == board]
+        lm = profile.latency.model_copy(update={
+            "provenance": "calibrated",
+            "source": (
+                f"Fitted by bench/device_latency_bench.py to {len(ms)} published 4-thread XNNPACK "
+                f"end2end-bench latencies (MobileNet v1/v2/v3, float32 and int8) of "
+                f"{' and '.join(boards)} (bench/data/device_latency.json), jointly (shared "
+                f"depthwise/element/op costs); x {factor} single-thread factor"
+                + (f", x {info['clock_scale']} for the clock" if info["clock_scale"] != 1 else "")
+                + "; real-device figures, not measured here"
+            ),
+            "calibrated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "calibration_reports": len(mine),
+            "calibration_error": summary(held[mine]),
+            "coefficients": coefs,
+        })
+        profiles[info["profile"]] = {
+            "board": board, "coefficients": coefs, "one_thread_scale": scale,
+            "calibration_error": summary(held[mine]), "model": lm,
+        }
+        for r in (x for x in recs if x["board"] == board):
+            feats = lat.ModelFeatures.from_dict(cache[f"{r['model']}/{r['export']}"])
+            one_thread = lat.predict_latency_ms(lm, feats)
+            before = lat.predict_latency_ms(profile.latency, feats)
+            i = fitted.index(r) if r in fitted else None
+            four = float(in_fit[i]) if i is not None else (one_thread - lm.overhead_ms) / scale
+            row = {
+                "board": board, "model": r["model"], "export": r["export"],
+                "published_ms": r["ms"], "threads": r.get("threads"), "fitted": i is not None,
+                "predicted_in_fit_ms": round(four, 2),
+                "predicted_one_thread_ms": round(one_thread, 2),
+                "previous_profile_one_thread_ms": round(before, 2),
+                "source": r["source"],
+            }
+            if i is not None:
+                row["predicted_held_out_ms"] = round(float(ms[i] * (1 + held[i])), 2)
+                row["error_held_out"] = round(float(held[i]), 4)
+            elif r.get("threads") == 1:
+                row["error_one_thread"] = round(one_thread / float(r["ms"]) - 1, 4)
+            report_rows.append(row)
+
     report = {
         "goal": f"90% of figures within +-{TOLERANCE:.0%} (held out)",
-        "within_10pct_held_out": round(within, 3),
-        "within_10pct_previous_model": round(prev, 3),
-        "median_abs_error_held_out": round(
-            float(np.median([abs(r["error_held_out"]) for r in judged])), 4
-        ),
-        "n": len(judged),
-        "ridge": RIDGE,
+        "n": len(ms),
+        "form": "ms = s_board * sum_class q_board,class * (MACs + w_dw*dw_MACs + "
+                "w_el*elements + w_op*ops)",
+        "held_out": summary(held),
+        "in_fit": summary(in_fit / ms - 1),
+        "parameters": params,
+        "ablation_held_out": ablation,
         "single_thread_factor": data["single_thread_factor"],
-        "rows": rows,
+        "profiles": {pid: {k: v for k, v in d.items() if k != "model"}
+                     for pid, d in profiles.items()},
+        "rows": report_rows,
     }
     if write_profiles:
-        for pid, (profile, fitted, board) in fitted_models.items():
-            cited = sorted({r["source"] for r in recs if r["board"] == board and r.get("fit", True)})
-            sources = [f"{board} latencies: {u}" for u in cited] + [
-                f"single-thread factor {data['single_thread_factor']['value']}: "
-                f"{data['single_thread_factor']['source']}"
+        for pid, d in profiles.items():
+            board = d["board"]
+            cited = sorted({r["source"] for r in fitted})
+            sources = [f"latencies ({', '.join(boards)}): {u}" for u in cited] + [
+                f"single-thread factor {factor}: {data['single_thread_factor']['source']}"
             ]
             note = data["boards"][board].get("clock_note")
             if note:
                 sources.append(note)
-            _write_profile(pid, profile, fitted, sources)
+            _write_profile(pid, dp.load(pid), d["model"], sources)
     return report
 
 
@@ -210,36 +291,56 @@ def _write_profile(pid: str, profile, fitted, sources: list[str]) -> None:
         "# bench/results/device_latency.md), not measured here. Recalibrate with",
         "# `paoding-edge profiles calibrate` from the agent's reports on the device.",
     ]
-    kept = [x for x in profile.sources if "TildAlice" not in x and "scaling the" not in x
-            and "raspberry-pi-4.yaml latency estimate" not in x]
+    kept = [x for x in profile.sources
+            if not any(s in x for s in ("latencies", "single-thread factor", "clock ratio",
+                                        "runs at 1.0 GHz, the 3B+"))]
     new = profile.model_copy(update={"latency": fitted, "sources": kept + sources})
     dp.validate(new.model_dump(mode="json"), pid)
     path.write_text("\n".join(header) + "\n" + dp.dump(new))
     print(f"  wrote the fitted latency model to {path}")
 
 
-def table(report: dict) -> str:
-    head = ["board", "model", "export", "published", "thr", "1-thread", "held-out pred",
-            "error", "profile before the run", "error"]
-    lines = []
-    for r in report["rows"]:
-        lines.append([
-            r["board"], r["model"], r["export"], f"{r['published_ms']:g}",
-            str(r["threads"] or "?"), f"{r['target_ms']:.1f}",
-            f"{r['predicted_held_out_ms']:.1f}" + ("" if r["fitted"] else " (shown)"),
-            f"{r['error_held_out']:+.1%}", f"{r['previous_model_ms']:.1f}",
-            f"{r['error_previous_model']:+.1%}",
-        ])
+def _md_table(head: list[str], lines: list[list[str]]) -> list[str]:
     w = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     out = ["| " + " | ".join(h.ljust(n) for h, n in zip(head, w, strict=True)) + " |",
            "|" + "|".join("-" * (n + 2) for n in w) + "|"]
-    out += ["| " + " | ".join(v.ljust(n) for v, n in zip(x, w, strict=True)) + " |"
-            for x in lines]
+    return out + ["| " + " | ".join(v.ljust(n) for v, n in zip(x, w, strict=True)) + " |"
+                  for x in lines]
+
+
+def table(report: dict) -> str:
+    head = ["board", "model", "export", "published ms", "threads", "held-out pred (4 thr)",
+            "error", "profile pred (1 thr)", "profile before"]
+    lines = []
+    for r in report["rows"]:
+        if r["fitted"]:
+            pred, err = f"{r['predicted_held_out_ms']:.1f}", f"{r['error_held_out']:+.1%}"
+        elif "error_one_thread" in r:
+            pred, err = "(1 thread, not fitted)", f"{r['error_one_thread']:+.1%} (1 thr)"
+        else:
+            pred, err = "(not fitted)", "-"
+        lines.append([r["board"], r["model"], r["export"], f"{r['published_ms']:g}",
+                      str(r["threads"] or "not stated"), pred, err,
+                      f"{r['predicted_one_thread_ms']:.1f}",
+                      f"{r['previous_profile_one_thread_ms']:.1f}"])
+    out = _md_table(head, lines)
+    h = report["held_out"]
     out.append(
-        f"\nheld out (leave-one-out), fitted figures: {report['within_10pct_held_out']:.0%} of "
-        f"{report['n']} within +-10% (goal 90%), median |error| "
-        f"{report['median_abs_error_held_out']:.1%}; the profile before the run: "
-        f"{report['within_10pct_previous_model']:.0%} within +-10%"
+        f"\nheld out (leave-one-out) over {report['n']} fitted figures: "
+        f"**{h['within_10pct']:.0%} within +-10%** (goal 90%), median |error| "
+        f"{h['median_abs']:.1%}, max {h['max_abs']:.1%}; in-fit max {report['in_fit']['max_abs']:.1%}."
+    )
+    out.append(
+        "\nprofile pred: the profile's one-thread prediction (the 4-thread fit x the "
+        f"single-thread factor {report['single_thread_factor']['value']}; raspberry-pi-3b-plus "
+        "rows: the raspberry-pi-zero-2w profile, x 1.4 for the clock); profile before: the "
+        "coefficients shipped before this run."
+    )
+    out.append(f"\nform: {report['form']}; parameters: {json.dumps(report['parameters'])}\n")
+    out += _md_table(
+        ["form (held out)", "within +-10%", "median abs error", "max abs error"],
+        [[a["form"], f"{a['within_10pct']:.0%}", f"{a['median_abs']:.1%}", f"{a['max_abs']:.1%}"]
+         for a in report["ablation_held_out"]],
     )
     return "\n".join(out)
 
@@ -250,28 +351,29 @@ def plot(report: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5))
     for board, mk in (("raspberry-pi-4", "o"), ("raspberry-pi-3b-plus", "s")):
-        rs = [r for r in report["rows"] if r["board"] == board]
-        for fitted, color in ((True, "tab:blue"), (False, "tab:gray")):
-            sel = [r for r in rs if r["fitted"] is fitted]
-            if sel:
-                ax.scatter([r["target_ms"] for r in sel],
-                           [r["predicted_held_out_ms"] for r in sel], marker=mk, color=color,
-                           label=f"{board}{'' if fitted else ' (not fitted)'}")
-        ax.scatter([r["target_ms"] for r in rs], [r["previous_model_ms"] for r in rs],
-                   marker=mk, facecolors="none", edgecolors="tab:red", alpha=0.6,
-                   label=f"{board}: profile before the run")
-    lo, hi = 10, 700
-    xs = np.geomspace(lo, hi, 10)
+        rs = [r for r in report["rows"] if r["board"] == board and r["fitted"]]
+        for export, color in (("float32", "tab:blue"), ("int8", "tab:orange")):
+            sel = [r for r in rs if r["export"] == export]
+            ax.scatter([r["published_ms"] for r in sel], [r["predicted_held_out_ms"] for r in sel],
+                       marker=mk, color=color, label=f"{board} {export}")
+    xs = np.geomspace(10, 150, 10)
     ax.plot(xs, xs, "k-", lw=0.8)
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="green", alpha=0.15, label="+-10%")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("published single-thread latency (ms)")
-    ax.set_ylabel("predicted from the .tflite (ms, held out)")
-    ax.set_title("latency model against published Raspberry Pi figures")
+    ax.set_xlabel("published latency, 4 threads (ms)")
+    ax.set_ylabel("predicted from the .tflite, held out (ms)")
+    ax.set_title("leave-one-out prediction of published Pi figures")
     ax.legend(fontsize=7)
+    forms = report["ablation_held_out"]
+    ax2.bar(range(len(forms)), [a["within_10pct"] * 100 for a in forms], color="tab:blue")
+    ax2.axhline(90, color="k", ls="--", lw=0.8, label="goal 90%")
+    ax2.set_xticks(range(len(forms)), [a["form"] for a in forms], rotation=15, fontsize=8)
+    ax2.set_ylabel("% of figures within +-10% (held out)")
+    ax2.set_title("model form")
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -5,6 +5,9 @@ where the features of a TFLite model are counted per op and per kernel class:
 
 - ``dense_macs.<class>``: multiply-accumulates of FULLY_CONNECTED / BATCH_MATMUL;
 - ``conv_macs.<class>``: multiply-accumulates of CONV_2D / DEPTHWISE_CONV_2D;
+- ``dw_macs.<class>``: the DEPTHWISE_CONV_2D share of ``conv_macs`` (counted in
+  both: its coefficient is the extra cost of a depthwise MAC, which reuses no
+  weights and runs memory-bound, over a standard one);
 - ``conv_elements.<class>``: output elements of the convolutions (their
   per-pixel cost, which dominates convolutions with few channels);
 - ``elements.<class>``: output elements of every other op (activations, pooling,
@@ -137,6 +140,7 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
         elif name == "DEPTHWISE_CONV_2D" and len(ins) > 1:
             w = ins[1]["shape"]  # [1, kh, kw, c * m]
             counts[f"conv_macs.{kclass}"] += float(out_elems * int(w[1]) * int(w[2]))
+            counts[f"dw_macs.{kclass}"] += float(out_elems * int(w[1]) * int(w[2]))
         else:
             counts[f"elements.{kclass}"] += float(out_elems)
     return ModelFeatures(counts, len(model), int(activation), names)

@@ -32,6 +32,7 @@ KERNEL_CLASS: dict[str, str] = {
 FEATURES: tuple[str, ...] = (
     "dense_macs",
     "conv_macs",
+    "dw_macs",
     "conv_elements",
     "elements",
     "conv_ops",

@@ -76,3 +76,46 @@ def test_fit_needs_data():
         latency.fit(prior, [], source="nothing at all here")
     with pytest.raises(ValueError, match="p90_ms"):
         latency.Measurement.from_dict({"features": {}})
+
+
+def _conv_macs_from_keras(model) -> tuple[float, float, int]:
+    """(all conv MACs, depthwise MACs, conv layers) computed from the Keras layer shapes."""
+    keras = pytest.importorskip("keras")
+    total = dw = 0.0
+    layers = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            dw += h * w * c * kh * kw
+            total += h * w * c * kh * kw
+            layers += 1
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * c * kh * kw * layer.input.shape[-1]
+            layers += 1
+    return total, dw, layers
+
+
+def test_features_of_a_real_mobilenet_match_its_keras_graph():
+    """A real keras.applications MobileNet: MACs, depthwise MACs and conv ops as its layers say."""
+    keras = pytest.importorskip("keras")
+    from pruner.export import export_tflite
+
+    model = keras.applications.MobileNet(alpha=0.25, input_shape=(96, 96, 3), weights=None)
+    feats = latency.features_from_tflite(export_tflite(model))
+    total, dw, layers = _conv_macs_from_keras(model)
+    assert 0 < dw < total / 5  # MobileNet v1 at alpha 0.25: depthwise is ~10% of the MACs
+    assert feats.counts["conv_macs.float"] == total
+    assert feats.counts["dw_macs.float"] == dw
+    assert feats.counts["conv_ops.float"] == layers
+    assert 0 < feats.counts["ops.float"] < layers  # pooling, reshape, softmax: a few
+    assert feats.counts["conv_macs.int8"] == feats.counts["dw_macs.int8"] == 0
+    # the depthwise cost the profiles fitted makes the prediction larger than MACs alone
+    lm = dp.load("raspberry-pi-4").latency
+    no_dw = latency.ModelFeatures(
+        {k: v for k, v in feats.counts.items() if not k.startswith("dw_")},
+        feats.model_bytes, feats.activation_bytes,
+    )
+    assert latency.predict_latency_ms(lm, feats) > latency.predict_latency_ms(lm, no_dw)

@@ -151,14 +151,15 @@ class ShapeModel:
         return {key: float(f"{v:.6g}") for key, v in sorted(out.items())}
 
 
-def loo_errors(model: ShapeModel, rows, ms: np.ndarray) -> np.ndarray:
-    """Relative error of each figure predicted by a fit without it."""
-    errs = []
+def loo_fits(model: ShapeModel, rows, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative error of each figure predicted by a fit without it, and those fits' parameters."""
+    errs, params = [], []
     for i in range(len(ms)):
         keep = [j for j in range(len(ms)) if j != i]
         p = model.fit([rows[j] for j in keep], ms[keep])
         errs.append(model.predict(p, [rows[i]])[0] / ms[i] - 1.0)
-    return np.array(errs)
+        params.append(p)
+    return np.array(errs), np.array(params)
 
 
 def summary(errors: np.ndarray) -> dict[str, float]:
@@ -191,11 +192,15 @@ def run(write_profiles: bool) -> dict:
 
     ablation = []
     for form in ABLATION:
-        e = loo_errors(ShapeModel(boards, form), rows, ms)
+        e, _ = loo_fits(ShapeModel(boards, form), rows, ms)
         ablation.append({"form": "MACs" + "".join(f" + {t}" for t in form), **summary(e)})
     model = ShapeModel(boards, FORM)
-    held = loo_errors(model, rows, ms)
+    held, loo_params = loo_fits(model, rows, ms)
     p = model.fit(rows, ms)
+    nb = len(boards)
+    spread = {f"w_{t}": [float(f"{v:.4g}") for v in (np.exp(loo_params[:, 2 * nb + j].min()),
+                                                      np.exp(loo_params[:, 2 * nb + j].max()))]
+              for j, t in enumerate(FORM)}
     in_fit = model.predict(p, rows)
     s, q, w = model._unpack(p)
     params = {
@@ -233,7 +238,6 @@ def run(write_profiles: bool) -> dict:
         for r in (x for x in recs if x["board"] == board):
             feats = lat.ModelFeatures.from_dict(cache[f"{r['model']}/{r['export']}"])
             one_thread = lat.predict_latency_ms(lm, feats)
-            before = lat.predict_latency_ms(profile.latency, feats)
             i = fitted.index(r) if r in fitted else None
             four = float(in_fit[i]) if i is not None else (one_thread - lm.overhead_ms) / scale
             row = {
@@ -241,7 +245,6 @@ def run(write_profiles: bool) -> dict:
                 "published_ms": r["ms"], "threads": r.get("threads"), "fitted": i is not None,
                 "predicted_in_fit_ms": round(four, 2),
                 "predicted_one_thread_ms": round(one_thread, 2),
-                "previous_profile_one_thread_ms": round(before, 2),
                 "source": r["source"],
             }
             if i is not None:
@@ -259,6 +262,7 @@ def run(write_profiles: bool) -> dict:
         "held_out": summary(held),
         "in_fit": summary(in_fit / ms - 1),
         "parameters": params,
+        "parameters_range_over_leave_one_out_fits": spread,
         "ablation_held_out": ablation,
         "single_thread_factor": data["single_thread_factor"],
         "profiles": {pid: {k: v for k, v in d.items() if k != "model"}
@@ -310,7 +314,7 @@ def _md_table(head: list[str], lines: list[list[str]]) -> list[str]:
 
 def table(report: dict) -> str:
     head = ["board", "model", "export", "published ms", "threads", "held-out pred (4 thr)",
-            "error", "profile pred (1 thr)", "profile before"]
+            "error", "profile pred (1 thr)"]
     lines = []
     for r in report["rows"]:
         if r["fitted"]:
@@ -321,8 +325,7 @@ def table(report: dict) -> str:
             pred, err = "(not fitted)", "-"
         lines.append([r["board"], r["model"], r["export"], f"{r['published_ms']:g}",
                       str(r["threads"] or "not stated"), pred, err,
-                      f"{r['predicted_one_thread_ms']:.1f}",
-                      f"{r['previous_profile_one_thread_ms']:.1f}"])
+                      f"{r['predicted_one_thread_ms']:.1f}"])
     out = _md_table(head, lines)
     h = report["held_out"]
     out.append(
@@ -333,10 +336,11 @@ def table(report: dict) -> str:
     out.append(
         "\nprofile pred: the profile's one-thread prediction (the 4-thread fit x the "
         f"single-thread factor {report['single_thread_factor']['value']}; raspberry-pi-3b-plus "
-        "rows: the raspberry-pi-zero-2w profile, x 1.4 for the clock); profile before: the "
-        "coefficients shipped before this run."
+        "rows: the raspberry-pi-zero-2w profile, x 1.4 for the clock)."
     )
-    out.append(f"\nform: {report['form']}; parameters: {json.dumps(report['parameters'])}\n")
+    out.append(f"\nform: {report['form']}; parameters: {json.dumps(report['parameters'])}; "
+               "range over the leave-one-out fits: "
+               f"{json.dumps(report['parameters_range_over_leave_one_out_fits'])}\n")
     out += _md_table(
         ["form (held out)", "within +-10%", "median abs error", "max abs error"],
         [[a["form"], f"{a['within_10pct']:.0%}", f"{a['median_abs']:.1%}", f"{a['max_abs']:.1%}"]

@@ -18,9 +18,10 @@ Model form (few parameters, fitted jointly to both boards' figures):
 
 ``s`` is the board's time per float MAC, ``q`` its int8/float ratio (1 for
 float), ``w_*`` the cost of a depthwise MAC, an output element of a non-conv op
-and an op, in float-MAC units, shared by the boards. That is 7 parameters for 12
-figures; each figure is judged leave-one-out (predicted by a fit that did not
-see it). The published figures are 4-threaded and are fitted as published; the
+and an op, in float-MAC units, shared by the boards: 2 parameters per board and
+3 shared; each figure is judged leave-one-out (predicted by a fit that did not
+see it). A board without a profile (the Pi 4's 32-bit build) is fitted for the
+shared costs only. The published figures are 4-threaded and are fitted as published; the
 profiles (one thread) get the fit times the cited single-thread factor (and the
 Zero 2 W the Pi 3B+'s times its clock ratio). Writes
 bench/results/device_latency.{json,md,png}.
@@ -213,38 +214,40 @@ def run(write_profiles: bool) -> dict:
     for bi, board in enumerate(boards):
         info = data["boards"][board]
         scale = factor * float(info["clock_scale"])
-        profile = dp.load(info["profile"])
-        coefs = model.coefficients(p, bi, scale)
         mine = [i for i, r in enumerate(fitted) if r["board"] == board]
-        lm = profile.latency.model_copy(update={
-            "provenance": "calibrated",
-            "source": (
-                f"Fitted by bench/device_latency_bench.py to {len(ms)} published 4-thread XNNPACK "
-                f"end2end-bench latencies (MobileNet v1/v2/v3, float32 and int8) of "
-                f"{' and '.join(boards)} (bench/data/device_latency.json), jointly (shared "
-                f"depthwise/element/op costs); x {factor} single-thread factor"
-                + (f", x {info['clock_scale']} for the clock" if info["clock_scale"] != 1 else "")
-                + "; real-device figures, not measured here"
-            ),
-            "calibrated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "calibration_reports": len(mine),
-            "calibration_error": summary(held[mine]),
-            "coefficients": coefs,
-        })
-        profiles[info["profile"]] = {
-            "board": board, "coefficients": coefs, "one_thread_scale": scale,
-            "calibration_error": summary(held[mine]), "model": lm,
-        }
+        lm = None
+        if info.get("profile"):
+            coefs = model.coefficients(p, bi, scale)
+            lm = dp.load(info["profile"]).latency.model_copy(update={
+                "provenance": "calibrated",
+                "source": (
+                    f"Fitted by bench/device_latency_bench.py to {len(ms)} published 4-thread "
+                    f"XNNPACK end2end-bench latencies (MobileNet v1/v2/v3, float32 and int8) of "
+                    f"{', '.join(boards)} (bench/data/device_latency.json), jointly (shared "
+                    f"depthwise/element/op costs); this board's scale x {factor} single-thread "
+                    "factor"
+                    + (f" x {info['clock_scale']} for the clock" if info["clock_scale"] != 1 else "")
+                    + "; real-device figures, not measured here"
+                ),
+                "calibrated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "calibration_reports": len(mine),
+                "calibration_error": summary(held[mine]),
+                "coefficients": coefs,
+            })
+            profiles[info["profile"]] = {
+                "board": board, "coefficients": coefs, "one_thread_scale": scale,
+                "calibration_error": summary(held[mine]), "model": lm,
+            }
         for r in (x for x in recs if x["board"] == board):
             feats = lat.ModelFeatures.from_dict(cache[f"{r['model']}/{r['export']}"])
-            one_thread = lat.predict_latency_ms(lm, feats)
+            one_thread = lat.predict_latency_ms(lm, feats) if lm is not None else None
             i = fitted.index(r) if r in fitted else None
             four = float(in_fit[i]) if i is not None else (one_thread - lm.overhead_ms) / scale
             row = {
-                "board": board, "model": r["model"], "export": r["export"],
-                "published_ms": r["ms"], "threads": r.get("threads"), "fitted": i is not None,
-                "predicted_in_fit_ms": round(four, 2),
-                "predicted_one_thread_ms": round(one_thread, 2),
+                "board": board, "profile": info.get("profile"), "model": r["model"],
+                "export": r["export"], "published_ms": r["ms"], "threads": r.get("threads"),
+                "fitted": i is not None, "predicted_in_fit_ms": round(four, 2),
+                "predicted_one_thread_ms": None if one_thread is None else round(one_thread, 2),
                 "source": r["source"],
             }
             if i is not None:
@@ -254,12 +257,15 @@ def run(write_profiles: bool) -> dict:
                 row["error_one_thread"] = round(one_thread / float(r["ms"]) - 1, 4)
             report_rows.append(row)
 
+    by_board = {b: summary(held[[i for i, r in enumerate(fitted) if r["board"] == b]])
+                for b in boards}
     report = {
         "goal": f"90% of figures within +-{TOLERANCE:.0%} (held out)",
         "n": len(ms),
         "form": "ms = s_board * sum_class q_board,class * (MACs + w_dw*dw_MACs + "
                 "w_el*elements + w_op*ops)",
         "held_out": summary(held),
+        "held_out_by_board": by_board,
         "in_fit": summary(in_fit / ms - 1),
         "parameters": params,
         "parameters_range_over_leave_one_out_fits": spread,
@@ -325,13 +331,17 @@ def table(report: dict) -> str:
             pred, err = "(not fitted)", "-"
         lines.append([r["board"], r["model"], r["export"], f"{r['published_ms']:g}",
                       str(r["threads"] or "not stated"), pred, err,
-                      f"{r['predicted_one_thread_ms']:.1f}"])
+                      "-" if r["predicted_one_thread_ms"] is None
+                      else f"{r['predicted_one_thread_ms']:.1f}"])
     out = _md_table(head, lines)
     h = report["held_out"]
     out.append(
         f"\nheld out (leave-one-out) over {report['n']} fitted figures: "
         f"**{h['within_10pct']:.0%} within +-10%** (goal 90%), median |error| "
-        f"{h['median_abs']:.1%}, max {h['max_abs']:.1%}; in-fit max {report['in_fit']['max_abs']:.1%}."
+        f"{h['median_abs']:.1%}, max {h['max_abs']:.1%}; in-fit max {report['in_fit']['max_abs']:.1%}; "
+        + "; ".join(f"{b}: {v['within_10pct']:.0%} of {v['n']:.0f}"
+                    for b, v in report["held_out_by_board"].items())
+        + "."
     )
     out.append(
         "\nprofile pred: the profile's one-thread prediction (the 4-thread fit x the "
@@ -356,7 +366,8 @@ def plot(report: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 5))
-    for board, mk in (("raspberry-pi-4", "o"), ("raspberry-pi-3b-plus", "s")):
+    for board, mk in (("raspberry-pi-4", "o"), ("raspberry-pi-4-armv7", "^"),
+                      ("raspberry-pi-3b-plus", "s")):
         rs = [r for r in report["rows"] if r["board"] == board and r["fitted"]]
         for export, color in (("float32", "tab:blue"), ("int8", "tab:orange")):
             sel = [r for r in rs if r["export"] == export]
@@ -374,7 +385,10 @@ def plot(report: dict, png: Path) -> None:
     forms = report["ablation_held_out"]
     ax2.bar(range(len(forms)), [a["within_10pct"] * 100 for a in forms], color="tab:blue")
     ax2.axhline(90, color="k", ls="--", lw=0.8, label="goal 90%")
-    ax2.set_xticks(range(len(forms)), [a["form"] for a in forms], rotation=15, fontsize=8)
+    shipped = "MACs" + "".join(f" + {t}" for t in FORM)
+    ax2.set_xticks(range(len(forms)),
+                   [a["form"] + (" (shipped)" if a["form"] == shipped else "") for a in forms],
+                   rotation=15, fontsize=8)
     ax2.set_ylabel("% of figures within +-10% (held out)")
     ax2.set_title("model form")
     ax2.legend(fontsize=8)

@@ -40,10 +40,10 @@ def test_profile_coefficients_are_the_fit(fit, pid):
 def test_profiles_reproduce_the_reported_predictions(fit):
     """Predicting from the stored .tflite features with the shipped profiles gives the table."""
     cache = json.loads(FEATURES.read_text())
-    by_board = {v["board"]: pid for pid, v in fit["profiles"].items()}
-    assert fit["rows"]
-    for row in fit["rows"]:
-        lm = dp.load(by_board[row["board"]]).latency
+    rows = [r for r in fit["rows"] if r["profile"]]
+    assert {r["profile"] for r in rows} == set(fit["profiles"])
+    for row in rows:
+        lm = dp.load(row["profile"]).latency
         feats = latency.ModelFeatures.from_dict(cache[f"{row['model']}/{row['export']}"])
         assert latency.predict_latency_ms(lm, feats) == pytest.approx(
             row["predicted_one_thread_ms"], rel=1e-3

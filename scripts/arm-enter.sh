@@ -22,6 +22,10 @@ case $CPU in
   cortex-a53) part=0xd03 rev=4 ;;
   *) echo "arm-enter.sh: unknown CPU $CPU (cortex-a72 or cortex-a53)" >&2; exit 2 ;;
 esac
+for d in proc dev; do
+  [ -d "$ROOT/$d" ] && ! [ -L "$ROOT/$d" ] ||
+    { echo "arm-enter.sh: $ROOT/$d is not a directory (a mount point is needed)" >&2; exit 2; }
+done
 CPUINFO=$ROOT/../cpuinfo-$CPU
 if [ ! -s "$CPUINFO" ]; then
   for i in 0 1 2 3; do

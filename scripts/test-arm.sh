@@ -54,13 +54,38 @@ $SUDO mkdir -p "$CACHE"
 # one run at a time per cache (a second run waits for the first)
 exec 9>>"$CACHE/.lock"
 flock 9
+# debootstrap's first stage (--foreign) resolves and downloads the package set on
+# this host and unpacks the Required ones; the rest (python3 and its libraries, apt)
+# are unpacked here too, natively. No maintainer script runs: the second stage would
+# run every package's configure step under qemu (minutes, mostly byte-compiling);
+# what the agent needs from it is done below (/bin/sh, the user database, ld.so's
+# cache). The packages are unpacked, not configured (dpkg's database stays empty).
+unpack_rest() {  # the packages of the first stage's list not unpacked yet
+  local t=$1 pkg deb
+  local required=" $(cat "$t/debootstrap/required") "
+  while read -r pkg deb; do
+    case $required in *" $pkg "*) continue ;; esac
+    dpkg-deb --fsys-tarfile "$t/${deb#/}" | tar -C "$t" --keep-directory-symlink -xf - ||
+      { echo "cannot unpack $deb" >&2; return 1; }
+  done < "$t/debootstrap/debpaths"
+  # in a container the first stage makes /proc a link to the host's; a mount point here
+  if [ -L "$t/proc" ]; then rm "$t/proc"; mkdir -m 555 "$t/proc"; fi
+  [ -e "$t/usr/bin/sh" ] || ln -s dash "$t/usr/bin/sh"  # dash's postinst
+  (cd "$t" && mkdir -p opt srv mnt media etc/opt var/opt usr/local/bin usr/local/lib &&
+   mkdir -p -m 1777 run/lock && chmod 1777 tmp)  # base-files' postinst
+  for f in passwd group; do  # base-passwd's postinst
+    [ -s "$t/etc/$f" ] || cp "$t/usr/share/base-passwd/$f.master" "$t/etc/$f"
+  done
+}
 if [ ! -e "$ROOT/.paoding-base" ]; then
-  step "debootstrap: arm64 Debian bookworm minbase with python3 into $ROOT (4-12 min)"
+  step "debootstrap --foreign: arm64 Debian bookworm minbase with python3, unpacked on this host"
   $SUDO rm -rf "$ROOT.tmp"
-  $SUDO debootstrap --arch=arm64 --variant=minbase \
+  $SUDO debootstrap --foreign --arch=arm64 --variant=minbase \
     --include=python3 bookworm "$ROOT.tmp" "$MIRROR" \
     > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-  $SUDO touch "$ROOT.tmp/.paoding-base"
+  $SUDO bash -c "$(declare -f unpack_rest); unpack_rest '$ROOT.tmp'"
+  bash "$SRC/scripts/arm-enter.sh" "$ROOT.tmp" cortex-a72 -- /usr/sbin/ldconfig
+  $SUDO sh -c "cut -d' ' -f1 '$ROOT.tmp/debootstrap/debpaths' > '$ROOT.tmp/.paoding-base'"
   $SUDO rm -rf "$ROOT"
   $SUDO mv "$ROOT.tmp" "$ROOT"
 fi

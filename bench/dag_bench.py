@@ -5,16 +5,20 @@
 MobileNetV2 (alpha 0.35, 96x96x3, 10 classes, keras.applications with
 weights=None) and the DS-CNN keyword-spotting model (49x10 MFCC frames, 64
 filters, 4 depthwise-separable blocks, 12 classes; ``pruner.zoo``) are
-pruned progressively with ``pruner.api.prune_steps`` (coupled channel groups:
-residual Adds and depthwise layers lose channels together), and once more per
-ratio with the kept widths rounded to multiples of 8 (``Schedule(round_to=8)``);
-each model is exported to float32 TFLite and timed in LiteRT with one thread, batch
-1, all variants of a model interleaved (``bench.common.measure_latency``).
+pruned progressively with ``pruner.api.prune_steps`` with the widths as
+pruned (``round_to=1``; coupled channel groups: residual Adds and depthwise
+layers lose channels together), and once more per ratio with the kept widths
+rounded to multiples of 8 (``round_to=8``) and with the default AUTO rounding
+(multiples of 16 for layers of 64 channels or more, of 8 from 16); each model
+is exported to float32 TFLite and timed in LiteRT with one thread, batch 1,
+all variants of a model interleaved (``bench.common.measure_latency``).
 Weights are random with non-trivial BatchNormalization statistics: latency
 does not depend on their values.
 
-Also measured: the wall time to prune MobileNetV2 to 30% (paoding, 5% steps,
-no evaluation) and how it grows with the model (alpha 0.35 / 0.5 / 1.0).
+Also measured: DS-CNNs of uniform width 64, 60, ..., 8 (why its latency does
+not follow its MACs: channel tiles and a fixed cost), and the wall time to
+prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
+how it grows with the model (alpha 0.35 / 0.5 / 1.0 / 1.4).
 
 Writes bench/results/dag.json, dag.md and dag.png.
 """
@@ -41,9 +45,12 @@ from bench.common import (  # noqa: E402
     measure_latency,
     write_json,
 )
+from tuner.quiet import native_quiet  # noqa: E402
 
-FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0]}
-QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35]}
+FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0, 1.4],
+        "widths": list(range(64, 4, -4))}
+QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16]}
+ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 GOAL = 1.25  # latency ratio <= GOAL x MAC ratio
 
 
@@ -62,60 +69,97 @@ def prune_time(alpha: float, mode: str) -> dict[str, Any]:
     from pruner.api import prune
     from pruner.metrics import count_params
 
-    model = zoo.mobilenet_v2((96, 96, 3), alpha=alpha, classes=10)
-    t = time.perf_counter()
-    result = prune(model, 0.3, mode, step=0.05, n_random=0, measure_tflite=False,
-                   progress=False)
-    seconds = time.perf_counter() - t
+    with native_quiet():
+        model = zoo.mobilenet_v2((96, 96, 3), alpha=alpha, classes=10)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            result = prune(model, 0.3, mode, step=0.05, round_to=1, n_random=0,
+                           measure_tflite=False, progress=False)
+            times.append(time.perf_counter() - t)
     return {"alpha": alpha, "params": count_params(model), "layers": len(model.layers),
             "steps": len(result.trajectory) - 1, "ratio": result.final.ratio,
-            "seconds": seconds}
+            "seconds": float(np.median(times)), "seconds_all": times}
+
+
+def width_sweep(widths: list[int], runs: int) -> dict[str, Any]:
+    """DS-CNNs of uniform width: latency against MACs, and the fixed cost (a line through
+    the widths that are multiples of 16, extrapolated to no MACs)."""
+    from pruner import zoo
+    from pruner.export import export_tflite
+    from pruner.metrics import count_macs
+
+    blobs, macs = {}, {}
+    with native_quiet():
+        for w in widths:
+            model = zoo.ds_cnn((49, 10, 1), classes=12, filters=w)
+            blobs[str(w)], macs[str(w)] = export_tflite(model), count_macs(model)
+        x = np.random.default_rng(0).random((1, 49, 10, 1), dtype=np.float32)
+        lat = measure_latency(blobs, {k: x for k in blobs}, runs=runs)
+    top = str(widths[0])
+    rows = [{"width": int(k), "macs": macs[k], "macs_x": macs[k] / macs[top],
+             "median_us": lat[k]["median_us"], "cpu_median_us": lat[k]["cpu_median_us"],
+             "latency_x": lat[k]["median_us"] / lat[top]["median_us"]} for k in blobs]
+    aligned = [r for r in rows if r["width"] % 16 == 0]
+    fit = {}
+    if len(aligned) >= 2:
+        slope, fixed = np.polyfit([r["macs"] for r in aligned],
+                                  [r["median_us"] for r in aligned], 1)
+        share = fixed / lat[top]["median_us"]
+        # latency x = share + (1 - share) * macs x <= GOAL * macs x  <=>  macs x >= this
+        fit = {"fixed_us": float(fixed), "us_per_mmac": float(slope * 1e6),
+               "fixed_share": float(share),
+               "min_macs_x_for_goal": float(share / (GOAL - 1 + share)) if share > 0 else 0.0}
+    return {"rows": rows, "fit": fit}
 
 
 def run_model(name: str, build: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     from pruner.api import prune, prune_steps
     from pruner.export import export_tflite, run_tflite
-    from pruner.schedule import Schedule
 
-    model = build()
+    with native_quiet():
+        model = build()
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     wanted = [0.0, *cfg["ratios"]]
     variants: dict[str, dict[str, Any]] = {}
     blobs: dict[str, bytes] = {}
     t = time.perf_counter()
-    records = [(rec, pruned, time.perf_counter() - t) for rec, pruned in prune_steps(
-        model, max(wanted), cfg["mode"], step=0.05, n_random=0, measure_tflite=False,
-        progress=False)]
+    with native_quiet():
+        records = [(rec, pruned, time.perf_counter() - t) for rec, pruned in prune_steps(
+            model, max(wanted), cfg["mode"], step=0.05, round_to=1, n_random=0,
+            measure_tflite=False, progress=False)]
+
+    def add(key: str, rec: Any, pruned: Any, widths: str, **extra: Any) -> None:
+        with native_quiet():
+            blobs[key] = export_tflite(pruned)
+            y_keras = np.asarray(pruned(x))
+            parity = float(np.max(np.abs(run_tflite(blobs[key], x) - y_keras)))
+        variants[key] = {"ratio": rec.ratio, "widths": widths, "aligned": widths != "as pruned",
+                         "params": rec.params, "macs": rec.macs, "tflite_bytes": len(blobs[key]),
+                         "tflite_max_abs_diff": parity, **extra}
+        print(f"  {name}: ratio {rec.ratio:.2f}, widths {widths}, exported "
+              f"({len(blobs[key]) / 1024:.0f} KiB)", file=sys.stderr)
+
     for r in wanted:  # the step nearest each wanted ratio
         rec, pruned, seconds = min(records, key=lambda item: abs(item[0].ratio - r))
-        key = f"{rec.ratio:.2f}"
-        if key in variants:
-            continue
-        blobs[key] = export_tflite(pruned)
-        y_keras = np.asarray(pruned(x))
-        parity = float(np.max(np.abs(run_tflite(blobs[key], x) - y_keras)))
-        variants[key] = {"ratio": rec.ratio, "aligned": False, "params": rec.params,
-                         "macs": rec.macs, "tflite_bytes": len(blobs[key]),
-                         "tflite_max_abs_diff": parity, "seconds_to_here": seconds}
-        print(f"  {name}: ratio {rec.ratio:.2f} exported ({len(blobs[key]) / 1024:.0f} KiB)",
-              file=sys.stderr)
+        if f"{rec.ratio:.2f}" not in variants:
+            add(f"{rec.ratio:.2f}", rec, pruned, "as pruned", seconds_to_here=seconds)
     del records
-    for r in cfg["ratios"]:  # kept widths rounded to multiples of 8: one run per ratio
-        result = prune(model, mode=cfg["mode"], schedule=Schedule(r, 0.05, round_to=8),
-                       n_random=0, measure_tflite=False, progress=False)
-        key = f"{result.final.ratio:.2f}/8"
-        if key in variants:  # a narrow model: two ratios round to the same widths
+    for widths, round_to in ROUNDINGS.items():  # rounded widths: one run per ratio
+        if round_to == 1:
             continue
-        blobs[key] = export_tflite(result.model)
-        parity = float(np.max(np.abs(run_tflite(blobs[key], x) - np.asarray(result.model(x)))))
-        variants[key] = {"ratio": result.final.ratio, "aligned": True,
-                         "params": result.final.params, "macs": result.final.macs,
-                         "tflite_bytes": len(blobs[key]), "tflite_max_abs_diff": parity}
-        print(f"  {name}: ratio {r:.2f}, widths multiples of 8, exported", file=sys.stderr)
+        for r in cfg["ratios"]:
+            with native_quiet():
+                result = prune(model, r, cfg["mode"], step=0.05, round_to=round_to,
+                               n_random=0, measure_tflite=False, progress=False)
+            key = f"{result.final.ratio:.2f}/{widths}"
+            if key not in variants and result.final.ratio > 0:  # two ratios may round alike
+                add(key, result.final, result.model, widths)
     print(f"  {name}: timing {len(blobs)} variants, {cfg['runs']} runs each ...",
           file=sys.stderr)
-    lat = measure_latency(blobs, {k: x for k in blobs}, runs=cfg["runs"])
+    with native_quiet():
+        lat = measure_latency(blobs, {k: x for k in blobs}, runs=cfg["runs"])
     base = variants["0.00"]
     rows = []
     for key, v in variants.items():
@@ -141,14 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
     print("pruning time, MobileNetV2 to 30% ...", file=sys.stderr)
-    from pruner import zoo
-    from pruner.api import prune
+    with native_quiet():
+        from pruner import zoo
+        from pruner.api import prune
 
-    prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)  # warm-up
-    timing = [prune_time(a, args.mode) for a in cfg["alphas"]]
-    for row in timing:
+        prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
+    timing = []
+    for a in cfg["alphas"]:
+        timing.append(prune_time(a, args.mode))
+        row = timing[-1]
         print(f"  alpha {row['alpha']}: {row['params']} params, {row['seconds']:.1f} s",
               file=sys.stderr)
+    print(f"ds_cnn: {len(cfg['widths'])} uniform widths, {cfg['runs']} runs each ...",
+          file=sys.stderr)
+    sweep = width_sweep(cfg["widths"], cfg["runs"])
     models = {}
     for name, build in _models().items():
         print(f"{name}: pruning and exporting ...", file=sys.stderr)
@@ -156,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
         "goal_latency_over_macs": GOAL, "prune_time": timing, "models": models,
+        "ds_cnn_widths": sweep,
         "wall_seconds": time.perf_counter() - t0,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -187,10 +238,11 @@ def markdown(report: dict[str, Any]) -> str:
             "| latency x | latency x / MACs x | CPU x / MACs x | TFLite vs Keras max abs diff |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(res["rows"], key=lambda r: (r["aligned"], r["ratio"])):
+        order = list(ROUNDINGS)
+        for r in sorted(res["rows"], key=lambda r: (order.index(r["widths"]), r["ratio"])):
             ok = "" if r["latency_over_macs"] <= GOAL else " (goal missed)"
             out.append(
-                f"| {r['ratio']:.2f} | {'x8' if r['aligned'] else 'as pruned'} | {r['params']} | "
+                f"| {r['ratio']:.2f} | {r['widths']} | {r['params']} | "
                 f"{r['macs']} | {r['macs_x']:.3f} | "
                 f"{r['tflite_bytes'] / 1024:.0f} | {r['median_us'] / 1e3:.2f} "
                 f"({r['p10_us'] / 1e3:.2f}-{r['p90_us'] / 1e3:.2f}) | {r['latency_x']:.3f} | "
@@ -198,10 +250,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['tflite_max_abs_diff']:.1e} |"
             )
         out.append("")
+    out += _sweep_md(report["ds_cnn_widths"])
     out += [
         "## Pruning time (MobileNetV2, 96x96x3, to 30% in 5% steps, no evaluation)",
         "",
-        "| alpha | params | layers | steps | ratio reached | seconds |",
+        "| alpha | params | layers | steps | ratio reached | seconds (median of 3) |",
         "|---|---|---|---|---|---|",
     ]
     for t in report["prune_time"]:
@@ -216,6 +269,26 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _sweep_md(sweep: dict[str, Any]) -> list[str]:
+    out = [
+        "## DS-CNN of uniform width: where latency stops following MACs",
+        "",
+        "| width | MACs x | latency us | latency x | latency x / MACs x |",
+        "|---|---|---|---|---|",
+    ]
+    for r in sweep["rows"]:
+        out.append(f"| {r['width']} | {r['macs_x']:.3f} | {r['median_us']:.1f} | "
+                   f"{r['latency_x']:.3f} | {r['latency_x'] / r['macs_x']:.2f} |")
+    fit = sweep.get("fit")
+    if fit:
+        out += ["", f"A line through the widths that are multiples of 16: "
+                f"{fit['us_per_mmac']:.1f} us per million MACs plus a fixed "
+                f"{fit['fixed_us']:.1f} us ({100 * fit['fixed_share']:.0f}% of the full "
+                f"model). With that fixed cost, latency x <= {GOAL} x MACs x needs MACs x >= "
+                f"{fit['min_macs_x_for_goal']:.2f} even with perfectly aligned widths."]
+    return [*out, ""]
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     """Latency ratio against MAC ratio per model, with the identity and goal lines."""
     import matplotlib
@@ -227,10 +300,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="latency = MACs")
     ax.plot([0, 1 / GOAL], [0, 1], "k:", lw=1, label=f"latency = {GOAL} x MACs")
     for name, res in report["models"].items():
-        for aligned, style in ((False, "o-"), (True, "s--")):
-            rows = sorted((r for r in res["rows"] if r["aligned"] == aligned or r["ratio"] == 0),
+        for widths, style in zip(ROUNDINGS, ("o-", "s--", "^:"), strict=True):
+            rows = sorted((r for r in res["rows"] if r["widths"] == widths or r["ratio"] == 0),
                           key=lambda r: r["ratio"])
-            label = name + (", widths x8" if aligned else "")
+            label = f"{name}, widths {widths}"
             ax.plot([r["macs_x"] for r in rows], [r["latency_x"] for r in rows], style,
                     label=label)
         for r in res["rows"]:

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, DataError, FidelityError
-from pruner.bounds import InputBox, interval_bounds
+from pruner.bounds import InputBox, dag_interval_bounds, interval_bounds
 from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
 from pruner.dag import DagGraph
 from pruner.dag_surgery import advance, as_model
 from pruner.graph import build_graph
 from pruner.metrics import count_macs, count_params
-from pruner.schedule import Schedule, StopCriteria
+from pruner.schedule import AUTO, Schedule, StopCriteria
 from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotRanking
 from pruner.surgery import apply_plan
 
@@ -354,11 +354,12 @@ def _run(
 
         model = load_model(model)
     mode, scope, seed = cfg.mode, cfg.scope, cfg.seed
-    schedule = Schedule(cfg.target, cfg.step, cfg.round_to)
     budget = stop.budget if stop is not None else None
     stop = StopCriteria(cfg.min_accuracy_retention, cfg.min_robust_retention, budget)
     box = InputBox(cfg.input_lo, cfg.input_hi)
     graph = build_graph(model)  # refuses unsupported models before anything else
+    # AUTO rounding (the default) aligns widths on DAG models only: chains keep exact targets
+    schedule = Schedule(cfg.target, cfg.step, 1 if cfg.round_to == AUTO and not graph.coupled else cfg.round_to)
     box.arrays(graph.input_shape)
     data = _check_eval(model, eval_data)
     if stop.needs_eval and data is None:
@@ -385,7 +386,7 @@ def _run(
             raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
         from pruner.coupled import coupled_strategy
 
-        strategy = coupled_strategy(mode, rng)
+        strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
     goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
@@ -397,7 +398,8 @@ def _run(
         and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)
     )
     one_shot = mode not in ("paoding", "greedy")
-    needs_bounds = not one_shot and not graph.coupled
+    needs_bounds = not one_shot and (not graph.coupled or cfg.dag_saliency == "bounds")
+    bounds_of = dag_interval_bounds if graph.coupled else interval_bounds
     graph0 = graph
 
     from tqdm.auto import tqdm
@@ -426,7 +428,7 @@ def _run(
                 graph = current if graph0.coupled else build_graph(current)
                 source = current
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
-            bounds = interval_bounds(graph, box) if needs_bounds else None
+            bounds = bounds_of(graph, box) if needs_bounds else None
             plan = {}
             acts = {}
             if synth is not None and activation_scores:

@@ -189,12 +189,14 @@ def propagate_deviation(
 # --- bounds on a DAG ----------------------------------------------------------------
 
 
-def _linear_map(layer: Any, params: str, x: np.ndarray, absolute: bool) -> np.ndarray:
+def _linear_map(
+    layer: Any, params: str, x: np.ndarray, absolute: bool, weights: list | None = None
+) -> np.ndarray:
     """The linear part of a producer or depthwise layer applied to x (|weights| if
-    ``absolute``), without bias."""
+    ``absolute``), without bias; ``weights``: its arrays (default: the layer's own)."""
     import tensorflow as tf
 
-    w = [np.abs(a) if absolute else a for a in layer.get_weights()]
+    w = [np.abs(a) if absolute else a for a in (weights or layer.get_weights())]
     x32 = tf.constant(x.astype(np.float32))
     if params == "dense":
         return x @ w[0].astype(x.dtype)
@@ -282,22 +284,26 @@ def _takes_training(op: Any) -> bool:
     return isinstance(op, keras.layers.Layer)
 
 
-def node_bounds(node: Any, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
-    """Sound bounds of one DAG node's output from its inputs' bounds (batched)."""
+def node_bounds(
+    node: Any, ins: list[tuple[np.ndarray, np.ndarray]], store: Any = None
+) -> tuple:
+    """Sound bounds of one DAG node's output from its inputs' bounds (batched);
+    ``store`` maps a layer to its weights (default: the layer's own)."""
     from pruner.handlers import activation_of
 
     kind, params, op = node.handler.kind, node.handler.params, node.op
+    weights = store(op) if store is not None and params else None
     if kind == "producer" or params == "depthwise":
         lo, hi = ins[0]
-        c = _linear_map(op, params, (lo + hi) / 2, False)
-        r = _linear_map(op, params, (hi - lo) / 2, True)
+        c = _linear_map(op, params, (lo + hi) / 2, False, weights)
+        r = _linear_map(op, params, (hi - lo) / 2, True, weights)
         if getattr(op, "use_bias", False):
-            c = c + op.get_weights()[-1]
+            c = c + (weights or op.get_weights())[-1]
         return activation_bounds(activation_of(op), op.activation, c - r, c + r)
     if params == "bn":
         from pruner.handlers import bn_affine
 
-        scale, shift = bn_affine(op)
+        scale, shift = bn_affine(op, weights)
         a, b = scale * ins[0][0] + shift, scale * ins[0][1] + shift
         return np.minimum(a, b), np.maximum(a, b)
     if kind == "merge" and len(ins) > 1:
@@ -308,6 +314,10 @@ def node_bounds(node: Any, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
         if type(op).__name__ in ("ReLU", "LeakyReLU", "ELU", "Softmax") or act.startswith("op:"):
             fn = lambda v: _call_node(node, [v])  # noqa: E731
         return activation_bounds(act, fn, *ins[0])
+    keeps_channels = node.key == "Reshape" and -1 not in tuple(op.target_shape)[:-1]
+    if keeps_channels and int(op.output.shape[-1]) == int(op.input.shape[-1]):
+        target = (len(ins[0][0]), *op.target_shape[:-1], -1)  # channels may be pruned
+        return ins[0][0].reshape(target), ins[0][1].reshape(target)
     # positive linear maps, max pooling, reshapes, concatenation and x + c, x * c: monotone
     # in each input, increasing or decreasing
     a = _call_node(node, [lo for lo, _ in ins])
@@ -318,9 +328,11 @@ def node_bounds(node: Any, ins: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
 def dag_interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
     """bounds[i] = (lo, hi) of the output of graph.nodes[i] (one sample, no batch axis),
     sound for every input inside ``box``: affine maps in centre-radius form, sums at
-    Add, interval products at Multiply, monotone and dipping activations exactly."""
+    Add, interval products at Multiply, monotone and dipping activations exactly. The
+    weights are the graph's (``graph.store``: arrays after ``dag_surgery.advance``)."""
     lo, hi = box.arrays(graph.input_shape)
     out: list[tuple[np.ndarray, np.ndarray]] = [(lo[None], hi[None])]
+    store = getattr(graph, "store", None)
     for node in graph.nodes[1:]:
-        out.append(node_bounds(node, [out[p] for p in node.parents]))
+        out.append(node_bounds(node, [out[p] for p in node.parents], store))
     return [(lo[0], hi[0]) for lo, hi in out]

@@ -20,6 +20,7 @@ ATTACKS = ("fgsm", "pgd")
 TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
 PAIR_SCORES = ("auto", "activations", "weights")
+DAG_SALIENCIES = ("group", "bounds")
 
 
 def _unit(name: str, value: Any, low_open: bool = True, high_open: bool = False) -> float:
@@ -50,8 +51,9 @@ class PruneConfig:
     """The options of a pruning run (defaults are the method's; see PRUNING.md).
 
     Schedule: ``target`` share of prunable units to remove, ``step`` share of
-    each layer per step, ``round_to`` (kept widths in multiples of it, see
-    schedule.Schedule). Selection: ``mode``, ``scope``, ``seed``; annealing
+    each layer per step, ``round_to`` (kept widths in multiples of it; 0, the
+    default, SIMD-friendly multiples on DAG models and exact targets on chains,
+    see schedule.Schedule). Selection: ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:
     ``synthetic`` inputs synthesised from the model (0 turns them off, and with
@@ -63,7 +65,9 @@ class PruneConfig:
     ``weights``; ``auto``: activations when the model has a BatchNormalization
     or a convolution, whose statistics the synthesis matches, weights for plain
     MLPs, where synthesised inputs are a poor stand-in and the weight rule is
-    exact). Input box ``input_lo``/``input_hi``.
+    exact). ``dag_saliency``: how paoding ranks coupled channels on DAG models
+    (``group``: DFPC-style weight saliency; ``bounds``: sound interval bounds over
+    the input box, see coupled.BoundSaliency). Input box ``input_lo``/``input_hi``.
     Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs, ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
@@ -73,7 +77,7 @@ class PruneConfig:
 
     target: float = 0.5
     step: float = 0.05
-    round_to: int = 1
+    round_to: int = 0
     mode: str = "paoding"
     scope: str = "layer"
     seed: int = 0
@@ -88,6 +92,7 @@ class PruneConfig:
     synthesis_steps: int = 200
     compensation: str = "reconstruct"
     pair_scores: str = "auto"
+    dag_saliency: str = "group"
     ridge: float = 0.01
     input_lo: Any = 0.0
     input_hi: Any = 1.0
@@ -109,8 +114,9 @@ class PruneConfig:
         _choice("tau_start", self.tau_start, TAU_STARTS)
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("pair_scores", self.pair_scores, PAIR_SCORES)
+        _choice("dag_saliency", self.dag_saliency, DAG_SALIENCIES)
         _count("seed", self.seed, 0)
-        _count("round_to", self.round_to, 1)
+        _count("round_to", self.round_to, 0)
         _count("max_candidates", self.max_candidates, 1)
         _count("synthetic", self.synthetic, 0)
         _count("synthesis_steps", self.synthesis_steps, 0)

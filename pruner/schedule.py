@@ -8,24 +8,33 @@ from typing import Any
 
 from core.errors import ConfigError
 
+AUTO = 0  # round_to: SIMD-friendly multiples per layer (see Schedule)
+
 
 class Schedule:
     """Progressive pruning: each step removes ``step`` of every layer's original width,
     until ``target`` of the prunable units are gone.
 
     ``round_to`` > 1 rounds the width every layer keeps at the end to the nearest
-    multiple of it (layers no wider than it keep their plain target): SIMD kernels (XNNPACK in LiteRT) run channel counts in
-    multiples of 8, so aligned widths turn removed MACs into time saved
-    (bench/dag_bench.py measures both).
+    multiple of it (layers no wider than it keep their plain target): SIMD kernels
+    (XNNPACK in LiteRT) run channels in tiles of 8 (ARM NEON) or 16 (x86 AVX-512),
+    so a width between two multiples costs as much as the next one up, and aligned
+    widths turn removed MACs into time saved (bench/dag_bench.py measures both).
+    ``round_to=0`` (AUTO, the default) picks per layer: 16 for 64 channels or more
+    (aligned on both), 8 from 16, none below, and keeps the exact target where
+    rounding would leave the layer unpruned; ``prune`` applies it on DAG models only
+    (chains keep exact targets). ``round_to=1`` removes exactly the target.
     """
 
-    def __init__(self, target: float = 0.5, step: float = 0.05, round_to: int = 1) -> None:
+    def __init__(self, target: float = 0.5, step: float = 0.05, round_to: int = 0) -> None:
         if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
             raise ConfigError(f"target must be in the open range (0, 1), got {target!r}")
         if not isinstance(step, (int, float)) or not 0.0 < float(step) <= 1.0:
             raise ConfigError(f"step must be in the range (0, 1], got {step!r}")
-        if not isinstance(round_to, int) or round_to < 1:
-            raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+        if not isinstance(round_to, int) or round_to < 0:
+            raise ConfigError(
+                f"round_to must be an integer >= 1, or 0 for automatic, got {round_to!r}"
+            )
         self.target = float(target)
         self.step = float(step)
         self.round_to = round_to
@@ -34,10 +43,11 @@ class Schedule:
         """Units to remove from a layer of ``width`` original units: never more than the
         target share, and the layer keeps at least one (``round_to``: see the class)."""
         remove = max(0, min(width - 1, math.floor(self.target * width + 1e-9)))
-        r = self.round_to
+        r = self.round_to or auto_multiple(width)
         if r > 1 and width > r:
             keep = max(r, int(math.floor((width - remove) / r + 0.5)) * r)
-            remove = max(0, width - keep)
+            if keep < width or self.round_to != AUTO:  # AUTO never rounds a layer to unpruned
+                remove = max(0, width - keep)
         return remove
 
     def layer_quota(self, width: int) -> int:
@@ -50,7 +60,7 @@ class Schedule:
 
     def get_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"target": self.target, "step": self.step}
-        if self.round_to != 1:
+        if self.round_to != AUTO:
             config["round_to"] = self.round_to
         return config
 
@@ -59,8 +69,13 @@ class Schedule:
         return cls(**config)
 
     def __repr__(self) -> str:
-        extra = f", round_to={self.round_to}" if self.round_to != 1 else ""
+        extra = f", round_to={self.round_to}" if self.round_to != AUTO else ""
         return f"Schedule(target={self.target}, step={self.step}{extra})"
+
+
+def auto_multiple(width: int) -> int:
+    """The channel multiple AUTO keeps for a layer of ``width`` channels."""
+    return 16 if width >= 64 else 8 if width >= 16 else 1
 
 
 def _retention(name: str, value: float | None) -> float | None:

@@ -167,7 +167,7 @@ def test_load_model_errors_and_h5(tmp_path, model):
 
 
 def test_plain_objects_validate_and_round_trip():
-    s = Schedule(target=0.6, step=0.1)
+    s = Schedule(target=0.6, step=0.1, round_to=1)
     assert Schedule.from_config(s.get_config()).get_config() == s.get_config()
     assert s.layer_quota(16) == 2 and s.layer_target(16) == 9  # floor(0.6 * 16)
     with pytest.raises(ConfigError, match=r"\(0, 1\]"):

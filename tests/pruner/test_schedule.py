@@ -16,7 +16,15 @@ def test_round_to_keeps_multiples():
     assert Schedule.from_config(s.get_config()).layer_target(64) == 16
     assert Schedule(0.3).get_config() == {"target": 0.3, "step": 0.05}
     with pytest.raises(ConfigError, match="round_to"):
-        Schedule(0.3, round_to=0)
+        Schedule(0.3, round_to=-1)
+    auto = Schedule(0.3, 0.05, round_to=0)
+    assert auto.layer_target(64) == 16  # keeps 45 -> 48 (16s)
+    assert auto.layer_target(96) == 32  # keeps 68 -> 64 (16s)
+    assert auto.layer_target(24) == 8  # keeps 17 -> 16 (8s)
+    assert auto.layer_target(8) == 2  # too narrow to round
+    assert auto.layer_target(16) == 4  # keeps 12, which rounds to 16: the exact target
+    assert Schedule(0.3, round_to=8).layer_target(16) == 0  # an explicit multiple rounds
+    assert Schedule.from_config(auto.get_config()).layer_target(96) == 32
 
 
 def test_pruned_widths_are_multiples():

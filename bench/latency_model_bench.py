@@ -4,7 +4,8 @@
     python bench/latency_model_bench.py --write-profiles  # also store the calibrated models
 
 1. Calibration set: a family of CNNs and MLPs of many widths (random weights),
-   each exported as float32, float16, dynamic-range and int8.
+   including the demo CNN's shape at widths none of its candidates has, each
+   exported as float32, float16, dynamic-range and int8.
 2. Validation set (held out): the tuner's candidates for the demo model
    (digits CNN) on each profile, as `tuner.search` produces them.
 3. Every model is benchmarked in a child process that applies the profile's
@@ -87,6 +88,25 @@ def calibration_models() -> list[tuple[str, object]]:
         h = keras.layers.Dense(d1, activation="relu")(h)
         h = keras.layers.Dense(d2, activation="relu")(h)
         out.append((f"mlp-{d1}-{d2}", keras.Model(inp, keras.layers.Dense(10)(h))))
+    # The demo CNN's shape ('same' 3x3 convolutions at 28x28 and 14x14), at widths that
+    # are none of its pruned candidates' (those are the held-out set).
+    for c1, c2, c3, d in [
+        (6, 12, 24, 32),
+        (8, 24, 48, 64),
+        (10, 20, 40, 48),
+        (13, 26, 52, 64),
+        (15, 30, 60, 96),
+        (20, 40, 80, 128),
+    ]:
+        inp = keras.Input((28, 28, 1))
+        h = keras.layers.Conv2D(c1, 3, padding="same", activation="relu")(inp)
+        h = keras.layers.Conv2D(c2, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D()(h)
+        h = keras.layers.Conv2D(c3, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D()(h)
+        h = keras.layers.Flatten()(h)
+        h = keras.layers.Dense(d, activation="relu")(h)
+        out.append((f"same-{c1}-{c2}-{c3}-{d}", keras.Model(inp, keras.layers.Dense(10)(h))))
     return out
 
 

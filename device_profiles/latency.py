@@ -8,6 +8,10 @@ where the features of a TFLite model are counted per op and per kernel class:
 - ``dw_macs.<class>``: the DEPTHWISE_CONV_2D share of ``conv_macs`` (counted in
   both: its coefficient is the extra cost of a depthwise MAC, which reuses no
   weights and runs memory-bound, over a standard one);
+- ``pad16_macs.<class>``: the MACs CONV_2D / FULLY_CONNECTED would add if their
+  output channels were rounded up to a multiple of 16 (GEMM kernels compute
+  whole channel tiles, 16 wide on this host's AVX-512 f32 kernels, 8 on NEON:
+  a pruned width of 21 costs about what 32 does here);
 - ``conv_elements.<class>``: output elements of the convolutions (their
   per-pixel cost, which dominates convolutions with few channels);
 - ``elements.<class>``: output elements of every other op (activations, pooling,
@@ -47,6 +51,7 @@ CLASSES: tuple[str, ...] = ("float", "hybrid", "int8")
 _DENSE = {"FULLY_CONNECTED", "BATCH_MATMUL"}
 _CONV = {"CONV_2D", "DEPTHWISE_CONV_2D"}
 _SKIP = {"DELEGATE"}
+TILE = 16  # output-channel tile of pad16_macs
 # Used when a profile has no coefficient for a class: relative to float.
 DEFAULT_CLASS_RATIO = {"float": 1.0, "hybrid": 0.8, "int8": 0.6}
 
@@ -134,9 +139,13 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
             w = ins[1]["shape"]
             rows = out_elems // max(int(w[0]), 1) if len(w) else 1
             counts[f"dense_macs.{kclass}"] += float(rows * int(np.prod(w)))
+            if len(w) == 2:
+                counts[f"pad16_macs.{kclass}"] += float(rows * _pad(int(w[0])) * int(w[1]))
         elif name == "CONV_2D" and len(ins) > 1:
             w = ins[1]["shape"]  # [out_c, kh, kw, in_c]
             counts[f"conv_macs.{kclass}"] += float(out_elems * int(np.prod(w[1:])))
+            pixels = out_elems // max(int(w[0]), 1)
+            counts[f"pad16_macs.{kclass}"] += float(pixels * _pad(int(w[0])) * int(np.prod(w[1:])))
         elif name == "DEPTHWISE_CONV_2D" and len(ins) > 1:
             w = ins[1]["shape"]  # [1, kh, kw, c * m]
             counts[f"conv_macs.{kclass}"] += float(out_elems * int(w[1]) * int(w[2]))
@@ -144,6 +153,11 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
         else:
             counts[f"elements.{kclass}"] += float(out_elems)
     return ModelFeatures(counts, len(model), int(activation), names)
+
+
+def _pad(channels: int) -> int:
+    """Channels a kernel computes but discards when it works in whole tiles of TILE."""
+    return -channels % TILE
 
 
 def _coef(lm: LatencyModel, key: str) -> float:

@@ -33,6 +33,7 @@ FEATURES: tuple[str, ...] = (
     "dense_macs",
     "conv_macs",
     "dw_macs",
+    "pad16_macs",
     "conv_elements",
     "elements",
     "conv_ops",

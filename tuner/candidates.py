@@ -156,7 +156,8 @@ def estimate(f32: lat.ModelFeatures, params: int, export: str) -> lat.ModelFeatu
     for k, v in f32.counts.items():
         feature = k.split(".")[0]
         if export == "dynamic":
-            target = "hybrid" if feature in ("dense_macs", "conv_macs", "dw_macs") else "float"
+            gemm = feature in ("dense_macs", "conv_macs", "dw_macs", "pad16_macs")
+            target = "hybrid" if gemm else "float"
         else:
             target = "int8"
         counts[f"{feature}.{target}"] = counts.get(f"{feature}.{target}", 0.0) + v

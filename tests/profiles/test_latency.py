@@ -78,10 +78,11 @@ def test_fit_needs_data():
         latency.Measurement.from_dict({"features": {}})
 
 
-def _conv_macs_from_keras(model) -> tuple[float, float, int]:
-    """(all conv MACs, depthwise MACs, conv layers) computed from the Keras layer shapes."""
+def _conv_macs_from_keras(model) -> tuple[float, float, float, int]:
+    """(all conv MACs, depthwise MACs, MACs of the output channels padded to 16, conv layers)
+    computed from the Keras layer shapes."""
     keras = pytest.importorskip("keras")
-    total = dw = 0.0
+    total = dw = pad = 0.0
     layers = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -94,8 +95,9 @@ def _conv_macs_from_keras(model) -> tuple[float, float, int]:
             _, h, w, c = layer.output.shape
             kh, kw = layer.kernel_size
             total += h * w * c * kh * kw * layer.input.shape[-1]
+            pad += h * w * (16 * -(-c // 16) - c) * kh * kw * layer.input.shape[-1]
             layers += 1
-    return total, dw, layers
+    return total, dw, pad, layers
 
 
 def test_features_of_a_real_mobilenet_match_its_keras_graph():
@@ -105,10 +107,11 @@ def test_features_of_a_real_mobilenet_match_its_keras_graph():
 
     model = keras.applications.MobileNet(alpha=0.25, input_shape=(96, 96, 3), weights=None)
     feats = latency.features_from_tflite(export_tflite(model))
-    total, dw, layers = _conv_macs_from_keras(model)
+    total, dw, pad, layers = _conv_macs_from_keras(model)
     assert 0 < dw < total / 5  # MobileNet v1 at alpha 0.25: depthwise is ~10% of the MACs
     assert feats.counts["conv_macs.float"] == total
     assert feats.counts["dw_macs.float"] == dw
+    assert feats.counts["pad16_macs.float"] == pad > 0  # 8-channel layers, 1000 classes
     assert feats.counts["conv_ops.float"] == layers
     assert 0 < feats.counts["ops.float"] < layers  # pooling, reshape, softmax: a few
     assert feats.counts["conv_macs.int8"] == feats.counts["dw_macs.int8"] == 0

@@ -15,6 +15,12 @@ all variants of a model interleaved (``bench.common.measure_latency``).
 Weights are random with non-trivial BatchNormalization statistics: latency
 does not depend on their values.
 
+Selection quality: the DS-CNN (28x28x1, 32 filters) and MobileNetV2-0.35
+(32x32x3) trained on scikit-learn's digits upsampled (offline), pruned
+progressively in 5% steps by paoding (GroupSaliency, and with
+``dag_saliency="bounds"``), magnitude and random with exact widths; test
+accuracy and PGD robust accuracy against MACs removed.
+
 Also measured: DS-CNNs of uniform width 64, 60, ..., 8 (why its latency does
 not follow its MACs: channel tiles and a fixed cost), and the wall time to
 prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
@@ -48,9 +54,70 @@ from bench.common import (  # noqa: E402
 from tuner.quiet import native_quiet  # noqa: E402
 
 FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0, 1.4],
-        "widths": list(range(64, 4, -4))}
-QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16]}
+        "widths": list(range(64, 4, -4)), "quality_models": ["ds_cnn", "mobilenet_v2_0.35"],
+        "quality_ratio": 0.2}
+QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
+         "quality_models": ["ds_cnn"], "quality_ratio": 0.1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
+QUALITY = {"paoding": {}, "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {},
+           "random": {}}
+QUALITY_EPS = 0.01
+
+
+def trained(name: str, seed: int = 0) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+    """``name`` (ds_cnn or mobilenet_v2_0.35) trained on upsampled digits; 200 test inputs."""
+    import keras
+
+    from pruner import zoo
+    from pruner.datasets import digits28, upsample
+
+    x_tr, y_tr, x_te, y_te = digits28(seed, flatten=False)
+    if name == "ds_cnn":
+        model, epochs = zoo.ds_cnn((28, 28, 1), classes=10, filters=32, seed=seed), 15
+    else:
+        def rgb(x: np.ndarray) -> np.ndarray:
+            return np.repeat(upsample(x[..., 0], 32)[..., None], 3, axis=-1).astype(np.float32)
+
+        x_tr, x_te = rgb(x_tr), rgb(x_te)
+        model, epochs = zoo.mobilenet_v2((32, 32, 3), alpha=0.35, classes=10, seed=seed), 25
+    for layer in model.layers:  # zoo's random statistics must be forgotten within the run
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = 0.8
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
+    return model, (x_te[:200], y_te[:200])
+
+
+def quality(names: list[str], max_ratio: float) -> dict[str, Any]:
+    """Accuracy and PGD robust accuracy against MACs removed, per selection method."""
+    from pruner.api import prune_steps
+
+    out = {}
+    for name in names:
+        print(f"{name}: training on digits, then pruning by {len(QUALITY)} methods ...",
+              file=sys.stderr)
+        with native_quiet():
+            model, data = trained(name)
+        runs = {}
+        for label, options in QUALITY.items():
+            mode = label.split(" ")[0]
+            rows = []
+            with native_quiet():
+                for rec, _ in prune_steps(model, max_ratio, mode, step=0.05, round_to=1,
+                                          eval_data=data, eps=(QUALITY_EPS,), attacks=("pgd",),
+                                          n_random=0, measure_tflite=False, progress=False,
+                                          **options):
+                    rows.append({"ratio": rec.ratio, "macs": rec.macs,
+                                 "accuracy": rec.accuracy,
+                                 "robust": rec.robust["pgd"][QUALITY_EPS]})
+            for r in rows:
+                r["macs_removed"] = 1 - r["macs"] / rows[0]["macs"]
+            runs[label] = rows
+            print(f"  {name} {label}: accuracy {rows[0]['accuracy']:.3f} -> "
+                  f"{rows[-1]['accuracy']:.3f} at {rows[-1]['ratio']:.2f}", file=sys.stderr)
+        out[name] = runs
+    return out
 GOAL = 1.25  # latency ratio <= GOAL x MAC ratio
 
 
@@ -199,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ds_cnn: {len(cfg['widths'])} uniform widths, {cfg['runs']} runs each ...",
           file=sys.stderr)
     sweep = width_sweep(cfg["widths"], cfg["runs"])
+    selection = quality(cfg["quality_models"], cfg["quality_ratio"])
     models = {}
     for name, build in _models().items():
         print(f"{name}: pruning and exporting ...", file=sys.stderr)
@@ -206,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
         "goal_latency_over_macs": GOAL, "prune_time": timing, "models": models,
-        "ds_cnn_widths": sweep,
+        "ds_cnn_widths": sweep, "quality": selection,
         "wall_seconds": time.perf_counter() - t0,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +319,7 @@ def markdown(report: dict[str, Any]) -> str:
             )
         out.append("")
     out += _sweep_md(report["ds_cnn_widths"])
+    out += _quality_md(report["quality"])
     out += [
         "## Pruning time (MobileNetV2, 96x96x3, to 30% in 5% steps, no evaluation)",
         "",
@@ -267,6 +336,32 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{b['seconds'] / a['seconds']:.2f}x."]
     out.append("")
     return "\n".join(out)
+
+
+def _quality_md(quality: dict[str, Any]) -> list[str]:
+    out = []
+    for name, runs in quality.items():
+        labels = list(runs)
+        steps = max(len(rows) for rows in runs.values())
+        out += [
+            f"## {name} trained on digits: accuracy / PGD robust accuracy (eps {QUALITY_EPS}) "
+            "against MACs removed",
+            "",
+            "| units removed | " + " | ".join(f"{k}: MACs removed, acc, robust" for k in labels)
+            + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for i in range(steps):
+            cells = []
+            for k in labels:
+                rows = runs[k]
+                r = rows[min(i, len(rows) - 1)]
+                cells.append(f"{100 * r['macs_removed']:.0f}%, {r['accuracy']:.3f}, "
+                             f"{r['robust']:.3f}")
+            ratio = runs[labels[0]][min(i, len(runs[labels[0]]) - 1)]["ratio"]
+            out.append(f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
 
 
 def _sweep_md(sweep: dict[str, Any]) -> list[str]:
@@ -296,7 +391,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    quality = report.get("quality") or {}
+    fig, axes = plt.subplots(1, 1 + len(quality), figsize=(5.2 * (1 + len(quality)), 4.4),
+                             squeeze=False)
+    ax = axes[0][0]
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="latency = MACs")
     ax.plot([0, 1 / GOAL], [0, 1], "k:", lw=1, label=f"latency = {GOAL} x MACs")
     for name, res in report["models"].items():
@@ -314,7 +412,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title("Pruned DAG models: latency vs MACs\n" + machine_line(report["machine"]),
                  fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    for ax, (name, runs) in zip(axes[0][1:], quality.items(), strict=True):
+        for label, rows in runs.items():
+            macs = [100 * r["macs_removed"] for r in rows]
+            line = ax.plot(macs, [r["accuracy"] for r in rows], "o-", label=f"{label}: acc")
+            ax.plot(macs, [r["robust"] for r in rows], "x--", color=line[0].get_color(),
+                    label=f"{label}: PGD eps {QUALITY_EPS}")
+        ax.set_xlabel("MACs removed (%)")
+        ax.set_ylabel("test accuracy (digits)")
+        ax.set_title(f"{name} trained on digits: selection quality", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

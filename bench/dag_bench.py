@@ -54,10 +54,10 @@ from bench.common import (  # noqa: E402
 from tuner.quiet import native_quiet  # noqa: E402
 
 FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0, 1.4],
-        "widths": list(range(64, 4, -4)), "quality_models": ["ds_cnn", "mobilenet_v2_0.35"],
+        "widths": list(range(64, 4, -4)), "quality_seeds": {"ds_cnn": 3, "mobilenet_v2_0.35": 1},
         "quality_ratio": 0.2}
 QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
-         "quality_models": ["ds_cnn"], "quality_ratio": 0.1}
+         "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 QUALITY = {"paoding": {}, "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {},
            "random": {}}
@@ -89,35 +89,47 @@ def trained(name: str, seed: int = 0) -> tuple[Any, tuple[np.ndarray, np.ndarray
     return model, (x_te[:200], y_te[:200])
 
 
-def quality(names: list[str], max_ratio: float) -> dict[str, Any]:
-    """Accuracy and PGD robust accuracy against MACs removed, per selection method."""
+def quality(seeds: dict[str, int], max_ratio: float) -> dict[str, Any]:
+    """Accuracy and PGD robust accuracy against MACs removed, per selection method:
+    medians over ``seeds[name]`` trainings (seeds 0, 1, ...), the per-seed figures kept."""
     from pruner.api import prune_steps
 
     out = {}
-    for name in names:
-        print(f"{name}: training on digits, then pruning by {len(QUALITY)} methods ...",
-              file=sys.stderr)
-        with native_quiet():
-            model, data = trained(name)
-        runs = {}
-        for label, options in QUALITY.items():
-            mode = label.split(" ")[0]
-            rows = []
+    for name, n_seeds in seeds.items():
+        per_seed: dict[str, list[list[dict[str, float]]]] = {k: [] for k in QUALITY}
+        for seed in range(n_seeds):
+            print(f"{name}: seed {seed}, training on digits, then pruning by {len(QUALITY)} "
+                  "methods ...", file=sys.stderr)
             with native_quiet():
-                for rec, _ in prune_steps(model, max_ratio, mode, step=0.05, round_to=1,
-                                          eval_data=data, eps=(QUALITY_EPS,), attacks=("pgd",),
-                                          n_random=0, measure_tflite=False, progress=False,
-                                          **options):
-                    rows.append({"ratio": rec.ratio, "macs": rec.macs,
-                                 "accuracy": rec.accuracy,
-                                 "robust": rec.robust["pgd"][QUALITY_EPS]})
-            for r in rows:
-                r["macs_removed"] = 1 - r["macs"] / rows[0]["macs"]
-            runs[label] = rows
-            print(f"  {name} {label}: accuracy {rows[0]['accuracy']:.3f} -> "
-                  f"{rows[-1]['accuracy']:.3f} at {rows[-1]['ratio']:.2f}", file=sys.stderr)
-        out[name] = runs
+                model, data = trained(name, seed)
+            for label, options in QUALITY.items():
+                rows = []
+                with native_quiet():
+                    for rec, _ in prune_steps(
+                        model, max_ratio, label.split(" ")[0], step=0.05, round_to=1,
+                        eval_data=data, eps=(QUALITY_EPS,), attacks=("pgd",), n_random=0,
+                        measure_tflite=False, progress=False, seed=seed, **options,
+                    ):
+                        rows.append({"ratio": rec.ratio, "macs": rec.macs,
+                                     "accuracy": rec.accuracy,
+                                     "robust": rec.robust["pgd"][QUALITY_EPS]})
+                for r in rows:
+                    r["macs_removed"] = 1 - r["macs"] / rows[0]["macs"]
+                per_seed[label].append(rows)
+                print(f"  {name} {label}: accuracy {rows[0]['accuracy']:.3f} -> "
+                      f"{rows[-1]['accuracy']:.3f} at {rows[-1]['ratio']:.2f}", file=sys.stderr)
+        out[name] = {
+            label: [
+                {key: float(np.median([rows[i][key] for rows in runs])) for key in runs[0][i]}
+                for i in range(min(len(rows) for rows in runs))
+            ]
+            for label, runs in per_seed.items()
+        }
+        out[name]["seeds"] = n_seeds
+        out[name]["per_seed"] = per_seed
     return out
+
+
 GOAL = 1.25  # latency ratio <= GOAL x MAC ratio
 
 
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ds_cnn: {len(cfg['widths'])} uniform widths, {cfg['runs']} runs each ...",
           file=sys.stderr)
     sweep = width_sweep(cfg["widths"], cfg["runs"])
-    selection = quality(cfg["quality_models"], cfg["quality_ratio"])
+    selection = quality(cfg["quality_seeds"], cfg["quality_ratio"])
     models = {}
     for name, build in _models().items():
         print(f"{name}: pruning and exporting ...", file=sys.stderr)
@@ -341,11 +353,14 @@ def markdown(report: dict[str, Any]) -> str:
 def _quality_md(quality: dict[str, Any]) -> list[str]:
     out = []
     for name, runs in quality.items():
+        n_seeds = runs.get("seeds", 1)
+        runs = {k: v for k, v in runs.items() if k in QUALITY}
         labels = list(runs)
         steps = max(len(rows) for rows in runs.values())
         out += [
             f"## {name} trained on digits: accuracy / PGD robust accuracy (eps {QUALITY_EPS}) "
-            "against MACs removed",
+            f"against MACs removed ({'median of ' + str(n_seeds) + ' seeds' if n_seeds > 1 else '1 seed'}, "
+            "200 test inputs)",
             "",
             "| units removed | " + " | ".join(f"{k}: MACs removed, acc, robust" for k in labels)
             + " |",
@@ -414,7 +429,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     for ax, (name, runs) in zip(axes[0][1:], quality.items(), strict=True):
-        for label, rows in runs.items():
+        for label in QUALITY:
+            rows = runs[label]
             macs = [100 * r["macs_removed"] for r in rows]
             line = ax.plot(macs, [r["accuracy"] for r in rows], "o-", label=f"{label}: acc")
             ax.plot(macs, [r["robust"] for r in rows], "x--", color=line[0].get_color(),

@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paoding/greedy: quotas per layer (default), ranked across "
                         "layers, or one layer at a time front to back (helps MLPs pruned "
                         "past 70%%)")
+    parser.add_argument("--round-to", type=int, default=0, metavar="N",
+                        help="kept widths in multiples of N; 0 (default): SIMD-friendly "
+                        "multiples on DAG models (16 from 64 channels, 8 from 16), exact "
+                        "targets on chains; 1: exact targets everywhere")
     parser.add_argument("--fidelity-floor", type=float, default=0.8, metavar="F",
                         help="stop when the data-free fidelity (top-1 agreement with the "
                         "original on inputs synthesised from the model) falls below F, and "
@@ -86,7 +90,8 @@ def config_from(args: argparse.Namespace) -> Any:
     lo, hi = check_range(*args.input_range)
     try:
         return PruneConfig(
-            target=args.target, step=args.step, mode=args.mode, scope=args.scope,
+            target=args.target, step=args.step, round_to=args.round_to, mode=args.mode,
+            scope=args.scope,
             seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(args.eps)),
             fidelity_floor=args.fidelity_floor, keep_below_floor=args.keep_below_floor,
             synthetic=args.synthetic, compensation=args.compensation,

@@ -162,6 +162,7 @@ BAD = [
     (["model.keras", "--eval-data", "pixels.npz"], "outside --input-range"),
     (["model.keras", "--eval-data", "labels.npz"], "labels must be in"),
     (["model.keras", "--mode", "magnitude", "--scope", "sequential"], "paoding and greedy"),
+    (["model.keras", "--round-to", "-1"], "--round-to should be an integer >= 0"),
 ]
 
 

@@ -21,6 +21,9 @@ progressively in 5% steps by paoding (GroupSaliency, and with
 ``dag_saliency="bounds"``), magnitude and random with exact widths; test
 accuracy and PGD robust accuracy against MACs removed.
 
+Each variant also records its activations (elements of every layer's output):
+where latency follows them rather than the MACs, no width rounding helps.
+
 Also measured: DS-CNNs of uniform width 64, 60, ..., 8 (why its latency does
 not follow its MACs: channel tiles and a fixed cost), and the wall time to
 prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
@@ -161,6 +164,13 @@ def prune_time(alpha: float, mode: str) -> dict[str, Any]:
             "seconds": float(np.median(times)), "seconds_all": times}
 
 
+def activations(model: Any) -> int:
+    """Elements of every layer's output for one input: the memory traffic of the
+    element-wise and depthwise layers, which scales with the kept share, not its square."""
+    return int(sum(np.prod([int(d) for d in layer.output.shape[1:]]) for layer in model.layers
+                   if type(layer).__name__ != "InputLayer"))
+
+
 def width_sweep(widths: list[int], runs: int) -> dict[str, Any]:
     """DS-CNNs of uniform width: latency against MACs, and the fixed cost (a line through
     the widths that are multiples of 16, extrapolated to no MACs)."""
@@ -216,6 +226,7 @@ def run_model(name: str, build: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             parity = float(np.max(np.abs(run_tflite(blobs[key], x) - y_keras)))
         variants[key] = {"ratio": rec.ratio, "widths": widths, "aligned": widths != "as pruned",
                          "params": rec.params, "macs": rec.macs, "tflite_bytes": len(blobs[key]),
+                         "activations": activations(pruned),
                          "tflite_max_abs_diff": parity, **extra}
         print(f"  {name}: ratio {rec.ratio:.2f}, widths {widths}, exported "
               f"({len(blobs[key]) / 1024:.0f} KiB)", file=sys.stderr)
@@ -249,6 +260,7 @@ def run_model(name: str, build: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         v["cpu_x"] = v["cpu_median_us"] / lat["0.00"]["cpu_median_us"]
         v["latency_over_macs"] = v["latency_x"] / v["macs_x"]
         v["cpu_over_macs"] = v["cpu_x"] / v["macs_x"]
+        v["activations_x"] = v["activations"] / base["activations"]
         rows.append(v)
     return {"input_shape": list(shape), "rows": rows}
 
@@ -314,16 +326,17 @@ def markdown(report: dict[str, Any]) -> str:
         out += [
             f"## {name} (input {'x'.join(str(d) for d in res['input_shape'])})",
             "",
-            "| ratio | widths | params | MACs | MACs x | TFLite KiB | latency ms (p10-p90) "
-            "| latency x | latency x / MACs x | CPU x / MACs x | TFLite vs Keras max abs diff |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| ratio | widths | params | MACs | MACs x | activations x | TFLite KiB "
+            "| latency ms (p10-p90) | latency x | latency x / MACs x | CPU x / MACs x "
+            "| TFLite vs Keras max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = list(ROUNDINGS)
         for r in sorted(res["rows"], key=lambda r: (order.index(r["widths"]), r["ratio"])):
             ok = "" if r["latency_over_macs"] <= GOAL else " (goal missed)"
             out.append(
                 f"| {r['ratio']:.2f} | {r['widths']} | {r['params']} | "
-                f"{r['macs']} | {r['macs_x']:.3f} | "
+                f"{r['macs']} | {r['macs_x']:.3f} | {r['activations_x']:.3f} | "
                 f"{r['tflite_bytes'] / 1024:.0f} | {r['median_us'] / 1e3:.2f} "
                 f"({r['p10_us'] / 1e3:.2f}-{r['p90_us'] / 1e3:.2f}) | {r['latency_x']:.3f} | "
                 f"{r['latency_over_macs']:.2f}{ok} | {r['cpu_over_macs']:.2f} | "

@@ -29,7 +29,9 @@ not follow its MACs: channel tiles and a fixed cost), and the wall time to
 prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
 how it grows with the model (alpha 0.35 / 0.5 / 1.0 / 1.4).
 
-Writes bench/results/dag.json, dag.md and dag.png.
+Writes bench/results/dag.json, dag.md and dag.png; ``--quality-only`` runs only the
+selection-quality part for paoding with and without the BN-statistics bias correction
+(bench/results/dag_quality.json and .md).
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 
 QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
          "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
-QUALITY = {"paoding": {}, "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {},
-           "random": {}}
+QUALITY = {"paoding": {}, "paoding (no bias corr.)": {"compensation": "none"},
+           "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {}, "random": {}}
+# --quality-only: paoding with and without the BN-statistics bias correction (dag_bias)
+CORRECTION = ("paoding", "paoding (no bias corr.)")
 QUALITY_EPS = 0.01
 
 
@@ -92,20 +96,23 @@ def trained(name: str, seed: int = 0) -> tuple[Any, tuple[np.ndarray, np.ndarray
     return model, (x_te[:200], y_te[:200])
 
 
-def quality(seeds: dict[str, int], max_ratio: float) -> dict[str, Any]:
+def quality(
+    seeds: dict[str, int], max_ratio: float, methods: tuple[str, ...] = tuple(QUALITY)
+) -> dict[str, Any]:
     """Accuracy and PGD robust accuracy against MACs removed, per selection method:
     medians over ``seeds[name]`` trainings (seeds 0, 1, ...), the per-seed figures kept."""
     from pruner.api import prune_steps
 
     out = {}
     for name, n_seeds in seeds.items():
-        per_seed: dict[str, list[list[dict[str, float]]]] = {k: [] for k in QUALITY}
+        per_seed: dict[str, list[list[dict[str, float]]]] = {k: [] for k in methods}
         for seed in range(n_seeds):
-            print(f"{name}: seed {seed}, training on digits, then pruning by {len(QUALITY)} "
+            print(f"{name}: seed {seed}, training on digits, then pruning by {len(methods)} "
                   "methods ...", file=sys.stderr)
             with native_quiet():
                 model, data = trained(name, seed)
-            for label, options in QUALITY.items():
+            for label in methods:
+                options = QUALITY[label]
                 rows = []
                 with native_quiet():
                     for rec, _ in prune_steps(
@@ -271,10 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="ratios 0.3/0.5, one alpha")
     p.add_argument("--mode", default="paoding")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quality-only", action="store_true",
+                   help="only paoding's accuracy with and without bias correction "
+                        "(dag_quality.md/.json)")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, mode=args.mode)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
+    if args.quality_only:
+        return quality_only(cfg, started, t0, args.out)
     print("pruning time, MobileNetV2 to 30% ...", file=sys.stderr)
     with native_quiet():
         from pruner import zoo
@@ -363,11 +375,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _quality_md(quality: dict[str, Any]) -> list[str]:
+def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
+    """The selection-quality section for paoding with and without bias correction."""
+    selection = quality(cfg["quality_seeds"], cfg["quality_ratio"], CORRECTION)
+    report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
+              "quality": selection, "wall_seconds": time.perf_counter() - t0}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "dag_quality.json", report)
+    md = "\n".join([
+        "# DAG models: paoding with and without the data-free bias correction",
+        "",
+        f"Machine: {machine_line(report['machine'])}, shared with other jobs. Run "
+        f"{started} at commit {report.get('commit') or 'unknown'}; "
+        f"`python bench/dag_bench.py --quality-only`. The correction (pruner/dag_bias.py) "
+        "adds each removed channel's expectation from BatchNormalization statistics to "
+        "its readers' biases (or the moving mean of the BN after them).",
+        "",
+        *_quality_md(selection, CORRECTION),
+    ])
+    (out / "dag_quality.md").write_text(md, encoding="utf-8")
+    print(md)
+    return 0
+
+
+def _quality_md(quality: dict[str, Any], methods: tuple[str, ...] = tuple(QUALITY)) -> list[str]:
     out = []
     for name, runs in quality.items():
         n_seeds = runs.get("seeds", 1)
-        runs = {k: v for k, v in runs.items() if k in QUALITY}
+        runs = {k: v for k, v in runs.items() if k in methods}
         labels = list(runs)
         steps = max(len(rows) for rows in runs.values())
         out += [

@@ -465,7 +465,11 @@ def _run(
             if not plan or removed_now <= removed_before:
                 previous.stop = previous.stop or NO_PROGRESS
                 return
-            current = advance(graph, plan) if graph0.coupled else apply_plan(source, graph, plan)
+            if graph0.coupled:  # BN-statistics bias correction unless compensation is "none"
+                correct = not one_shot and cfg.compensation != "none"
+                current = advance(graph, plan, correct)
+            else:
+                current = apply_plan(source, graph, plan)
             for name in widths0:
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]

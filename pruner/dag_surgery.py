@@ -77,14 +77,17 @@ def _slice(params: str, role_masks: dict[str, np.ndarray], w: list[np.ndarray]) 
     return w
 
 
-def apply_dag_plan(model: Any, graph: DagGraph, plan: dict[str, GroupPlan]) -> Any:
+def apply_dag_plan(
+    model: Any, graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False
+) -> Any:
     """A new model with the plan's channels removed from every member of their group."""
-    return as_model(advance(graph, plan))
+    return as_model(advance(graph, plan, correct))
 
 
-def advance(graph: DagGraph, plan: dict[str, GroupPlan]) -> DagGraph:
+def advance(graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False) -> DagGraph:
     """The graph after ``plan``: weights sliced and merged as arrays, groups narrowed, no
-    Keras model built (``as_model`` builds it). Member offsets follow the kept channels."""
+    Keras model built (``as_model`` builds it). Member offsets follow the kept channels.
+    ``correct``: readers get the data-free bias correction of dag_bias."""
     known = {g.name for g in graph.groups}
     for name in plan:
         if name not in known:
@@ -104,6 +107,10 @@ def advance(graph: DagGraph, plan: dict[str, GroupPlan]) -> DagGraph:
             if m.role == "in" and gp.merges:
                 _merge_rows(m, weights[m.layer.name], gp.merges)
             masks[(m.layer.name, m.role)][m.rows(remove).reshape(-1)] = False
+    if correct:
+        from pruner.dag_bias import correct_biases
+
+        correct_biases(graph, weights, masks)
     by_layer: dict[str, dict[str, np.ndarray]] = {}
     for (name, role), mask in masks.items():
         if not mask.all():

@@ -60,7 +60,9 @@ class PruneConfig:
     them activation-based pair scores and compensation), ``synthesis_steps``,
     ``compensation`` (``reconstruct``: ridge least squares refit of each
     consumer on the synthesised inputs, ``ridge`` its strength; ``bias``: bias
-    correction only; ``none``), ``pair_scores`` (pair saliency from the
+    correction only; ``none``; on DAG models, where nothing is synthesised, paoding
+    and greedy take the data-free BatchNormalization-statistics bias correction of
+    dag_bias unless ``none``), ``pair_scores`` (pair saliency from the
     ``activations`` the consumer reads on the synthesised inputs, or from the
     ``weights``; ``auto``: activations when the model has a BatchNormalization
     or a convolution, whose statistics the synthesis matches, weights for plain

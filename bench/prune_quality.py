@@ -10,8 +10,11 @@ data-free fidelity) and is measured where the trajectory passes 10%, 20%,
 ... 50% of units removed; magnitude (one-shot) and random (one-shot, same
 seeds) are measured at the same ratios. Measured on the held-out test split
 (360 digits): accuracy, FGSM and PGD robust accuracy at eps 0.05 (PGD: 10
-steps of eps/4, random start; robust = correct clean and attacked) and the
-data-free fidelity. Medians over seeds. Writes prune_quality.json, .md and
+steps of eps/4, random start; robust = correct clean and attacked) and, for
+every mode, the data-free fidelity on the seed's held-out synthesised inputs
+and their interpolations (score exp(-KL/0.15), and top-1 agreement). Medians
+over seeds. A check asks whether the fidelity tracks the real loss: every run
+losing more than 10 points of accuracy is under the default floor. Writes prune_quality.json, .md and
 .png in bench/results/.
 """
 
@@ -73,7 +76,8 @@ def run_model(name: str, seeds: list[int], bar: Any) -> dict[str, Any]:
                 r = wanted.pop(0)
                 row = measure(pruned, x, y)
                 row.update(mode="paoding", seed=seed, target=r, ratio=rec.ratio,
-                           fidelity=rec.data_free_fidelity, macs=rec.macs,
+                           fidelity=rec.data_free_fidelity, agreement=rec.fidelity_synthetic,
+                           kl=rec.fidelity_kl, macs=rec.macs,
                            seconds_to_here=time.perf_counter() - t + synth_s)
                 rows.append(row)
                 bar.update(1)
@@ -82,11 +86,13 @@ def run_model(name: str, seeds: list[int], bar: Any) -> dict[str, Any]:
                 continue  # deterministic
             for r in RATIOS:
                 bar.set_postfix_str(f"{name} s{seed} {mode} {r}")
-                res = prune(model, r, mode, seed=seed, step=r, synthetic=0, n_random=512,
-                            **quiet)
+                res = prune(model, r, mode, seed=seed, step=r, n_random=0,
+                            synthetic_inputs=syn, **quiet)
                 row = measure(res.model, x, y)
                 row.update(mode=mode, seed=seed, target=r, ratio=res.final.ratio,
-                           fidelity=res.final.data_free_fidelity, macs=res.final.macs)
+                           fidelity=res.final.data_free_fidelity,
+                           agreement=res.final.fidelity_synthetic, kl=res.final.fidelity_kl,
+                           macs=res.final.macs)
                 rows.append(row)
                 bar.update(1)
     med = []
@@ -96,7 +102,8 @@ def run_model(name: str, seeds: list[int], bar: Any) -> dict[str, Any]:
             if g:
                 med.append({"mode": mode, "target": r, "seeds": [row["seed"] for row in g],
                             **{k: float(np.median([row[k] for row in g]))
-                               for k in ("accuracy", "fgsm", "pgd", "ratio", "fidelity")}})
+                               for k in ("accuracy", "fgsm", "pgd", "ratio", "fidelity",
+                                         "agreement", "kl")}})
     return {"original": base, "rows": med, "per_seed": rows, "eval_samples": len(x)}
 
 
@@ -125,30 +132,61 @@ def checks(name: str, res: dict[str, Any]) -> list[str]:
     return out
 
 
+FLOOR = 0.8  # PruneConfig's default fidelity floor
+
+
+def fidelity_checks(report: dict[str, Any]) -> list[str]:
+    """Does the data-free fidelity track the real loss? Over every run (mode, ratio, seed):
+    runs that lose more than 10 points should be under the floor, runs within 3 above it."""
+    big, small = [], []
+    for res in report["models"].values():
+        base = res["original"]["accuracy"]
+        for row in res["per_seed"]:
+            if row.get("fidelity") is None:
+                continue
+            lost = 100 * (base - row["accuracy"])
+            if lost > 10:
+                big.append(row["fidelity"] < FLOOR)
+            elif lost <= 3:
+                small.append(row["fidelity"] >= FLOOR)
+    out = []
+    if big:
+        out.append(f"fidelity under the floor {FLOOR} on {sum(big)} of {len(big)} runs that lose "
+                   f"> 10 points: {'met' if all(big) else 'MISSED'}")
+    if small:
+        out.append(f"fidelity at or above the floor on {sum(small)} of {len(small)} runs that "
+                   "lose <= 3 points (no false alarm)")
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Pruning quality: CNNs by BN placement, and the 784-256-128-10 MLP", "",
              f"{machine_line(report['machine'])}; commit {report['commit']}; seeds "
              f"{report['seeds']}; {report['wall_seconds']:.0f} s in all.", "",
              f"Accuracy / FGSM / PGD robust accuracy (eps {EPS}) in %, medians over seeds, on "
-             "the 360 held-out digits; fid = data-free fidelity (top-1 agreement with the "
-             "original on inputs synthesised from the model, paoding; on random box inputs for "
-             "magnitude and random).", ""]
+             "the 360 held-out digits, and [the data-free fidelity]: exp(-KL/0.15), KL the mean "
+             "KL divergence from the original's outputs on held-out synthesised inputs and "
+             "interpolations between them (no data; the default floor is 0.8). Every mode "
+             "prunes the same number of units from each layer (budget 'auto': in proportion "
+             "to width for these CNNs, uniform for the MLP).", ""]
     for name, res in report["models"].items():
         b = res["original"]
         lines += [f"## {name} (original {100 * b['accuracy']:.1f} / {100 * b['fgsm']:.1f} / "
                   f"{100 * b['pgd']:.1f})", "",
-                  "| ratio | " + " | ".join(MODES) + " | paoding fid |",
+                  "| ratio | " + " | ".join(MODES) + " | paoding top-1 agreement |",
                   "|---|" + "---|" * (len(MODES) + 1)]
         find = {(r["mode"], r["target"]): r for r in res["rows"]}
         for r in RATIOS:
             cells = []
             for m in MODES:
                 row = find.get((m, r))
+                fid = "" if row is None or row["fidelity"] is None else (
+                    f" [{row['fidelity']:.2f}]")
                 cells.append("n/a" if row is None else
                              f"{100 * row['accuracy']:.1f} / {100 * row['fgsm']:.1f} / "
-                             f"{100 * row['pgd']:.1f}")
+                             f"{100 * row['pgd']:.1f}{fid}")
             p = find.get(("paoding", r))
-            fid = "n/a" if p is None or p["fidelity"] is None else f"{p['fidelity']:.2f}"
+            fid = "n/a" if p is None or p.get("agreement") is None else f"{p['agreement']:.2f}"
             lines.append(f"| {r:.1f} | " + " | ".join(cells) + f" | {fid} |")
         lines.append("")
     lines += ["## Goals", ""] + [f"- {c}" for c in report["checks"]] + [""]
@@ -201,6 +239,7 @@ def main(seeds: list[int], out: Path, models: list[str] | None = None) -> int:
         for name in models:
             report["models"][name] = run_model(name, seeds, bar)
     report["checks"] = [c for n, r in report["models"].items() for c in checks(n, r)]
+    report["checks"] += fidelity_checks(report)
     report["wall_seconds"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "prune_quality.json", report)

@@ -11,6 +11,7 @@ Modes:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -64,13 +65,21 @@ class StepRecord:
     fidelity: float | None = None
     fidelity_random: float | None = None
     fidelity_synthetic: float | None = None
+    fidelity_kl: float | None = None
     seconds: float = 0.0
     stop: str | None = None
 
     @property
     def data_free_fidelity(self) -> float | None:
-        """Top-1 agreement with the original on inputs the tool made itself: held-out
-        synthesised inputs, or random inputs from the box when synthesis is off."""
+        """How close the model stays to the original on inputs the tool made itself, in
+        [0, 1]: exp(-KL / fidelity.KL_SCALE) with KL the mean KL divergence of its outputs
+        from the original's on held-out synthesised inputs and interpolations between
+        them (``fidelity_synthetic`` is top-1 agreement there); top-1 agreement on random
+        inputs from the box when synthesis is off."""
+        if self.fidelity_kl is not None:
+            from pruner.fidelity import Fidelity
+
+            return Fidelity(self.fidelity_synthetic or 0.0, self.fidelity_kl).score
         return self.fidelity_synthetic if self.fidelity_synthetic is not None else (
             self.fidelity_random
         )
@@ -136,21 +145,23 @@ class PruneResult:
         }
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write pruned.keras, pruned.tflite, report.json and report.png into out_dir."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save(out / "pruned.keras")
+        """Write pruned.keras, pruned.tflite, report.json and report.png into out_dir,
+        all or nothing (staged beside it, then moved in, as the command line does)."""
+        from core.files import staged_dir
         from pruner.export import export_tflite
 
-        export_tflite(self.model, out / "pruned.tflite")
+        out = Path(out_dir)
         report = self.to_dict()
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        try:
-            from pruner.report import plot_trajectory
-        except ImportError:
-            plot_trajectory = None
-        if plot_trajectory is not None:
-            plot_trajectory(report, out / "report.png")
+        with staged_dir(out) as tmp:
+            self.model.save(tmp / "pruned.keras")
+            export_tflite(self.model, tmp / "pruned.tflite")
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            try:
+                from pruner.report import plot_trajectory
+            except ImportError:
+                plot_trajectory = None
+            if plot_trajectory is not None:
+                plot_trajectory(report, tmp / "report.png")
         return out
 
 
@@ -202,6 +213,11 @@ class _Meter:
     ) -> None:
         self.reference, self.data, self.box, self.cfg = reference, data, box, cfg
         self.check = check  # held-out synthesised inputs: the data-free fidelity figure
+        self.check_probs = None
+        if check is not None:
+            from pruner.fidelity import probabilities
+
+            self.check_probs = probabilities(reference, check)
         self.random_x = None
         if cfg.n_random > 0:
             from pruner.evaluate import random_inputs
@@ -249,7 +265,10 @@ class _Meter:
         if self.random_x is not None:
             rec.fidelity_random = evaluate.fidelity(self.reference, model, self.random_x)
         if self.check is not None:
-            rec.fidelity_synthetic = evaluate.fidelity(self.reference, model, self.check)
+            from pruner.fidelity import measure
+
+            fid = measure(self.reference, model, self.check, self.check_probs)
+            rec.fidelity_synthetic, rec.fidelity_kl = fid.agreement, fid.kl
         return rec
 
 
@@ -263,6 +282,16 @@ def _robust_retention(rec: StepRecord, base: StepRecord) -> float | None:
         if base.robust[a][e] > 0
     ]
     return min(kept) if kept else None
+
+
+def _budget(cfg: PruneConfig, graph: Any) -> str:
+    """The budget rule of a run: ``auto`` is width for chains of convolutions."""
+    if cfg.budget != "auto":
+        return cfg.budget
+    conv = not graph.coupled and any(
+        type(g.producer).__name__ == "Conv2D" for g in graph.groups
+    )
+    return "width" if conv else "uniform"
 
 
 def resolve_config(
@@ -376,7 +405,10 @@ def _run(
         synthetic_inputs = np.asarray(synthetic_inputs, np.float32)
         if len(synthetic_inputs) <= n_check:
             raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
-        synth, check = synthetic_inputs[:-n_check], synthetic_inputs[-n_check:]
+        from pruner.fidelity import check_set
+
+        synth = synthetic_inputs[:-n_check]
+        check = check_set(model, synthetic_inputs[-n_check:], seed)
         if not cfg.compensates:
             synth = None
     rng = np.random.default_rng(seed)
@@ -389,7 +421,7 @@ def _run(
         strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
-    goals = {name: schedule.layer_target(w) for name, w in widths0.items()}
+    goals = schedule.layer_targets(widths0, _budget(cfg, graph))
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, cfg, check)
@@ -444,6 +476,8 @@ def _run(
                 if active is not None and name != active:
                     continue
                 per_step = schedule.layer_quota(widths0[name])
+                if cfg.target > 0 and goals[name]:  # a layer's steps follow its own budget
+                    per_step = max(1, math.ceil(goals[name] * cfg.step / cfg.target - 1e-9))
                 caps[name] = goals[name] - done[name]
                 quotas[name] = min(per_step * (number if one_shot else 1), caps[name])
                 if quotas[name] <= 0:

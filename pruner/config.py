@@ -21,6 +21,7 @@ TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
 PAIR_SCORES = ("auto", "activations", "weights")
 DAG_SALIENCIES = ("group", "bounds")
+BUDGETS = ("auto", "uniform", "width")
 
 
 def _unit(name: str, value: Any, low_open: bool = True, high_open: bool = False) -> float:
@@ -53,16 +54,17 @@ class PruneConfig:
     Schedule: ``target`` share of prunable units to remove, ``step`` share of
     each layer per step, ``round_to`` (kept widths in multiples of it; 0, the
     default, SIMD-friendly multiples on DAG models and exact targets on chains,
-    see schedule.Schedule). Selection: ``mode``, ``scope``, ``seed``; annealing
+    see schedule.Schedule), ``budget`` (how the target is shared between layers:
+    ``uniform``, the same share of every layer; ``width``, shares proportional
+    to the square of the layers' widths; ``auto``, width for convolutional
+    chains and uniform otherwise). Selection: ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:
     ``synthetic`` inputs synthesised from the model (0 turns them off, and with
     them activation-based pair scores and compensation), ``synthesis_steps``,
     ``compensation`` (``reconstruct``: ridge least squares refit of each
     consumer on the synthesised inputs, ``ridge`` its strength; ``bias``: bias
-    correction only; ``none``; on DAG models, where nothing is synthesised, paoding
-    and greedy take the data-free BatchNormalization-statistics bias correction of
-    dag_bias unless ``none``), ``pair_scores`` (pair saliency from the
+    correction only; ``none``), ``pair_scores`` (pair saliency from the
     ``activations`` the consumer reads on the synthesised inputs, or from the
     ``weights``; ``auto``: activations when the model has a BatchNormalization
     or a convolution, whose statistics the synthesis matches, weights for plain
@@ -80,6 +82,7 @@ class PruneConfig:
     target: float = 0.5
     step: float = 0.05
     round_to: int = 0
+    budget: str = "auto"
     mode: str = "paoding"
     scope: str = "layer"
     seed: int = 0
@@ -117,6 +120,7 @@ class PruneConfig:
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("pair_scores", self.pair_scores, PAIR_SCORES)
         _choice("dag_saliency", self.dag_saliency, DAG_SALIENCIES)
+        _choice("budget", self.budget, BUDGETS)
         _count("seed", self.seed, 0)
         _count("round_to", self.round_to, 0)
         _count("max_candidates", self.max_candidates, 1)

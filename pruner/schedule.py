@@ -50,6 +50,37 @@ class Schedule:
                 remove = max(0, width - keep)
         return remove
 
+    def layer_targets(self, widths: dict[str, int], budget: str = "uniform") -> dict[str, int]:
+        """Units to remove from each layer. ``uniform``: the target share of every layer
+        (layer_target). ``width``: the same total, each layer's share proportional to
+        the square of its width (at most 0.9): wide layers are the redundant ones, and
+        the narrow first layers of a CNN carry every later feature (see README,
+        pruning quality)."""
+        if budget == "uniform" or len(widths) < 2:
+            return {name: self.layer_target(w) for name, w in widths.items()}
+        if budget != "width":
+            raise ConfigError(f"budget must be 'uniform' or 'width', got {budget!r}")
+        total = math.floor(self.target * sum(widths.values()) + 1e-9)
+        cap = {n: min(w - 1, math.floor(0.9 * w)) for n, w in widths.items()}
+        lo, hi = 0.0, 1.0 / min(widths.values()) ** 2
+        for _ in range(100):  # units_l = min(cap, c * w_l^3): bisect c to reach the total
+            c = (lo + hi) / 2
+            got = sum(min(cap[n], c * w**3) for n, w in widths.items())
+            lo, hi = (c, hi) if got < total else (lo, c)
+        share = {n: min(cap[n], hi * w**3) for n, w in widths.items()}
+        out = {n: math.floor(v + 1e-9) for n, v in share.items()}
+        for n in sorted(share, key=lambda n: out[n] - share[n]):  # largest remainders first
+            if sum(out.values()) >= total:
+                break
+            if out[n] < cap[n]:
+                out[n] += 1
+        r = self.round_to
+        for n, w in widths.items():
+            if r > 1 and w > r:
+                keep = max(r, int(math.floor((w - out[n]) / r + 0.5)) * r)
+                out[n] = max(0, w - keep)
+        return out
+
     def layer_quota(self, width: int) -> int:
         """Units one step removes from a layer of ``width`` original units."""
         return max(1, math.ceil(self.step * width - 1e-9))

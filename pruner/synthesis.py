@@ -35,7 +35,8 @@ def synthesize(
     steps: int = 150,
     seed: int = 0,
     lr: float = 0.1,
-    tv: float = 0.05,
+    tv: float = 1.5,
+    jitter: int = 2,
 ) -> np.ndarray:
     """``n`` float32 inputs in the box, shaped like the model's input (see the module doc)."""
     import keras
@@ -63,10 +64,11 @@ def synthesize(
     image = len(shape) == 3
 
     @tf.function
-    def step() -> Any:
+    def step(dy: Any, dx: Any) -> Any:
         with tf.GradientTape() as tape:
             x = lo_t + span * tf.sigmoid(v)
-            outs = probe(x, training=False)
+            seen = tf.roll(x, shift=[dy, dx], axis=[1, 2]) if image and jitter else x
+            outs = probe(seen, training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             loss = 0.0
             for (mean, std), h in zip(stats, outs[:-1], strict=True):
@@ -90,6 +92,7 @@ def synthesize(
         opt.apply_gradients(zip(grad, [v], strict=True))
         return loss
 
-    for _ in range(steps):
-        step()
+    shifts = rng.integers(-jitter, jitter + 1, size=(steps, 2)) if jitter else np.zeros((steps, 2))
+    for dy, dx in shifts.astype(np.int32):
+        step(tf.constant(dy), tf.constant(dx))
     return np.asarray(lo + (hi - lo) * tf.sigmoid(v).numpy(), np.float32)

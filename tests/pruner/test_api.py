@@ -345,14 +345,37 @@ def test_paoding_beats_random_on_bn_after_relu_cnn(bn_after_relu_cnn):
     original 0.98-0.99, paoding 0.74-0.84, random (5 seeds each) 0.22-0.51; the best
     random seed stayed >= 0.22 under paoding."""
     from pruner.evaluate import accuracy
+    from pruner.synthesis import synthesize
 
     model, x, y = bn_after_relu_cnn
     original = accuracy(model, x, y)
-    opts = dict(progress=False, measure_tflite=False, n_random=0, eps=())
-    paoding = accuracy(prune(model, 0.5, "paoding", seed=0, synthetic=128, synthesis_steps=100,
-                             keep_below_floor=True, **opts).model, x, y)
-    randoms = [accuracy(prune(model, 0.5, "random", seed=s, synthetic=0, **opts).model, x, y)
-               for s in range(5)]
+    syn = synthesize(model, InputBox(0.0, 1.0), n=128 + 64, steps=100, seed=0)
+    opts = dict(progress=False, measure_tflite=False, n_random=0, eps=(), synthetic=128,
+                synthetic_inputs=syn, keep_below_floor=True)
+    kept = prune(model, 0.5, "paoding", seed=0, **opts)
+    paoding = accuracy(kept.model, x, y)
+    runs = [prune(model, 0.5, "random", seed=s, **opts) for s in range(5)]
+    randoms = [accuracy(r.model, x, y) for r in runs]
     assert original > 0.95
     assert paoding >= max(randoms) + 0.15
     assert paoding >= original - 0.3
+    # the data-free figure sees it too: every collapsed random run is under the default
+    # floor, and paoding's figure is above every random one's
+    fids = [r.final.data_free_fidelity for r in runs]
+    assert max(fids) < 0.8
+    assert kept.final.data_free_fidelity > max(fids)
+
+
+def test_save_writes_every_file_at_once(model, tmp_path):
+    """PruneResult.save stages the files beside the output and moves them in together;
+    an existing output keeps its other files."""
+    result = prune(model, 0.3, "magnitude", step=0.3, **FAST)
+    out = tmp_path / "run"
+    result.save(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "pruned.keras", "pruned.tflite", "report.json", "report.png"]
+    (out / "notes.txt").write_text("mine")
+    result.save(out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging directory left
+    assert load_model(out / "pruned.keras").count_params() == count_params(result.model)

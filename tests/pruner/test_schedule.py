@@ -35,3 +35,21 @@ def test_pruned_widths_are_multiples():
     result = prune(zoo.ds_cnn(filters=24), schedule=Schedule(0.4, 0.2, round_to=8),
                    mode="magnitude", n_random=0, measure_tflite=False, progress=False)
     assert set(result.final.units.values()) == {16}
+
+
+def test_width_budget_shares_the_target_by_width():
+    """'width' removes the same total as 'uniform', more of the wide layers, less of the
+    narrow first ones, and never more than 90% of a layer."""
+    widths = {"conv1": 16, "conv2": 32, "conv3": 64}
+    for target in (0.1, 0.3, 0.5):
+        s = Schedule(target)
+        uniform = s.layer_targets(widths, "uniform")
+        width = s.layer_targets(widths, "width")
+        assert uniform == {n: s.layer_target(w) for n, w in widths.items()}
+        assert sum(width.values()) == int(target * 112)
+        shares = [width[n] / w for n, w in widths.items()]
+        assert shares == sorted(shares) and shares[0] < target < shares[-1]
+    tight = Schedule(0.8).layer_targets({"a": 4, "b": 100}, "width")
+    assert tight["b"] <= 90 and tight["a"] <= 3
+    with pytest.raises(ConfigError, match="budget"):
+        Schedule(0.3).layer_targets(widths, "sensitivity")

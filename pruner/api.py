@@ -421,7 +421,10 @@ def _run(
         strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
-    goals = schedule.layer_targets(widths0, _budget(cfg, graph))
+    rule = _budget(cfg, graph)
+    goals = schedule.layer_targets(widths0, rule)
+    # width budgets differ between layers: each layer reaches its goal at the last step
+    spread = rule == "width" and scope != "sequential"
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
     meter = _Meter(model, data, box, cfg, check)
@@ -475,12 +478,20 @@ def _run(
                 name = group.name
                 if active is not None and name != active:
                     continue
-                per_step = schedule.layer_quota(widths0[name])
-                if cfg.target > 0 and goals[name]:  # a layer's steps follow its own budget
-                    per_step = max(1, math.ceil(goals[name] * cfg.step / cfg.target - 1e-9))
                 caps[name] = goals[name] - done[name]
-                quotas[name] = min(per_step * (number if one_shot else 1), caps[name])
-                if quotas[name] <= 0:
+                if spread:  # the layer's budget spread evenly: floor(goal * number / steps)
+                    share = min(1.0, number / max(1, schedule.max_steps - 1))
+                    quotas[name] = min(math.floor(goals[name] * share + 1e-9) - done[name],
+                                       caps[name])
+                else:
+                    per_step = schedule.layer_quota(widths0[name])
+                    quotas[name] = min(per_step * (number if one_shot else 1), caps[name])
+            if spread and quotas and max(quotas.values()) <= 0:  # every step removes a unit
+                name = max(caps, key=lambda n: caps[n] / max(1, goals[n]))
+                quotas[name] = min(1, caps[name])
+            for group in graph.groups:
+                name = group.name
+                if quotas.get(name, 0) <= 0:
                     continue
                 ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
                 views.append(UnitView.of(graph, group, ids, bounds, acts.get(group.consumer.name)))

@@ -167,8 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
              "the 360 held-out digits, and [the data-free fidelity]: exp(-KL/0.15), KL the mean "
              "KL divergence from the original's outputs on held-out synthesised inputs and "
              "interpolations between them (no data; the default floor is 0.8). Every mode "
-             "prunes the same number of units from each layer (budget 'auto': in proportion "
-             "to width for these CNNs, uniform for the MLP).", ""]
+             "prunes the same number of units from each layer (budget 'auto': shares growing "
+             "with the square of the width for these CNNs, uniform for the MLP).", ""]
     for name, res in report["models"].items():
         b = res["original"]
         lines += [f"## {name} (original {100 * b['accuracy']:.1f} / {100 * b['fgsm']:.1f} / "

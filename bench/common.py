@@ -161,3 +161,13 @@ def measure_latency(
         }
         for k, v in times.items()
     }
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow once with its import-time notices (absl, oneDNN) kept off the
+    output: a bench prints progress and tables only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tuner.quiet import native_quiet
+
+    with native_quiet():
+        import tensorflow  # noqa: F401

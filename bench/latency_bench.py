@@ -32,6 +32,7 @@ from bench.common import (  # noqa: E402
     machine,
     machine_line,
     measure_latency,
+    quiet_tensorflow,
     write_json,
 )
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="pruning mode (widths, hence latency, are the same for every mode)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    quiet_tensorflow()
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, mode=args.mode)
 
     from tqdm import tqdm

@@ -43,6 +43,7 @@ from bench.common import (  # noqa: E402
     machine,
     machine_line,
     measure_latency,
+    quiet_tensorflow,
     write_json,
 )
 
@@ -507,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality-models", nargs="+", default=None, metavar="NAME",
                    help="quality suite: a subset of its models")
     args = p.parse_args(argv)
+    quiet_tensorflow()
     if args.suite == "quality":
         from bench import prune_quality
 

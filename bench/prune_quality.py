@@ -168,7 +168,8 @@ def markdown(report: dict[str, Any]) -> str:
              "KL divergence from the original's outputs on held-out synthesised inputs and "
              "interpolations between them (no data; the default floor is 0.8). Every mode "
              "prunes the same number of units from each layer (budget 'auto': shares growing "
-             "with the square of the width for these CNNs, uniform for the MLP).", ""]
+             "with the square of the width for the CNNs with BN, uniform for the CNN without BN "
+             "and the MLP).", ""]
     for name, res in report["models"].items():
         b = res["original"]
         lines += [f"## {name} (original {100 * b['accuracy']:.1f} / {100 * b['fgsm']:.1f} / "

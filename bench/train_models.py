@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import MODEL_FILES, SEED, dataset_for  # noqa: E402
+from bench.common import MODEL_FILES, SEED, dataset_for, quiet_tensorflow  # noqa: E402
 
 
 def _functional(name: str, stack: list):  # noqa: ANN201 - keras.Model
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--only", choices=sorted(MODEL_FILES), action="append")
     args = p.parse_args(argv)
+    quiet_tensorflow()
     for name in args.only or list(MODEL_FILES):
         train(name, args.seed)
     return 0

@@ -284,14 +284,17 @@ def _robust_retention(rec: StepRecord, base: StepRecord) -> float | None:
     return min(kept) if kept else None
 
 
-def _budget(cfg: PruneConfig, graph: Any) -> str:
-    """The budget rule of a run: ``auto`` is width for chains of convolutions."""
+def budget_rule(cfg: PruneConfig, graph: Any) -> str:
+    """The budget rule of a run: ``auto`` is width for chains of convolutions with
+    BatchNormalization (their narrow first layers carry every later feature) and
+    uniform otherwise (measured: bench/results/prune_quality.md)."""
     if cfg.budget != "auto":
         return cfg.budget
     conv = not graph.coupled and any(
         type(g.producer).__name__ == "Conv2D" for g in graph.groups
     )
-    return "width" if conv else "uniform"
+    bn = any(type(lay).__name__ == "BatchNormalization" for lay in graph.layers)
+    return "width" if conv and bn else "uniform"
 
 
 def resolve_config(
@@ -421,7 +424,7 @@ def _run(
         strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
-    rule = _budget(cfg, graph)
+    rule = budget_rule(cfg, graph)
     goals = schedule.layer_targets(widths0, rule)
     # width budgets differ between layers: each layer reaches its goal at the last step
     spread = rule == "width" and scope != "sequential"

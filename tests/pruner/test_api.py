@@ -379,3 +379,24 @@ def test_save_writes_every_file_at_once(model, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging directory left
     assert load_model(out / "pruned.keras").count_params() == count_params(result.model)
+
+
+def test_auto_budget_is_by_width_only_for_conv_chains_with_batchnorm():
+    """The measured rule (bench/results/prune_quality.md): width shares help the BN CNNs
+    and cost the CNN without BN; MLPs share uniformly."""
+    import keras
+
+    from pruner.api import budget_rule
+    from pruner.config import PruneConfig
+    from pruner.graph import build_graph
+
+    L = keras.layers
+    plain = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),
+                              L.Conv2D(8, 3, activation="relu"), L.GlobalAveragePooling2D(),
+                              L.Dense(3)])
+    auto = PruneConfig()
+    assert budget_rule(auto, build_graph(convnet())) == "width"
+    assert budget_rule(auto, build_graph(postbn_net())) == "width"
+    assert budget_rule(auto, build_graph(plain)) == "uniform"
+    assert budget_rule(auto, build_graph(mlp())) == "uniform"
+    assert budget_rule(PruneConfig(budget="width"), build_graph(plain)) == "width"

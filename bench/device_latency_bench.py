@@ -164,15 +164,12 @@ def loo_fits(model: ShapeModel, rows, ms: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def summary(errors: np.ndarray) -> dict[str, float]:
-    a = np.abs(errors)
-    return {
-        "n": float(a.size),
-        "median_abs": round(float(np.median(a)), 4),
-        "p90_abs": round(float(np.percentile(a, 90)), 4),
-        "max_abs": round(float(a.max()), 4),
-        "within_10pct": round(float(np.mean(a <= TOLERANCE)), 4),
-        "within_15pct": round(float(np.mean(a <= 0.15)), 4),
-    }
+    """The profiles' error summary, with the share within this bench's +-10% beside it."""
+    from device_profiles.latency import error_summary
+
+    out = error_summary(errors)
+    out["within_10pct"] = round(float(np.mean(np.abs(errors) <= TOLERANCE)), 4)
+    return out
 
 
 def run(write_profiles: bool) -> dict:

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hostcli.options import add_ratio_arguments
+
 MODEL_NAME = "digits_cnn3.keras"
 
 
@@ -91,12 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes", default="paoding,greedy", help="pruning modes to search (default paoding,greedy)"
     )
-    parser.add_argument(
-        "--max-ratio", type=float, default=0.9, help="most units to remove (default 0.9)"
-    )
-    parser.add_argument(
-        "--step", type=float, default=0.1, help="pruning ratio step of the search (default 0.1)"
-    )
+    add_ratio_arguments(parser)
     parser.add_argument(
         "--rounds",
         type=int,

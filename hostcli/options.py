@@ -163,3 +163,16 @@ def bench_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "min_seconds": args.min_seconds,
         "threads": args.threads,
     }
+
+
+def add_ratio_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-ratio and --step: the pruning ratios a tuner search visits."""
+    parser.add_argument(
+        "--max-ratio", type=float, default=0.9, help="most units to remove (default 0.9)"
+    )
+    parser.add_argument(
+        "--step",
+        type=float,
+        default=0.1,
+        help="pruning step as a share of each layer (default 0.1)",
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from hostcli.options import add_trust_arguments, device_key_for
+from hostcli.options import add_ratio_arguments, add_trust_arguments, device_key_for
 from pruner.evaldata import BUNDLED, load_eval_data
 
 
@@ -51,15 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", default="0", help="seeds to search, comma-separated")
     parser.add_argument("--exports", help="export types to search (default: the profile's)")
-    parser.add_argument(
-        "--max-ratio", type=float, default=0.9, help="most units to remove (default 0.9)"
-    )
-    parser.add_argument(
-        "--step",
-        type=float,
-        default=0.1,
-        help="pruning step as a share of each layer (default 0.1)",
-    )
+    add_ratio_arguments(parser)
     parser.add_argument(
         "--per-export",
         type=int,

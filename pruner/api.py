@@ -414,6 +414,14 @@ def _run(
         check = check_set(model, synthetic_inputs[-n_check:], seed)
         if not cfg.compensates:
             synth = None
+    elif graph.coupled and cfg.compensates and cfg.compensation == "reconstruct":
+        if synthetic_inputs is None:  # DAG readers are refitted on these (dag_refit)
+            from pruner.synthesis import synthesize
+
+            synthetic_inputs = synthesize(
+                model, box, n=cfg.synthetic, steps=cfg.synthesis_steps, seed=seed
+            )
+        synth = np.asarray(synthetic_inputs, np.float32)
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, cfg)
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
@@ -469,7 +477,7 @@ def _run(
             bounds = bounds_of(graph, box) if needs_bounds else None
             plan = {}
             acts = {}
-            if synth is not None and activation_scores:
+            if synth is not None and activation_scores and not graph0.coupled:
                 from pruner.compensate import consumer_inputs
 
                 acts = consumer_inputs(source, [g.consumer.name for g in graph.groups], synth)
@@ -516,13 +524,19 @@ def _run(
             if graph0.coupled:  # BN-statistics bias correction unless compensation is "none"
                 correct = not one_shot and cfg.compensation != "none"
                 current = advance(graph, plan, correct)
+                if synth is not None and not one_shot:
+                    from pruner.dag_refit import readers_of, refit
+
+                    ids = {n: np.delete(orig_ids[n], plan[n].remove if n in plan else [])
+                           for n in widths0}
+                    refit(model, current, synth, readers_of(graph, set(plan)), ids, cfg.ridge)
             else:
                 current = apply_plan(source, graph, plan)
             for name in widths0:
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
                 orig_ids[name] = np.delete(base_ids, gone)
-            if synth is not None and cfg.compensation != "none":
+            if synth is not None and cfg.compensation != "none" and not graph0.coupled:
                 from pruner.compensate import correct_biases, reconstruct
 
                 consumers = [g.consumer.name for g in graph.groups]

@@ -30,8 +30,8 @@ prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
 how it grows with the model (alpha 0.35 / 0.5 / 1.0 / 1.4).
 
 Writes bench/results/dag.json, dag.md and dag.png; ``--quality-only`` runs only the
-selection-quality part for paoding with and without the BN-statistics bias correction
-(bench/results/dag_quality.json and .md).
+selection-quality part for paoding with the data-free refit (the default), with the
+BN-statistics bias correction alone, and with neither (bench/results/dag_quality.json and .md).
 """
 
 from __future__ import annotations
@@ -64,10 +64,12 @@ FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 
 QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
          "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
-QUALITY = {"paoding": {}, "paoding (no bias corr.)": {"compensation": "none"},
+QUALITY = {"paoding": {}, "paoding (no refit)": {"compensation": "bias"},
+           "paoding (no bias corr.)": {"compensation": "none"},
            "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {}, "random": {}}
-# --quality-only: paoding with and without the BN-statistics bias correction (dag_bias)
-CORRECTION = ("paoding", "paoding (no bias corr.)")
+# --quality-only: paoding with the refit (dag_refit), with the BN-statistics bias correction
+# alone (dag_bias) and with neither
+CORRECTION = ("paoding", "paoding (no refit)", "paoding (no bias corr.)")
 QUALITY_EPS = 0.01
 
 
@@ -383,13 +385,16 @@ def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dag_quality.json", report)
     md = "\n".join([
-        "# DAG models: paoding with and without the data-free bias correction",
+        "# DAG models: paoding with the data-free refit, the bias correction alone, neither",
         "",
         f"Machine: {machine_line(report['machine'])}, shared with other jobs. Run "
         f"{started} at commit {report.get('commit') or 'unknown'}; "
         f"`python bench/dag_bench.py --quality-only`. The correction (pruner/dag_bias.py) "
         "adds each removed channel's expectation from BatchNormalization statistics to "
-        "its readers' biases (or the moving mean of the BN after them).",
+        "its readers' biases (or the moving mean of the BN after them); the refit "
+        "(pruner/dag_refit.py, the default) then refits every Dense/Conv2D reader of the "
+        "step's pruned channels by ridge least squares on inputs synthesised from those "
+        "statistics (`compensation='bias'`: correction alone).",
         "",
         *_quality_md(selection, CORRECTION),
     ])

@@ -356,7 +356,8 @@ def prune_steps(
 
     With ``synthetic`` > 0 (the default) paoding and greedy score pairs on the
     activations the consumer reads on synthesised inputs and refit each
-    consumer after every step (``compensation``); a held-out part of the
+    consumer after every step (``compensation``; on DAG models the Dense/Conv2D
+    readers of the pruned channels, pruner.dag_refit); a held-out part of the
     synthesised batch gives the data-free fidelity of every step. Scope:
     ``"global"`` walks the pairs of all layers together each step;
     ``"sequential"`` prunes one layer at a time, front to back (opt-in, see

@@ -36,6 +36,11 @@ def _inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     }
 
 
+def layer_inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input tensor of each named layer on x (its shape kept)."""
+    return _inputs(model, names, x)
+
+
 def consumer_inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """Each named layer's input on x as [rows, channels] (positions become rows)."""
     return {n: v.reshape(-1, v.shape[-1]) for n, v in _inputs(model, names, x).items()}

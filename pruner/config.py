@@ -64,7 +64,9 @@ class PruneConfig:
     them activation-based pair scores and compensation), ``synthesis_steps``,
     ``compensation`` (``reconstruct``: ridge least squares refit of each
     consumer on the synthesised inputs, ``ridge`` its strength; ``bias``: bias
-    correction only; ``none``), ``pair_scores`` (pair saliency from the
+    correction only; ``none``; on DAG models ``reconstruct`` refits the Dense/Conv2D
+    readers of pruned channels, pruner.dag_refit, and ``bias`` keeps the closed-form
+    BN-statistics correction alone), ``pair_scores`` (pair saliency from the
     ``activations`` the consumer reads on the synthesised inputs, or from the
     ``weights``; ``auto``: activations when the model has a BatchNormalization
     or a convolution, whose statistics the synthesis matches, weights for plain

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.compensate import _inputs, patches, preactivation
+from pruner.compensate import layer_inputs, patches, preactivation
 from pruner.dag import DagGraph
 from pruner.dag_surgery import as_model
 
@@ -64,7 +64,7 @@ def refit(
     names = [n for n in names if kept.get(n, "free") is not None]
     if not names or arrays is None:
         return graph
-    ref = _inputs(original, names, x)
+    ref = layer_inputs(original, names, x)
     for name in names:
         layer, olayer = model.get_layer(name), original.get_layer(name)
         keep = kept.get(name, "free")
@@ -75,7 +75,7 @@ def refit(
         kernel = weights[0]
         fan_in, k = int(np.prod(kernel.shape[:-1])), kernel.shape[-1]
         bn = None if layer.use_bias else _bn_child(model, layer)
-        a = patches(layer, _inputs(model, [name], x)[name]).astype(np.float64)
+        a = patches(layer, layer_inputs(model, [name], x)[name]).astype(np.float64)
         z = target.reshape(-1, k).astype(np.float64)
         w0 = kernel.reshape(fan_in, k).astype(np.float64)
         if layer.use_bias or bn is not None:

@@ -22,8 +22,8 @@ from pruner.bounds import conv2d
 BATCH = 256
 
 
-def _inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """The input tensor of each named layer on x."""
+def layer_inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input tensor of each named layer on x (its shape kept)."""
     import keras
 
     layers = [model.get_layer(n) for n in names]
@@ -36,14 +36,9 @@ def _inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray
     }
 
 
-def layer_inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-    """The input tensor of each named layer on x (its shape kept)."""
-    return _inputs(model, names, x)
-
-
 def consumer_inputs(model: Any, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
     """Each named layer's input on x as [rows, channels] (positions become rows)."""
-    return {n: v.reshape(-1, v.shape[-1]) for n, v in _inputs(model, names, x).items()}
+    return {n: v.reshape(-1, v.shape[-1]) for n, v in layer_inputs(model, names, x).items()}
 
 
 def preactivation(layer: Any, inp: np.ndarray) -> np.ndarray:
@@ -77,11 +72,11 @@ def correct_biases(
     names = [n for n in names if pruned.get_layer(n).use_bias]
     if not names:
         return pruned
-    ref = _inputs(original, names, x)
+    ref = layer_inputs(original, names, x)
     for name in names:
         layer = pruned.get_layer(name)
         target = _target(original, name, ref, kept)
-        now = preactivation(layer, _inputs(pruned, [name], x)[name])
+        now = preactivation(layer, layer_inputs(pruned, [name], x)[name])
         delta = (target - now).reshape(-1, target.shape[-1]).mean(axis=0)
         kernel, bias = layer.get_weights()[:2]
         layer.set_weights([kernel, (bias + delta).astype(bias.dtype)])
@@ -106,6 +101,14 @@ def patches(layer: Any, inp: np.ndarray) -> np.ndarray:
     return out.reshape(-1, out.shape[-1])
 
 
+def ridge_fit(a: np.ndarray, z: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """argmin_w |a w - z|^2 / rows + lam |w - w0|^2, lam = ridge x the mean diagonal of
+    a's Gram matrix: a least-squares refit pulled towards the current weights w0."""
+    gram = a.T @ a / len(a)
+    lam = ridge * float(np.trace(gram)) / gram.shape[0]
+    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), a.T @ z / len(a) + lam * w0)
+
+
 def reconstruct(
     original: Any,
     pruned: Any,
@@ -121,23 +124,20 @@ def reconstruct(
     the mean squared input, so few inputs cannot move the weights far.
     """
     kept = kept or {}
-    ref = _inputs(original, names, x)
+    ref = layer_inputs(original, names, x)
     for name in names:
         layer = pruned.get_layer(name)
         target = _target(original, name, ref, kept)
         weights = layer.get_weights()
         kernel = weights[0]
         fan_in, k = int(np.prod(kernel.shape[:-1])), kernel.shape[-1]
-        a = patches(layer, _inputs(pruned, [name], x)[name]).astype(np.float64)
+        a = patches(layer, layer_inputs(pruned, [name], x)[name]).astype(np.float64)
         z = target.reshape(-1, k).astype(np.float64)
         w0 = kernel.reshape(fan_in, k).astype(np.float64)
         if layer.use_bias:
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             w0 = np.concatenate([w0, weights[1][None, :].astype(np.float64)], axis=0)
-        gram = a.T @ a / len(a)
-        lam = ridge * float(np.trace(gram)) / gram.shape[0]
-        rhs = a.T @ z / len(a) + lam * w0
-        w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), rhs)
+        w = ridge_fit(a, z, w0, ridge)
         new = [w[:fan_in].reshape(kernel.shape).astype(kernel.dtype)]
         if layer.use_bias:
             new.append(w[fan_in].astype(weights[1].dtype))

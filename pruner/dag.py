@@ -223,6 +223,15 @@ class DagGraph(GroupedGraph):
 
         return [n.op for n in self.nodes if isinstance(n.op, keras.layers.Layer)]
 
+    def sole_bn_after(self, layer: Any) -> Any:
+        """The BatchNormalization that is ``layer``'s only consumer, or None (where a
+        bias-free reader's intercept goes: that BN's moving mean)."""
+        at = next(i for i, n in enumerate(self.nodes) if n.op is layer)
+        kids = [i for i, n in enumerate(self.nodes) if at in n.parents]
+        if len(kids) == 1 and self.nodes[kids[0]].key == "BatchNormalization":
+            return self.nodes[kids[0]].op
+        return None
+
     def params(self) -> int:
         """count_params of the model this graph describes, without building it."""
         if self.store.arrays is None:

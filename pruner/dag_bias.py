@@ -133,10 +133,6 @@ def correct_biases(
     input rows. Returns the lost expectation per corrected reader."""
     means = channel_means(graph)
     index = {id(n.op): i for i, n in enumerate(graph.nodes)}
-    children: dict[int, list[int]] = {}
-    for i, n in enumerate(graph.nodes):
-        for q in n.parents:
-            children.setdefault(q, []).append(i)
     readers = {m.layer.name: m for g in graph.groups for m in g.readers if m.params in _READERS}
     lost_by: dict[str, np.ndarray] = {}
     for name, m in readers.items():
@@ -155,10 +151,9 @@ def correct_biases(
         if m.layer.use_bias:
             w[1] += lost.astype(w[1].dtype)
         else:
-            kids = children.get(node, [])
-            if len(kids) != 1 or graph.nodes[kids[0]].key != "BatchNormalization":
+            bn = graph.sole_bn_after(m.layer)
+            if bn is None:
                 continue
-            bn = graph.nodes[kids[0]].op
             mm = _bn_values(bn, weights[bn.name])["moving_mean"]
             mm -= lost.astype(mm.dtype)
         lost_by[name] = lost

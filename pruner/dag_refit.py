@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pruner.compensate import layer_inputs, patches, preactivation
+from pruner.compensate import layer_inputs, patches, preactivation, ridge_fit
 from pruner.dag import DagGraph
 from pruner.dag_surgery import as_model
 
@@ -32,13 +32,6 @@ def _kept_out(graph: DagGraph, orig_ids: dict[str, np.ndarray]) -> dict[str, np.
             whole = m.offset == 0 and m.total in (0, g.width)
             out[m.layer.name] = orig_ids[g.name] if whole else None
     return out
-
-
-def _bn_child(model: Any, layer: Any) -> Any:
-    kids = [n.operation for n in layer._outbound_nodes]
-    if len(kids) == 1 and type(kids[0]).__name__ == "BatchNormalization":
-        return kids[0]
-    return None
 
 
 def readers_of(graph: DagGraph, removed: set[str]) -> list[str]:
@@ -74,7 +67,8 @@ def refit(
         weights = layer.get_weights()
         kernel = weights[0]
         fan_in, k = int(np.prod(kernel.shape[:-1])), kernel.shape[-1]
-        bn = None if layer.use_bias else _bn_child(model, layer)
+        bn = None if layer.use_bias else graph.sole_bn_after(graph.model.get_layer(name))
+        bn = None if bn is None else model.get_layer(bn.name)
         a = patches(layer, layer_inputs(model, [name], x)[name]).astype(np.float64)
         z = target.reshape(-1, k).astype(np.float64)
         w0 = kernel.reshape(fan_in, k).astype(np.float64)
@@ -88,9 +82,7 @@ def refit(
                 c0 = (mm0 - bw[-2]).astype(np.float64)
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             w0 = np.concatenate([w0, c0[None, :]], axis=0)
-        gram = a.T @ a / len(a)
-        lam = ridge * float(np.trace(gram)) / gram.shape[0]
-        w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), a.T @ z / len(a) + lam * w0)
+        w = ridge_fit(a, z, w0, ridge)
         new = [w[:fan_in].reshape(kernel.shape).astype(kernel.dtype)]
         if layer.use_bias:
             new.append(w[fan_in].astype(weights[1].dtype))

@@ -476,6 +476,8 @@ def _run(
                 source = current
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
             bounds = bounds_of(graph, box) if needs_bounds else None
+            if graph0.coupled and synth is not None and hasattr(strategy, "observe"):
+                strategy.observe(graph, synth)  # activation-aware DAG saliency (coupled.py)
             plan = {}
             acts = {}
             if synth is not None and activation_scores and not graph0.coupled:

@@ -20,7 +20,7 @@ ATTACKS = ("fgsm", "pgd")
 TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
 PAIR_SCORES = ("auto", "activations", "weights")
-DAG_SALIENCIES = ("group", "bounds")
+DAG_SALIENCIES = ("group", "bounds", "activations", "energy")
 BUDGETS = ("auto", "uniform", "width")
 
 

@@ -96,6 +96,63 @@ class BoundSaliency:
         return total
 
 
+class ActivationSaliency:
+    """What removing a channel leaves at its readers on synthesised inputs.
+
+    Per reader, channel u's input statistic times the squared norm of the reader's
+    kernel rows for u (a SeparableConv2D: depthwise times pointwise), summed over
+    the group's readers: the expected squared change of the readers'
+    pre-activations, exact per position for a 1x1 or Dense reader. ``statistic``:
+    ``energy`` is E[a_u^2] (nothing compensates); ``refit`` is a_u's variance left
+    once the reader's other input channels predict it linearly (what the ridge
+    refit of pruner.dag_refit cannot undo; OBS for a linear reader). The
+    statistics come from ``observe`` (pruner.dag_stats, once per step); without
+    them, GroupSaliency."""
+
+    def __init__(self, statistic: str = "refit", ridge: float = 1e-2) -> None:
+        self.statistic, self.ridge = statistic, ridge
+        self.stats: dict[str, Any] = {}
+        self._var: dict[str, np.ndarray] = {}
+
+    def observe(self, graph: Any, x: np.ndarray) -> None:
+        from pruner.dag_stats import reader_stats
+
+        self.stats, self._var = reader_stats(graph, x), {}
+
+    def _statistic(self, name: str) -> np.ndarray:
+        if name not in self._var:
+            st = self.stats[name]
+            if self.statistic == "energy":
+                self._var[name] = np.diag(st.cov) + st.mean**2
+            else:
+                self._var[name] = st.conditional_variance(self.ridge)
+        return self._var[name]
+
+    def __call__(self, view: UnitView) -> np.ndarray:
+        group = view.group
+        if not isinstance(group, ChannelGroup) or any(
+            m.layer.name not in self.stats for m in group.readers
+        ) or not group.readers:
+            return GroupSaliency()(view)
+        n = group.width
+        units = np.arange(n)
+        total = np.zeros(n)
+        for m in group.readers:
+            var = self._statistic(m.layer.name)
+            w = group.store(m.layer)
+            if m.params == "dense":
+                idx = m.rows(units)  # [n, positions]
+                total += (var[idx] * (w[0][idx] ** 2).sum(axis=-1)).sum(axis=1)
+            elif m.params == "conv":
+                k = np.moveaxis(w[0], -2, 0)[m.offset + units].reshape(n, -1)
+                total += var[m.offset + units] * (k**2).sum(axis=1)
+            else:  # separable
+                dw = np.moveaxis(w[0], 2, 0)[m.offset + units].reshape(n, -1)
+                pw = w[1][0, 0][m.offset + units]
+                total += var[m.offset + units] * (dw**2).sum(axis=1) * (pw**2).sum(axis=1)
+        return total
+
+
 class GroupL1:
     """L1 norm of each channel's filters, summed over the group's producers (magnitude)."""
 
@@ -112,11 +169,13 @@ class GroupL1:
 
 def coupled_strategy(mode: str, rng: np.random.Generator, saliency: str = "group") -> Any:
     """The strategy of ``mode`` for a graph of coupled channel groups; ``saliency`` ranks
-    paoding's removals (``group``: GroupSaliency, ``bounds``: BoundSaliency)."""
+    paoding's removals (``group``: GroupSaliency, ``bounds``: BoundSaliency,
+    ``activations``/``energy``: ActivationSaliency with the refit/energy statistic)."""
     from pruner.criteria import RandomScore
 
     if mode in ("paoding", "greedy"):
-        ranking = BoundSaliency() if saliency == "bounds" else GroupSaliency()
+        ranking = {"bounds": BoundSaliency, "activations": ActivationSaliency,
+                   "energy": lambda: ActivationSaliency("energy")}.get(saliency, GroupSaliency)()
         return CoupledSelection(ranking=OneShotRanking(ranking))
     if mode == "baseline":
         return CoupledSelection(OneShotPairs())
@@ -172,3 +231,9 @@ class CoupledSelection:
             if len(plan.remove) >= quota:
                 return plan
         return self.ranking.select(view, quota, step)
+
+    def observe(self, graph: Any, x: np.ndarray) -> None:
+        """Hand a step's graph and synthesised inputs to a ranking that reads activations."""
+        criterion = getattr(self.ranking, "criterion", None)
+        if hasattr(criterion, "observe"):
+            criterion.observe(graph, x)

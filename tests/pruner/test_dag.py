@@ -296,3 +296,54 @@ def test_bound_saliency_bounds_the_readers_change(pattern):
             seen = max(seen, float(change.max()))
             checked += 1
     assert checked > 0 and seen > 0
+
+
+def test_activation_saliency_is_the_readers_change_and_sees_duplicates():
+    """``energy``: the mean squared change of the 1x1/Dense readers' pre-activations when
+    the channel is zeroed at their inputs; ``refit``: a channel that another one copies
+    exactly leaves (almost) nothing a refit cannot undo, however large its weights."""
+    from pruner.compensate import layer_inputs, preactivation
+    from pruner.coupled import ActivationSaliency, GroupSaliency, coupled_strategy
+    from pruner.criteria import UnitView
+
+    model = zoo.ds_cnn((12, 12, 1), classes=3, filters=6, blocks=2, seed=0)
+    conv = next(lay for lay in model.layers if type(lay).__name__ == "Conv2D")
+    dw, pw = model.get_layer("dw0"), model.get_layer("pw0")
+    bns = [lay for lay in model.layers if type(lay).__name__ == "BatchNormalization"][:2]
+    for lay in (conv, dw, *bns):  # channel 1 copies channel 0 up to pw0's input
+        w = lay.get_weights()
+        w = [np.moveaxis(a, 2, 0) if lay is dw else np.moveaxis(a, -1, 0) for a in w]
+        for a in w:
+            a[1] = a[0]
+        lay.set_weights([np.moveaxis(a, 0, 2) if lay is dw else np.moveaxis(a, 0, -1)
+                         for a in w])
+    k = pw.get_weights()
+    k[0][:, :, :2] *= 10.0  # the copies have the largest outgoing weights
+    pw.set_weights(k)
+    graph = build_graph(model)
+    group = next(g for g in graph.groups if g.producer is conv)
+    x = _x(model, n=16, seed=4)
+    view = UnitView.of(graph, group, np.arange(group.width))
+    assert set(np.argsort(GroupSaliency()(view))[:2]).isdisjoint({0, 1})
+
+    energy = ActivationSaliency("energy")
+    energy.observe(graph, x)
+    score = base = energy(view)
+    inputs = layer_inputs(model, [m.layer.name for m in group.readers], x)
+    for u in range(group.width):
+        change = 0.0
+        for m in group.readers:
+            a = inputs[m.layer.name]
+            cut = a.copy()
+            cut[..., m.offset + u] = 0.0
+            d = preactivation(m.layer, a) - preactivation(m.layer, cut)
+            change += float((d.astype(np.float64) ** 2).sum(axis=-1).mean())
+        np.testing.assert_allclose(score[u], change, rtol=1e-3, atol=1e-9)
+
+    strategy = coupled_strategy("paoding", np.random.default_rng(0), "activations")
+    strategy.observe(graph, x)  # what prune_steps does each step with the synthesised inputs
+    refit = strategy.ranking.criterion
+    assert refit.statistic == "refit" and {"pw0", "pw1"} <= set(refit.stats)
+    refit.ridge = 1e-6
+    left = refit(view) / np.maximum(base, 1e-30)  # share of the change a refit keeps
+    assert left[:2].max() < 1e-3 and left[2:].max() > 1e-2

@@ -285,14 +285,13 @@ def _robust_retention(rec: StepRecord, base: StepRecord) -> float | None:
 
 
 def budget_rule(cfg: PruneConfig, graph: Any) -> str:
-    """The budget rule of a run: ``auto`` is width for chains of convolutions with
-    BatchNormalization (their narrow first layers carry every later feature) and
-    uniform otherwise (measured: bench/results/prune_quality.md)."""
+    """The budget rule of a run: ``auto`` is width for convolutional models with
+    BatchNormalization, chains or DAGs (their narrow layers carry every later feature;
+    MobileNetV2's narrow residual groups most of all) and uniform otherwise (measured:
+    bench/results/prune_quality.md, bench/results/dag_selection.md)."""
     if cfg.budget != "auto":
         return cfg.budget
-    conv = not graph.coupled and any(
-        type(g.producer).__name__ == "Conv2D" for g in graph.groups
-    )
+    conv = any(type(g.producer).__name__ == "Conv2D" for g in graph.groups)
     bn = any(type(lay).__name__ == "BatchNormalization" for lay in graph.layers)
     return "width" if conv and bn else "uniform"
 

@@ -73,8 +73,10 @@ class PruneConfig:
     MLPs, where synthesised inputs are a poor stand-in and the weight rule is
     exact). ``dag_saliency``: how paoding ranks coupled channels on DAG models
     (``group``: DFPC-style weight saliency; ``bounds``: sound interval bounds over
-    the input box, see coupled.BoundSaliency). Input box ``input_lo``/``input_hi``.
-    Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
+    the input box, see coupled.BoundSaliency; ``activations``/``energy``: what a
+    removal leaves at the readers on the synthesised inputs, with the DAG refit,
+    see coupled.ActivationSaliency and bench/results/dag_selection.md).
+    Input box ``input_lo``/``input_hi``. Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs, ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
     data-free top-1 agreement with the original below which pruning stops and

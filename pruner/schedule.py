@@ -74,11 +74,12 @@ class Schedule:
                 break
             if out[n] < cap[n]:
                 out[n] += 1
-        r = self.round_to
-        for n, w in widths.items():
+        for n, w in widths.items():  # rounding as in layer_target
+            r = self.round_to or auto_multiple(w)
             if r > 1 and w > r:
                 keep = max(r, int(math.floor((w - out[n]) / r + 0.5)) * r)
-                out[n] = max(0, w - keep)
+                if keep < w or self.round_to != AUTO:
+                    out[n] = max(0, w - keep)
         return out
 
     def layer_quota(self, width: int) -> int:

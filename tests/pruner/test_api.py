@@ -381,9 +381,9 @@ def test_save_writes_every_file_at_once(model, tmp_path):
     assert load_model(out / "pruned.keras").count_params() == count_params(result.model)
 
 
-def test_auto_budget_is_by_width_only_for_conv_chains_with_batchnorm():
-    """The measured rule (bench/results/prune_quality.md): width shares help the BN CNNs
-    and cost the CNN without BN; MLPs share uniformly."""
+def test_auto_budget_is_by_width_only_for_conv_models_with_batchnorm():
+    """The measured rule (bench/results/prune_quality.md, dag_selection.md): width shares
+    help the BN CNNs, chains and DAGs, and cost the CNN without BN; MLPs share uniformly."""
     import keras
 
     from pruner.api import budget_rule
@@ -400,3 +400,10 @@ def test_auto_budget_is_by_width_only_for_conv_chains_with_batchnorm():
     assert budget_rule(auto, build_graph(plain)) == "uniform"
     assert budget_rule(auto, build_graph(mlp())) == "uniform"
     assert budget_rule(PruneConfig(budget="width"), build_graph(plain)) == "width"
+    from pruner import zoo
+
+    for dag in (zoo.ds_cnn((12, 12, 1), classes=3, filters=8, blocks=1),
+                zoo.mobilenet_v2((32, 32, 3), alpha=0.35, classes=3)):  # coupled groups too
+        graph = build_graph(dag)
+        assert graph.coupled and budget_rule(auto, graph) == "width"
+    assert budget_rule(PruneConfig(budget="uniform"), graph) == "uniform"

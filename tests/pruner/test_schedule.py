@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ConfigError
-from pruner.schedule import Schedule
+from pruner.schedule import Schedule, auto_multiple
 
 
 def test_round_to_keeps_multiples():
@@ -42,14 +42,18 @@ def test_width_budget_shares_the_target_by_width():
     narrow first ones, and never more than 90% of a layer."""
     widths = {"conv1": 16, "conv2": 32, "conv3": 64}
     for target in (0.1, 0.3, 0.5):
-        s = Schedule(target)
+        s = Schedule(target, round_to=1)
         uniform = s.layer_targets(widths, "uniform")
         width = s.layer_targets(widths, "width")
         assert uniform == {n: s.layer_target(w) for n, w in widths.items()}
         assert sum(width.values()) == int(target * 112)
         shares = [width[n] / w for n, w in widths.items()]
         assert shares == sorted(shares) and shares[0] < target < shares[-1]
-    tight = Schedule(0.8).layer_targets({"a": 4, "b": 100}, "width")
+        auto = Schedule(target).layer_targets(widths, "width")  # AUTO: SIMD multiples kept
+        for n, w in widths.items():  # or, as layer_target, exact where it rounds to unpruned
+            m = auto_multiple(w)
+            assert (w - auto[n]) % m == 0 or auto[n] == width[n] <= m / 2
+    tight = Schedule(0.8, round_to=1).layer_targets({"a": 4, "b": 100}, "width")
     assert tight["b"] <= 90 and tight["a"] <= 3
     with pytest.raises(ConfigError, match="budget"):
         Schedule(0.3).layer_targets(widths, "sensitivity")

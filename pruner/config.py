@@ -57,7 +57,8 @@ class PruneConfig:
     see schedule.Schedule), ``budget`` (how the target is shared between layers:
     ``uniform``, the same share of every layer; ``width``, shares proportional
     to the square of the layers' widths; ``auto``, width for convolutional
-    chains with BatchNormalization and uniform otherwise). Selection: ``mode``, ``scope``, ``seed``; annealing
+    models with BatchNormalization, chains or DAGs, and uniform otherwise). Selection:
+    ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:
     ``synthetic`` inputs synthesised from the model (0 turns them off, and with

@@ -154,23 +154,99 @@ def _models() -> dict[str, Any]:
     }
 
 
-def prune_time(alpha: float, mode: str) -> dict[str, Any]:
-    """Seconds to prune MobileNetV2(alpha) to 30% in 5% steps, without evaluation."""
+TIMED = {"default": {}, "no synthesis": {"synthetic": 0}}  # prune_time's variants
+
+
+def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
+    """Seconds to prune MobileNetV2(alpha) to 30% in 5% steps without evaluation data:
+    the default configuration (synthesis, refit, data-free fidelity, TFLite size first
+    and last) and without synthesis (synthetic=0: no refit, fidelity on random inputs)."""
     from pruner import zoo
     from pruner.api import prune
     from pruner.metrics import count_params
 
     with native_quiet():
         model = zoo.mobilenet_v2((96, 96, 3), alpha=alpha, classes=10)
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            result = prune(model, 0.3, mode, step=0.05, round_to=1, n_random=0,
-                           measure_tflite=False, progress=False)
-            times.append(time.perf_counter() - t)
+        seconds: dict[str, list[float]] = {k: [] for k in TIMED}
+        for label, options in TIMED.items():
+            for _ in range(repeats):
+                t = time.perf_counter()
+                result = prune(model, 0.3, mode, step=0.05, keep_below_floor=True,
+                               progress=False, **options)
+                seconds[label].append(time.perf_counter() - t)
     return {"alpha": alpha, "params": count_params(model), "layers": len(model.layers),
             "steps": len(result.trajectory) - 1, "ratio": result.final.ratio,
-            "seconds": float(np.median(times)), "seconds_all": times}
+            "seconds": {k: float(np.median(v)) for k, v in seconds.items()},
+            "seconds_all": seconds}
+
+
+def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    """prune_time for every alpha of ``cfg``, after a warm-up run."""
+    print("pruning time, MobileNetV2 to 30% ...", file=sys.stderr)
+    with native_quiet():
+        from pruner import zoo
+        from pruner.api import prune
+
+        prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
+    timing = []
+    for a in cfg["alphas"]:
+        timing.append(prune_time(a, mode))
+        row = timing[-1]
+        print(f"  alpha {row['alpha']}: {row['params']} params, "
+              + ", ".join(f"{v:.1f} s {k}" for k, v in row["seconds"].items()), file=sys.stderr)
+    return timing
+
+
+def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
+    """The pruning-time section alone: dag_time.json, .md and .png."""
+    timing = timings(cfg, cfg["mode"])
+    report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
+              "prune_time": timing, "wall_seconds": time.perf_counter() - t0}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "dag_time.json", report)
+    md = "\n".join([
+        "# Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
+        "",
+        f"Machine: {machine_line(report['machine'])}. Run {started} at commit "
+        f"{report.get('commit') or 'unknown'}; `python bench/dag_bench.py --timing-only`. "
+        "No evaluation data; medians of 3 runs. default: synthesised inputs, the per-step "
+        "refit, the data-free fidelity figure and the TFLite size of the first and last "
+        "model; no synthesis: `synthetic=0`.",
+        "",
+        *_timing_md(timing),
+    ])
+    (out / "dag_time.md").write_text(md, encoding="utf-8")
+    plot_timing(report, out / "dag_time.png")
+    print(md)
+    return 0
+
+
+def plot_timing(report: dict[str, Any], path: Path) -> None:
+    """Seconds against parameters, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    timing = report["prune_time"]
+    for label in TIMED:
+        ax.plot([t["params"] / 1e6 for t in timing], [t["seconds"][label] for t in timing],
+                "o-", label=label)
+    for t in timing:
+        ax.annotate(f"alpha {t['alpha']}", (t["params"] / 1e6, t["seconds"]["default"]),
+                    fontsize=7, xytext=(3, 4), textcoords="offset points")
+    ax.axhline(60, color="k", ls=":", lw=1, label="goal: 60 s")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("seconds to 30%")
+    ax.set_title("MobileNetV2 pruning time\n" + machine_line(report["machine"]), fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def activations(model: Any) -> int:
@@ -283,24 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality-only", action="store_true",
                    help="only paoding's accuracy with and without bias correction "
                         "(dag_quality.md/.json)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="only the pruning time of MobileNetV2 (dag_time.md/.json/.png)")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, mode=args.mode)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
     if args.quality_only:
         return quality_only(cfg, started, t0, args.out)
-    print("pruning time, MobileNetV2 to 30% ...", file=sys.stderr)
-    with native_quiet():
-        from pruner import zoo
-        from pruner.api import prune
-
-        prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
-    timing = []
-    for a in cfg["alphas"]:
-        timing.append(prune_time(a, args.mode))
-        row = timing[-1]
-        print(f"  alpha {row['alpha']}: {row['params']} params, {row['seconds']:.1f} s",
-              file=sys.stderr)
+    if args.timing_only:
+        return timing_only(cfg, started, t0, args.out)
+    timing = timings(cfg, args.mode)
     print(f"ds_cnn: {len(cfg['widths'])} uniform widths, {cfg['runs']} runs each ...",
           file=sys.stderr)
     sweep = width_sweep(cfg["widths"], cfg["runs"])
@@ -362,19 +431,27 @@ def markdown(report: dict[str, Any]) -> str:
     out += [
         "## Pruning time (MobileNetV2, 96x96x3, to 30% in 5% steps, no evaluation)",
         "",
-        "| alpha | params | layers | steps | ratio reached | seconds (median of 3) |",
-        "|---|---|---|---|---|---|",
     ]
-    for t in report["prune_time"]:
-        out.append(f"| {t['alpha']} | {t['params']} | {t['layers']} | {t['steps']} | "
-                   f"{t['ratio']:.3f} | {t['seconds']:.1f} |")
-    if len(report["prune_time"]) > 1:
-        a, b = report["prune_time"][0], report["prune_time"][-1]
-        out += ["", f"From {a['params']} to {b['params']} parameters "
-                f"({b['params'] / a['params']:.1f}x, same layer count) the time grows "
-                f"{b['seconds'] / a['seconds']:.2f}x."]
-    out.append("")
+    out += _timing_md(report["prune_time"])
     return "\n".join(out)
+
+
+def _timing_md(timing: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "| alpha | params | layers | ratio reached | "
+        + " | ".join(f"seconds, {k}" for k in TIMED) + " |",
+        "|---|---|---|---|" + "---|" * len(TIMED),
+    ]
+    for t in timing:
+        out.append(f"| {t['alpha']} | {t['params']} | {t['layers']} | {t['ratio']:.3f} | "
+                   + " | ".join(f"{t['seconds'][k]:.1f}" for k in TIMED) + " |")
+    if len(timing) > 1:
+        a, b = timing[0], timing[-1]
+        grows = ", ".join(f"{b['seconds'][k] / a['seconds'][k]:.2f}x ({k})" for k in TIMED)
+        out += ["", f"From {a['params']} to {b['params']} parameters "
+                f"({b['params'] / a['params']:.1f}x, same layer count) the time grows {grows}."]
+    out.append("")
+    return out
 
 
 def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:

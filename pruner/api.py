@@ -218,33 +218,39 @@ class _Meter:
             from pruner.fidelity import probabilities
 
             self.check_probs = probabilities(reference, check)
-        self.random_x = None
-        if cfg.n_random > 0:
-            from pruner.evaluate import random_inputs
+        self.random_x = self.random_top = self.data_top = None
+        from pruner.evaluate import predict, random_inputs
 
+        if cfg.n_random > 0:
             shape = tuple(int(d) for d in reference.inputs[0].shape[1:])
             self.random_x = random_inputs(box, shape, cfg.n_random, cfg.seed)
+            self.random_top = predict(reference, self.random_x).argmax(axis=-1)
+        if data is not None:  # the reference's answers, for agreement with it
+            self.data_top = predict(reference, data[0]).argmax(axis=-1)
 
-    def __call__(self, current: Any, step: int, ratio: float, units: dict[str, int]) -> StepRecord:
+    def tflite_bytes(self, current: Any) -> int:
+        """Size of the float32 TFLite export (seconds on large models: first and last step)."""
+        from pruner.export import export_tflite
+
+        return len(export_tflite(as_model(current)))
+
+    def __call__(self, current: Any, step: int, ratio: float, units: dict[str, int],
+                 tflite: bool = False) -> StepRecord:
         if isinstance(current, DagGraph):  # sizes from the arrays: no model to build
             rec = StepRecord(step, ratio, units, current.params(), current.macs())
         else:
             rec = StepRecord(step, ratio, units, count_params(current), count_macs(current))
         model = current
-        if self.cfg.measure_tflite or self.data is not None or self.random_x is not None or (
-            self.check is not None
-        ):
+        if self.data is not None or self.random_x is not None or self.check is not None:
             model = as_model(current)
-        if self.cfg.measure_tflite:
-            from pruner.export import export_tflite
-
-            rec.tflite_bytes = len(export_tflite(model))
+        if tflite and self.cfg.measure_tflite:
+            rec.tflite_bytes = self.tflite_bytes(current)
         from pruner import evaluate
 
         if self.data is not None:
             x, y = self.data
             rec.accuracy = evaluate.accuracy(model, x, y)
-            rec.fidelity = evaluate.fidelity(self.reference, model, x)
+            rec.fidelity = evaluate.accuracy(model, x, self.data_top)
             if self.cfg.eps and self.cfg.attacks:
                 rec.robust = {
                     attack: {
@@ -263,7 +269,7 @@ class _Meter:
                     for attack in self.cfg.attacks
                 }
         if self.random_x is not None:
-            rec.fidelity_random = evaluate.fidelity(self.reference, model, self.random_x)
+            rec.fidelity_random = evaluate.accuracy(model, self.random_x, self.random_top)
         if self.check is not None:
             from pruner.fidelity import measure
 
@@ -397,7 +403,7 @@ def _run(
     if stop.needs_eval and data is None:
         raise ConfigError("accuracy or robustness floors need eval_data")
     synth = check = None
-    if cfg.synthetic > 0 and not graph.coupled:  # coupled: random box inputs for fidelity
+    if cfg.synthetic > 0:  # inputs made from the model: refits, scores and the fidelity figure
         n_check = max(32, cfg.synthetic // 2)
         if synthetic_inputs is None:
             from pruner.synthesis import synthesize
@@ -412,16 +418,9 @@ def _run(
 
         synth = synthetic_inputs[:-n_check]
         check = check_set(model, synthetic_inputs[-n_check:], seed)
-        if not cfg.compensates:
+        # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
+        if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
             synth = None
-    elif graph.coupled and cfg.compensates and cfg.compensation == "reconstruct":
-        if synthetic_inputs is None:  # DAG readers are refitted on these (dag_refit)
-            from pruner.synthesis import synthesize
-
-            synthetic_inputs = synthesize(
-                model, box, n=cfg.synthetic, steps=cfg.synthesis_steps, seed=seed
-            )
-        synth = np.asarray(synthetic_inputs, np.float32)
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, cfg)
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
@@ -456,7 +455,7 @@ def _run(
     bar = tqdm(total=n_steps, disable=not progress, desc=f"prune {mode}", unit="step")
     try:
         t = time.perf_counter()
-        base = meter(model, 0, 0.0, dict(widths0))
+        base = meter(model, 0, 0.0, dict(widths0), tflite=True)
         base.seconds = time.perf_counter() - t
         if not graph.groups or all(g == 0 for g in goals.values()):
             base.stop = NOTHING_TO_PRUNE
@@ -464,6 +463,7 @@ def _run(
             return
         yield base, model
         previous, current, number = base, graph0 if graph0.coupled else model, 0
+        last = current  # the model of ``previous``
         while True:
             number += 1
             t = time.perf_counter()
@@ -522,6 +522,8 @@ def _run(
                 removed_now += removed_before
             if not plan or removed_now <= removed_before:
                 previous.stop = previous.stop or NO_PROGRESS
+                if cfg.measure_tflite and previous.tflite_bytes is None:
+                    previous.tflite_bytes = meter.tflite_bytes(last)
                 return
             if graph0.coupled:  # BN-statistics bias correction unless compensation is "none"
                 correct = not one_shot and cfg.compensation != "none"
@@ -563,10 +565,12 @@ def _run(
             if reason is None and all(widths0[n] - units[n] >= goals[n] for n in units):
                 reason = TARGET_REACHED
             rec.stop = reason
+            if reason is not None and cfg.measure_tflite:  # the last step: sizes before/after
+                rec.tflite_bytes = meter.tflite_bytes(current)
             yield rec, current
             if reason is not None:
                 return
-            previous = rec
+            previous, last = rec, current
     finally:
         bar.close()
 

@@ -104,9 +104,10 @@ def patches(layer: Any, inp: np.ndarray) -> np.ndarray:
 def ridge_fit(a: np.ndarray, z: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
     """argmin_w |a w - z|^2 / rows + lam |w - w0|^2, lam = ridge x the mean diagonal of
     a's Gram matrix: a least-squares refit pulled towards the current weights w0."""
-    gram = a.T @ a / len(a)
+    gram = (a.T @ a).astype(np.float64) / len(a)  # products in a's dtype, the solve in float64
+    rhs = (a.T @ z.astype(a.dtype)).astype(np.float64) / len(a)
     lam = ridge * float(np.trace(gram)) / gram.shape[0]
-    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), a.T @ z / len(a) + lam * w0)
+    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), rhs + lam * w0)
 
 
 def reconstruct(

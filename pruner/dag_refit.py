@@ -9,19 +9,26 @@ reader's bias or, for a reader without bias whose only consumer is a
 BatchNormalization, into that BN's moving mean (replacing the closed-form
 correction of dag_bias there). Readers whose own output channels are cut by a
 Concatenate offset are left as they are.
+
+One step costs one forward pass of the original and of the pruned model, layer
+by layer in lockstep (``replay``): each reader is refitted when the pass reaches
+it, so it sees the earlier readers' refits, and its fit uses at most ``ROWS``
+sampled rows (positions x inputs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from pruner.compensate import layer_inputs, patches, preactivation, ridge_fit
+from pruner.compensate import patches, ridge_fit
 from pruner.dag import DagGraph
 from pruner.dag_surgery import as_model
 
 _KINDS = ("Dense", "Conv2D")
+ROWS = 16384  # rows per reader's least squares: ample for its fan-in, bounded in time
 
 
 def _kept_out(graph: DagGraph, orig_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
@@ -41,6 +48,43 @@ def readers_of(graph: DagGraph, removed: set[str]) -> list[str]:
     return [lay.name for lay in graph.model.layers if lay.name in names]
 
 
+def replay(
+    graph: DagGraph, pruned: Any, x: np.ndarray, names: set[str]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Run ``graph.model`` and ``pruned`` (its pruned copy: same layer names) on x layer
+    by layer; at each layer in ``names`` yield (name, original input, pruned input)
+    before the pruned layer runs, so a consumer may change its weights first."""
+    nodes = graph.nodes
+    layers = {id(lay) for lay in graph.layers}
+    last = {i: i for i in range(len(nodes))}
+    for j, node in enumerate(nodes):
+        for p in node.parents:
+            last[p] = max(last[p], j)
+    orig: dict[int, Any] = {0: x}
+    new: dict[int, Any] = {0: x}
+    for j, node in enumerate(nodes[1:], start=1):
+        args = [_args(node, orig), _args(node, new)]
+        if node.op.name in names:
+            yield node.op.name, np.asarray(args[0][0][0]), np.asarray(args[1][0][0])
+        orig[j] = node.op(*args[0][0], **args[0][1])
+        twin = pruned.get_layer(node.op.name) if id(node.op) in layers else node.op  # ops: stateless
+        new[j] = twin(*args[1][0], **args[1][1])
+        for p in set(node.parents):
+            if last[p] <= j:
+                orig.pop(p, None)
+                new.pop(p, None)
+
+
+def _args(node: Any, values: dict[int, Any]) -> tuple[tuple, dict]:
+    """The positional and keyword arguments of a node's call, from its parents' values."""
+    if node.call is None:  # Sequential: one input, the previous layer's output
+        return (values[node.parents[0]],), {}
+    tensors = node.call.arguments.keras_tensors
+    return node.call.arguments.fill_in(
+        {id(t): values[p] for t, p in zip(tensors, node.parents, strict=True)}
+    )
+
+
 def refit(
     original: Any,
     graph: DagGraph,
@@ -48,50 +92,68 @@ def refit(
     names: list[str],
     orig_ids: dict[str, np.ndarray],
     ridge: float = 1e-2,
+    seed: int = 0,
 ) -> DagGraph:
     """Refit the named readers of ``graph`` (a step's result, in place: its arrays and
-    its built model), front to back; returns ``graph``."""
+    its built model), front to back in one pass; returns ``graph``. ``original`` is
+    the model ``graph`` was derived from (``graph.model``)."""
     model = as_model(graph)
     kept = _kept_out(graph, orig_ids)
     arrays = graph.store.arrays
-    names = [n for n in names if kept.get(n, "free") is not None]
-    if not names or arrays is None:
+    todo = {n for n in names if kept.get(n, "free") is not None}
+    if not todo or arrays is None:
         return graph
-    ref = layer_inputs(original, names, x)
-    for name in names:
-        layer, olayer = model.get_layer(name), original.get_layer(name)
+    rng = np.random.default_rng(seed)
+    for name, ref_in, now_in in replay(graph, model, x, todo):
+        olayer, layer = original.get_layer(name), model.get_layer(name)
         keep = kept.get(name, "free")
-        target = preactivation(olayer, ref[name])
-        if not isinstance(keep, str):
-            target = target[..., keep]
-        weights = layer.get_weights()
-        kernel = weights[0]
-        fan_in, k = int(np.prod(kernel.shape[:-1])), kernel.shape[-1]
-        bn = None if layer.use_bias else graph.sole_bn_after(graph.model.get_layer(name))
-        bn = None if bn is None else model.get_layer(bn.name)
-        a = patches(layer, layer_inputs(model, [name], x)[name]).astype(np.float64)
-        z = target.reshape(-1, k).astype(np.float64)
-        w0 = kernel.reshape(fan_in, k).astype(np.float64)
-        if layer.use_bias or bn is not None:
-            if layer.use_bias:
-                c0 = weights[1].astype(np.float64)
-            else:  # the BN's shift relative to the original: an intercept before it
-                bw = bn.get_weights()
-                mm0 = original.get_layer(bn.name).moving_mean.numpy()
-                mm0 = mm0 if isinstance(keep, str) else mm0[keep]
-                c0 = (mm0 - bw[-2]).astype(np.float64)
-            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            w0 = np.concatenate([w0, c0[None, :]], axis=0)
-        w = ridge_fit(a, z, w0, ridge)
-        new = [w[:fan_in].reshape(kernel.shape).astype(kernel.dtype)]
-        if layer.use_bias:
-            new.append(w[fan_in].astype(weights[1].dtype))
-        new += weights[len(new):]
-        layer.set_weights(new)
-        arrays[name] = [np.array(v) for v in new]
-        if bn is not None:
-            bw = bn.get_weights()
-            bw[-2] = (mm0 - w[fan_in]).astype(bw[-2].dtype)
-            bn.set_weights(bw)
-            arrays[bn.name] = [np.array(v) for v in bw]
+        a0, a = patches(olayer, ref_in), patches(layer, now_in)
+        if len(a) > ROWS:
+            rows = np.sort(rng.choice(len(a), ROWS, replace=False))
+            a0, a = a0[rows], a[rows]
+        _fit(original, graph, model, name, a0, a, keep, ridge)
     return graph
+
+
+def _fit(
+    original: Any, graph: DagGraph, model: Any, name: str, a0: np.ndarray, a: np.ndarray,
+    keep: Any, ridge: float,
+) -> None:
+    """Ridge-refit reader ``name`` of ``model`` so a @ W matches the original's
+    pre-activation a0 @ W0 (+ b0) on its kept output channels; write the arrays back."""
+    olayer, layer = original.get_layer(name), model.get_layer(name)
+    ow = olayer.get_weights()
+    z = a0 @ ow[0].reshape(a0.shape[1], -1)
+    if olayer.use_bias:
+        z += ow[1]
+    if not isinstance(keep, str):
+        z = z[:, keep]
+    weights = layer.get_weights()
+    kernel = weights[0]
+    fan_in = a.shape[1]
+    bn = None if layer.use_bias else graph.sole_bn_after(graph.model.get_layer(name))
+    bn = None if bn is None else model.get_layer(bn.name)
+    w0 = kernel.reshape(fan_in, -1).astype(np.float64)
+    if layer.use_bias or bn is not None:
+        if layer.use_bias:
+            c0 = weights[1].astype(np.float64)
+        else:  # the BN's shift relative to the original: an intercept before it
+            bw = bn.get_weights()
+            mm0 = original.get_layer(bn.name).moving_mean.numpy()
+            mm0 = mm0 if isinstance(keep, str) else mm0[keep]
+            c0 = (mm0 - bw[-2]).astype(np.float64)
+        a = np.concatenate([a, np.ones((len(a), 1), a.dtype)], axis=1)
+        w0 = np.concatenate([w0, c0[None, :]], axis=0)
+    w = ridge_fit(a, z, w0, ridge)
+    new = [w[:fan_in].reshape(kernel.shape).astype(kernel.dtype)]
+    if layer.use_bias:
+        new.append(w[fan_in].astype(weights[1].dtype))
+    new += weights[len(new):]
+    layer.set_weights(new)
+    arrays = graph.store.arrays
+    arrays[name] = [np.array(v) for v in new]
+    if bn is not None:
+        bw = bn.get_weights()
+        bw[-2] = (mm0 - w[fan_in]).astype(bw[-2].dtype)
+        bn.set_weights(bw)
+        arrays[bn.name] = [np.array(v) for v in bw]

@@ -407,3 +407,12 @@ def test_auto_budget_is_by_width_only_for_conv_models_with_batchnorm():
         graph = build_graph(dag)
         assert graph.coupled and budget_rule(auto, graph) == "width"
     assert budget_rule(PruneConfig(budget="uniform"), graph) == "uniform"
+
+
+def test_tflite_size_is_measured_before_and_after_only(model):
+    """The float32 export costs seconds on large models: the first and the last record
+    carry its size, the steps between do not."""
+    records = prune(model, 0.3, step=0.1, progress=False, n_random=0, synthetic=0).trajectory
+    assert len(records) > 2
+    assert records[0].tflite_bytes > records[-1].tflite_bytes > 0
+    assert all(r.tflite_bytes is None for r in records[1:-1])

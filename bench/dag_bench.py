@@ -60,9 +60,9 @@ from tuner.quiet import native_quiet  # noqa: E402
 
 FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0, 1.4],
         "widths": list(range(64, 4, -4)), "quality_seeds": {"ds_cnn": 3, "mobilenet_v2_0.35": 1},
-        "quality_ratio": 0.2}
+        "quality_ratio": 0.2, "timing_repeats": 3}
 QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
-         "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1}
+         "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1, "timing_repeats": 1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 QUALITY = {"paoding": {}, "paoding (no refit)": {"compensation": "bias"},
            "paoding (no bias corr.)": {"compensation": "none"},
@@ -190,7 +190,7 @@ def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
     timing = []
     for a in cfg["alphas"]:
-        timing.append(prune_time(a, mode))
+        timing.append(prune_time(a, mode, cfg["timing_repeats"]))
         row = timing[-1]
         print(f"  alpha {row['alpha']}: {row['params']} params, "
               + ", ".join(f"{v:.1f} s {k}" for k, v in row["seconds"].items()), file=sys.stderr)
@@ -209,9 +209,9 @@ def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
         "",
         f"Machine: {machine_line(report['machine'])}. Run {started} at commit "
         f"{report.get('commit') or 'unknown'}; `python bench/dag_bench.py --timing-only`. "
-        "No evaluation data; medians of 3 runs. default: synthesised inputs, the per-step "
-        "refit, the data-free fidelity figure and the TFLite size of the first and last "
-        "model; no synthesis: `synthetic=0`.",
+        f"No evaluation data; medians of {cfg['timing_repeats']} run(s). default: "
+        "synthesised inputs, the per-step refit, the data-free fidelity figure and the "
+        "TFLite size of the first and last model; no synthesis: `synthetic=0`.",
         "",
         *_timing_md(timing),
     ])

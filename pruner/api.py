@@ -66,6 +66,7 @@ class StepRecord:
     fidelity_random: float | None = None
     fidelity_synthetic: float | None = None
     fidelity_kl: float | None = None
+    fidelity_rule: str = "kl"  # what data_free_fidelity reads: "kl" or "agreement"
     seconds: float = 0.0
     stop: str | None = None
 
@@ -74,9 +75,11 @@ class StepRecord:
         """How close the model stays to the original on inputs the tool made itself, in
         [0, 1]: exp(-KL / fidelity.KL_SCALE) with KL the mean KL divergence of its outputs
         from the original's on held-out synthesised inputs and interpolations between
-        them (``fidelity_synthetic`` is top-1 agreement there); top-1 agreement on random
-        inputs from the box when synthesis is off."""
-        if self.fidelity_kl is not None:
+        them (``fidelity_synthetic`` is top-1 agreement there); on DAG models
+        (``fidelity_rule`` "agreement") that top-1 agreement, because their KL there grows
+        while test accuracy holds; top-1 agreement on random inputs from the box when
+        synthesis is off."""
+        if self.fidelity_kl is not None and self.fidelity_rule == "kl":
             from pruner.fidelity import Fidelity
 
             return Fidelity(self.fidelity_synthetic or 0.0, self.fidelity_kl).score
@@ -209,9 +212,11 @@ class _Meter:
     """Measures a model for the trajectory."""
 
     def __init__(
-        self, reference: Any, data: Any, box: InputBox, cfg: PruneConfig, check: Any = None
+        self, reference: Any, data: Any, box: InputBox, cfg: PruneConfig, check: Any = None,
+        rule: str = "kl",
     ) -> None:
         self.reference, self.data, self.box, self.cfg = reference, data, box, cfg
+        self.rule = rule  # StepRecord.fidelity_rule
         self.check = check  # held-out synthesised inputs: the data-free fidelity figure
         self.check_probs = None
         if check is not None:
@@ -275,6 +280,7 @@ class _Meter:
 
             fid = measure(self.reference, model, self.check, self.check_probs)
             rec.fidelity_synthetic, rec.fidelity_kl = fid.agreement, fid.kl
+            rec.fidelity_rule = self.rule
         return rec
 
 
@@ -437,7 +443,9 @@ def _run(
     spread = rule == "width" and scope != "sequential"
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
-    meter = _Meter(model, data, box, cfg, check)
+    # measured on MobileNetV2: KL on the check set grows while test accuracy holds, top-1
+    # agreement there tracks the loss (README, pruning quality)
+    meter = _Meter(model, data, box, cfg, check, "agreement" if graph.coupled else "kl")
     activation_scores = cfg.pair_scores == "activations" or (
         cfg.pair_scores == "auto"
         and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)

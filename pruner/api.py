@@ -410,12 +410,14 @@ def _run(
         raise ConfigError("accuracy or robustness floors need eval_data")
     synth = check = None
     if cfg.synthetic > 0:  # inputs made from the model: refits, scores and the fidelity figure
-        n_check = max(32, cfg.synthetic // 2)
+        from pruner.synthesis import counts
+
+        n_fit, n_check = counts(cfg.synthetic, count_macs(model))
         if synthetic_inputs is None:
             from pruner.synthesis import synthesize
 
             synthetic_inputs = synthesize(
-                model, box, n=cfg.synthetic + n_check, steps=cfg.synthesis_steps, seed=seed
+                model, box, n=n_fit + n_check, steps=cfg.synthesis_steps, seed=seed
             )
         synthetic_inputs = np.asarray(synthetic_inputs, np.float32)
         if len(synthetic_inputs) <= n_check:

@@ -102,6 +102,17 @@ def write_json(path: Path, data: object) -> None:
     tmp.replace(path)
 
 
+def save_figure(fig: object, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically (a temporary file, then a rename) and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def measure_latency(
     blobs: dict[str, bytes],
     inputs: dict[str, np.ndarray],

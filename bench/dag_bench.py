@@ -54,6 +54,7 @@ from bench.common import (  # noqa: E402
     machine,
     machine_line,
     measure_latency,
+    save_figure,
     write_json,
 )
 from tuner.quiet import native_quiet  # noqa: E402
@@ -200,25 +201,37 @@ def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
 def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
     """The pruning-time section alone: dag_time.json, .md and .png."""
     timing = timings(cfg, cfg["mode"])
-    report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
-              "prune_time": timing, "wall_seconds": time.perf_counter() - t0}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "dag_time.json", report)
-    md = "\n".join([
-        "# Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
-        "",
-        f"Machine: {machine_line(report['machine'])}. Run {started} at commit "
-        f"{report.get('commit') or 'unknown'}; `python bench/dag_bench.py --timing-only`. "
+    report = _section(
+        out / "dag_time", cfg, started, t0, "prune_time", timing, "--timing-only",
+        "Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
         f"No evaluation data; medians of {cfg['timing_repeats']} run(s). default: "
         "synthesised inputs, the per-step refit, the data-free fidelity figure and the "
         "TFLite size of the first and last model; no synthesis: `synthetic=0`.",
-        "",
-        *_timing_md(timing),
-    ])
-    (out / "dag_time.md").write_text(md, encoding="utf-8")
+        _timing_md(timing),
+    )
     plot_timing(report, out / "dag_time.png")
-    print(md)
     return 0
+
+
+def _section(
+    stem: Path, cfg: dict[str, Any], started: str, t0: float, key: str, value: Any,
+    flag: str, title: str, text: str, table: list[str],
+) -> dict[str, Any]:
+    """Write one section's JSON and markdown (``stem``.json/.md), print the markdown and
+    return the report."""
+    report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
+              key: value, "wall_seconds": time.perf_counter() - t0}
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json(stem.with_suffix(".json"), report)
+    md = "\n".join([
+        f"# {title}", "",
+        f"Machine: {machine_line(report['machine'])}, shared with other jobs. Run {started} "
+        f"at commit {report.get('commit') or 'unknown'}; `python bench/dag_bench.py {flag}`. "
+        + text, "", *table,
+    ])
+    stem.with_suffix(".md").write_text(md, encoding="utf-8")
+    print(md)
+    return report
 
 
 def plot_timing(report: dict[str, Any], path: Path) -> None:
@@ -243,10 +256,7 @@ def plot_timing(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def activations(model: Any) -> int:
@@ -457,26 +467,16 @@ def _timing_md(timing: list[dict[str, Any]]) -> list[str]:
 def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
     """The selection-quality section for paoding with and without bias correction."""
     selection = quality(cfg["quality_seeds"], cfg["quality_ratio"], CORRECTION)
-    report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
-              "quality": selection, "wall_seconds": time.perf_counter() - t0}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "dag_quality.json", report)
-    md = "\n".join([
-        "# DAG models: paoding with the data-free refit, the bias correction alone, neither",
-        "",
-        f"Machine: {machine_line(report['machine'])}, shared with other jobs. Run "
-        f"{started} at commit {report.get('commit') or 'unknown'}; "
-        f"`python bench/dag_bench.py --quality-only`. The correction (pruner/dag_bias.py) "
-        "adds each removed channel's expectation from BatchNormalization statistics to "
-        "its readers' biases (or the moving mean of the BN after them); the refit "
+    _section(
+        out / "dag_quality", cfg, started, t0, "quality", selection, "--quality-only",
+        "DAG models: paoding with the data-free refit, the bias correction alone, neither",
+        "The correction (pruner/dag_bias.py) adds each removed channel's expectation from "
+        "BatchNormalization statistics to its readers' biases (or the moving mean of the BN after them); the refit "
         "(pruner/dag_refit.py, the default) then refits every Dense/Conv2D reader of the "
         "step's pruned channels by ridge least squares on inputs synthesised from those "
         "statistics (`compensation='bias'`: correction alone).",
-        "",
-        *_quality_md(selection, CORRECTION),
-    ])
-    (out / "dag_quality.md").write_text(md, encoding="utf-8")
-    print(md)
+        _quality_md(selection, CORRECTION),
+    )
     return 0
 
 
@@ -571,10 +571,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

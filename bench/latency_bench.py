@@ -33,6 +33,7 @@ from bench.common import (  # noqa: E402
     machine_line,
     measure_latency,
     quiet_tensorflow,
+    save_figure,
     write_json,
 )
 
@@ -198,10 +199,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

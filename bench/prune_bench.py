@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     machine_line,
     measure_latency,
     quiet_tensorflow,
+    save_figure,
     write_json,
 )
 
@@ -483,10 +484,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Paoding Edge pruning benchmark - {machine_line(report['machine'])}",
                  fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

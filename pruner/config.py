@@ -78,7 +78,7 @@ class PruneConfig:
     removal leaves at the readers on the synthesised inputs, with the DAG refit,
     see coupled.ActivationSaliency and bench/results/dag_selection.md).
     Input box ``input_lo``/``input_hi``. Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
-    inputs, ``measure_tflite``. Stopping: ``min_accuracy_retention``,
+    inputs (fewer for models costlier than metrics.REFERENCE_MACS), ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
     data-free top-1 agreement with the original below which pruning stops and
     the run fails) and ``keep_below_floor`` (keep the target's model anyway).

@@ -22,21 +22,15 @@ import numpy as np
 
 from core.errors import ConfigError
 from pruner.evaluate import outputs_probabilities
-
-# MACs per input at which the default counts were measured (the digits CNNs, a 32x32
-# MobileNetV2-0.35: 1.2 M); a larger model's inputs carry more positions each
-REFERENCE_MACS = 1.5e6
+from pruner.metrics import scaled_count
 
 
 def counts(n: int, macs: int) -> tuple[int, int]:
     """Inputs to synthesise for fitting and for the held-out fidelity check: ``n`` and
-    max(32, n // 2), both scaled by REFERENCE_MACS / macs for models costlier than that
-    (floors 32 and 16), so synthesis time stops growing with the model's MACs."""
+    max(32, n // 2), both scaled by metrics.scaled_count (floors 32 and 16), so synthesis
+    time stops growing with the model's MACs."""
     check = max(32, n // 2)
-    if macs <= REFERENCE_MACS:
-        return n, check
-    scale = REFERENCE_MACS / macs
-    return min(n, max(32, round(n * scale))), max(16, round(check * scale))
+    return scaled_count(n, macs, 32), scaled_count(check, macs, 16)
 
 
 def _bn_layers(model: Any) -> list[Any]:

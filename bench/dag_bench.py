@@ -74,8 +74,11 @@ CORRECTION = ("paoding", "paoding (no refit)", "paoding (no bias corr.)")
 QUALITY_EPS = 0.01
 
 
-def trained(name: str, seed: int = 0) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
-    """``name`` (ds_cnn or mobilenet_v2_0.35) trained on upsampled digits; 200 test inputs."""
+def trained(
+    name: str, seed: int = 0, size: int = 32, epochs: int = 25, n_test: int = 200
+) -> tuple[Any, tuple[np.ndarray, np.ndarray]]:
+    """``name`` (ds_cnn, or mobilenet_v2_0.35 on ``size`` x ``size`` x 3 for ``epochs``)
+    trained on upsampled digits; ``n_test`` test inputs."""
     import keras
 
     from pruner import zoo
@@ -86,17 +89,17 @@ def trained(name: str, seed: int = 0) -> tuple[Any, tuple[np.ndarray, np.ndarray
         model, epochs = zoo.ds_cnn((28, 28, 1), classes=10, filters=32, seed=seed), 15
     else:
         def rgb(x: np.ndarray) -> np.ndarray:
-            return np.repeat(upsample(x[..., 0], 32)[..., None], 3, axis=-1).astype(np.float32)
+            return np.repeat(upsample(x[..., 0], size)[..., None], 3, axis=-1).astype(np.float32)
 
         x_tr, x_te = rgb(x_tr), rgb(x_te)
-        model, epochs = zoo.mobilenet_v2((32, 32, 3), alpha=0.35, classes=10, seed=seed), 25
+        model = zoo.mobilenet_v2((size, size, 3), alpha=0.35, classes=10, seed=seed)
     for layer in model.layers:  # zoo's random statistics must be forgotten within the run
         if type(layer).__name__ == "BatchNormalization":
             layer.momentum = 0.8
     model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_tr, y_tr, epochs=epochs, batch_size=64, verbose=0)
-    return model, (x_te[:200], y_te[:200])
+    return model, (x_te[:n_test], y_te[:n_test])
 
 
 def quality(

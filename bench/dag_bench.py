@@ -158,7 +158,9 @@ def _models() -> dict[str, Any]:
     }
 
 
-TIMED = {"default": {}, "no synthesis": {"synthetic": 0}}  # prune_time's variants
+# prune_time's variants: every default, without the TFLite size, without synthesis
+TIMED = {"default": {}, "no TFLite size": {"measure_tflite": False},
+         "no synthesis": {"synthetic": 0}}
 
 
 def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
@@ -167,7 +169,7 @@ def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
     and last) and without synthesis (synthetic=0: no refit, fidelity on random inputs)."""
     from pruner import zoo
     from pruner.api import prune
-    from pruner.metrics import count_params
+    from pruner.metrics import count_macs, count_params
 
     with native_quiet():
         model = zoo.mobilenet_v2((96, 96, 3), alpha=alpha, classes=10)
@@ -178,7 +180,8 @@ def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
                 result = prune(model, 0.3, mode, step=0.05, keep_below_floor=True,
                                progress=False, **options)
                 seconds[label].append(time.perf_counter() - t)
-    return {"alpha": alpha, "params": count_params(model), "layers": len(model.layers),
+    return {"alpha": alpha, "params": count_params(model), "macs": count_macs(model),
+            "layers": len(model.layers),
             "steps": len(result.trajectory) - 1, "ratio": result.final.ratio,
             "seconds": {k: float(np.median(v)) for k, v in seconds.items()},
             "seconds_all": seconds}
@@ -205,11 +208,12 @@ def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
     """The pruning-time section alone: dag_time.json, .md and .png."""
     timing = timings(cfg, cfg["mode"])
     report = _section(
-        out / "dag_time", cfg, started, t0, "prune_time", timing, "--timing-only",
+        out / "dag_time", cfg, started, t0, "prune_time", timing, cfg["argv"],
         "Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
         f"No evaluation data; medians of {cfg['timing_repeats']} run(s). default: "
         "synthesised inputs, the per-step refit, the data-free fidelity figure and the "
-        "TFLite size of the first and last model; no synthesis: `synthetic=0`.",
+        "TFLite size of the first and last model; no TFLite size: `measure_tflite=False`; "
+        "no synthesis: `synthetic=0`.",
         _timing_md(timing),
     )
     plot_timing(report, out / "dag_time.png")
@@ -374,8 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(dag_quality.md/.json)")
     p.add_argument("--timing-only", action="store_true",
                    help="only the pruning time of MobileNetV2 (dag_time.md/.json/.png)")
+    p.add_argument("--alphas", type=float, nargs="+",
+                   help="MobileNetV2 widths of the pruning-time part (default: the config's)")
+    p.add_argument("--repeats", type=int, help="runs per pruning time (default: the config's)")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, mode=args.mode)
+    if args.alphas:
+        cfg["alphas"] = args.alphas
+    if args.repeats:
+        cfg["timing_repeats"] = args.repeats
+    cfg["argv"] = " ".join(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
     if args.quality_only:
@@ -451,18 +463,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _timing_md(timing: list[dict[str, Any]]) -> list[str]:
     out = [
-        "| alpha | params | layers | ratio reached | "
+        "| alpha | params | MACs | layers | ratio reached | "
         + " | ".join(f"seconds, {k}" for k in TIMED) + " |",
-        "|---|---|---|---|" + "---|" * len(TIMED),
+        "|---|---|---|---|---|" + "---|" * len(TIMED),
     ]
     for t in timing:
-        out.append(f"| {t['alpha']} | {t['params']} | {t['layers']} | {t['ratio']:.3f} | "
+        out.append(f"| {t['alpha']} | {t['params']} | {t.get('macs', 0) / 1e6:.1f} M | "
+                   f"{t['layers']} | {t['ratio']:.3f} | "
                    + " | ".join(f"{t['seconds'][k]:.1f}" for k in TIMED) + " |")
     if len(timing) > 1:
         a, b = timing[0], timing[-1]
         grows = ", ".join(f"{b['seconds'][k] / a['seconds'][k]:.2f}x ({k})" for k in TIMED)
         out += ["", f"From {a['params']} to {b['params']} parameters "
-                f"({b['params'] / a['params']:.1f}x, same layer count) the time grows {grows}."]
+                f"({b['params'] / a['params']:.1f}x; MACs {b['macs'] / a['macs']:.1f}x, same "
+                f"layer count) the time grows {grows}."]
     out.append("")
     return out
 

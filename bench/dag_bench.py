@@ -124,11 +124,13 @@ def quality(
                     for rec, _ in prune_steps(
                         model, max_ratio, label.split(" ")[0], step=0.05, round_to=1,
                         eval_data=data, eps=(QUALITY_EPS,), attacks=("pgd",), n_random=0,
-                        measure_tflite=False, progress=False, seed=seed, **options,
+                        measure_tflite=False, progress=False, seed=seed, keep_below_floor=True,
+                        **options,
                     ):
                         rows.append({"ratio": rec.ratio, "macs": rec.macs,
                                      "accuracy": rec.accuracy,
-                                     "robust": rec.robust["pgd"][QUALITY_EPS]})
+                                     "robust": rec.robust["pgd"][QUALITY_EPS],
+                                     "fidelity": rec.data_free_fidelity or 0.0})
                 for r in rows:
                     r["macs_removed"] = 1 - r["macs"] / rows[0]["macs"]
                 per_seed[label].append(rows)
@@ -158,9 +160,10 @@ def _models() -> dict[str, Any]:
     }
 
 
-# prune_time's variants: every default, without the TFLite size, without synthesis
-TIMED = {"default": {}, "no TFLite size": {"measure_tflite": False},
-         "no synthesis": {"synthetic": 0}}
+# prune_time's variants: every default, half the synthesis steps (bench/synthesis_steps.py
+# has what they cost), without the TFLite size, without synthesis
+TIMED = {"default": {}, "100 synthesis steps": {"synthesis_steps": 100},
+         "no TFLite size": {"measure_tflite": False}, "no synthesis": {"synthetic": 0}}
 
 
 def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
@@ -212,7 +215,8 @@ def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
         "Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
         f"No evaluation data; medians of {cfg['timing_repeats']} run(s). default: "
         "synthesised inputs, the per-step refit, the data-free fidelity figure and the "
-        "TFLite size of the first and last model; no TFLite size: `measure_tflite=False`; "
+        "TFLite size of the first and last model; 100 synthesis steps: "
+        "`synthesis_steps=100` (the default is 200); no TFLite size: `measure_tflite=False`; "
         "no synthesis: `synthetic=0`.",
         _timing_md(timing),
     )
@@ -378,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(dag_quality.md/.json)")
     p.add_argument("--timing-only", action="store_true",
                    help="only the pruning time of MobileNetV2 (dag_time.md/.json/.png)")
+    p.add_argument("--methods-only", action="store_true",
+                   help="only paoding, magnitude and random on the digits models "
+                        "(dag_methods.md/.json/.png)")
+    p.add_argument("--seeds", type=int, help="trainings per model of the quality parts")
+    p.add_argument("--ratio", type=float, help="units removed at the end of the quality parts")
     p.add_argument("--alphas", type=float, nargs="+",
                    help="MobileNetV2 widths of the pruning-time part (default: the config's)")
     p.add_argument("--repeats", type=int, help="runs per pruning time (default: the config's)")
@@ -387,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg["alphas"] = args.alphas
     if args.repeats:
         cfg["timing_repeats"] = args.repeats
+    if args.seeds:
+        cfg["quality_seeds"] = {"ds_cnn": args.seeds, "mobilenet_v2_0.35": args.seeds}
+    if args.ratio:
+        cfg["quality_ratio"] = args.ratio
     cfg["argv"] = " ".join(sys.argv[1:] if argv is None else argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
@@ -394,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         return quality_only(cfg, started, t0, args.out)
     if args.timing_only:
         return timing_only(cfg, started, t0, args.out)
+    if args.methods_only:
+        return methods_only(cfg, started, t0, args.out)
     timing = timings(cfg, args.mode)
     print(f"ds_cnn: {len(cfg['widths'])} uniform widths, {cfg['runs']} runs each ...",
           file=sys.stderr)
@@ -495,6 +510,50 @@ def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int
         _quality_md(selection, CORRECTION),
     )
     return 0
+
+
+METHODS = ("paoding", "magnitude", "random")
+
+
+def methods_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
+    """paoding against magnitude and random on the digits models: dag_methods.json, .md
+    and .png (accuracy and PGD robust accuracy against MACs removed)."""
+    selection = quality(cfg["quality_seeds"], cfg["quality_ratio"], METHODS)
+    report = _section(
+        out / "dag_methods", cfg, started, t0, "quality", selection, cfg["argv"],
+        "DAG models: paoding against magnitude and random, accuracy against MACs removed",
+        "Every default (width budget for MobileNetV2, refit) but `round_to=1`; magnitude "
+        "and random remove the same units per group, without compensation.",
+        _quality_md(selection, METHODS),
+    )
+    plot_methods(report, out / "dag_methods.png")
+    return 0
+
+
+def plot_methods(report: dict[str, Any], path: Path) -> None:
+    """Accuracy (solid) and PGD robust accuracy (dotted) against MACs removed, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = report["quality"]
+    fig, axes = plt.subplots(1, len(quality), figsize=(5.2 * len(quality), 4.0), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], quality.items(), strict=True):
+        for i, label in enumerate(METHODS):
+            rows = runs[label]
+            x = [100 * r["macs_removed"] for r in rows]
+            ax.plot(x, [100 * r["accuracy"] for r in rows], "o-", ms=3, color=f"C{i}",
+                    label=label)
+            ax.plot(x, [100 * r["robust"] for r in rows], ":", color=f"C{i}", lw=1)
+        ax.set_title(f"{name} (median of {runs.get('seeds', 1)} seeds)", fontsize=9)
+        ax.set_xlabel("MACs removed (%)")
+        ax.set_ylabel(f"accuracy (solid), PGD eps {QUALITY_EPS} (dotted)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(machine_line(report["machine"]), fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def _quality_md(quality: dict[str, Any], methods: tuple[str, ...] = tuple(QUALITY)) -> list[str]:

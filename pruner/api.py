@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -415,8 +416,13 @@ def _run(
 
         n_fit, n_check = counts(cfg.synthetic, count_macs(model))
         if synthetic_inputs is None:
-            from pruner.synthesis import synthesize
+            from pruner.synthesis import MIN_FIDELITY_STEPS, synthesize
 
+            if cfg.synthesis_steps < MIN_FIDELITY_STEPS:
+                warnings.warn(
+                    f"synthesis_steps={cfg.synthesis_steps} is under {MIN_FIDELITY_STEPS}: "
+                    "inputs this rough leave the data-free fidelity figure blind to the "
+                    "loss (bench/results/synthesis_steps.md)", stacklevel=3)
             synthetic_inputs = synthesize(
                 model, box, n=n_fit + n_check, steps=cfg.synthesis_steps, seed=seed
             )

@@ -26,3 +26,24 @@ def test_random_inputs_of_a_costly_model_are_scaled_too():
     assert scaled_count(512, 10_666_928, 64) == 72
     assert scaled_count(512, int(REFERENCE_MACS), 64) == 512
     assert scaled_count(512, int(1e12), 64) == 64
+
+
+def test_too_few_synthesis_steps_warn_that_the_fidelity_is_blind():
+    """Under MIN_FIDELITY_STEPS the synthesised inputs do not show the loss: the run says so."""
+    import warnings
+
+    import pytest
+
+    pytest.importorskip("keras")
+    from pruner import zoo
+    from pruner.api import prune
+    from pruner.synthesis import MIN_FIDELITY_STEPS
+
+    model = zoo.ds_cnn((12, 12, 1), classes=3, filters=8, blocks=1)
+    opts = dict(n_random=0, measure_tflite=False, eps=(), keep_below_floor=True,
+                progress=False, synthetic=32, step=0.1)
+    with pytest.warns(UserWarning, match="synthesis_steps=5 is under.*blind"):
+        prune(model, 0.1, synthesis_steps=5, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(model, 0.1, synthesis_steps=MIN_FIDELITY_STEPS, **opts)

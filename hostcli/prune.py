@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", type=int, default=192, metavar="N",
                         help="inputs synthesised from the model for scoring, compensation "
                         "and the fidelity figure; 0 turns synthesis off (default 192)")
+    parser.add_argument("--synthesis-steps", type=int, default=200, metavar="N",
+                        help="optimisation steps of the synthesis (default 200; fewer are "
+                        "faster and cost accuracy on large models, under 50 blind the "
+                        "fidelity figure: bench/results/synthesis_steps.md)")
     parser.add_argument("--compensation", choices=("reconstruct", "bias", "none"),
                         default="reconstruct", help="paoding/greedy: refit each consumer on "
                         "the synthesised inputs (default), correct biases only, or none")
@@ -94,7 +98,8 @@ def config_from(args: argparse.Namespace) -> Any:
             scope=args.scope,
             seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(args.eps)),
             fidelity_floor=args.fidelity_floor, keep_below_floor=args.keep_below_floor,
-            synthetic=args.synthetic, compensation=args.compensation,
+            synthetic=args.synthetic, synthesis_steps=args.synthesis_steps,
+            compensation=args.compensation,
         )
     except ConfigError as exc:
         name, _, rest = str(exc).partition(" ")
@@ -130,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
     if eval_data is not None:
         check_fits(model, *eval_data)
     box = InputBox(lo, hi)
-    result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress)
+    with warnings.catch_warnings(record=True) as caught:  # the pruner's own, one line each
+        warnings.simplefilter("always")
+        result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress)
+    for w in caught:
+        if "synthesis_steps" in str(w.message):
+            note("prune", f"warning: {w.message}")
     fid = result.final.data_free_fidelity
     if fid is not None and fid < config.fidelity_floor:  # only with --keep-below-floor
         note("prune", f"warning: data-free fidelity {fid:.3f} is below the floor "

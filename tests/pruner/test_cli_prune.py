@@ -153,6 +153,18 @@ def test_fidelity_floor_fails_the_run_and_writes_nothing(files, tmp_path, capsys
     assert body["trajectory"][-1]["ratio"] == pytest.approx(0.9, abs=0.05)
 
 
+def test_too_few_synthesis_steps_warn_in_one_line(files, tmp_path, capsys):
+    out = tmp_path / "rough"
+    rc = main(["prune", str(files["dir"] / "model.keras"), "--target", "0.2", "--step", "0.2",
+               "--synthetic", "32", "--synthesis-steps", "5", "--keep-below-floor",
+               "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if "synthesis_steps=5" in ln]
+    assert len(lines) == 1 and lines[0].startswith("paoding-edge prune: warning:")
+    assert "UserWarning" not in err
+
+
 BAD = [
     (["MISSING.keras"], "not found|does not exist"),
     (["corrupt.keras"], "cannot load"),
@@ -167,6 +179,7 @@ BAD = [
     (["model.keras", "--eval-data", "labels.npz"], "labels must be in"),
     (["model.keras", "--mode", "magnitude", "--scope", "sequential"], "paoding and greedy"),
     (["model.keras", "--round-to", "-1"], "--round-to should be an integer >= 0"),
+    (["model.keras", "--synthesis-steps", "-1"], "--synthesis-steps"),
 ]
 
 

@@ -12,6 +12,10 @@ class PaodingError(Exception):
     """Base class for every error the project raises on purpose."""
 
 
+class PaodingWarning(UserWarning):
+    """A warning the project issues on purpose; the command lines print it as one line."""
+
+
 # Arguments, settings and files
 class ConfigError(PaodingError, ValueError):
     """An argument or setting is missing or outside its allowed range."""

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PaodingWarning
 from core.files import sha256_file, staged_dir
 from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress)
     for w in caught:
-        if "synthesis_steps" in str(w.message):
+        if isinstance(w.message, PaodingWarning):
             note("prune", f"warning: {w.message}")
     fid = result.final.data_free_fidelity
     if fid is not None and fid < config.fidelity_floor:  # only with --keep-below-floor
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 data = export_tflite(result.model, tmp / name, quantization=q,
                                      representative_data=calib, box=box)
             for w in caught:
-                if "random inputs" in str(w.message):
+                if isinstance(w.message, PaodingWarning):
                     note("prune", f"note: {w.message}")
             files[q] = {"file": name, "bytes": len(data),
                         "sha256": hashlib.sha256(data).hexdigest(),

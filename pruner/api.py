@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, DataError, FidelityError
+from core.errors import ConfigError, DataError, FidelityError, PaodingWarning
 from pruner.bounds import InputBox, dag_interval_bounds, interval_bounds
 from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
@@ -422,7 +422,7 @@ def _run(
                 warnings.warn(
                     f"synthesis_steps={cfg.synthesis_steps} is under {MIN_FIDELITY_STEPS}: "
                     "inputs this rough leave the data-free fidelity figure blind to the "
-                    "loss (bench/results/synthesis_steps.md)", stacklevel=3)
+                    "loss (bench/results/synthesis_steps.md)", PaodingWarning, stacklevel=3)
             synthetic_inputs = synthesize(
                 model, box, n=n_fit + n_check, steps=cfg.synthesis_steps, seed=seed
             )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, DataError, ExportError
+from core.errors import ConfigError, DataError, ExportError, PaodingWarning
 from core.files import write_atomic
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -82,6 +82,7 @@ def export_tflite(
             warnings.warn(
                 f"int8 calibration uses {CALIBRATION_SAMPLES} random inputs from the input "
                 "box (no representative data given)",
+                PaodingWarning,
                 stacklevel=2,
             )
         calib = np.asarray(representative_data, np.float32)

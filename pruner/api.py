@@ -550,7 +550,7 @@ def _run(
 
                     ids = {n: np.delete(orig_ids[n], plan[n].remove if n in plan else [])
                            for n in widths0}
-                    refit(model, current, synth, readers_of(graph, set(plan)), ids, cfg.ridge)
+                    refit(current, synth, readers_of(graph, set(plan)), ids, cfg.ridge)
             else:
                 current = apply_plan(source, graph, plan)
             for name in widths0:

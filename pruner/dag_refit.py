@@ -86,7 +86,6 @@ def _args(node: Any, values: dict[int, Any]) -> tuple[tuple, dict]:
 
 
 def refit(
-    original: Any,
     graph: DagGraph,
     x: np.ndarray,
     names: list[str],
@@ -95,9 +94,9 @@ def refit(
     seed: int = 0,
 ) -> DagGraph:
     """Refit the named readers of ``graph`` (a step's result, in place: its arrays and
-    its built model), front to back in one pass; returns ``graph``. ``original`` is
-    the model ``graph`` was derived from (``graph.model``)."""
-    model = as_model(graph)
+    its built model), front to back in one pass against the model it was derived from
+    (``graph.model``, whose own weights are the original's); returns ``graph``."""
+    original, model = graph.model, as_model(graph)
     kept = _kept_out(graph, orig_ids)
     arrays = graph.store.arrays
     todo = {n for n in names if kept.get(n, "free") is not None}

@@ -55,7 +55,7 @@ def test_refit_lowers_the_readers_error_on_synthesised_inputs():
     corrected = as_model(advance(graph, plan, True))
     err_bias = np.mean((_output(corrected, "pw0", x) - want) ** 2)
     step = advance(graph, plan, True)
-    refitted = as_model(refit(model, step, x, names, ids))
+    refitted = as_model(refit(step, x, names, ids))
     err_refit = np.mean((_output(refitted, "pw0", x) - want) ** 2)
     assert err_refit < 0.5 * err_bias
     # the arrays the next step starts from carry the refit

@@ -70,6 +70,15 @@ _TABLES = {
         received_at   DOUBLE PRECISION NOT NULL,
         body          TEXT NOT NULL
     )""",
+    # provenance: one row per step that made a file from another (prune, tune)
+    "lineage": """CREATE TABLE IF NOT EXISTS lineage (
+        id            {serial},
+        kind          TEXT NOT NULL,
+        source_sha256 TEXT NOT NULL,
+        output_sha256 TEXT NOT NULL,
+        created_at    DOUBLE PRECISION NOT NULL,
+        body          TEXT NOT NULL
+    )""",
 }
 # columns added after the first release: (table, column, type); old files gain them on open
 _COLUMNS = [
@@ -90,6 +99,7 @@ _INDEXES = [
     "ON deployments(rollout_id, device_id) WHERE rollout_id IS NOT NULL",
     "CREATE UNIQUE INDEX IF NOT EXISTS reports_once ON reports(report_id) "
     "WHERE report_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS lineage_by_output ON lineage(output_sha256)",
 ]
 
 
@@ -413,4 +423,22 @@ class Registry:
     def reports(self, deployment_id: str) -> list[dict[str, Any]]:
         rows = self.db.query(
             "SELECT * FROM reports WHERE deployment_id=? ORDER BY id", (deployment_id,))
+        return [{**r, "body": json.loads(r["body"])} for r in rows]
+
+    # lineage ---------------------------------------------------------------
+    def add_lineage(self, kind: str, source_sha256: str, output_sha256: str,
+                    body: dict[str, Any]) -> None:
+        """Record that a ``kind`` step (prune, tune) made ``output_sha256`` from the source."""
+        with self.db.tx():
+            self.db.execute(
+                "INSERT INTO lineage(kind, source_sha256, output_sha256, created_at, body) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (kind, source_sha256, output_sha256, time.time(),
+                 json.dumps(body, sort_keys=True, default=str)),
+            )
+
+    def lineage(self, output_sha256: str) -> list[dict[str, Any]]:
+        """The recorded steps that made ``output_sha256``, newest first."""
+        rows = self.db.query(
+            "SELECT * FROM lineage WHERE output_sha256=? ORDER BY id DESC", (output_sha256,))
         return [{**r, "body": json.loads(r["body"])} for r in rows]

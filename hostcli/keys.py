@@ -15,14 +15,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="make a shared HMAC-SHA256 secret DIR/NAME.hmac instead")
     show = sub.add_parser("show", help="print the key id of a key file")
     show.add_argument("file")
+    tok = sub.add_parser("console-token",
+                         help="make DIR/console.token: the secret that turns on the "
+                         "console's actions (paoding-edge console --token FILE)")
+    tok.add_argument("dir", help="directory for the token file (created if missing)")
+    tok.add_argument("--force", action="store_true", help="overwrite an existing token")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from core.errors import KeyFileError
-    from fleet.keys import load_signing_key, load_verify_key, new_key_pair, write_hmac_secret
+    from fleet.keys import (
+        load_signing_key,
+        load_verify_key,
+        new_key_pair,
+        write_console_token,
+        write_hmac_secret,
+    )
 
+    if args.keys_command == "console-token":
+        path = Path(args.dir) / "console.token"
+        if path.exists() and not args.force:
+            raise KeyFileError(f"{path} already exists (use --force to overwrite)")
+        write_console_token(path)
+        print(f"console token: {path} (paoding-edge console --token {path}; "
+              "give its text to whoever may act)")
+        return 0
     if args.keys_command == "show":
         try:
             key = load_verify_key(args.file)

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enrol": ("hostcli.enrol", "give a device its identity: key, broker credentials, bundle"),
     "broker-config": ("hostcli.broker", "write a Mosquitto configuration for the fleet "
                       "(TLS, passwords, ACL, limits)"),
+    "console": ("hostcli.console", "the fleet console in a browser (read-only unless given "
+                "a token)"),
     "demo": ("hostcli.demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 

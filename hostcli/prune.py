@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="Q", help="TFLite exports: float32 float16 dynamic int8 "
                         "(default float32)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--db", default=os.environ.get("PAODING_DB"),
+                        help="record the lineage (source digest, mode, target, seed, "
+                        "fidelity, accuracy, outputs) in this fleet record: a SQLite file or "
+                        "a postgresql:// URL (env PAODING_DB)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="output directory (created; existing files of the same name "
                         "are replaced only on success)")
@@ -177,7 +181,19 @@ def run(args: argparse.Namespace) -> int:
         }
         report.write_json(body, tmp / "report.json")
         report.plot_trajectory(body, tmp / "report.png")
+        keras_sha = sha256_file(tmp / "pruned.keras")
     last = result.final.to_dict()
+    if args.db:
+        from hostcli import lineage
+
+        facts = {"source": Path(args.model).name, "mode": config.mode, "target": config.target,
+                 "seed": config.seed, "fidelity": fid, "accuracy": last.get("accuracy"),
+                 "ratio": last.get("ratio"), "output_dir": str(out)}
+        rows = [("prune", body["command"]["model_sha256"], keras_sha,
+                 {**facts, "export": "keras", "file": "pruned.keras"})]
+        rows += [("prune", body["command"]["model_sha256"], f["sha256"],
+                  {**facts, "export": q, "file": f["file"]}) for q, f in files.items()]
+        note("prune", f"lineage recorded in {lineage.record(args.db, rows)}")
     summary = f"wrote {out}/: pruned.keras, " + ", ".join(f["file"] for f in files.values())
     ratio = last.get("ratio") if isinstance(last, dict) else None
     if ratio is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from hostcli import lineage
 from hostcli.options import add_ratio_arguments, add_trust_arguments, device_key_for
 from pruner.evaldata import BUNDLED, load_eval_data
 
@@ -183,6 +184,22 @@ def run(args: argparse.Namespace) -> int:
                     f"({v.get('emulation')}), not on a real device"
                 )
     tn.save(result, out)
+    if result.chosen is not None and result.model_bytes is not None and lineage.wanted(args.db):
+        import hashlib
+
+        from core.files import sha256_file
+
+        c = result.chosen
+        facts = {"source": Path(args.model).name, "profile": profile.id, "key": c.key,
+                 "mode": c.mode, "seed": c.seed, "ratio": c.ratio, "export": c.export,
+                 "accuracy": c.accuracy, "robust": c.robust,
+                 "predicted_p90_ms": c.predicted_p90_ms,
+                 "predicted_memory_mb": c.predicted_memory_mb, "outcome": result.outcome,
+                 "device": result.device, "measured": c.measured, "output_dir": str(out)}
+        label = lineage.record(args.db, [("tune", sha256_file(args.model),
+                                          hashlib.sha256(result.model_bytes).hexdigest(),
+                                          facts)])
+        print(f"lineage recorded in {label}")
     print(
         f"wrote {out}/report.json, {out}/report.png"
         + (f", {out}/model.tflite, {out}/model.keras" if result.chosen else "")

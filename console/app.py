@@ -72,7 +72,7 @@ def latency_charts(data: dict[str, Any]) -> dict[str, str]:
     """The device page's two charts: p50/p90 and memory per deployment, predicted, budget."""
     deps = [d for d in data["deployments"] if d["measured"]["p90_ms"] is not None
             or d["predicted"]["p90_ms"] is not None]
-    labels = [d["deployment_id"].split("-")[-1][:8] for d in deps]
+    labels = [time.strftime("%m-%d %H:%M", time.gmtime(d["started_at"])) for d in deps]
     budgets = data["budgets"] or {}
     return {
         "latency": chart(
@@ -100,8 +100,11 @@ class Console:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.filters.update(ago=_ago, when=_when, num=_num,
+                           stamp=lambda ts: time.strftime("%m-%d %H:%M:%S", time.gmtime(ts)),
                            short=lambda s: (s or "-")[:12])
-        env.globals.update(actions=token is not None, db_label=self.registry.label)
+        label = self.registry.label
+        env.globals.update(actions=token is not None,
+                           db_label=label if "://" in label else Path(label).name)
 
     def close(self) -> None:
         self.registry.close()

@@ -13,7 +13,8 @@ function renderRollout(root, r) {
   state.textContent = r.state;
   state.className = "state-" + r.state;
   document.getElementById("reason").textContent = r.reason || "-";
-  document.getElementById("updated").textContent = new Date(r.updated_at * 1000).toISOString();
+  document.getElementById("updated").textContent =
+    new Date(r.updated_at * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
   const pct = Math.round(100 * r.failure_rate);
   document.getElementById("failed").textContent =
     r.failed + " of " + r.settled + " settled (" + pct + "%)";

@@ -490,4 +490,53 @@ def run(args: argparse.Namespace) -> int:
     )
     if not ok:
         print("NOT DELIVERED: a profile has no model verified on its device (see above)")
+    db = record_demo(work, results, Path(args.model) if args.model else work / MODEL_NAME)
+    print(f"\nSee it in the fleet console: paoding-edge console --db {db}  "
+          "then open http://127.0.0.1:8080/")
     return 0 if ok else 1
+
+
+def record_demo(work: Path, results: dict[str, Any], source: Path) -> Path:
+    """The demo's devices, deployments, reports and lineage in ``work``/fleet.sqlite."""
+    import hashlib
+    import json
+
+    from core.files import sha256_file
+    from fleet.registry import Registry
+    from fleet.rollout import Device, Outcome
+
+    db = work / "fleet.sqlite"
+    source_sha = (sha256_file(source) if source.is_file()
+                  else hashlib.sha256(str(source).encode()).hexdigest())
+    with Registry(db) as reg:
+        known = {d["deployment_id"] for d in reg.deployments()}
+        for pid, r in results.items():
+            device = f"demo-{pid}"
+            reg.upsert_device(Device(device, pid, frozenset({"demo"})), online=False)
+            reports = sorted((work / "devices" / device / "reports").glob("*.json"),
+                             key=lambda f: f.stat().st_mtime)
+            for f in reports:
+                rep = json.loads(f.read_text())
+                dep = rep.get("deployment_id")
+                if not dep or dep in known or not rep.get("model_sha256"):
+                    continue
+                size = (rep.get("transfer") or {}).get("bytes") or 0
+                reg.add_deployment(dep, device, rep["model_sha256"], size)
+                reg.add_report(dep, device, rep["state"], rep, rep.get("report_id"))
+                if rep["state"] in {o.value for o in Outcome}:
+                    reg.settle([(dep, Outcome(rep["state"]), rep.get("reason") or "")])
+                if rep.get("active_sha256"):
+                    reg.note_devices([(device, None, rep["active_sha256"], dep)])
+            c = r.chosen
+            if c is not None and r.model_bytes is not None:
+                out = hashlib.sha256(r.model_bytes).hexdigest()
+                if not any(s["kind"] == "tune" and s["body"].get("profile") == pid
+                           for s in reg.lineage(out)):
+                    reg.add_lineage("tune", source_sha, out, {
+                        "source": source.name, "profile": pid, "key": c.key, "mode": c.mode,
+                        "seed": c.seed, "ratio": c.ratio, "export": c.export,
+                        "accuracy": c.accuracy, "robust": c.robust,
+                        "predicted_p90_ms": c.predicted_p90_ms,
+                        "predicted_memory_mb": c.predicted_memory_mb, "outcome": r.outcome,
+                        "device": r.device, "measured": c.measured})
+    return db

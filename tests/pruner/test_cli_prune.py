@@ -98,11 +98,15 @@ def test_prune_into_existing_dir_keeps_other_files(files, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     (out / "report.json").write_text("old")
+    db = tmp_path / "fleet.sqlite"
     rc = main(["prune", str(d / "model.keras"), "--target", "0.2", "--mode", "magnitude",
-               "--export", "int8", "--fidelity-floor", "0.3", "--no-progress", "-o", str(out)])
+               "--export", "int8", "--fidelity-floor", "0.3", "--no-progress", "-o", str(out),
+               "--db", str(db)])
     # magnitude loses 5 points of this 4-epoch MLP at 6% (score 0.48 < the default 0.8)
     assert rc == 0, capsys.readouterr().err
-    assert "random inputs" in capsys.readouterr().err  # int8 without data says so
+    err = capsys.readouterr().err
+    assert "random inputs" in err  # int8 without data says so
+    assert f"lineage recorded in {db}" in err
     assert (out / "keep.txt").read_text() == "mine"
     body = json.loads((out / "report.json").read_text())  # replaced
     assert body["config"]["mode"] == "magnitude" and body["command"]["eval_data"] is None
@@ -110,6 +114,19 @@ def test_prune_into_existing_dir_keeps_other_files(files, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         "keep.txt", "pruned.keras", "pruned_int8.tflite", "report.json", "report.png"]
     assert siblings(out) == []
+    # --db: the lineage of each output, from the source model's digest, in the fleet record
+    from core.files import sha256_file
+    from fleet.registry import Registry
+
+    with Registry(db) as reg:
+        for name, export in (("pruned.keras", "keras"), ("pruned_int8.tflite", "int8")):
+            (step,) = reg.lineage(sha256_file(out / name))
+            assert step["kind"] == "prune"
+            assert step["source_sha256"] == sha256_file(d / "model.keras")
+            b = step["body"]
+            assert (b["mode"], b["target"], b["seed"], b["export"]) == (
+                "magnitude", 0.2, 0, export)
+            assert b["accuracy"] is None and b["fidelity"] == body["data_free_fidelity"]
 
 
 def test_report_records_every_option(files, tmp_path, capsys):

@@ -78,6 +78,19 @@ def test_demo_delivers_verified_models(small_model, make_profile, tmp_path, capf
     assert (tmp_path / "demo" / "demo_report.png").stat().st_size > 10_000
     assert "NOT DELIVERED" not in out
     assert not [line for line in (out + err).splitlines() if STRAY.search(line)]
+    # the demo ends by saying how to open the console on its fleet record, which holds
+    # each device's deployments and reports and the lineage of the model it runs
+    db = tmp_path / "demo" / "fleet.sqlite"
+    assert out.strip().splitlines()[-1].startswith(
+        f"See it in the fleet console: paoding-edge console --db {db}")
+    from fleet.registry import Registry
+
+    with Registry(db) as reg:
+        runs = {d["device_id"]: d["active_sha"] for d in reg.device_rows()}
+        for pid in rep["profiles"]:
+            assert len(reg.deployments(f"demo-{pid}")) >= 2
+            (step,) = reg.lineage(runs[f"demo-{pid}"])
+            assert step["kind"] == "tune" and step["body"]["profile"] == pid
 
 
 @pytest.mark.broker

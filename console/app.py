@@ -41,6 +41,8 @@ from core.errors import ConfigError, PaodingError
 from fleet.registry import Registry
 
 HERE = Path(__file__).parent
+# starts a rollout of {profile: model bytes} in the background; returns its id once planned
+Starter = Callable[[dict[str, bytes]], str]
 LIVE_STATES = ("running", "aborting")
 NO_TOKEN = ("actions are off: this console was started without a token "
             "(make one with `paoding-edge keys console-token DIR`, then "
@@ -93,10 +95,11 @@ class Console:
     """The app's state: one registry connection, the token (None: read-only), allowed hosts."""
 
     def __init__(self, db: str | Path, *, token: str | None = None,
-                 broker_dir: str | Path | None = None) -> None:
+                 broker_dir: str | Path | None = None, starter: Starter | None = None) -> None:
         self.registry = Registry(db)
         self.token = token
         self.broker_dir = broker_dir
+        self.starter = starter
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.filters.update(ago=_ago, when=_when, num=_num,
@@ -169,7 +172,8 @@ class Console:
     def model(self, request: Request) -> Response:
         sha = _strip_json(request.path_params["sha256"])
         return self.page(request, f"model {sha[:12]}", "model.html",
-                         lambda: queries.model(self.registry, sha))
+                         lambda: queries.model(self.registry, sha),
+                         lambda data: {"profiles": queries.profiles(self.registry)})
 
     async def rollout_events(self, request: Request) -> Response:
         """Server-sent events: the rollout's JSON each time it changes, until it ends."""
@@ -250,6 +254,26 @@ class Console:
 
         return await self.act(request, run, f"/rollout/{rollout_id}")
 
+    async def start(self, request: Request) -> Response:
+        sha = request.path_params["sha256"]
+        form = await request.form()
+        profile = form.get("profile")
+
+        def run() -> str:
+            if self.starter is None:
+                raise ConfigError("starting a rollout needs the console started with a "
+                                  "signing key (--key) and its broker (--broker)")
+            if not isinstance(profile, str) or profile not in queries.profiles(self.registry):
+                raise ConfigError(f"no device of profile {profile!r} in the fleet")
+            data = queries.model_bytes(self.registry, sha)
+            if data is None:
+                raise ConfigError(f"the bytes of model {sha[:12]} are not at hand (neither "
+                                  "published before nor at the path its lineage names)")
+            rollout_id = self.starter({profile: data})
+            return f"rollout {rollout_id} started: /rollout/{rollout_id}"
+
+        return await self.act(request, run, f"/model/{sha}")
+
     async def revoke(self, request: Request) -> Response:
         from fleet.enrol import revoke_device
 
@@ -268,9 +292,14 @@ def _strip_json(name: str) -> str:
 
 def create_app(db: str | Path, *, token: str | None = None,
                allowed_hosts: list[str] | None = None,
-               broker_dir: str | Path | None = None) -> Starlette:
-    """The console over the fleet record ``db``; ``token`` None keeps it read-only."""
-    console = Console(db, token=token, broker_dir=broker_dir)
+               broker_dir: str | Path | None = None, starter: Starter | None = None
+               ) -> Starlette:
+    """The console over the fleet record ``db``; ``token`` None keeps it read-only.
+
+    ``starter`` (given by the command, which holds the signing key and the broker)
+    lets a token holder start a rollout of a model; without it the console cannot.
+    """
+    console = Console(db, token=token, broker_dir=broker_dir, starter=starter)
     routes = [
         Route("/", lambda r: RedirectResponse("/fleet")),
         Route("/fleet", console.fleet),
@@ -281,6 +310,7 @@ def create_app(db: str | Path, *, token: str | None = None,
         Route("/rollout/{rollout_id}/events", console.rollout_events),
         Route("/rollout/{rollout_id}/abort", console.abort, methods=["POST"]),
         Route("/rollout/{rollout_id}", console.rollout),
+        Route("/model/{sha256}/rollout", console.start, methods=["POST"]),
         Route("/model/{sha256}", console.model),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

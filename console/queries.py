@@ -7,8 +7,10 @@ HTML page renders and the ``.json`` twin returns unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
@@ -216,3 +218,23 @@ def model(reg: Registry, sha256: str) -> dict[str, Any] | None:
         "deployments": {r["outcome"]: int(r["n"]) for r in deployments},
         "running": running, "running_count": n_running,
     }
+
+
+def profiles(reg: Registry) -> list[str]:
+    """The device profiles in the fleet, for choosing where a model goes."""
+    return [r["profile"] for r in reg.db.query(
+        "SELECT DISTINCT profile FROM devices ORDER BY profile")]
+
+
+def model_bytes(reg: Registry, sha256: str) -> bytes | None:
+    """The model's bytes: published before (artifacts), or the file its lineage names."""
+    data = reg.artifact(sha256)
+    if data is not None:
+        return data
+    for step in reg.lineage(sha256):
+        path = step["body"].get("path")
+        if path and Path(path).is_file():
+            data = Path(path).read_bytes()
+            if hashlib.sha256(data).hexdigest() == sha256:
+                return data
+    return None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "turns on actions for requests that carry it")
     parser.add_argument("--broker-dir", help="broker configuration directory: a revoke from "
                         "the console also removes the device's broker password there")
+    from hostcli.options import add_connection_arguments
+
+    # with --key (and --token), a token holder may start a rollout of a model from its page
+    add_connection_arguments(parser)
+    parser.add_argument("--unverified-reports", action="store_true",
+                        help="rollouts started here also accept reports from devices that "
+                        "are not enrolled (a test bed only)")
 
 
 def read_token(path: str) -> str:
@@ -55,10 +65,64 @@ def run(args: argparse.Namespace) -> int:
     from console.app import create_app
 
     hosts = None if args.bind in ("127.0.0.1", "localhost", "::1") else ["*"]
-    app = create_app(args.db, token=token, allowed_hosts=hosts, broker_dir=args.broker_dir)
+    starter = None
+    if token and (args.key or args.unsigned):
+        from hostcli.options import broker_from_args, key_from_args
+
+        starter = rollout_starter(args.db, broker_from_args(args), key_from_args(args),
+                                  verified=not args.unverified_reports)
+    app = create_app(args.db, token=token, allowed_hosts=hosts, broker_dir=args.broker_dir,
+                     starter=starter)
     host = f"[{args.bind}]" if ":" in args.bind else args.bind
     print(f"console on http://{host}:{args.port}/ over {app.state.console.registry.label} "
           f"({'actions on for requests with the token' if token else 'read-only'}); "
           "Ctrl-C stops it", flush=True)
     uvicorn.run(app, host=args.bind, port=args.port, log_level="warning")
     return 0
+
+
+def rollout_starter(db: str, broker: Any, key: Any, *, verified: bool = True,
+                    policy: Any = None, discover_s: float = 1.5,
+                    plan_timeout_s: float = 60.0) -> Callable[[dict[str, bytes]], str]:
+    """Start a rollout of {profile: model bytes} in a thread; return its id once planned.
+
+    The rollout runs here as ``paoding-edge rollout`` would (its own registry
+    connection; reports count only when signed by the device's enrolled key).
+    """
+
+    def start(variants: dict[str, bytes]) -> str:
+        import threading
+
+        from core.errors import ConfigError, PaodingError
+        from fleet.intake import Intake
+        from fleet.orchestrator import run_rollout
+        from fleet.registry import Registry
+
+        planned = threading.Event()
+        found: dict[str, str] = {}
+
+        def progress(event: str, info: dict[str, Any]) -> None:
+            if event == "plan":
+                found["rollout_id"] = info["rollout_id"]
+                planned.set()
+
+        def run() -> None:
+            try:
+                with Registry(db) as registry:
+                    intake = Intake(registry.public_keys()) if verified else None
+                    kwargs = {"policy": policy} if policy is not None else {}
+                    run_rollout(variants, broker, registry, key=key, progress=progress,
+                                intake=intake, discover_s=discover_s, **kwargs)
+            except PaodingError as exc:
+                found.setdefault("error", str(exc))
+                planned.set()
+                print(f"paoding-edge console: rollout: {exc}", file=sys.stderr)
+
+        threading.Thread(target=run, name="paoding-console-rollout", daemon=True).start()
+        if not planned.wait(plan_timeout_s):
+            raise ConfigError(f"the rollout was not planned within {plan_timeout_s:g} s")
+        if "rollout_id" not in found:
+            raise ConfigError(found["error"])
+        return found["rollout_id"]
+
+    return start

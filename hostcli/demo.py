@@ -538,5 +538,6 @@ def record_demo(work: Path, results: dict[str, Any], source: Path) -> Path:
                         "accuracy": c.accuracy, "robust": c.robust,
                         "predicted_p90_ms": c.predicted_p90_ms,
                         "predicted_memory_mb": c.predicted_memory_mb, "outcome": r.outcome,
-                        "device": r.device, "measured": c.measured})
+                        "device": r.device, "measured": c.measured,
+                        "path": str(work / pid / "model.tflite")})
     return db

@@ -17,7 +17,7 @@ from core.errors import PaodingError
 
 # Packages only the [host] extra installs: a command that needs one says so in one line.
 HOST_PACKAGES = frozenset({"tensorflow", "keras", "sklearn", "matplotlib", "tqdm", "h5py",
-                           "amqtt", "ai_edge_litert"})
+                           "amqtt", "ai_edge_litert", "starlette", "uvicorn", "jinja2"})
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -188,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
 
         facts = {"source": Path(args.model).name, "mode": config.mode, "target": config.target,
                  "seed": config.seed, "fidelity": fid, "accuracy": last.get("accuracy"),
-                 "ratio": last.get("ratio"), "output_dir": str(out)}
+                 "ratio": last.get("ratio")}
         rows = [("prune", body["command"]["model_sha256"], keras_sha,
-                 {**facts, "export": "keras", "file": "pruned.keras"})]
+                 {**facts, "export": "keras", "path": str((out / "pruned.keras").resolve())})]
         rows += [("prune", body["command"]["model_sha256"], f["sha256"],
-                  {**facts, "export": q, "file": f["file"]}) for q, f in files.items()]
+                  {**facts, "export": q, "path": str((out / f["file"]).resolve())})
+                 for q, f in files.items()]
         note("prune", f"lineage recorded in {lineage.record(args.db, rows)}")
     summary = f"wrote {out}/: pruned.keras, " + ", ".join(f["file"] for f in files.values())
     ratio = last.get("ratio") if isinstance(last, dict) else None

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
                  "accuracy": c.accuracy, "robust": c.robust,
                  "predicted_p90_ms": c.predicted_p90_ms,
                  "predicted_memory_mb": c.predicted_memory_mb, "outcome": result.outcome,
-                 "device": result.device, "measured": c.measured, "output_dir": str(out)}
+                 "device": result.device, "measured": c.measured,
+                 "path": str((out / "model.tflite").resolve())}
         label = lineage.record(args.db, [("tune", sha256_file(args.model),
                                           hashlib.sha256(result.model_bytes).hexdigest(),
                                           facts)])

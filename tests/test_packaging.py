@@ -74,14 +74,15 @@ def test_device_install_imports_agent_without_host_packages(device_venv):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["prune", "probes", "tune", "demo"])
+@pytest.mark.parametrize("command", ["prune", "probes", "tune", "demo", "console"])
 def test_device_install_host_commands_say_which_extra(device_venv, tmp_path, command):
     model = tmp_path / "m.keras"
     model.write_bytes(b"not a model")
+    (tmp_path / "fleet.sqlite").write_bytes(b"")
     args = {"prune": [str(model), "-o", str(tmp_path / "o")],
             "probes": [str(model), "--eval-data", "digits28", "-o", str(tmp_path / "p.npz")],
             "tune": [str(model), "--profile", "raspberry-pi-4", "-o", str(tmp_path / "t")],
-            "demo": []}[command]
+            "demo": [], "console": ["--db", str(tmp_path / "fleet.sqlite")]}[command]
     r = subprocess.run([str(device_venv / "bin" / "paoding-edge"), command, *args],
                        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
                        env=CLEAN_ENV)

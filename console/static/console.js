@@ -59,14 +59,21 @@ function actions() {
       ev.preventDefault();
       const out = form.querySelector(".action-result");
       const token = form.querySelector("input[name=token]").value;
+      const fields = new FormData(form);
+      fields.delete("token");  // sent as the header
       out.textContent = "…";
       try {
         const resp = await fetch(form.action, {
           method: "POST",
           headers: {"Accept": "application/json", "X-Paoding-Token": token},
+          body: fields,
         });
         const body = await resp.json();
         out.textContent = body.message;
+        const link = /(\/rollout\/[A-Za-z0-9_.-]+)$/.exec(body.message || "");
+        if (body.ok && link) {
+          out.append(" ", el("a", {href: link[1]}, "follow it"));
+        }
         out.className = "action-result " + (body.ok ? "ok" : "error");
       } catch (err) {
         out.textContent = "no answer from the console: " + err;

@@ -23,6 +23,7 @@ from fleet.orchestrator import run_rollout
 from fleet.registry import Registry
 from fleet.rollout import WavePolicy
 from fleet.simulator import Simulator, device_ids, simulated_key
+from hostcli.console import rollout_starter
 from hostcli.lineage import record
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -75,7 +76,10 @@ def test_console_follows_a_real_rollout(broker, tmp_path):
         rollout.start()
         assert waved.wait(60), "the rollout never started its first wave"
         rid = found["rollout_id"]
-        app = create_app(db, token=TOKEN)
+        starter = rollout_starter(str(db), Broker(port=broker.port), host_key,
+                                  policy=WavePolicy(canary=6, growth=3, max_failure_rate=0.5,
+                                                    timeout_s=60), discover_s=0.5)
+        app = create_app(db, token=TOKEN, starter=starter)
         with serve(app, free_port()) as base, chromium() as driver:
             wait = WebDriverWait(driver, 90)
             # the rollout page while wave 0 is held: running, devices pending
@@ -102,9 +106,11 @@ def test_console_follows_a_real_rollout(broker, tmp_path):
             wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".action-result").text
                        not in ("", "…"))
             assert driver.find_element(By.CSS_SELECTOR, ".action-result").text == BAD_TOKEN
-            # a second model to the same fleet: each device page has two deployments
-            model2 = os.urandom(90_000)
-            sha = hashlib.sha256(model2).hexdigest()
+            # a second model, started from its page with the token: each device then has
+            # two deployments
+            model2 = tmp_path / "model.tflite"
+            model2.write_bytes(os.urandom(90_000))
+            sha = hashlib.sha256(model2.read_bytes()).hexdigest()
             record(str(db), [
                 ("prune", "5" * 64, "6" * 64, {"source": "digits_cnn.keras", "mode": "paoding",
                                                "target": 0.5, "seed": 0, "fidelity": 0.93,
@@ -114,13 +120,17 @@ def test_console_follows_a_real_rollout(broker, tmp_path):
                                          "seed": 0, "ratio": 0.3, "export": "int8",
                                          "accuracy": 0.975, "robust": 0.81,
                                          "predicted_p90_ms": 1.4, "predicted_memory_mb": 0.9,
-                                         "outcome": "predicted"})])
-            second = run_rollout({PROFILE: model2}, Broker(port=broker.port), reg,
-                                 key=host_key, policy=WavePolicy(canary=6, growth=3,
-                                                                 max_failure_rate=0.5,
-                                                                 timeout_s=60),
-                                 discover_s=0.5)
-            assert second.decision.value == "done"
+                                         "outcome": "predicted", "path": str(model2)})])
+            driver.get(f"{base}/model/{sha}")
+            form = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "form[data-action]"))
+            form.find_element(By.NAME, "token").send_keys(TOKEN)
+            form.find_element(By.TAG_NAME, "button").click()
+            follow = wait.until(lambda d: d.find_element(By.LINK_TEXT, "follow it"))
+            assert form.find_element(By.CSS_SELECTOR, ".action-result").text.startswith(
+                "rollout r")
+            follow.click()
+            wait.until(lambda d: d.find_element(By.ID, "state").text == "done")
+            assert driver.find_element(By.ID, "failed").text == "1 of 24 settled (4%)"
             # the fleet page lists the devices
             driver.get(f"{base}/fleet")
             wait.until(lambda d: d.find_element(By.ID, "count-total").text == "24")

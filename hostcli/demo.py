@@ -525,8 +525,8 @@ def record_demo(work: Path, results: dict[str, Any], source: Path) -> Path:
                 reg.add_report(dep, device, rep["state"], rep, rep.get("report_id"))
                 if rep["state"] in {o.value for o in Outcome}:
                     reg.settle([(dep, Outcome(rep["state"]), rep.get("reason") or "")])
-                if rep.get("active_sha256"):
-                    reg.note_devices([(device, None, rep["active_sha256"], dep)])
+                if rep["state"] == "active":  # the model it reported active is what it runs
+                    reg.note_devices([(device, None, rep["model_sha256"], dep)])
             c = r.chosen
             if c is not None and r.model_bytes is not None:
                 out = hashlib.sha256(r.model_bytes).hexdigest()

@@ -89,8 +89,8 @@ def test_demo_delivers_verified_models(small_model, make_profile, tmp_path, capf
         runs = {d["device_id"]: d["active_sha"] for d in reg.device_rows()}
         for pid in rep["profiles"]:
             assert len(reg.deployments(f"demo-{pid}")) >= 2
-            (step,) = reg.lineage(runs[f"demo-{pid}"])
-            assert step["kind"] == "tune" and step["body"]["profile"] == pid
+            steps = reg.lineage(runs[f"demo-{pid}"])  # one model may suit both profiles
+            assert [s["kind"] for s in steps if s["body"]["profile"] == pid] == ["tune"]
 
 
 @pytest.mark.broker

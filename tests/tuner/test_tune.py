@@ -108,6 +108,35 @@ def test_cli_impossible_exits_2_and_writes_report(small_model, make_profile, tmp
     assert (out / "report.json").is_file() and not (out / "model.tflite").exists()
 
 
+def test_cli_records_lineage_in_the_fleet_record(small_model, make_profile, tmp_path, capsys):
+    import hashlib
+    import json
+
+    from core.files import sha256_file
+    from fleet.registry import Registry
+
+    path, (x, y) = small_model
+    np.savez(tmp_path / "eval.npz", x=x, y=y)
+    pid = make_profile("lineage-cli")
+    db = tmp_path / "fleet.sqlite"
+    Registry(db).close()
+    out = tmp_path / "out"
+    rc = main(["tune", str(path), "--profile", pid, "--eval-data", str(tmp_path / "eval.npz"),
+               "--max-ratio", "0.4", "--step", "0.2", "--exports", "float32", "--modes",
+               "paoding", "--no-progress", "--db", str(db), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert f"lineage recorded in {db}" in capsys.readouterr().out
+    chosen = json.loads((out / "report.json").read_text())["chosen"]
+    sha = hashlib.sha256((out / "model.tflite").read_bytes()).hexdigest()
+    with Registry(db) as reg:
+        (step,) = reg.lineage(sha)
+    assert step["kind"] == "tune" and step["source_sha256"] == sha256_file(path)
+    b = step["body"]
+    assert (b["profile"], b["key"], b["outcome"]) == (pid, chosen["key"], "predicted")
+    assert b["predicted_p90_ms"] == chosen["predicted_p90_ms"]
+    assert b["path"] == str((out / "model.tflite").resolve())
+
+
 def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
     path, _ = small_model
     rc = main(

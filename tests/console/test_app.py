@@ -16,11 +16,10 @@ BASE = "http://127.0.0.1"
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "fleet.sqlite"
-    with Registry(path) as reg:
+def db(registry_target):
+    with Registry(registry_target) as reg:
         populate(reg)
-    return path
+    return registry_target
 
 
 @pytest.fixture

@@ -29,13 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "turns on actions for requests that carry it")
     parser.add_argument("--broker-dir", help="broker configuration directory: a revoke from "
                         "the console also removes the device's broker password there")
-    from hostcli.options import add_connection_arguments
+    from hostcli.options import add_connection_arguments, add_trust_arguments
 
     # with --key (and --token), a token holder may start a rollout of a model from its page
     add_connection_arguments(parser)
-    parser.add_argument("--unverified-reports", action="store_true",
-                        help="rollouts started here also accept reports from devices that "
-                        "are not enrolled (a test bed only)")
+    add_trust_arguments(parser, with_db=False)
 
 
 def read_token(path: str) -> str:

@@ -123,9 +123,9 @@ def device(reg: Registry, device_id: str) -> dict[str, Any] | None:
             "wave": dep["wave"], "model_sha256": dep["model_sha256"],
             "outcome": dep["outcome"], "reason": dep["reason"],
             "started_at": dep["started_at"], "finished_at": dep["finished_at"],
-            "reports": int(reg.db.query("SELECT COUNT(*) AS n FROM reports "
-                                        "WHERE deployment_id=?",
-                                        (dep["deployment_id"],))[0]["n"]),
+            "reports": [r["state"] for r in reg.db.query(
+                "SELECT state FROM reports WHERE deployment_id=? ORDER BY id",
+                (dep["deployment_id"],))],
             "measured": {"p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"),
                          "memory_mb": bench.get("peak_memory_mb"),
                          "emulated": bench.get("emulated")},

@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import ConfigError
+
 PROTOCOL_VERSION = 2
 PROTOCOL_ROOT = "paoding/v2"
 TOPIC_ROOT = f"{PROTOCOL_ROOT}/devices"  # + /<device id>/<kind>
@@ -53,7 +55,11 @@ Name = Annotated[str, Field(max_length=128, pattern=_PRINTABLE)]
 Ms = Annotated[float, Field(ge=0, lt=MAX_MS)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# THE id pattern (device, deployment, rollout ids; a device id is also its broker user
+# name): 1-64 ASCII letters, digits, '_', '.', '-', not starting with '_', '.', '-'.
+# Always checked whole (re.fullmatch): '$' would let a trailing newline through.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 class WireModel(BaseModel):
@@ -389,9 +395,11 @@ DEVICE_MODELS: dict[str, type[Status] | type[Report] | type[ChunkRequest]] = {
 
 
 def check_id(value: str, what: str = "device id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - "
-                         "(not starting with _ . -)")
+    """``value`` when it matches ID_PATTERN whole; else ConfigError (a ValueError) in one line."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        shown = repr(value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value)
+        raise ConfigError(f"invalid {what} {shown}: use 1-64 of A-Z a-z 0-9 _ . - "
+                          "(not starting with _ . -)")
     return value
 
 

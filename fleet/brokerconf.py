@@ -21,16 +21,20 @@ before the broker buffers it for a subscriber.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError
 from core.files import write_atomic
-from core.protocol import MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
+from core.protocol import ID_PATTERN, MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
 from fleet.pki import CertPair, issue, make_ca, write_private
 
 ROOT = PROTOCOL_ROOT
@@ -38,7 +42,7 @@ HOST_USER = "paoding-host"
 # the largest chunk or JSON message plus headers (what the agent accepts); bigger: refused
 DEFAULT_MAX_PACKET = MAX_PACKET_BYTES
 PBKDF2_ITERATIONS = 1000
-_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_USER_RE = re.compile(ID_PATTERN)  # a device's user name is its id
 
 
 # --- password files ----------------------------------------------------------
@@ -68,8 +72,8 @@ def new_password() -> str:
 
 
 def check_user(name: str) -> str:
-    if not isinstance(name, str) or not _USER_RE.match(name):
-        raise ConfigError(f"invalid broker user name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - "
+    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
+        raise ConfigError(f"invalid broker user name {name[:40]!r}: use 1-64 of A-Z a-z 0-9 _ . - "
                           "(not starting with _ . -)")
     return name
 
@@ -94,11 +98,37 @@ class PasswordFile:
         return out
 
     def _write(self, entries: dict[str, str]) -> None:
+        """Replace the file in one step: a new file (0600, the old owner), fsynced, renamed."""
+        for user in entries:
+            check_user(user)  # a line the broker cannot parse never reaches the file
+        data = "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())).encode()
         owner = self.path.stat() if self.path.exists() else None
-        write_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(entries.items()))
-                      .encode())
-        if owner is not None and os.geteuid() == 0:  # keep it readable by the broker's user
-            os.chown(self.path, owner.st_uid, owner.st_gid)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                if owner is not None and os.geteuid() == 0:  # readable by the broker's user
+                    os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (two enrolments at once must not lose each other's line)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def ensure(self) -> None:
         """Create the file empty (no user) when it does not exist."""
@@ -106,14 +136,18 @@ class PasswordFile:
             self._write({})
 
     def set(self, user: str, password: str) -> None:
-        entries = self.entries()
-        entries[check_user(user)] = hash_password(password)
-        self._write(entries)
+        check_user(user)
+        with self._locked():
+            entries = self.entries()
+            entries[user] = hash_password(password)
+            self._write(entries)
 
     def remove(self, user: str) -> bool:
-        entries = self.entries()
-        found = entries.pop(user, None) is not None
-        self._write(entries)
+        with self._locked():
+            entries = self.entries()
+            found = entries.pop(user, None) is not None
+            if found:
+                self._write(entries)
         return found
 
     def verify(self, user: str, password: str) -> bool:

@@ -161,14 +161,19 @@ def enrol_device(
 
 def revoke_device(registry: Registry, device_id: str,
                   broker_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """Forget the device's key and remove its broker password; return what was removed."""
+    """Remove the device's broker password, then its key; return what was removed."""
     check_id(device_id)
     removed = []
+    # the broker password first: it is what lets the device in, and the file is what can
+    # be unreadable; a failure there leaves the registry untouched (nothing half done)
+    if broker_dir is not None:
+        passwd = PasswordFile(Path(broker_dir) / "devices.passwd")
+        if not passwd.path.exists():
+            raise ConfigError(f"{broker_dir} has no devices.passwd (not a broker-config directory)")
+        if passwd.remove(device_id):
+            removed.append("broker password")
     if registry.revoke_identity(device_id):
-        removed.append("public key")
-    if broker_dir is not None and PasswordFile(Path(broker_dir) / "devices.passwd").remove(
-            device_id):
-        removed.append("broker password")
+        removed.insert(0, "public key")
     if not removed:
         raise ConfigError(f"device {device_id!r} is not enrolled")
     return removed

@@ -38,6 +38,7 @@ from agent.transfer import Transfer as ChunkStore
 from core.errors import PaodingError, ProbeError, RuntimeLoadError, SignatureError
 from core.files import sha256_file
 from core.protocol import (
+    RELEASE_AHEAD_MS,
     BenchmarkResult,
     CheckResults,
     Manifest,
@@ -185,11 +186,17 @@ class Accept(State):
             st.record(dep, m.release, accepted=False)  # a replay later is refused too
             return self._refuse(ctx, f"deployment {dep} refused: deployment "
                                 f"{lock.get('deployment_id')} is in progress", m)
-        if m.release <= st.last_release and not m.rollback:
+        if m.release <= st.last_release and not (m.rollback or m.release_reset):
             return self._refuse(ctx, f"release {m.release} of {dep} is not above the last "
                                 f"accepted release {st.last_release}: downgrade or replay "
                                 "refused (a rollback deployment must say so)", m)
-        st.record(dep, m.release)
+        bound = max(st.last_release, int(ctx.clock() * 1000)) + RELEASE_AHEAD_MS
+        if m.release > bound and not (m.release_jump or m.release_reset):
+            return self._refuse(ctx, f"release {m.release} of {dep} is more than "
+                                f"{RELEASE_AHEAD_MS // 86_400_000} days beyond the last "
+                                f"accepted release {st.last_release} and the clock: refused "
+                                "(a release that far ahead must be signed as a release jump)", m)
+        st.record(dep, m.release, reset=m.release_reset)
         return Transfer(m, st.active())
 
 

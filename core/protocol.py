@@ -44,6 +44,9 @@ MAX_PACKET_BYTES = max(MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES) + 4096
 MAX_RANGES = 4096
 MAX_MS = 1e6  # latencies and times in a device message: >= 0 and below this
 DEFAULT_TTL_S = 3600.0  # a manifest's default lifetime (expires_at - created_at)
+# releases are milliseconds since the epoch by default: a release more than this beyond
+# the device's last accepted release (or its clock) needs a signed ``release_jump``
+RELEASE_AHEAD_MS = 30 * 24 * 3600 * 1000
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 DeploymentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -200,6 +203,11 @@ class Manifest(Versioned):
     created_at: float = Field(default_factory=time.time, ge=0)
     expires_at: float = Field(default=0.0, ge=0)  # 0: created_at + DEFAULT_TTL_S
     rollback: bool = False
+    # the operator's explicit step past RELEASE_AHEAD_MS (release_jump), or the way out
+    # for a device wedged by a release far ahead: ``release_reset`` makes this manifest's
+    # release the device's last accepted one, whatever was accepted before
+    release_jump: bool = False
+    release_reset: bool = False
     model: Artifact
     probes: Artifact | None = None
     thresholds: Thresholds = Thresholds()

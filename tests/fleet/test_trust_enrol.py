@@ -118,7 +118,8 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
                 dev.connect(timeout=10)
                 dev.publish(f"{R}/devices/pi-5/status", b"hello", qos=1).wait(5)
                 assert host.wait_for(f"{R}/devices/pi-5/status")
-            assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password"]
+            assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password",
+                                                             "broker ACL"]
             assert reg.public_key("pi-5") is None
             with pytest.raises(ConfigError, match="not enrolled"):
                 revoke_device(reg, "pi-5", b.workdir)
@@ -143,6 +144,7 @@ def test_client_certificate_identity_mutual_tls(tmp_path):
         with Registry(tmp_path / "f.sqlite") as reg:
             enrol_device(reg, "pi-6", PROFILE, broker_dir=b.workdir,
                          bundle_dir=tmp_path / "bundles", client_cert=True)
+        b.reload()  # the broker reads the device's ACL block
         bundle = tmp_path / "bundles" / "pi-6"
         cert = (bundle / "client.crt", bundle / "client.key")
         assert _mode(cert[1]) == 0o600

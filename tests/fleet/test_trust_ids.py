@@ -51,7 +51,7 @@ def test_enrol_after_a_refused_id_still_works_and_revoke_is_whole(tmp_path):
         enrol_device(reg, "pi-1", PROFILE, broker_dir=bdir, bundle_dir=tmp_path / "b")
         enrol_device(reg, "pi-2", PROFILE, broker_dir=bdir, bundle_dir=tmp_path / "b")
         assert sorted(PasswordFile(bdir / "devices.passwd").entries()) == ["pi-1", "pi-2"]
-        assert revoke_device(reg, "pi-1", bdir) == ["public key", "broker password"]
+        assert revoke_device(reg, "pi-1", bdir) == ["public key", "broker password", "broker ACL"]
         assert reg.public_key("pi-1") is None and reg.public_key("pi-2") is not None
         assert list(PasswordFile(bdir / "devices.passwd").entries()) == ["pi-2"]
 

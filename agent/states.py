@@ -98,6 +98,7 @@ class Context:
     slowdown: float = 1.0
     emulation: str | None = None
     clock: Callable[[], float] = time.time
+    memory_limit_mb: float | None = None  # the benchmark child's cap (see agent.isolate)
 
     def __post_init__(self) -> None:
         if self.link is None:
@@ -292,7 +293,8 @@ class Benchmark(Step):
         probes = ctx.artifact_path(m, "probes") if m.probes is not None else None
         if ctx.isolate:
             out = run_isolated(path, m.benchmark, probes=probes, slowdown=ctx.slowdown,
-                               emulation=ctx.emulation, runtime=ctx.runtime_name)
+                               emulation=ctx.emulation, runtime=ctx.runtime_name,
+                               memory_limit_mb=ctx.memory_limit_mb)
         else:
             out = _measure_here(ctx, m, path, probes)
         result = out.benchmark.model_dump(mode="json") if out.benchmark else None
@@ -313,7 +315,8 @@ def _measure_here(ctx: Context, m: Manifest, path: Path, probes: Path | None) ->
 
     try:
         result, loaded = run_benchmark(ctx.runtime(), path, m.benchmark, slowdown=ctx.slowdown,
-                                       emulation=ctx.emulation)
+                                       emulation=ctx.emulation,
+                                       memory_limit_mb=ctx.memory_limit_mb)
     except RuntimeLoadError as exc:
         return Outcome(failure=str(exc), kind="load")
     except Exception as exc:  # noqa: BLE001 - an interpreter failing at invoke
@@ -322,7 +325,7 @@ def _measure_here(ctx: Context, m: Manifest, path: Path, probes: Path | None) ->
     checks = None
     if probes is not None:
         try:
-            checks = run_checks(loaded, load_probes(probes))
+            checks = run_checks(loaded, load_probes(probes, max_mb=ctx.memory_limit_mb))
         except ProbeError as exc:
             return Outcome(failure=f"probe checks failed: {exc}", kind="probes",
                            benchmark=result)

@@ -198,3 +198,73 @@ def test_registry_in_flight_is_the_devices_open_deployment(tmp_path):
         assert not reg.in_flight("dev-a", "d3")  # settled by its final report
         reg.finish_deployment("d1", Outcome.TIMED_OUT)
         assert reg.in_flight("dev-a", "d1")  # a late final report may still settle it
+
+
+def test_a_flood_through_a_real_broker_stores_only_the_genuine_report(tmp_path):
+    """An enrolled device floods validly signed reports for made-up and other devices'
+    deployments through a real Mosquitto; the host stores only its in-flight one."""
+    import threading
+    import time
+
+    from trustbroker import FleetBroker
+
+    from core.mqtt import MqttClient
+    from core.protocol import DEVICE_FILTER
+    from fleet.rollout import Device
+
+    b = FleetBroker(workdir=tmp_path / "broker")
+    b.start()
+    try:
+        passwords = {d: b.enrol(d) for d in KEYS}
+        b.reload()
+        reg = Registry(tmp_path / "fleet.sqlite")
+        for d, k in KEYS.items():
+            reg.set_identity(d, "raspberry-pi-4", k.public_key().public_pem().decode(), d)
+            reg.upsert_device(Device(d, "raspberry-pi-4"))
+        reg.add_deployment("d1", "dev-a", "0" * 64, 10)
+        reg.add_deployment("d2", "dev-b", "0" * 64, 10)
+        clock = Clock()
+        gate = Gate.from_registry(reg, in_flight=reg.in_flight, clock=clock)
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def on_message(topic: str, payload: bytes) -> None:
+            msg = gate.admit(topic, payload)
+            if isinstance(msg, Rejection):
+                return
+            with lock:
+                reg.add_report(msg.deployment_id, msg.device_id, msg.state,
+                               msg.model_dump(mode="json"), msg.report_id)
+            if msg.reason == "genuine":
+                done.set()
+
+        host = MqttClient(b.host_broker(), "host-gate", clean_session=True)
+        host.subscribe(DEVICE_FILTER, on_message)
+        host.connect(timeout=10)
+        dev = MqttClient(b.device_broker("dev-a", passwords["dev-a"]), "dev-a",
+                         clean_session=True)
+        dev.connect(timeout=10)
+        topic = f"{R}/dev-a/report"
+        for i in range(300):
+            dev.publish(topic, _report("dev-a", f"made-up-{i}"), qos=1).wait(5)
+        for _ in range(20):
+            dev.publish(topic, _report("dev-a", "d2"), qos=1).wait(5)  # dev-b's deployment
+        deadline = time.monotonic() + 20  # every flood message has been through the gate
+        while gate.rejected_total + gate.admitted < 320 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        clock.t += 60  # a minute later: the rate budget is back
+        genuine = sign_raw({**full_report(device_id="dev-a", deployment_id="d1"),
+                            "reason": "genuine"}, A)
+        dev.publish(topic, genuine, qos=1).wait(5)
+        assert done.wait(20)
+        dev.close()
+        host.close()
+        assert [r["deployment_id"] for r in reg.reports("d1")] == ["d1"]
+        assert reg.reports("d2") == [] and reg.reports("made-up-0") == []
+        assert gate.admitted == 1 and gate.rejected_total == 320
+        assert set(gate.rejected) <= {"not_in_flight", "rate"}
+        gate.save(reg)
+        assert sum(r["count"] for r in reg.rejections()) == 320
+        reg.close()
+    finally:
+        b.kill()

@@ -123,7 +123,9 @@ def test_finding_2_signed_reports_for_deployments_not_its_own_are_not_stored(
     b = fleet_broker
     keys = {d: SigningKey.generate() for d in ("dev-a", "dev-b")}
     results = {}
-    for defended in (True, False):
+    unlimited = Limits(messages_per_s=1e9, message_burst=10**9, bytes_per_s=1e12,
+                       byte_burst=10**12)
+    for defended in ("gate", "in_flight_only", False):
         db = tmp_path / f"fleet-{defended}.sqlite"
         reg = Registry(db)
         for d, k in keys.items():
@@ -132,11 +134,12 @@ def test_finding_2_signed_reports_for_deployments_not_its_own_are_not_stored(
         reg.add_deployment("d1", "dev-a", "0" * 64, 10)
         reg.add_deployment("d2", "dev-b", "0" * 64, 10)
         size0 = db.stat().st_size
-        if defended:
+        if defended == "gate":
             gate = Gate.from_registry(reg, in_flight=reg.in_flight)
+        elif defended == "in_flight_only":  # the deployment check alone, no rate limit
+            gate = Gate.from_registry(reg, in_flight=reg.in_flight, limits=unlimited)
         else:  # the old intake: signature and ranges only, no deployment check, no limits
-            gate = Gate.from_registry(reg, limits=Limits(messages_per_s=1e9, message_burst=10**9,
-                                                         bytes_per_s=1e12, byte_burst=10**12))
+            gate = Gate.from_registry(reg, limits=unlimited)
         lock = threading.Lock()
         seen = [0]
 
@@ -170,13 +173,16 @@ def test_finding_2_signed_reports_for_deployments_not_its_own_are_not_stored(
         results[defended] = {"stored": stored, "bytes": body, "rejected": dict(gate.rejected),
                              "file_growth": db.stat().st_size - size0}
         reg.close()
-    assert results[True]["stored"] == 0 and results[False]["stored"] == 2000
+    assert results["gate"]["stored"] == results["in_flight_only"]["stored"] == 0
+    assert results[False]["stored"] == 2000
     record("foreign_deployments", "2,000 validly signed reports from an enrolled device: "
            "1,800 for made-up deployment ids, 200 for another device's deployment", 2000,
-           results[True]["stored"], "gate: deployment in flight + per-device rate",
+           results["gate"]["stored"], "gate: deployment in flight + per-device rate",
            f"{results[False]['stored']} stored, {results[False]['bytes']:,} bytes of report "
            f"bodies (+{results[False]['file_growth']:,} bytes of registry)",
-           stored_bytes=results[True]["bytes"], rejected=results[True]["rejected"])
+           stored_bytes=results["gate"]["bytes"], rejected=results["gate"]["rejected"],
+           stored_in_flight_check_alone=results["in_flight_only"]["stored"],
+           rejected_in_flight_check_alone=results["in_flight_only"]["rejected"])
 
 
 HOSTILE_IDS = ["pi-1\n", "../x", "a/b", "+", "#", "", "a" * 300, "pï-1"]
@@ -260,7 +266,7 @@ def test_finding_6_models_and_probe_bundles_over_the_memory_limit(tmp_path):
            f"memory limit {limit:g} MB: declared tensors, uncompressed size, RLIMIT_AS",
            f"the bomb expands: {unbounded:,.0f} MB peak RSS",
            peak_rss_mb_model=model_peak, peak_rss_mb_bomb=bomb_peak,
-           peak_rss_mb_bomb_unbounded=unbounded, model_reason=model_out, bomb_reason=bomb_out)
+           peak_rss_mb_bomb_unbounded=unbounded, model_reason=model_out, bomb_reason=bomb_out.replace(str(bomb), bomb.name))
 
 
 def test_finding_7_a_release_far_ahead_is_bounded_and_a_reset_frees_a_device(tmp_path):

@@ -234,10 +234,11 @@ class AclFile:
         replace_private(self.path, acl_text(self.root, self.host_users, devices))
         return self.path
 
-    def add(self, device_id: str) -> None:
+    def add(self, device_id: str, known: Iterable[str] = ()) -> None:
+        """Add ``device_id``'s block (and ``known`` devices', e.g. from an older pattern ACL)."""
         check_user(device_id)
         with locked(self.path):
-            self.write(self.devices() | {device_id})
+            self.write(self.devices() | set(known) | {device_id})
 
     def remove(self, device_id: str) -> bool:
         with locked(self.path):
@@ -471,7 +472,11 @@ def enrol_broker_user(directory: str | os.PathLike[str], device_id: str) -> str:
 
 def grant_device(directory: str | os.PathLike[str], device_id: str) -> None:
     """Give ``device_id`` its block in DIR/acl (a password or a certificate lets it in)."""
-    AclFile(Path(directory) / "acl", _host_users(directory)).add(check_id(device_id))
+    d = Path(directory)
+    # the password file's users are enrolled too (an ACL written before per-device blocks
+    # granted them by pattern): they keep their blocks
+    AclFile(d / "acl", _host_users(d)).add(check_id(device_id),
+                                           PasswordFile(d / "devices.passwd").entries())
 
 
 def revoke_broker_user(directory: str | os.PathLike[str], device_id: str) -> list[str]:

@@ -78,3 +78,17 @@ def test_password_file_is_replaced_atomically_and_never_holds_a_bad_user(tmp_pat
     assert list(pw.entries()) == ["pi-1"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".devices")] == []
     assert (tmp_path / "devices.passwd").stat().st_mode & 0o077 == 0
+
+
+def test_enrolling_on_an_older_pattern_acl_keeps_the_devices_enrolled_before(tmp_path):
+    from fleet.brokerconf import AclFile, enrol_broker_user
+
+    bdir = tmp_path / "broker"
+    write_broker_config(bdir)
+    enrol_broker_user(bdir, "pi-old")
+    # an ACL as it was written before per-device blocks: patterns only
+    (bdir / "acl").write_text("user paoding-host\ntopic readwrite paoding/v2/#\n\n"
+                              "pattern write paoding/v2/devices/%u/status\n")
+    enrol_broker_user(bdir, "pi-new")
+    assert AclFile(bdir / "acl").devices() == {"pi-old", "pi-new"}
+    assert "pattern" not in (bdir / "acl").read_text()

@@ -87,6 +87,7 @@ def run_benchmark(
     *,
     slowdown: float = 1.0,
     emulation: str | None = None,
+    memory_limit_mb: float | None = None,
 ) -> tuple[BenchmarkResult, Model]:
     """Benchmark ``model``; returns the result and the loaded model (for the checks)."""
     settings = settings or BenchmarkSettings()
@@ -95,7 +96,7 @@ def run_benchmark(
     reset_peak_rss()
     rss_before = rss_mb()
     t0 = time.perf_counter()
-    loaded = runtime.load(model, settings.threads)
+    loaded = runtime.load(model, settings.threads, memory_limit_mb)
     init_ms = (time.perf_counter() - t0) * 1e3 * slowdown
     rng = np.random.default_rng(settings.seed)
     loaded.set_input(loaded.random_input(rng))  # once, as benchmark_model does

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept unsigned manifests (development only)")
     run.add_argument("--state-dir", help="state directory (default /var/lib/paoding-agent)")
     run.add_argument("--emulate", help="emulate a device profile on this host")
+    run.add_argument("--memory-limit-mb", type=float,
+                     help="cap of the benchmark child's memory (address space) in MB; a model "
+                          "or probe bundle over it is refused (default: the profile's RAM, "
+                          "else this machine's)")
     run.add_argument("--runtime", choices=["ai-edge-litert", "tflite-runtime", "tensorflow"],
                      help="force an interpreter")
     run.add_argument("--device-key", help="this device's Ed25519 private key (default "
@@ -101,8 +105,25 @@ def _settings(args: argparse.Namespace) -> tuple[Any, str]:
     settings = AgentSettings(
         device_id=cfg.device_id, broker=broker, state_dir=cfg.state_dir, profile=cfg.profile,
         trust=trust, slowdown=slowdown, emulation=emulation, stall_seconds=cfg.stall_seconds,
-        runtime=cfg.runtime, device_key=key)
+        runtime=cfg.runtime, device_key=key,
+        memory_limit_mb=cfg.memory_limit_mb or default_memory_limit_mb(cfg.profile))
     return settings, cfg.log_level
+
+
+def default_memory_limit_mb(profile: str | None) -> float:
+    """The device profile's RAM when the profile is known, never above this machine's RAM."""
+    import os
+
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if profile:
+        import device_profiles
+        from core.errors import ProfileError
+
+        try:
+            return float(min(device_profiles.load(profile).ram_mb, machine))
+        except ProfileError:
+            pass
+    return float(machine)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -41,6 +41,8 @@ class AgentConfig(BaseModel):
     emulate: str | None = None
     runtime: str | None = None
     stall_seconds: float = Field(default=2.0, gt=0, le=600)
+    # the benchmark child's address-space cap; default: the profile's RAM (else this machine's)
+    memory_limit_mb: float | None = Field(default=None, ge=64)
     log_level: str = "INFO"
 
     @field_validator("device_id")

@@ -40,8 +40,14 @@ class Runtime:
     def info(self) -> RuntimeInfo:
         return RuntimeInfo(name=self.name, version=self.version)
 
-    def load(self, model: Path | bytes, threads: int | None = None) -> Model:
-        """Create and allocate an interpreter; RuntimeLoadError carries the interpreter's text."""
+    def load(self, model: Path | bytes, threads: int | None = None,
+             memory_limit_mb: float | None = None) -> Model:
+        """Create and allocate an interpreter; RuntimeLoadError carries the interpreter's text.
+
+        With ``memory_limit_mb`` the tensors the model declares are added up
+        before anything is allocated: a model declaring more is refused (a
+        2 KB model may declare a 2 GiB input).
+        """
         kwargs: dict[str, Any] = {}
         if isinstance(model, bytes | bytearray):
             kwargs["model_content"] = bytes(model)
@@ -51,12 +57,33 @@ class Runtime:
             kwargs["num_threads"] = threads
         try:
             interp = self.interpreter_class(**kwargs)
+            if memory_limit_mb is not None:
+                declared = declared_tensor_mb(interp)
+                if declared > memory_limit_mb:
+                    raise RuntimeLoadError(
+                        f"the model declares {declared:,.0f} MB of tensors, over the memory "
+                        f"limit of {memory_limit_mb:,.0f} MB")
             interp.allocate_tensors()
+        except RuntimeLoadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the interpreter raises many kinds
             text = " ".join(str(exc).split()) or type(exc).__name__
             raise RuntimeLoadError(f"{self.name} {self.version} cannot load the model: "
                                    f"{text}") from None
         return Model(interp)
+
+
+def declared_tensor_mb(interp: Any) -> float:
+    """MB of every tensor the model declares (an unknown dimension counts as 1)."""
+    import numpy as np
+
+    total = 0
+    for t in interp.get_tensor_details():
+        n = 1
+        for d in t["shape"]:
+            n *= max(int(d), 1)
+        total += n * np.dtype(t["dtype"]).itemsize
+    return total / 2**20
 
 
 def _version(dist: str, module: Any) -> str:

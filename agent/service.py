@@ -63,6 +63,7 @@ class AgentSettings:
     stall_seconds: float = 2.0
     runtime: str | None = None
     device_key: SigningKey | None = None  # None: <state_dir>/device.key, made on first start
+    memory_limit_mb: float | None = None  # the benchmark child's cap (agent.isolate)
 
 
 class Agent:
@@ -86,7 +87,8 @@ class Agent:
             storage=self.storage, device_id=settings.device_id, emit=self.emit,
             notify=self.notify, trust=settings.trust, link=self,
             runtime=lambda: select_runtime(settings.runtime), runtime_name=settings.runtime,
-            slowdown=settings.slowdown, emulation=settings.emulation)
+            slowdown=settings.slowdown, emulation=settings.emulation,
+            memory_limit_mb=settings.memory_limit_mb)
         self._jobs: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._state: State | None = None

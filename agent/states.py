@@ -38,6 +38,7 @@ from agent.transfer import Transfer as ChunkStore
 from core.errors import PaodingError, ProbeError, RuntimeLoadError, SignatureError
 from core.files import sha256_file
 from core.protocol import (
+    RELEASE_AHEAD_MS,
     BenchmarkResult,
     CheckResults,
     Manifest,
@@ -97,6 +98,7 @@ class Context:
     slowdown: float = 1.0
     emulation: str | None = None
     clock: Callable[[], float] = time.time
+    memory_limit_mb: float | None = None  # the benchmark child's cap (see agent.isolate)
 
     def __post_init__(self) -> None:
         if self.link is None:
@@ -185,11 +187,17 @@ class Accept(State):
             st.record(dep, m.release, accepted=False)  # a replay later is refused too
             return self._refuse(ctx, f"deployment {dep} refused: deployment "
                                 f"{lock.get('deployment_id')} is in progress", m)
-        if m.release <= st.last_release and not m.rollback:
+        if m.release <= st.last_release and not (m.rollback or m.release_reset):
             return self._refuse(ctx, f"release {m.release} of {dep} is not above the last "
                                 f"accepted release {st.last_release}: downgrade or replay "
                                 "refused (a rollback deployment must say so)", m)
-        st.record(dep, m.release)
+        bound = max(st.last_release, int(ctx.clock() * 1000)) + RELEASE_AHEAD_MS
+        if m.release > bound and not (m.release_jump or m.release_reset):
+            return self._refuse(ctx, f"release {m.release} of {dep} is more than "
+                                f"{RELEASE_AHEAD_MS // 86_400_000} days beyond the last "
+                                f"accepted release {st.last_release} and the clock: refused "
+                                "(a release that far ahead must be signed as a release jump)", m)
+        st.record(dep, m.release, reset=m.release_reset)
         return Transfer(m, st.active())
 
 
@@ -285,7 +293,8 @@ class Benchmark(Step):
         probes = ctx.artifact_path(m, "probes") if m.probes is not None else None
         if ctx.isolate:
             out = run_isolated(path, m.benchmark, probes=probes, slowdown=ctx.slowdown,
-                               emulation=ctx.emulation, runtime=ctx.runtime_name)
+                               emulation=ctx.emulation, runtime=ctx.runtime_name,
+                               memory_limit_mb=ctx.memory_limit_mb)
         else:
             out = _measure_here(ctx, m, path, probes)
         result = out.benchmark.model_dump(mode="json") if out.benchmark else None
@@ -306,7 +315,8 @@ def _measure_here(ctx: Context, m: Manifest, path: Path, probes: Path | None) ->
 
     try:
         result, loaded = run_benchmark(ctx.runtime(), path, m.benchmark, slowdown=ctx.slowdown,
-                                       emulation=ctx.emulation)
+                                       emulation=ctx.emulation,
+                                       memory_limit_mb=ctx.memory_limit_mb)
     except RuntimeLoadError as exc:
         return Outcome(failure=str(exc), kind="load")
     except Exception as exc:  # noqa: BLE001 - an interpreter failing at invoke
@@ -315,7 +325,7 @@ def _measure_here(ctx: Context, m: Manifest, path: Path, probes: Path | None) ->
     checks = None
     if probes is not None:
         try:
-            checks = run_checks(loaded, load_probes(probes))
+            checks = run_checks(loaded, load_probes(probes, max_mb=ctx.memory_limit_mb))
         except ProbeError as exc:
             return Outcome(failure=f"probe checks failed: {exc}", kind="probes",
                            benchmark=result)

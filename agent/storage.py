@@ -240,9 +240,11 @@ class Storage:
                 lines = [f"0 {h.get('deployment_id')}" for h in self.history()]
             for line in lines:
                 release, _, dep = line.partition(" ")
+                reset = release.startswith("=")  # a signed release reset: the new last release
+                release = release.removeprefix("=")
                 if dep and release.isascii() and release.isdigit():
                     seen.add(dep)
-                    last = max(last, int(release))
+                    last = int(release) if reset else max(last, int(release))
             self._seen, self._last_release = seen, last
         return self._seen
 
@@ -256,16 +258,21 @@ class Storage:
         self._ledger()
         return self._last_release
 
-    def record(self, deployment_id: str, release: int, *, accepted: bool = True) -> None:
-        """Note an authenticated deployment id (and its release when ``accepted``)."""
+    def record(self, deployment_id: str, release: int, *, accepted: bool = True,
+               reset: bool = False) -> None:
+        """Note an authenticated deployment id (and its release when ``accepted``).
+
+        ``reset`` (a signed release reset) makes ``release`` the last accepted
+        release even when a higher one was accepted before.
+        """
         seen = self._ledger()
         rel = int(release) if accepted else 0
         with open(self.ledger_path, "a") as f:
-            f.write(f"{rel} {deployment_id}\n")
+            f.write(f"{'=' if reset and accepted else ''}{rel} {deployment_id}\n")
             f.flush()
             os.fsync(f.fileno())
         seen.add(deployment_id)
-        self._last_release = max(self._last_release, rel)
+        self._last_release = rel if reset and accepted else max(self._last_release, rel)
 
     # -- report spool -------------------------------------------------------
 

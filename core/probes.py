@@ -95,8 +95,14 @@ def save_probes(bundle: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_probes(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
-    """Read a bundle (a path, or the bytes of one) with ``allow_pickle=False`` and validate it."""
+def load_probes(source: str | os.PathLike | bytes,
+                max_mb: float | None = None) -> dict[str, np.ndarray]:
+    """Read a bundle (a path, or the bytes of one) with ``allow_pickle=False`` and validate it.
+
+    With ``max_mb`` the arrays' uncompressed sizes (as the archive declares
+    them, which bounds what reading may produce) are added up first: a zip
+    bomb is refused before it expands.
+    """
     if isinstance(source, bytes | bytearray):
         path: Any = "(received bytes)"
         stream: Any = io.BytesIO(bytes(source))
@@ -104,6 +110,11 @@ def load_probes(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
         path = stream = Path(source)
         if not path.is_file():
             raise ProbeError(f"probe bundle {path} does not exist")
+    if max_mb is not None:
+        expanded = _uncompressed_mb(stream, path)
+        if expanded > max_mb:
+            raise ProbeError(f"probe bundle {path} expands to {expanded:,.0f} MB, over the "
+                             f"memory limit of {max_mb:,.0f} MB")
     try:
         npz = np.load(stream, allow_pickle=False)
     except ValueError as exc:  # a pickle, or not numpy data at all
@@ -123,6 +134,17 @@ def load_probes(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
                 raise _fail(key, f"is unreadable ({exc})") from None
     validate_probes(bundle)
     return bundle
+
+
+def _uncompressed_mb(stream: Any, path: Any) -> float:
+    try:
+        with zipfile.ZipFile(stream) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ProbeError(f"probe bundle {path} is not an npz archive ({exc})") from None
+    if hasattr(stream, "seek"):
+        stream.seek(0)
+    return total / 2**20
 
 
 def probes_to_bytes(bundle: dict[str, Any]) -> bytes:

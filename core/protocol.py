@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import ConfigError
+
 PROTOCOL_VERSION = 2
 PROTOCOL_ROOT = "paoding/v2"
 TOPIC_ROOT = f"{PROTOCOL_ROOT}/devices"  # + /<device id>/<kind>
@@ -42,6 +44,9 @@ MAX_PACKET_BYTES = max(MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES) + 4096
 MAX_RANGES = 4096
 MAX_MS = 1e6  # latencies and times in a device message: >= 0 and below this
 DEFAULT_TTL_S = 3600.0  # a manifest's default lifetime (expires_at - created_at)
+# releases are milliseconds since the epoch by default: a release more than this beyond
+# the device's last accepted release (or its clock) needs a signed ``release_jump``
+RELEASE_AHEAD_MS = 30 * 24 * 3600 * 1000
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 DeploymentId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -53,7 +58,11 @@ Name = Annotated[str, Field(max_length=128, pattern=_PRINTABLE)]
 Ms = Annotated[float, Field(ge=0, lt=MAX_MS)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# THE id pattern (device, deployment, rollout ids; a device id is also its broker user
+# name): 1-64 ASCII letters, digits, '_', '.', '-', not starting with '_', '.', '-'.
+# Always checked whole (re.fullmatch): '$' would let a trailing newline through.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ID_RE = re.compile(ID_PATTERN)
 
 
 class WireModel(BaseModel):
@@ -194,6 +203,11 @@ class Manifest(Versioned):
     created_at: float = Field(default_factory=time.time, ge=0)
     expires_at: float = Field(default=0.0, ge=0)  # 0: created_at + DEFAULT_TTL_S
     rollback: bool = False
+    # the operator's explicit step past RELEASE_AHEAD_MS (release_jump), or the way out
+    # for a device wedged by a release far ahead: ``release_reset`` makes this manifest's
+    # release the device's last accepted one, whatever was accepted before
+    release_jump: bool = False
+    release_reset: bool = False
     model: Artifact
     probes: Artifact | None = None
     thresholds: Thresholds = Thresholds()
@@ -389,9 +403,11 @@ DEVICE_MODELS: dict[str, type[Status] | type[Report] | type[ChunkRequest]] = {
 
 
 def check_id(value: str, what: str = "device id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - "
-                         "(not starting with _ . -)")
+    """``value`` when it matches ID_PATTERN whole; else ConfigError (a ValueError) in one line."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        shown = repr(value[:40] + "..." if isinstance(value, str) and len(value) > 40 else value)
+        raise ConfigError(f"invalid {what} {shown}: use 1-64 of A-Z a-z 0-9 _ . - "
+                          "(not starting with _ . -)")
     return value
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from core.errors import ProfileError
+from core.protocol import ID_PATTERN
 from device_profiles.schema import DeviceProfile
 
 __all__ = [
@@ -87,7 +89,21 @@ def load_file(path: str | os.PathLike[str]) -> DeviceProfile:
     return validate(data, str(p))
 
 
+def check_profile_id(profile_id: str) -> str:
+    """``profile_id`` when it is a plain id (core.protocol.ID_PATTERN, whole); else ProfileError.
+
+    A profile id names a file in the profile directories; '../x', 'a/b' or an
+    absolute path would name any file on disk.
+    """
+    if not isinstance(profile_id, str) or not re.fullmatch(ID_PATTERN, profile_id):
+        shown = profile_id[:40] if isinstance(profile_id, str) else profile_id
+        raise ProfileError(f"invalid profile id {shown!r}: use 1-64 of A-Z a-z 0-9 _ . - "
+                           "(not starting with _ . -); give a file path to load a file")
+    return profile_id
+
+
 def _find(profile_id: str) -> Path | None:
+    check_profile_id(profile_id)
     for d in search_path():
         for ext in (".yaml", ".yml", ".json"):
             candidate = d / f"{profile_id}{ext}"
@@ -124,7 +140,7 @@ def list_profiles() -> list[str]:
 
 
 def locate(profile_id: str) -> Path | None:
-    """The file a profile id resolves to, if any."""
+    """The file in the profile directories a profile id names, if any (ProfileError: not an id)."""
     return _find(profile_id)
 
 

@@ -11,9 +11,11 @@ files are given, a local CA and server certificate in DIR/tls. Two listeners:
 - host (default 127.0.0.1:8884): the operators' role, its own password file
   (with ``client_certs``: a certificate whose common name is the host user).
 
-The ACL lets a device publish only its own status, need and report and read
-only its own manifest and cancel topics and the artifacts; the host role reads
-and writes everything under the root. Anonymous clients are refused on both.
+The ACL (one block per enrolled device, see ``acl_text``) lets a device
+publish only its own status, need and report and read only its own manifest
+and cancel topics and the artifacts; the host role reads and writes
+everything under the root. DIR/share-group names the host processes' shared
+intake group, a secret no device can guess. Anonymous clients are refused on both.
 ``max_packet_size`` drops any packet bigger than the largest chunk plus headers
 before the broker buffers it for a subscriber.
 """
@@ -21,16 +23,21 @@ before the broker buffers it for a subscriber.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError
 from core.files import write_atomic
-from core.protocol import MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
+from core.protocol import ID_PATTERN, MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
 from fleet.pki import CertPair, issue, make_ca, write_private
 
 ROOT = PROTOCOL_ROOT
@@ -38,7 +45,7 @@ HOST_USER = "paoding-host"
 # the largest chunk or JSON message plus headers (what the agent accepts); bigger: refused
 DEFAULT_MAX_PACKET = MAX_PACKET_BYTES
 PBKDF2_ITERATIONS = 1000
-_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_USER_RE = re.compile(ID_PATTERN)  # a device's user name is its id
 
 
 # --- password files ----------------------------------------------------------
@@ -68,10 +75,47 @@ def new_password() -> str:
 
 
 def check_user(name: str) -> str:
-    if not isinstance(name, str) or not _USER_RE.match(name):
-        raise ConfigError(f"invalid broker user name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - "
+    if not isinstance(name, str) or not _USER_RE.fullmatch(name):
+        raise ConfigError(f"invalid broker user name {name[:40]!r}: use 1-64 of A-Z a-z 0-9 _ . - "
                           "(not starting with _ . -)")
     return name
+
+
+def replace_private(path: Path, text: str) -> None:
+    """Replace ``path`` in one step: a new file (0600, the old owner), fsynced, renamed.
+
+    A crash leaves the old file or the new one, never a mix; the broker's
+    user keeps reading it (the owner is kept when root rewrites it).
+    """
+    owner = path.stat() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """One writer of ``path`` at a time (two enrolments must not lose each other's line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class PasswordFile:
@@ -94,11 +138,12 @@ class PasswordFile:
         return out
 
     def _write(self, entries: dict[str, str]) -> None:
-        owner = self.path.stat() if self.path.exists() else None
-        write_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(entries.items()))
-                      .encode())
-        if owner is not None and os.geteuid() == 0:  # keep it readable by the broker's user
-            os.chown(self.path, owner.st_uid, owner.st_gid)
+        for user in entries:
+            check_user(user)  # a line the broker cannot parse never reaches the file
+        replace_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path)
 
     def ensure(self) -> None:
         """Create the file empty (no user) when it does not exist."""
@@ -106,14 +151,18 @@ class PasswordFile:
             self._write({})
 
     def set(self, user: str, password: str) -> None:
-        entries = self.entries()
-        entries[check_user(user)] = hash_password(password)
-        self._write(entries)
+        check_user(user)
+        with self._locked():
+            entries = self.entries()
+            entries[user] = hash_password(password)
+            self._write(entries)
 
     def remove(self, user: str) -> bool:
-        entries = self.entries()
-        found = entries.pop(user, None) is not None
-        self._write(entries)
+        with self._locked():
+            entries = self.entries()
+            found = entries.pop(user, None) is not None
+            if found:
+                self._write(entries)
         return found
 
     def verify(self, user: str, password: str) -> bool:
@@ -124,28 +173,80 @@ class PasswordFile:
 # --- the ACL -----------------------------------------------------------------
 
 
-def acl_text(root: str = ROOT, host_users: tuple[str, ...] = (HOST_USER,)) -> str:
-    """The ACL: devices by pattern (%u is the device id), the host role by user."""
+def _device_acl(root: str, device_id: str) -> list[str]:
+    base = f"{root}/devices/{check_user(device_id)}"
+    return [f"{_DEVICE_MARK}{device_id}", f"user {device_id}",
+            f"topic write {base}/status", f"topic write {base}/need",
+            f"topic write {base}/report", f"topic read {base}/manifest",
+            f"topic read {base}/cancel", f"topic read {root}/artifacts/#", ""]
+
+
+_DEVICE_MARK = "# device "
+
+
+def acl_text(root: str = ROOT, host_users: tuple[str, ...] = (HOST_USER,),
+             devices: Iterable[str] = ()) -> str:
+    """The ACL: the host role by user, then one block per enrolled device, no patterns.
+
+    Each device (its user name is its id) may publish only its own status,
+    need and report and read only its own manifest and cancel and the
+    artifacts. Explicit per-device blocks instead of ``%u`` patterns: Mosquitto
+    warns about a pattern without ``%u`` (the shared artifacts line), and a
+    device that is not enrolled has no line at all.
+
+    Mosquitto's ACL file does not check SUBSCRIBE (its default check allows
+    every subscription and filters at delivery): a device may subscribe to
+    any filter, ``$share/...`` included, and receives only what it may read.
+    A shared subscription is dealt to ONE member of its group whether or not
+    that member may read it, so the host's group name is a secret
+    (``share-group``, written by ``write_broker_config``): a device cannot
+    join a group it cannot name, and a group of its own receives nothing.
+    """
     lines = [
-        "# Paoding Edge fleet ACL (written by `paoding-edge broker-config`).",
+        "# Paoding Edge fleet ACL (written by `paoding-edge broker-config` and `enrol`).",
         "# No topic line before the first 'user': anonymous clients get nothing.",
         "",
         "# The host role: reads and writes everything under the root.",
     ]
     for user in host_users:
         lines += [f"user {check_user(user)}", f"topic readwrite {root}/#", ""]
-    lines += [
-        "# Every device (its user name is its id): publish only its own status, need",
-        "# and report; read only its own manifest and cancel, and the artifacts.",
-        f"pattern write {root}/devices/%u/status",
-        f"pattern write {root}/devices/%u/need",
-        f"pattern write {root}/devices/%u/report",
-        f"pattern read {root}/devices/%u/manifest",
-        f"pattern read {root}/devices/%u/cancel",
-        f"pattern read {root}/artifacts/#",
-        "",
-    ]
+    lines += ["# Each enrolled device: publish only its own status, need and report; read",
+              "# only its own manifest and cancel, and the artifacts.", ""]
+    for device_id in sorted(set(devices)):
+        lines += _device_acl(root, device_id)
     return "\n".join(lines)
+
+
+class AclFile:
+    """The generated ACL file: the enrolled devices' blocks, rewritten whole and atomically."""
+
+    def __init__(self, path: str | os.PathLike[str], host_users: tuple[str, ...] = (HOST_USER,),
+                 root: str = ROOT) -> None:
+        self.path, self.host_users, self.root = Path(path), host_users, root
+
+    def devices(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        return {line[len(_DEVICE_MARK):].strip() for line in self.path.read_text().splitlines()
+                if line.startswith(_DEVICE_MARK)}
+
+    def write(self, devices: Iterable[str]) -> Path:
+        replace_private(self.path, acl_text(self.root, self.host_users, devices))
+        return self.path
+
+    def add(self, device_id: str, known: Iterable[str] = ()) -> None:
+        """Add ``device_id``'s block (and ``known`` devices', e.g. from an older pattern ACL)."""
+        check_user(device_id)
+        with locked(self.path):
+            self.write(self.devices() | set(known) | {device_id})
+
+    def remove(self, device_id: str) -> bool:
+        with locked(self.path):
+            have = self.devices()
+            if device_id not in have:
+                return False
+            self.write(have - {device_id})
+        return True
 
 
 # --- mosquitto.conf ----------------------------------------------------------
@@ -174,6 +275,7 @@ class BrokerFiles:
     ca_key: Path | None = None
     host_password: Path | None = None
     host_cert: CertPair | None = None  # with client certificates: the host role's own
+    share_group: str | None = None  # the secret name of the host processes' shared intake
 
     @property
     def device_url(self) -> str:
@@ -264,8 +366,13 @@ def write_broker_config(
             cert, key, ca, ca_key = server.cert, server.key, pair.cert, pair.key
         if client_certs and ca is None:
             raise ConfigError("client certificates need the CA that signs them (--cafile)")
-    acl = write_atomic(d / "acl", acl_text(ROOT, host_users))
     devices_pw, hosts_pw = PasswordFile(d / "devices.passwd"), PasswordFile(d / "hosts.passwd")
+    acl_file = AclFile(d / "acl", host_users)
+    with locked(acl_file.path):  # enrolled devices stay (an older pattern ACL: from passwd)
+        acl = acl_file.write(acl_file.devices() | set(devices_pw.entries()))
+    share_group = d / "share-group"
+    if not share_group.exists():  # the host processes' intake group: a name devices cannot guess
+        write_private(share_group, f"hosts-{secrets.token_hex(16)}\n".encode())
     devices_pw.ensure()
     host_password = None
     have = hosts_pw.entries()
@@ -330,7 +437,8 @@ def write_broker_config(
                                                          + host_listener) + "\n")
     return BrokerFiles(d, conf, acl, devices_pw.path, hosts_pw.path,
                        Listener(device_port, device_bind), Listener(host_port, host_bind),
-                       tls, client_certs, ca, ca_key, host_password, host_cert)
+                       tls, client_certs, ca, ca_key, host_password, host_cert,
+                       share_group.read_text().strip())
 
 
 def _give(user: str, paths: list[Path]) -> None:
@@ -358,4 +466,31 @@ def enrol_broker_user(directory: str | os.PathLike[str], device_id: str) -> str:
     pw = PasswordFile(Path(directory) / "devices.passwd")
     password = new_password()
     pw.set(device_id, password)
+    grant_device(directory, device_id)
     return password
+
+
+def grant_device(directory: str | os.PathLike[str], device_id: str) -> None:
+    """Give ``device_id`` its block in DIR/acl (a password or a certificate lets it in)."""
+    d = Path(directory)
+    # the password file's users are enrolled too (an ACL written before per-device blocks
+    # granted them by pattern): they keep their blocks
+    AclFile(d / "acl", _host_users(d)).add(check_id(device_id),
+                                           PasswordFile(d / "devices.passwd").entries())
+
+
+def revoke_broker_user(directory: str | os.PathLike[str], device_id: str) -> list[str]:
+    """Remove the device's password and ACL block from DIR; what was removed."""
+    d = Path(directory)
+    passwd = PasswordFile(d / "devices.passwd")
+    if not passwd.path.exists():
+        raise ConfigError(f"{d} has no devices.passwd (not a broker-config directory)")
+    removed = ["broker password"] if passwd.remove(device_id) else []
+    if AclFile(d / "acl", _host_users(d)).remove(device_id):
+        removed.append("broker ACL")
+    return removed
+
+
+def _host_users(directory: str | os.PathLike[str]) -> tuple[str, ...]:
+    users = tuple(PasswordFile(Path(directory) / "hosts.passwd").entries())
+    return users or (HOST_USER,)

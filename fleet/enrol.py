@@ -22,7 +22,7 @@ import device_profiles
 from core.errors import ConfigError, KeyFileError
 from core.protocol import check_id
 from core.signing import SigningKey, VerifyKey, load_verify_key
-from fleet.brokerconf import HOST_USER, PasswordFile, enrol_broker_user
+from fleet.brokerconf import HOST_USER, enrol_broker_user, grant_device, revoke_broker_user
 from fleet.pki import CertPair, issue, write_private
 from fleet.registry import Registry
 
@@ -130,6 +130,7 @@ def enrol_device(
             if bundle is None:
                 raise ConfigError("a client certificate needs a bundle directory (--bundle)")
             issue(ca, bundle / "client", device_id)
+            grant_device(bdir, device_id)
             files["cert_file"], files["key_file"] = "client.crt", "client.key"
         else:
             result.password = enrol_broker_user(bdir, device_id)
@@ -161,14 +162,15 @@ def enrol_device(
 
 def revoke_device(registry: Registry, device_id: str,
                   broker_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """Forget the device's key and remove its broker password; return what was removed."""
+    """Remove the device's broker password and ACL block, then its key; what was removed."""
     check_id(device_id)
     removed = []
+    # the broker password first: it is what lets the device in, and the file is what can
+    # be unreadable; a failure there leaves the registry untouched (nothing half done)
+    if broker_dir is not None:
+        removed += revoke_broker_user(broker_dir, device_id)
     if registry.revoke_identity(device_id):
-        removed.append("public key")
-    if broker_dir is not None and PasswordFile(Path(broker_dir) / "devices.passwd").remove(
-            device_id):
-        removed.append("broker password")
+        removed.insert(0, "public key")
     if not removed:
         raise ConfigError(f"device {device_id!r} is not enrolled")
     return removed

@@ -53,8 +53,8 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
-from fleet.intake import Intake
-from fleet.intake_check import Check, checker, keys_from_pems
+from fleet.gate import Check, checker, keys_from_pems
+from fleet.gate import Gate as Intake
 from fleet.link import Event, FleetLink
 from fleet.publisher import add_expected
 from fleet.registry import Registry

@@ -79,6 +79,13 @@ _TABLES = {
         created_at    DOUBLE PRECISION NOT NULL,
         body          TEXT NOT NULL
     )""",
+    # device messages the intake gate refused, counted by cause (never stored themselves)
+    "rejections": """CREATE TABLE IF NOT EXISTS rejections (
+        cause         TEXT PRIMARY KEY,
+        count         BIGINT NOT NULL,
+        last_reason   TEXT,
+        last_at       DOUBLE PRECISION NOT NULL
+    )""",
 }
 # columns added after the first release: (table, column, type); old files gain them on open
 _COLUMNS = [
@@ -442,3 +449,31 @@ class Registry:
         rows = self.db.query(
             "SELECT * FROM lineage WHERE output_sha256=? ORDER BY id DESC", (output_sha256,))
         return [{**r, "body": json.loads(r["body"])} for r in rows]
+
+    # the intake gate ---------------------------------------------------------
+    def add_rejections(self, counts: dict[str, int], last_reason: dict[str, str]) -> None:
+        """Add refused device messages to the counts by cause (with the latest reason)."""
+        now = time.time()
+        with self.db.tx():
+            self.db.executemany(
+                """INSERT INTO rejections(cause, count, last_reason, last_at)
+                   VALUES (?, ?, ?, ?)
+                   ON CONFLICT(cause) DO UPDATE SET count=rejections.count + excluded.count,
+                     last_reason=excluded.last_reason, last_at=excluded.last_at""",
+                [(c, n, last_reason.get(c), now) for c, n in sorted(counts.items()) if n],
+            )
+
+    def rejections(self) -> list[dict[str, Any]]:
+        """The refused device messages by cause: cause, count, last_reason, last_at."""
+        return self.db.query("SELECT * FROM rejections ORDER BY count DESC, cause")
+
+    def in_flight(self, device_id: str, deployment_id: str) -> bool:
+        """Whether ``deployment_id`` is ``device_id``'s and still open to its word.
+
+        Open: pending, or decided by the host without a final report (timed
+        out, offline, cancelled), which a late final report may still settle.
+        """
+        rows = self.db.query(
+            "SELECT outcome FROM deployments WHERE deployment_id=? AND device_id=?",
+            (deployment_id, device_id))
+        return bool(rows) and Outcome(rows[0]["outcome"]).revisable

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         pw = f.host_password or f.directory / f"{HOST_USER}.password"
         print(f"host commands: --broker {f.host_url} --username {HOST_USER} "
               f"--password-file {pw}{ca}")
+    print(f"several host processes: --share-group \"$(cat {f.directory / 'share-group'})\" "
+          "(a secret: a device that can name the group could join it)")
     print("enrol devices with: paoding-edge enrol DEVICE --profile P --broker-dir "
           f"{f.directory} --bundle DIR")
     return 0

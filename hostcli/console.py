@@ -92,7 +92,7 @@ def rollout_starter(db: str, broker: Any, key: Any, *, verified: bool = True,
         import threading
 
         from core.errors import ConfigError, PaodingError
-        from fleet.intake import Intake
+        from fleet.gate import Gate
         from fleet.orchestrator import run_rollout
         from fleet.registry import Registry
 
@@ -107,7 +107,8 @@ def rollout_starter(db: str, broker: Any, key: Any, *, verified: bool = True,
         def run() -> None:
             try:
                 with Registry(db) as registry:
-                    intake = Intake(registry.public_keys()) if verified else None
+                    intake = (Gate(registry.public_keys(), in_flight=registry.in_flight)
+                              if verified else None)
                     kwargs = {"policy": policy} if policy is not None else {}
                     run_rollout(variants, broker, registry, key=key, progress=progress,
                                 intake=intake, discover_s=discover_s, **kwargs)

@@ -43,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
         devices = reg.device_rows()
         history = reg.deployments(args.device)
         rollouts = reg.rollouts()
+        refused = reg.rejections()
     if args.json:
         for r in rollouts:
             r["spec"] = {k: r["spec"][k] for k in ("variants", "policy") if k in r["spec"]}
-        print(json.dumps({"devices": devices, "deployments": history, "rollouts": rollouts},
+        print(json.dumps({"devices": devices, "deployments": history, "rollouts": rollouts,
+                          "refused_messages": refused},
                          indent=2, default=str))
         return 0
     print(f"{'device':<24} {'profile':<28} {'online':<6} {'runs model':<16} "
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{'rollout':<24} {'state':<8} reason")
         for r in rollouts:
             print(f"{r['rollout_id']:<24} {r['state']:<8} {r['reason'] or ''}")
+    if refused:
+        print(f"\n{'refused device messages':<24} {'count':>8}  last reason")
+        for r in refused:
+            print(f"{r['cause']:<24} {r['count']:>8}  {r['last_reason'] or ''}")
     print(f"\n{'started':<20} {'device':<24} {'rollout':<24} {'wave':>4}  {'outcome':<12} reason")
     for h in history:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["started_at"]))

@@ -105,7 +105,7 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleet.intake import Intake
+    from fleet.gate import Gate
     from fleet.orchestrator import run_rollout
     from fleet.registry import Registry
     from fleet.rollout import Target, WavePolicy
@@ -173,25 +173,31 @@ def run(args: argparse.Namespace) -> int:
             print("broker back: continuing", file=sys.stderr)
 
     with Registry(args.db) as registry:
-        # device messages count only when signed by the device's enrolled key (read once)
-        intake = None if args.unverified_reports else Intake(registry.public_keys())
-        result = run_rollout(
-            variants,
-            broker,
-            registry,
-            policy=policy,
-            target=target,
-            resume=args.resume,
-            share_group=args.share_group,
-            discover_s=args.discover_seconds,
-            progress=progress,
-            probes=args.probes,
-            thresholds=thresholds_from_args(args),
-            key=key_from_args(args),
-            benchmark=bench_from_args(args),
-            host_outputs=host_runner() if variants and args.probes else None,
-            intake=intake,
-        )
+        # device messages count only when signed by the device's enrolled key (read once),
+        # for this device's deployment in flight
+        intake = None if args.unverified_reports else Gate(registry.public_keys(),
+                                                           in_flight=registry.in_flight)
+        try:
+            result = run_rollout(
+                variants,
+                broker,
+                registry,
+                policy=policy,
+                target=target,
+                resume=args.resume,
+                share_group=args.share_group,
+                discover_s=args.discover_seconds,
+                progress=progress,
+                probes=args.probes,
+                thresholds=thresholds_from_args(args),
+                key=key_from_args(args),
+                benchmark=bench_from_args(args),
+                host_outputs=host_runner() if variants and args.probes else None,
+                intake=intake,
+            )
+        finally:
+            if intake is not None:
+                intake.save(registry)
     if args.plot:
         plot_rollout(result.to_dict(), args.plot)
     if args.json:
@@ -206,7 +212,7 @@ def _abort(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from fleet.intake import Intake
+    from fleet.gate import Gate
     from fleet.orchestrator import request_abort, run_rollout
     from fleet.registry import Registry
     from hostcli.options import broker_from_args, key_from_args
@@ -222,10 +228,15 @@ def _abort(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         stop = threading.Event()
         stop.set()
-        intake = None if args.unverified_reports else Intake(registry.public_keys())
-        result = run_rollout(None, broker_from_args(args), registry, resume=args.abort,
-                             abort=stop, key=key_from_args(args), intake=intake,
-                             discover_s=args.discover_seconds)
+        intake = None if args.unverified_reports else Gate(registry.public_keys(),
+                                                           in_flight=registry.in_flight)
+        try:
+            result = run_rollout(None, broker_from_args(args), registry, resume=args.abort,
+                                 abort=stop, key=key_from_args(args), intake=intake,
+                                 discover_s=args.discover_seconds)
+        finally:
+            if intake is not None:
+                intake.save(registry)
     print(format_result(result.to_dict()))
     return 0
 

@@ -38,13 +38,61 @@ def test_password_hash_is_mosquittos_pbkdf2_format():
 
 
 def test_acl_grants_devices_only_their_own_topics():
-    text = acl_text()
-    assert "pattern write paoding/v2/devices/%u/status" in text
-    assert "pattern read paoding/v2/devices/%u/manifest" in text
-    assert "pattern read paoding/v2/artifacts/#" in text
-    assert "pattern write paoding/v2/artifacts" not in text
+    text = acl_text(devices=["dev-a"])
+    block = text.split("user dev-a\n")[1]
+    assert "topic write paoding/v2/devices/dev-a/status" in block
+    assert "topic read paoding/v2/devices/dev-a/manifest" in block
+    assert "topic read paoding/v2/artifacts/#" in block
+    assert "write paoding/v2/artifacts" not in text and "pattern" not in text
+    assert "dev-b" not in text  # a device that is not enrolled has no line at all
     before_user = text.split("\nuser ")[0]
     assert "\ntopic " not in before_user  # nothing for anonymous clients
+
+
+def test_the_generated_acl_loads_without_warnings(fleet_broker):
+    b = fleet_broker
+    b.reload()  # the ACL with both devices' blocks, read again
+    with Inbox(b.host_broker(), "host-after-reload", f"{R}/devices/+/status") as host:
+        a = _device(b, "dev-a")
+        a.publish(f"{R}/devices/dev-a/status", b"after reload", qos=1).wait(5)
+        assert host.wait_for(f"{R}/devices/dev-a/status")  # the reload has happened
+        a.close()
+    log = (b.workdir / "mosquitto.log").read_text()
+    assert "Reloading config" in log
+    assert [line for line in log.splitlines() if "Warning" in line] == []
+
+
+def test_a_device_cannot_take_the_hosts_shared_intake(fleet_broker):
+    """A device's $share subscription (any group it can name) gets nothing, and costs the host
+    nothing: with the ACL file alone the broker dealt it half of another device's messages."""
+    b = fleet_broker
+    group = b.files.share_group
+    assert group and group.startswith("hosts-") and len(group) >= 38
+    intake = f"{R}/devices/+/+"
+    host_got: list[str] = []
+    host = MqttClient(b.host_broker(), "host-intake", clean_session=True)
+    host.subscribe(f"$share/{group}/{intake}", lambda t, _p: host_got.append(t))
+    host.connect(timeout=10)
+    thief_got: list[str] = []
+    thief = MqttClient(b.device_broker("dev-a", b.passwords["dev-a"]), "dev-a",
+                       clean_session=True)
+    for f in (f"$share/hosts/{intake}", f"$share/paoding/{intake}", f"$share/x/{R}/#",
+              f"{R}/devices/dev-b/report", f"{R}/#", "#"):
+        thief.subscribe(f, lambda t, _p: thief_got.append(t))
+    thief.connect(timeout=10)
+    other = _device(b, "dev-b")
+    try:
+        for i in range(40):
+            other.publish(f"{R}/devices/dev-b/report", b"r%d" % i, qos=1).wait(5)
+        other.publish(f"{R}/devices/dev-b/status", b"last", qos=1).wait(5)
+        deadline = time.monotonic() + 10
+        while f"{R}/devices/dev-b/status" not in host_got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert host_got.count(f"{R}/devices/dev-b/report") == 40
+        assert thief_got == []
+    finally:
+        for c in (host, thief, other):
+            c.close()
 
 
 def test_anonymous_and_wrong_credentials_are_refused(fleet_broker):

@@ -31,7 +31,7 @@ from core.errors import BrokerUnavailable, DeploymentTimeout
 from core.mqtt import Broker, MqttClient
 from core.protocol import ChunkRequest, Manifest, Report, Status, Topics
 from core.signing import SigningKey
-from fleet.intake import Intake
+from fleet.gate import Gate
 from fleet.orchestrator import discover, run_rollout
 from fleet.publisher import deploy
 from fleet.registry import Registry
@@ -247,12 +247,12 @@ def test_fake_retained_statuses_do_not_appear_in_discovery(broker, fleet, caplog
         pub.close()
     unverified = discover(b, wait_s=0.5)
     assert {"ghost-1", "ghost-2", "ghost-3"} <= set(unverified)  # the finding, reproduced
-    intake = Intake.from_registry(reg)
+    intake = Gate.from_registry(reg)
     with caplog.at_level(logging.WARNING, logger="paoding.intake"):
         found = discover(b, wait_s=0.5, intake=intake)
     ghosts = {"ghost-1", "ghost-2", "ghost-3"}
     assert set(found) == {"dev-a"} and found["dev-a"].profile == PROFILE
-    assert intake.dropped == {"not_enrolled": 3, "wrong_device": 1}
+    assert intake.rejected == {"not_enrolled": 3, "wrong_device": 1}
     # the rollout reads the same retained statuses through the intake: only dev-a is
     # deployed to (no agent answers here), no ghost is recorded or even named
     result = run_rollout({PROFILE: MODEL}, b, reg, intake=intake, discover_s=0.5,
@@ -301,7 +301,7 @@ def test_a_device_cannot_report_for_another_devices_deployment(broker, fleet, ca
         t = threading.Thread(target=lie)
         t.start()
         try:
-            result = run_rollout({PROFILE: MODEL}, b, reg, intake=Intake.from_registry(reg),
+            result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate.from_registry(reg),
                                  discover_s=0.5, policy=WavePolicy(
                                      canary=1, timeout_s=2, max_failure_rate=1.0))
         finally:
@@ -360,7 +360,7 @@ def test_out_of_range_figures_and_control_characters_are_not_stored(broker, flee
         dev.client.publish(dev.topics.status, status.to_json(), qos=1, retain=True).wait(5)
         t = threading.Thread(target=send_bad)
         t.start()
-        result = run_rollout({PROFILE: MODEL}, b, reg, intake=Intake.from_registry(reg),
+        result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate.from_registry(reg),
                              discover_s=0.5, policy=WavePolicy(timeout_s=20))
         t.join()
     assert sent == len(BAD_FIGURES)

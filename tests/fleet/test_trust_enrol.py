@@ -118,7 +118,8 @@ def test_enrolled_password_opens_the_broker_and_revocation_closes_it(tmp_path):
                 dev.connect(timeout=10)
                 dev.publish(f"{R}/devices/pi-5/status", b"hello", qos=1).wait(5)
                 assert host.wait_for(f"{R}/devices/pi-5/status")
-            assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password"]
+            assert revoke_device(reg, "pi-5", b.workdir) == ["public key", "broker password",
+                                                             "broker ACL"]
             assert reg.public_key("pi-5") is None
             with pytest.raises(ConfigError, match="not enrolled"):
                 revoke_device(reg, "pi-5", b.workdir)
@@ -143,6 +144,7 @@ def test_client_certificate_identity_mutual_tls(tmp_path):
         with Registry(tmp_path / "f.sqlite") as reg:
             enrol_device(reg, "pi-6", PROFILE, broker_dir=b.workdir,
                          bundle_dir=tmp_path / "bundles", client_cert=True)
+        b.reload()  # the broker reads the device's ACL block
         bundle = tmp_path / "bundles" / "pi-6"
         cert = (bundle / "client.crt", bundle / "client.key")
         assert _mode(cert[1]) == 0o600
@@ -227,7 +229,7 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
 
     from tflitehelp import dense_tflite
 
-    from fleet.intake import Intake
+    from fleet.gate import Gate
     from fleet.orchestrator import discover
     from fleet.publisher import deploy
 
@@ -247,12 +249,12 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
              str(tmp_path / "b" / "pi-e2e" / "agent.json"), "--state-dir", str(tmp_path / "s")],
             cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=log,
             stderr=subprocess.STDOUT)
-        intake = Intake.from_registry(reg)
+        intake = Gate.from_registry(reg)
         deadline, found = time.monotonic() + 30, {}
         while "pi-e2e" not in found and time.monotonic() < deadline:
             found = discover(fb.host_broker(), wait_s=0.5, intake=intake)
         assert "pi-e2e" in found, (tmp_path / "agent.log").read_text()[-2000:]
-        assert intake.dropped_total == 0
+        assert intake.rejected_total == 0
         rep = deploy(dense_tflite((16,), inputs=8, classes=4)[0], "pi-e2e", fb.host_broker(),
                      key=host_key, device_key=reg.public_key("pi-e2e").encode(),
                      benchmark={"runs": 3, "warmup_runs": 1}, timeout=60)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enrol": ("hostcli.enrol", "give a device its identity: key, broker credentials, bundle"),
     "broker-config": ("hostcli.broker", "write a Mosquitto configuration for the fleet "
                       "(TLS, passwords, ACL, limits)"),
+    "conformance": ("hostcli.conformance", "check a running agent of any implementation against the protocol"),
     "demo": ("hostcli.demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 

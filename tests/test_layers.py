@@ -17,7 +17,8 @@ ALLOWED = {
     "agent": {"core", "device_profiles"},
     "fleet": {"core", "device_profiles"},
     "tuner": {"core", "device_profiles", "pruner", "fleet"},
-    "hostcli": {"core", "device_profiles", "pruner", "fleet", "tuner"},
+    "conformance": {"core"},
+    "hostcli": {"core", "device_profiles", "pruner", "fleet", "tuner", "conformance"},
 }
 
 

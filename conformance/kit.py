@@ -452,6 +452,9 @@ CHECKS: dict[str, Callable[[Kit], Iterator[Result]]] = {
 }
 
 
+NEEDS = {"replay": "deployment", "downgrade": "deployment"}  # a group that needs another
+
+
 def load_assets(directory: Path) -> dict[str, bytes]:
     names = {"model_a": "model_a.tflite", "model_b": "model_b.tflite",
              "probes_a": "probes_a.npz"}
@@ -467,13 +470,14 @@ def run_kit(cfg: KitConfig, emit: Callable[[Result], None] = lambda _r: None) ->
     if unknown:
         raise PaodingError(f"unknown check group(s) {', '.join(unknown)}: "
                            f"use {', '.join(CHECKS)}")
+    selected = set(cfg.only) | {NEEDS[g] for g in cfg.only if g in NEEDS}
     host = Host(cfg.broker, cfg.device_id, cfg.device_key)
     kit = Kit(cfg, host, load_assets(cfg.assets))
     results: list[Result] = []
     host.connect(cfg.timeout)
     try:
         for name, check in CHECKS.items():
-            if cfg.only and name not in cfg.only:
+            if cfg.only and name not in selected:
                 continue
             try:
                 for result in check(kit):

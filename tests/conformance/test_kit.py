@@ -58,12 +58,12 @@ def start_agent(module_broker, keys, tmp_path) -> Iterator[Callable[..., str]]:
     """Start ``paoding-agent run`` (or a faulty one) as a process; returns its device id."""
     procs: list[subprocess.Popen] = []
 
-    def start(fault: str | None = None) -> str:
-        device = f"conf-{fault or 'python'}"
+    def start(fault: str | None = None, protocol: str = "5") -> str:
+        device = f"conf-{fault or 'python'}-{protocol}"
         args = ["run", "--device-id", device, "--profile", "raspberry-pi-4",
                 "--broker", module_broker.url, "--state-dir", str(tmp_path / "state"),
                 "--trust-key", str(keys["host_pub"]), "--device-key", str(keys["device"]),
-                "--log-level", "INFO"]
+                "--mqtt-protocol", protocol, "--log-level", "INFO"]
         cmd = [sys.executable, "-m", "agent.cli", *args] if fault is None else \
             [sys.executable, str(FAULTY), fault, *args]
         log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115 - the process owns it
@@ -89,8 +89,9 @@ def kit_args(broker, keys, device: str, *extra: str) -> list[str]:
             "--timeout", str(TIMEOUT), *extra]
 
 
-def test_python_agent_passes_every_check(module_broker, keys, start_agent, capsys):
-    device = start_agent()
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_python_agent_passes_every_check(module_broker, keys, start_agent, capsys, protocol):
+    device = start_agent(protocol=protocol)
     rc = main(kit_args(module_broker, keys, device))
     out = capsys.readouterr().out.splitlines()
     checks = [line for line in out if line.startswith(("PASS", "FAIL"))]
@@ -108,3 +109,11 @@ def test_faulty_agent_fails_the_checks_that_cover_its_fault(module_broker, keys,
     failed = {r.check for r in results if not r.ok}
     assert len(results) == 29, [r.line() for r in results]
     assert failed == EXPECTED_FAILURES[fault], "\n".join(r.line() for r in results)
+
+
+def test_a_group_runs_with_what_it_needs(module_broker, keys, start_agent):
+    device = start_agent()
+    results = run_kit(config(module_broker, keys, device, only=("downgrade",)))
+    assert [r.check for r in results][-1] == "downgrade refused"
+    assert "signed manifest accepted and activated" in {r.check for r in results}
+    assert all(r.ok for r in results), [r.line() for r in results]

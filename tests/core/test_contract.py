@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,21 @@ from pathlib import Path
 import pytest
 
 from core import contract
-from core.protocol import Manifest
+from core.protocol import (
+    Artifact,
+    BenchmarkResult,
+    Cancel,
+    CheckResults,
+    ChunkRequest,
+    LatencyStats,
+    Manifest,
+    Report,
+    RuntimeInfo,
+    Status,
+    Thresholds,
+    TransferStats,
+)
+from core.signing import SigningKey
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -72,3 +87,47 @@ def test_asyncapi_parser_refuses_a_broken_document(tmp_path):
     assert "lastWill.qos" in run.stdout  # the binding
     assert '"bool"' in run.stdout or "Did you mean" in run.stdout  # the external schema
     assert "not a valid AsyncAPI document" in run.stdout
+
+
+def _samples() -> dict[str, bytes]:
+    """One signed message of each kind, every optional part filled."""
+    host, device = SigningKey.generate(), SigningKey.generate()
+    blob = bytes(range(256)) * 20
+    runtime = RuntimeInfo(name="ai-edge-litert", version="2.0")
+    bench = BenchmarkResult(
+        runtime=runtime, threads=2, init_ms=3.0, first_inference_ms=1.0, warmup_runs=3,
+        warmup_mean_ms=0.5, latency_ms=LatencyStats(count=50, mean=0.4, std=0.1, min=0.3,
+                                                    max=0.9, p50=0.4, p90=0.6, p99=0.8),
+        peak_memory_mb=40.0, rss_before_mb=30.0, measured_seconds=0.2)
+    checks = CheckResults(count=24, clean_accuracy=1.0, robust_accuracy={"fgsm@0.05": 0.9},
+                          min_robust_accuracy=0.9, agreement=1.0, max_abs_deviation=0.0)
+    manifest = host.sign(Manifest(deployment_id="d-1", device_id="pi-1",
+                                  model=Artifact.of(blob, 1024), probes=Artifact.of(blob[:999]),
+                                  thresholds=Thresholds(max_p90_ms=10, min_agreement=0.9)))
+    return {
+        "manifest": manifest.to_json(),
+        "cancel": host.sign(Cancel(deployment_id="d-1", device_id="pi-1")).to_json(),
+        "status": device.sign_device(Status(device_id="pi-1", online=True, runtime=runtime,
+                                            agent_version="0.1.0")).to_json(),
+        "need": device.sign_device(ChunkRequest(device_id="pi-1", deployment_id="d-1",
+                                                artifact=manifest.model.sha256,
+                                                ranges=[(0, 2), (4, 5)], have=3)).to_json(),
+        "report": device.sign_device(Report(
+            device_id="pi-1", deployment_id="d-1", manifest_sha256=manifest.digest,
+            state="active", final=True, runtime=runtime, benchmark=bench, checks=checks,
+            transfer=TransferStats(bytes=5120, chunks=5, seconds=0.1))).to_json(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(contract.MESSAGES))
+def test_published_schemas_accept_real_messages_and_refuse_bad_ones(name):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((DOCS / "schemas" / f"{name}.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    jsonschema.Draft7Validator.check_schema(schema)
+    message = json.loads(_samples()[name])
+    assert list(validator.iter_errors(message)) == []
+    assert not validator.is_valid({**message, "surprise": 1})  # unknown fields are refused
+    assert not validator.is_valid({**message, "protocol": 1})
+    if name == "need":
+        assert not validator.is_valid({**message, "ranges": [[0, 1, 2]]})

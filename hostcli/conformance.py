@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hostcli.options import add_connection_arguments, broker_from_args, key_from_args
+from hostcli.options import add_connection_arguments, broker_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from core.protocol import check_id
     from core.signing import load_signing_key, load_verify_key
 
-    if args.unsigned:
-        raise ConfigError("the kit signs its manifests: give --key (the host key the agent "
-                          "trusts), not --unsigned")
+    if args.unsigned or not args.key:
+        raise ConfigError("the kit signs its manifests: give --key KEY, the host key the agent "
+                          "trusts (see `paoding-edge keys new`)")
     try:
         check_id(args.device)
     except ValueError as exc:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.runs < 1:
         raise ConfigError("--timeout must be > 0 and --runs >= 1")
     cfg = KitConfig(broker=broker_from_args(args), device_id=args.device,
-                    key=load_signing_key(key_from_args(args)),
+                    key=load_signing_key(args.key),
                     device_key=load_verify_key(args.device_key),
                     agent_client_id=args.agent_client_id, timeout=args.timeout,
                     runs=args.runs, only=tuple(args.only))

@@ -45,6 +45,17 @@ def active_without_activating() -> None:
     states.Activate.run = run  # type: ignore[method-assign]
 
 
+def report_before_install() -> None:
+    """Says ``installed`` before it has even verified the model."""
+    verify = states.Verify.run
+
+    def run(self: states.Verify, ctx: states.Context) -> states.State:
+        ctx.emit(ctx.report(self.manifest, "installed"))
+        return verify(self, ctx)
+
+    states.Verify.run = run  # type: ignore[method-assign]
+
+
 def ignore_thresholds() -> None:
     """Activates whatever it measured: no rollback on a missed threshold."""
     states.threshold_failures = lambda *a, **k: []  # type: ignore[assignment]
@@ -68,7 +79,8 @@ def foreign_report_key() -> None:
 
 
 FAULTS = {f.__name__.replace("_", "-"): f for f in (
-    accept_downgrade, accept_expired, active_without_activating, ignore_thresholds,
+    accept_downgrade, accept_expired, active_without_activating, report_before_install,
+    ignore_thresholds,
     forget_chunks, foreign_report_key)}
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def base(keys, broker_url: str, device: str = "pi-1") -> list[str]:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--unsigned"], "the kit signs its manifests: give --key"),
+    (["--unsigned"], "the kit signs its manifests: give --key KEY"),
     (["--only", "everything"], "unknown check group(s) everything: use identity, malformed"),
     (["--timeout", "0"], "--timeout must be > 0"),
 ])

@@ -33,6 +33,7 @@ EXPECTED_FAILURES = {
     "active-without-activating": {"signed manifest accepted and activated",
                                   "status names the new active model",
                                   "chunked transfer completes (a corrupt chunk was dropped)"},
+    "report-before-install": {"reports in order, naming the manifest"},
     "ignore-thresholds": {"missed threshold rolled back", "previous model stays active"},
     "forget-chunks": {"resume after a disconnect"},
     "foreign-report-key": {  # every check that needs an authentic report

@@ -93,11 +93,10 @@ class Kit:
         by_sha = {Artifact.of(b, 1024).sha256: b for b in self.blobs.values()}
         return {name: by_sha[a.sha256] for name, a in m.artifacts().items()}
 
-    def first_report(self, dep: str, mark: int) -> Report | None:
-        got = self.host.inbox.wait(
+    def first_report(self, dep: str, mark: int) -> Received | None:
+        return self.host.inbox.wait(
             lambda r: isinstance(r.message, Report) and r.message.deployment_id == dep,
             mark, self.cfg.timeout)
-        return got.message if got else None  # type: ignore[return-value]
 
     def final_report(self, dep: str, mark: int) -> Received | None:
         return self.host.inbox.wait(
@@ -111,36 +110,35 @@ class Kit:
         self.host.send(self.host.topics.cancel, cancel.to_json(), self.cfg.timeout)
         self.final_report(m.deployment_id, mark)
 
-    def expect_refusal(self, check: str, m: Manifest | bytes, dep: str, states: tuple[str, ...],
-                       manifest: Manifest | None = None) -> Result:
-        """Send a manifest the agent must refuse; pass on a refusal report in ``states``."""
-        if manifest is not None:
-            self.host.serve(manifest, self.blobs_of(manifest))  # chunks on request
+    def expect_refusal(self, check: str, m: Manifest, states: tuple[str, ...]) -> Result:
+        """Send ``m``, which the agent must refuse with a report in ``states``; its chunks
+        are served on request, so a wrong acceptance shows as progress, not a timeout."""
+        dep = m.deployment_id
+        self.host.serve(m, self.blobs_of(m))
         mark = self.host.send_manifest(m, self.cfg.timeout)
         self.refused[dep] = (check, mark)
-        rep = self.first_report(dep, mark)
-        if rep is None:
+        got = self.first_report(dep, mark)
+        if got is None:
             return Result(check, False, f"no report for {dep} in {self.cfg.timeout:.0f}s")
+        rep: Report = got.message  # type: ignore[assignment]
         if rep.state not in states:
-            if manifest is not None and rep.state in PROGRESS:
-                self.wait_end(manifest, mark)
+            if rep.state in PROGRESS:
+                self.wait_end(m, mark)
             return Result(check, False, f"answered {rep.state}, not {' or '.join(states)}"
                           + (f" ({rep.reason})" if rep.reason else ""))
         if not rep.reason:
             return Result(check, False, f"{rep.state} without a reason")
-        got = self.host.inbox.wait(lambda r: r.message is rep, mark, 0)
-        if got is not None and not got.authentic:
+        if not got.authentic:
             return Result(check, False, f"{rep.state}, but {got.problem}")
         return Result(check, True, f"{rep.state}: {rep.reason[:120]}")
 
-    def deploy(self, m: Manifest, *, retained: bool = True) -> tuple[int, Received | None]:
-        """Publish ``m`` and its chunks; wait for its final report; clear the chunks."""
+    def deploy(self, m: Manifest) -> tuple[int, Received | None]:
+        """Publish ``m`` and its chunks (retained); wait for its final report; clear them."""
         server = self.host.serve(m, self.blobs_of(m))
         mark = self.host.send_manifest(m, self.cfg.timeout)
-        if retained:
-            for art in m.artifacts().values():
-                for i in range(art.chunks):
-                    server.publish(art.sha256, i, retain=True)
+        for art in m.artifacts().values():
+            for i in range(art.chunks):
+                server.publish(art.sha256, i, retain=True)
         final = self.final_report(m.deployment_id, mark)
         server.clear(self.cfg.timeout)
         return mark, final
@@ -199,7 +197,7 @@ class Kit:
             self.host.client.wait_connected(self.cfg.timeout)
         follow = self.manifest(sign=False)
         result = self.expect_refusal("agent alive after an oversized manifest", follow,
-                                     follow.deployment_id, ("rejected",), follow)
+                                     ("rejected",))
         died = [r for r in self.host.inbox.since(mark)
                 if isinstance(r.message, Status) and not r.message.online]
         answered = [r.message for r in self.host.inbox.since(mark)
@@ -214,23 +212,19 @@ class Kit:
 
     def refusals(self) -> Iterator[Result]:
         m = self.manifest(sign=False)
-        yield self.expect_refusal("unsigned manifest refused", m, m.deployment_id,
-                                  ("rejected",), m)
+        yield self.expect_refusal("unsigned manifest refused", m, ("rejected",))
         m = SigningKey.generate().sign(self.manifest(sign=False))
-        yield self.expect_refusal("manifest signed by an unknown key refused", m,
-                                  m.deployment_id, ("rejected",), m)
+        yield self.expect_refusal("manifest signed by an unknown key refused", m, ("rejected",))
         m = self.manifest()
         forged = m.model_copy(update={"thresholds": Thresholds(max_p90_ms=3_600_000)})
         yield self.expect_refusal("manifest altered after signing refused", forged,
-                                  m.deployment_id, ("rejected",), forged)
+                                  ("rejected",))
         now = time.time()
         m = self.manifest(created_at=now - 7200, expires_at=now - 3600)
-        yield self.expect_refusal("expired manifest refused", m, m.deployment_id,
-                                  ("rejected",), m)
+        yield self.expect_refusal("expired manifest refused", m, ("rejected",))
         m = self.cfg.key.sign(self.manifest(sign=False).model_copy(
             update={"device_id": "conformance-other-device"}))
-        yield self.expect_refusal("manifest for another device refused", m, m.deployment_id,
-                                  ("error", "rejected"), m)
+        yield self.expect_refusal("manifest for another device refused", m, ("error", "rejected"))
 
     def deployment(self) -> Iterator[Result]:
         m = self.manifest(probes=True, thresholds=Thresholds(min_agreement=0.9,
@@ -329,15 +323,14 @@ class Kit:
             yield Result("replayed manifest refused", False, "needs an accepted deployment")
             return
         m = self.accepted
-        yield self.expect_refusal("replayed manifest refused", m, m.deployment_id,
-                                  ("error", "rejected"), m)
+        yield self.expect_refusal("replayed manifest refused", m, ("error", "rejected"))
 
     def downgrade(self) -> Iterator[Result]:
         if self.accepted is None:
             yield Result("downgrade refused", False, "needs an accepted deployment")
             return
         m = self.manifest(release=self.accepted.release - 1)
-        yield self.expect_refusal("downgrade refused", m, m.deployment_id, ("rejected",), m)
+        yield self.expect_refusal("downgrade refused", m, ("rejected",))
 
     def transfer(self) -> Iterator[Result]:
         m = self.manifest("model_b", chunk=1024)

@@ -182,7 +182,8 @@ class Kit:
                 continue
             rep: Report = got.message  # type: ignore[assignment]
             ok = rep.state == "error" and bool(rep.reason) and got.authentic
-            yield Result(check, ok, f"{rep.state}: {(rep.reason or got.problem or '')[:100]}")
+            yield Result(check, ok, f"{rep.state}: {(rep.reason or '')[:100]}"
+                         + (f"; {got.problem}" if got.problem else ""))
 
     def oversized(self) -> Iterator[Result]:
         base = json.loads(self.manifest().to_json())

@@ -28,7 +28,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
 echo "== installing the AsyncAPI parser (npm ci in scripts/asyncapi)"
-npm ci --prefix scripts/asyncapi --no-audit --no-fund --loglevel=error
+npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -60,7 +60,8 @@ def _node() -> str:
     if node is None:
         pytest.skip("node is not installed (scripts/test.sh installs it)")
     if not (VALIDATOR.parent / "node_modules" / "@asyncapi" / "parser").is_dir():
-        pytest.skip("the AsyncAPI parser is not installed: npm ci --prefix scripts/asyncapi")
+        pytest.fail("the AsyncAPI parser is not installed: run `npm ci --prefix scripts/asyncapi` "
+                    "(scripts/test.sh does)")
     return node
 
 

@@ -87,7 +87,7 @@ class WireModel(BaseModel):
 
 
 class Versioned(WireModel):
-    protocol: int = PROTOCOL_VERSION
+    protocol: int = Field(default=PROTOCOL_VERSION, json_schema_extra={"const": PROTOCOL_VERSION})
 
     @field_validator("protocol")
     @classmethod

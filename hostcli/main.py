@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "(TLS, passwords, ACL, limits)"),
     "console": ("hostcli.console", "the fleet console in a browser (read-only unless given "
                 "a token)"),
+    "conformance": ("hostcli.conformance", "check a running agent of any implementation "
+                    "against the protocol"),
     "demo": ("hostcli.demo", "the end-to-end demo: prune, tune, deploy to emulated agents"),
 }
 

@@ -27,6 +27,15 @@ fi
 # The registry tests also use a PostgreSQL server: PAODING_TEST_PG (default
 # postgresql://postgres@127.0.0.1:5432/postgres), a user allowed to create databases.
 
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs and npm (Debian packages; the AsyncAPI parser checks docs/asyncapi.yaml)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "== installing the AsyncAPI parser (npm ci in scripts/asyncapi)"
+npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"

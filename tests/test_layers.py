@@ -17,9 +17,10 @@ ALLOWED = {
     "agent": {"core", "device_profiles"},
     "fleet": {"core", "device_profiles"},
     "tuner": {"core", "device_profiles", "pruner", "fleet"},
-    "hostcli": {"core", "device_profiles", "pruner", "fleet", "tuner", "console"},
+    "hostcli": {"core", "device_profiles", "pruner", "fleet", "tuner", "console", "conformance"},
     # the web console: a peer of the CLI (which starts it) over fleet and device_profiles
     "console": {"core", "device_profiles", "fleet"},
+    "conformance": {"core"},
 }
 
 

@@ -54,6 +54,7 @@ _SKIP = {"DELEGATE"}
 TILE = 16  # output-channel tile of pad16_macs
 # Used when a profile has no coefficient for a class: relative to float.
 DEFAULT_CLASS_RATIO = {"float": 1.0, "hybrid": 0.8, "int8": 0.6}
+MIN_MEASUREMENTS = 3  # the fewest measurements ``fit`` refits from
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,23 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
         else:
             counts[f"elements.{kclass}"] += float(out_elems)
     return ModelFeatures(counts, len(model), int(activation), names)
+
+
+def export_type(model: bytes) -> str:
+    """The export type of a .tflite model: int8, dynamic, float16 or float32."""
+    interp = _interpreter_class()(model_content=bytes(model))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    classes = set()
+    for op in interp._get_ops_details():
+        ins = [tensors[i] for i in op["inputs"] if i >= 0 and i in tensors]
+        classes.add(_op_class(op["op_name"], [np.dtype(t["dtype"]).name for t in ins]))
+    if "int8" in classes:
+        return "int8"
+    if "hybrid" in classes:
+        return "dynamic"
+    if any(np.dtype(t["dtype"]) == np.float16 for t in tensors.values()):
+        return "float16"
+    return "float32"
 
 
 def _pad(channels: int) -> int:
@@ -277,8 +295,9 @@ def fit(
     ``fit_overhead=False`` the prior's fixed overhead is kept (for measurements of
     large models only, which cannot tell a per-inference overhead from their cost).
     """
-    if len(data) < 3:
-        raise ValueError(f"need at least 3 measurements to calibrate, got {len(data)}")
+    if len(data) < MIN_MEASUREMENTS:
+        raise ValueError(
+            f"need at least {MIN_MEASUREMENTS} measurements to calibrate, got {len(data)}")
     keys = sorted({k for m in data for k, v in m.features.counts.items() if v})
     x = np.array([[m.features.counts.get(k, 0.0) for k in keys] + [1.0] for m in data])
     y = np.array([m.p90_ms for m in data])

@@ -29,7 +29,8 @@ inputs: dynamic-range quantisation) or ``int8`` (integer inputs).
 Peak memory (MB) = ``base_mb`` + ``model_factor`` * model MB + ``arena_factor``
 * activation MB. ``fit`` refits both from measurements by non-negative least
 squares on relative error, pulled gently towards the previous coefficients
-so that features the measurements never exercise keep their prior values.
+times the median measured / predicted ratio, so that features the measurements
+never exercise keep their prior proportions.
 
 Features are read from the .tflite bytes with whichever interpreter is
 installed (ai-edge-litert, tflite-runtime, TensorFlow Lite): no TensorFlow
@@ -243,11 +244,13 @@ class Measurement:
         )
 
 
-def _nnls_ridge(a: np.ndarray, b: np.ndarray, lam: float, max_iter: int = 50) -> np.ndarray:
-    """min ||A s - b||^2 + lam ||s - 1||^2 subject to s >= 0 (a small active-set loop)."""
+def _nnls_ridge(a: np.ndarray, b: np.ndarray, lam: float, max_iter: int = 50,
+                target: np.ndarray | None = None) -> np.ndarray:
+    """min ||A s - b||^2 + lam ||s - target||^2 subject to s >= 0 (a small active-set loop);
+    ``target`` defaults to 1 (the prior)."""
     n = a.shape[1]
     a_aug = np.vstack([a, np.sqrt(lam) * np.eye(n)])
-    b_aug = np.concatenate([b, np.sqrt(lam) * np.ones(n)])
+    b_aug = np.concatenate([b, np.sqrt(lam) * (np.ones(n) if target is None else target)])
     active = np.ones(n, dtype=bool)
     s = np.zeros(n)
     for _ in range(max_iter):
@@ -314,8 +317,16 @@ def fit(
         [_coef(prior, k) if _coef(prior, k) > 0 else t for k, t in zip(keys, typical, strict=True)]
         + [max(prior.overhead_ms, float(np.min(y)) / 4)]
     )
+    # pulled towards the prior's own values (0 where it says 0), in units of these scales
+    own = np.array([_coef(prior, k) for k in keys] + [prior.overhead_ms])
+    target = np.divide(own, prior_vals, out=np.zeros_like(own), where=prior_vals > 0)
+    # The simplest account of a few measurements is a device uniformly faster or slower
+    # than the prior says: the coefficients are pulled towards the prior times the median
+    # measured / predicted ratio, so features few measurements tell apart keep their ratios.
+    ratio = np.array([m.p90_ms / max(predict_latency_ms(prior, m.features), 1e-9) for m in data])
+    prior_vals = prior_vals * float(np.median(ratio))
     a = x * prior_vals / y[:, None]
-    scale = _nnls_ridge(a, np.ones(len(y)), ridge)
+    scale = _nnls_ridge(a, np.ones(len(y)), ridge, target=target)
     values = scale * prior_vals
     if not fit_overhead:
         values[-1] = prior.overhead_ms

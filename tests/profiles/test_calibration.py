@@ -69,3 +69,13 @@ def test_error_row_formats_a_summary():
                                       "within_15pct": 0.6})
     assert row == ["x", "5", "12.3%", "50.0%", "60%", "-"]
     assert len(row) == len(calibration.ERROR_HEADER)
+
+
+def test_three_observations_of_a_uniformly_slower_device_suffice():
+    """Few reports: the refit starts from the prior times the measured / predicted ratio."""
+    prior = dp.load("raspberry-pi-zero-2w-emulated")
+    data = observations(prior, 1.5, n=calibration.MIN_OBSERVATIONS)
+    new = calibration.calibrate(prior, data, source="test observations, 3 models")
+    held_out = observations(prior, 1.5, n=12)[3:]  # larger models than any it saw
+    assert calibration.errors(prior.latency, held_out)["median_abs"] > 0.3
+    assert calibration.errors(new.latency, held_out)["median_abs"] < 0.05

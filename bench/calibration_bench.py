@@ -13,8 +13,9 @@ and priority), while the host tunes with the shipped profile. For each profile:
    the shipped latency model, then the closed loop (`tune --verify-on`) deploys
    candidates until one is VERIFIED; the candidates it needed are counted;
 2. the fleet: rollouts (`fleet.orchestrator.run_rollout`, registry on SQLite)
-   deploy other candidates of the same model to the devices, one rollout each;
-   every VERIFIED report becomes an observation in the registry;
+   deploy other candidates of the same model to the devices, one rollout each,
+   those predicted nearest the budget first (a fleet runs models tuned for its
+   device class); every VERIFIED report becomes an observation in the registry;
 3. after N reports: `paoding-edge profiles calibrate PROFILE --db` refits the
    profile (written to a profiles directory of the bench's own), and `tune`
    with the closed loop runs again on it, counting the candidates again.
@@ -201,14 +202,15 @@ def main() -> int:
                 runs[p]["before"], results[p] = tune_and_verify(
                     p, model, search, deployers[p], log[p], f"cal-{p}", args.rounds)
                 print(f"  {p}: {_line(runs[p]['before'])}")
-            # the fleet's models: other candidates (not measured yet), spread over latency
+            # the fleet's models: the candidates the closed loop has not measured, nearest
+            # the budget first (a fleet runs models tuned for its device class)
             pool = {}
             for p in pids:
+                budget = dp.load(p).budgets.p90_latency_ms
                 cands = sorted((c for c in results[p].candidates
                                 if c.exported and not c.runtime_error and not c.measured),
-                               key=lambda c: c.predicted_p90_ms)
-                picks = np.linspace(0, len(cands) - 1, min(len(cands), ns[-1] + 4)).round()
-                pool[p] = [blob_of(search, cands[int(i)]) for i in dict.fromkeys(picks)]
+                               key=lambda c: abs(np.log(c.predicted_p90_ms / budget)))
+                pool[p] = [blob_of(search, c) for c in cands]
             print(f"[4/5] the fleet: rollouts of other candidates; calibrate after "
                   f"{', '.join(map(str, ns))} VERIFIED reports")
             for n in ns:
@@ -266,7 +268,17 @@ def main() -> int:
                 f"{b['deployments']} -> {after['deployments']}",
                 f"{_ok(b)} -> {_ok(after)}",
             ])
-    header = ["profile", "device vs profile", "N reports", "held-out models",
+    noise = []
+    for p in pids:
+        by_model: dict[str, list[float]] = {}
+        for r in log[p]:
+            if r["p90_ms"]:
+                by_model.setdefault(r["sha256"], []).append(r["p90_ms"])
+        spread = max((max(v) / min(v) for v in by_model.values() if len(v) > 1), default=None)
+        runs[p]["repeat_spread"] = spread
+        if spread:
+            noise.append(f"{p} up to {spread:.2f}x")
+    header = ["profile", "device vs profile", "N reports", "held-out measurements",
               "median |err| before -> after", "within 15%", "candidates deployed",
               "deployments", "first candidate verified"]
     load_end = os.getloadavg()
@@ -289,6 +301,9 @@ def main() -> int:
         "measured on the models the closed loops deployed that are not among the observations. "
         "Candidates deployed: what the closed loop (`tune --verify-on`) needed until one was "
         "VERIFIED (1 = the first candidate, no re-try). Host emulation, not real devices.",
+        "",
+        "Measurement noise: the p90 of one model measured in several deployments of this run "
+        f"varied by {', '.join(noise) or 'n/a'} (max / min).",
         "",
     ])
     (RESULTS / "calibration.md").write_text(md)

@@ -230,7 +230,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         data, origin = _from_db(args.db, current.id)
     if len(data) < calibration.MIN_OBSERVATIONS:
         raise PaodingError(
-            f"only {len(data)} VERIFIED report(s) of profile {current.id!r} in {origin}: "
+            f"only {len(data)} measurement(s) of profile {current.id!r} in {origin}: "
             f"calibration needs at least {calibration.MIN_OBSERVATIONS}")
     emulated = sum(m.emulated for m in data)
     if emulated and not current.emulated and not args.allow_emulated:

@@ -307,14 +307,23 @@ def main() -> int:
         "",
     ])
     (RESULTS / "calibration.md").write_text(md)
-    write_json(RESULTS / "calibration.json", {
+    write_json(RESULTS / "calibration.json", relative({
         "machine": machine(), "commit": git_commit(), "conditions": conditions,
         "settings": vars(args), "profiles": runs,
         "calibrate_output": {p: {str(n): o for n, o in c.items()} for p, c in calib_out.items()},
-    })
+    }))
     plot(runs, pids, ns, RESULTS / "calibration.png")
     print(md)
     return 0
+
+
+def relative(obj: Any) -> Any:
+    """``obj`` with the checkout's absolute path left out of every string."""
+    if isinstance(obj, dict):
+        return {k: relative(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative(v) for v in obj]
+    return obj.replace(f"{ROOT}{os.sep}", "") if isinstance(obj, str) else obj
 
 
 def _tried(r: dict[str, Any]) -> str:

@@ -27,12 +27,15 @@ from device_profiles.schema import DeviceProfile
 __all__ = [
     "DeviceProfile",
     "ProfileError",
+    "before_after",
+    "calibration_note",
     "dump",
     "list_profiles",
     "load",
     "load_file",
     "locate",
     "search_path",
+    "shipped",
     "user_dir",
 ]
 
@@ -148,3 +151,35 @@ def dump(profile: DeviceProfile) -> str:
     """The profile as YAML (the shape ``load_file`` reads back)."""
     data = profile.model_dump(mode="json", exclude_none=True)
     return yaml.safe_dump(data, sort_keys=False, width=100)
+
+
+def shipped(profile_id: str) -> DeviceProfile | None:
+    """The profile shipped in this package under ``profile_id`` (None: not a shipped id)."""
+    for ext in (".yaml", ".yml", ".json"):
+        f = PACKAGE_DIR / f"{profile_id}{ext}"
+        if f.is_file():
+            return load_file(f)
+    return None
+
+
+def calibration_note(profile: DeviceProfile) -> str | None:
+    """How a profile replaces the shipped one of its id with a calibrated latency model
+    (``profiles calibrate``), for tune's output and report; None when it does not."""
+    found = _find(profile.id)
+    if found is None or found.parent == PACKAGE_DIR or profile.latency.provenance != "calibrated":
+        return None
+    base = shipped(profile.id)
+    if base is None or base.latency == profile.latency or load_file(found) != profile:
+        return None
+    lm = profile.latency
+    return (f"calibrated profile {found} ({lm.calibration_reports} reports, "
+            f"{(lm.calibrated_at or '')[:10]}) in place of the shipped one "
+            f"({base.latency.provenance})")
+
+
+def before_after(profile_id: str) -> tuple[DeviceProfile, DeviceProfile | None]:
+    """(the profile a calibration starts from, the calibrated one in use or None)."""
+    current = load(profile_id)
+    if calibration_note(current) is None:
+        return current, None
+    return shipped(profile_id) or current, current

@@ -29,7 +29,8 @@ inputs: dynamic-range quantisation) or ``int8`` (integer inputs).
 Peak memory (MB) = ``base_mb`` + ``model_factor`` * model MB + ``arena_factor``
 * activation MB. ``fit`` refits both from measurements by non-negative least
 squares on relative error, pulled gently towards the previous coefficients
-so that features the measurements never exercise keep their prior values.
+times the median measured / predicted ratio, so that features the measurements
+never exercise keep their prior proportions.
 
 Features are read from the .tflite bytes with whichever interpreter is
 installed (ai-edge-litert, tflite-runtime, TensorFlow Lite): no TensorFlow
@@ -54,6 +55,7 @@ _SKIP = {"DELEGATE"}
 TILE = 16  # output-channel tile of pad16_macs
 # Used when a profile has no coefficient for a class: relative to float.
 DEFAULT_CLASS_RATIO = {"float": 1.0, "hybrid": 0.8, "int8": 0.6}
+MIN_MEASUREMENTS = 3  # the fewest measurements ``fit`` refits from
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,23 @@ def features_from_tflite(model: bytes) -> ModelFeatures:
     return ModelFeatures(counts, len(model), int(activation), names)
 
 
+def export_type(model: bytes) -> str:
+    """The export type of a .tflite model: int8, dynamic, float16 or float32."""
+    interp = _interpreter_class()(model_content=bytes(model))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    classes = set()
+    for op in interp._get_ops_details():
+        ins = [tensors[i] for i in op["inputs"] if i >= 0 and i in tensors]
+        classes.add(_op_class(op["op_name"], [np.dtype(t["dtype"]).name for t in ins]))
+    if "int8" in classes:
+        return "int8"
+    if "hybrid" in classes:
+        return "dynamic"
+    if any(np.dtype(t["dtype"]) == np.float16 for t in tensors.values()):
+        return "float16"
+    return "float32"
+
+
 def _pad(channels: int) -> int:
     """Channels a kernel computes but discards when it works in whole tiles of TILE."""
     return -channels % TILE
@@ -225,11 +244,13 @@ class Measurement:
         )
 
 
-def _nnls_ridge(a: np.ndarray, b: np.ndarray, lam: float, max_iter: int = 50) -> np.ndarray:
-    """min ||A s - b||^2 + lam ||s - 1||^2 subject to s >= 0 (a small active-set loop)."""
+def _nnls_ridge(a: np.ndarray, b: np.ndarray, lam: float, max_iter: int = 50,
+                target: np.ndarray | None = None) -> np.ndarray:
+    """min ||A s - b||^2 + lam ||s - target||^2 subject to s >= 0 (a small active-set loop);
+    ``target`` defaults to 1 (the prior)."""
     n = a.shape[1]
     a_aug = np.vstack([a, np.sqrt(lam) * np.eye(n)])
-    b_aug = np.concatenate([b, np.sqrt(lam) * np.ones(n)])
+    b_aug = np.concatenate([b, np.sqrt(lam) * (np.ones(n) if target is None else target)])
     active = np.ones(n, dtype=bool)
     s = np.zeros(n)
     for _ in range(max_iter):
@@ -277,8 +298,9 @@ def fit(
     ``fit_overhead=False`` the prior's fixed overhead is kept (for measurements of
     large models only, which cannot tell a per-inference overhead from their cost).
     """
-    if len(data) < 3:
-        raise ValueError(f"need at least 3 measurements to calibrate, got {len(data)}")
+    if len(data) < MIN_MEASUREMENTS:
+        raise ValueError(
+            f"need at least {MIN_MEASUREMENTS} measurements to calibrate, got {len(data)}")
     keys = sorted({k for m in data for k, v in m.features.counts.items() if v})
     x = np.array([[m.features.counts.get(k, 0.0) for k in keys] + [1.0] for m in data])
     y = np.array([m.p90_ms for m in data])
@@ -295,8 +317,16 @@ def fit(
         [_coef(prior, k) if _coef(prior, k) > 0 else t for k, t in zip(keys, typical, strict=True)]
         + [max(prior.overhead_ms, float(np.min(y)) / 4)]
     )
+    # pulled towards the prior's own values (0 where it says 0), in units of these scales
+    own = np.array([_coef(prior, k) for k in keys] + [prior.overhead_ms])
+    target = np.divide(own, prior_vals, out=np.zeros_like(own), where=prior_vals > 0)
+    # The simplest account of a few measurements is a device uniformly faster or slower
+    # than the prior says: the coefficients are pulled towards the prior times the median
+    # measured / predicted ratio, so features few measurements tell apart keep their ratios.
+    ratio = np.array([m.p90_ms / max(predict_latency_ms(prior, m.features), 1e-9) for m in data])
+    prior_vals = prior_vals * float(np.median(ratio))
     a = x * prior_vals / y[:, None]
-    scale = _nnls_ridge(a, np.ones(len(y)), ridge)
+    scale = _nnls_ridge(a, np.ones(len(y)), ridge, target=target)
     values = scale * prior_vals
     if not fit_overhead:
         values[-1] = prior.overhead_ms

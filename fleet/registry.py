@@ -86,6 +86,27 @@ _TABLES = {
         last_reason   TEXT,
         last_at       DOUBLE PRECISION NOT NULL
     )""",
+    # latency observations: one per VERIFIED deployment (final report 'active' with a
+    # device benchmark), the features of its model joined from model_features by sha256
+    "observations": """CREATE TABLE IF NOT EXISTS observations (
+        deployment_id  TEXT PRIMARY KEY,
+        device_id      TEXT NOT NULL,
+        profile        TEXT NOT NULL,
+        model_sha256   TEXT NOT NULL,
+        p50_ms         DOUBLE PRECISION NOT NULL,
+        p90_ms         DOUBLE PRECISION NOT NULL,
+        peak_memory_mb DOUBLE PRECISION,
+        threads        INTEGER,
+        runtime        TEXT,
+        emulation      TEXT,
+        received_at    DOUBLE PRECISION NOT NULL
+    )""",
+    "model_features": """CREATE TABLE IF NOT EXISTS model_features (
+        sha256      TEXT PRIMARY KEY,
+        features    TEXT NOT NULL,
+        export      TEXT NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL
+    )""",
 }
 # columns added after the first release: (table, column, type); old files gain them on open
 _COLUMNS = [
@@ -107,6 +128,7 @@ _INDEXES = [
     "CREATE UNIQUE INDEX IF NOT EXISTS reports_once ON reports(report_id) "
     "WHERE report_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS lineage_by_output ON lineage(output_sha256)",
+    "CREATE INDEX IF NOT EXISTS observations_by_profile ON observations(profile)",
 ]
 
 
@@ -417,8 +439,10 @@ class Registry:
 
     def add_reports(self, rows: Iterable[tuple[str | None, str, str, str, dict]]) -> None:
         """Rows of (report id, deployment id, device id, state, body); repeats are ignored."""
+        rows = list(rows)
         now = time.time()
         with self.db.tx():
+            self._observe(rows, now)  # VERIFIED reports feed the latency models
             self.db.executemany(
                 """INSERT INTO reports(report_id, deployment_id, device_id, state, received_at,
                                        body)
@@ -477,3 +501,62 @@ class Registry:
             "SELECT outcome FROM deployments WHERE deployment_id=? AND device_id=?",
             (deployment_id, device_id))
         return bool(rows) and Outcome(rows[0]["outcome"]).revisable
+    # latency observations ---------------------------------------------------
+    def _observe(self, rows: Sequence[tuple[str | None, str, str, str, dict]], now: float
+                 ) -> None:
+        """Record the measurement of each VERIFIED report among ``rows``.
+
+        VERIFIED: a final 'active' report (the device ran the model, passed its
+        checks and keeps it) with a benchmark measured on the device's own CPU (not
+        under an instruction-set emulator). The model and the device's profile come
+        from the deployment the registry recorded, so a report speaks only for its
+        own device's deployment; the model's features join later by its sha256.
+        """
+        args = []
+        for _rid, dep, dev, state, body in rows:
+            bench = body.get("benchmark") or {}
+            lat = bench.get("latency_ms") or {}
+            if (state != "active" or not body.get("final") or bench.get("cpu_emulator")
+                    or not lat.get("p90")):
+                continue
+            runtime = bench.get("runtime") or {}
+            args.append((
+                float(lat.get("p50") or lat["p90"]), float(lat["p90"]),
+                bench.get("peak_memory_mb"), bench.get("threads"),
+                f"{runtime.get('name', '')} {runtime.get('version', '')}".strip() or None,
+                bench.get("emulation") if bench.get("emulated") else None,
+                now, dep, dev, body.get("model_sha256"),
+            ))
+        self.db.executemany(
+            """INSERT INTO observations(deployment_id, device_id, profile, model_sha256,
+                                        p50_ms, p90_ms, peak_memory_mb, threads, runtime,
+                                        emulation, received_at)
+               SELECT d.deployment_id, d.device_id, v.profile, d.model_sha256,
+                      ?, ?, ?, ?, ?, ?, ?
+               FROM deployments d, devices v
+               WHERE d.deployment_id=? AND d.device_id=? AND v.device_id=d.device_id
+                 AND d.model_sha256=COALESCE(?, d.model_sha256)
+               ON CONFLICT(deployment_id) DO NOTHING""",
+            args,
+        )
+
+    def observations(self, profile: str | None = None) -> list[dict[str, Any]]:
+        """Latency observations (oldest first), with the model's ``features`` (None when the
+        features of its model are not recorded yet) and ``export`` joined by sha256."""
+        query = ("SELECT o.*, f.features, f.export FROM observations o "
+                 "LEFT JOIN model_features f ON f.sha256=o.model_sha256")
+        args: tuple[Any, ...] = ()
+        if profile is not None:
+            query, args = query + " WHERE o.profile=?", (profile,)
+        rows = self.db.query(query + " ORDER BY o.received_at, o.deployment_id", args)
+        return [{**r, "features": json.loads(r["features"]) if r["features"] else None}
+                for r in rows]
+
+    def put_model_features(self, sha256: str, features: dict[str, Any], export: str) -> None:
+        """The latency model's features of one model (``ModelFeatures.to_dict()``)."""
+        with self.db.tx():
+            self.db.execute(
+                "INSERT INTO model_features(sha256, features, export, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
+                (sha256, json.dumps(features, sort_keys=True), export, time.time()),
+            )

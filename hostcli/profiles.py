@@ -3,6 +3,7 @@
 paoding-edge profiles                      # the table of known profiles
 paoding-edge profiles show raspberry-pi-4  # one profile, as YAML
 paoding-edge profiles validate my.yaml     # field-level errors, exit 2 when bad
+paoding-edge profiles calibrate raspberry-pi-4 --db fleet.sqlite   # from the fleet's reports
 paoding-edge profiles calibrate dev-host --from-reports out/report.json
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal = sub.add_parser("calibrate", help="refit a profile's latency model from measured reports")
     cal.add_argument("profile", help="profile id or file")
     cal.add_argument(
+        "--db",
+        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
+        metavar="FILE_OR_URL",
+        help="the fleet record whose VERIFIED reports to fit (SQLite file or postgresql:// URL; "
+        "env PAODING_DB; the default source)",
+    )
+    cal.add_argument(
         "--from-reports",
         nargs="+",
-        required=True,
         metavar="JSON",
-        help="agent deployment reports (with --models), or tune/demo/bench reports holding "
-        "'measurements'",
+        help="instead of --db: agent deployment reports (with --models), or tune/demo/bench "
+        "reports holding 'measurements'",
     )
     cal.add_argument(
         "--models",
@@ -170,43 +178,77 @@ def _records(path: Path, models: dict[str, Path] | None = None) -> list[dict[str
     return data
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    import device_profiles as dp
+def _from_files(args: argparse.Namespace, profile_id: str) -> tuple[list[Any], str]:
+    """Measurements of ``profile_id`` in report files, and where they came from."""
     from device_profiles import latency
 
-    profile = dp.load(args.profile)
     data: list[latency.Measurement] = []
     models = _model_index(args.models)
     for f in args.from_reports:
         for i, rec in enumerate(_records(Path(f), models)):
-            if rec.get("profile") not in (None, profile.id):
+            if rec.get("profile") not in (None, profile_id):
                 continue  # measured on another device class
             try:
                 data.append(latency.Measurement.from_dict(rec))
             except ValueError as exc:
                 raise PaodingError(f"{f}: measurement {i}: {exc}") from None
     if not data:
-        raise PaodingError(f"the reports hold no measurements for profile {profile.id!r}")
+        raise PaodingError(f"the reports hold no measurements for profile {profile_id!r}")
+    return data, ", ".join(Path(f).name for f in args.from_reports)
+
+
+def _from_db(db: str, profile_id: str) -> tuple[list[Any], str]:
+    """The VERIFIED reports of ``profile_id`` in the fleet record, and its label."""
+    from fleet.calibration import observations
+    from fleet.db import is_postgres_url
+    from fleet.registry import Registry
+
+    if not is_postgres_url(db) and not Path(db).is_file():
+        raise PaodingError(f"no fleet record at {db} (give --db FILE_OR_URL or set PAODING_DB)")
+    with Registry(db) as registry:
+        found = observations(registry, profile_id)
+        label = registry.label
+    if not found.measurements:
+        lost = (f" ({found.without_model} without their model's bytes in the record)"
+                if found.without_model else "")
+        raise PaodingError(
+            f"no VERIFIED reports of profile {profile_id!r} in {label}{lost}: deploy to its "
+            "devices first")
+    return found.measurements, f"the fleet record {label}"
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import device_profiles as dp
+    from device_profiles import calibration
+
+    current = dp.load(args.profile)
+    by_id = not Path(args.profile).suffix and os.sep not in args.profile
+    base = (dp.shipped(current.id) if by_id else None) or current
+    if args.from_reports:
+        data, origin = _from_files(args, current.id)
+    else:
+        data, origin = _from_db(args.db, current.id)
+    if len(data) < calibration.MIN_OBSERVATIONS:
+        raise PaodingError(
+            f"only {len(data)} measurement(s) of profile {current.id!r} in {origin}: "
+            f"calibration needs at least {calibration.MIN_OBSERVATIONS}")
     emulated = sum(m.emulated for m in data)
-    if emulated and not profile.emulated and not args.allow_emulated:
+    if emulated and not current.emulated and not args.allow_emulated:
         raise PaodingError(
             f"{emulated} of {len(data)} measurements were taken under host emulation; "
             f"calibrate an emulated profile, or pass --allow-emulated"
         )
     kind = "emulated on the development host" if emulated else "measured on the device"
     source = (
-        f"Calibrated from {len(data)} measurements ({kind}) in "
-        f"{', '.join(Path(f).name for f in args.from_reports)}; previous model: "
-        f"{profile.latency.provenance}."
+        f"Calibrated from {len(data)} measurements ({kind}) in {origin}; previous model: "
+        f"{base.latency.provenance}."
     )
-    before = latency.error_summary(latency.relative_errors(profile.latency, data))
     try:
-        fitted = latency.fit(profile.latency, data, source=source)
+        new = calibration.calibrate(base, data, source=source)
     except ValueError as exc:
         raise PaodingError(str(exc)) from None
-    new = profile.model_copy(update={"latency": fitted})
     dp.validate(new.model_dump(mode="json"), "calibrated profile")
-    out = Path(args.output) if args.output else dp.user_dir() / f"{profile.id}.yaml"
+    out = Path(args.output) if args.output else dp.user_dir() / f"{current.id}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(
@@ -214,17 +256,20 @@ def _calibrate(args: argparse.Namespace) -> int:
         + dp.dump(new)
     )
     tmp.replace(out)
-    after = fitted.calibration_error or {}
-    print(f"calibrated {profile.id} from {len(data)} measurements ({kind})")
-    print(
-        f"  relative p90 error before: median {before.get('median_abs', 0):.1%}, "
-        f"within 15%: {before.get('within_15pct', 0):.0%}"
-    )
-    print(
-        f"  relative p90 error after:  median {after.get('median_abs', 0):.1%}, "
-        f"within 15%: {after.get('within_15pct', 0):.0%} (in-sample)"
-    )
-    print(f"  written to {out}")
+    rows = [calibration.error_row(f"before: {'shipped' if by_id else 'given'} "
+                                  f"({base.latency.provenance})",
+                                  calibration.errors(base.latency, data))]
+    if current.latency != base.latency:
+        rows.append(calibration.error_row(
+            f"before: in use (calibrated {(current.latency.calibrated_at or '')[:10]})",
+            calibration.errors(current.latency, data)))
+    rows.append(calibration.error_row("after: calibrated now (in-sample)",
+                                      calibration.errors(new.latency, data)))
+    print(f"calibrated {current.id} from {len(data)} measurements ({kind}) in {origin}")
+    print(_table(rows, calibration.ERROR_HEADER))
+    print(f"written to {out}")
+    if by_id and dp.locate(current.id) == out:
+        print(f"`paoding-edge tune --profile {current.id}` now uses it")
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from device_profiles import calibration_note
 from device_profiles import latency as lat
 from device_profiles.schema import DeviceProfile
 
@@ -202,6 +203,7 @@ class TuneResult:
                 "provenance": self.profile.latency.provenance,
                 "source": self.profile.latency.source,
                 "correction_from_measurements": self.correction,
+                "calibrated_profile": calibration_note(self.profile),
             },
             "emulated_profile": self.profile.emulated,
             "settings": self.settings,

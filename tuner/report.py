@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 from core.files import staged_dir
+from device_profiles import calibration_note
 from device_profiles.schema import DeviceProfile
 from tuner.candidates import OUTPUT_FILES, Candidate, TuneResult
 
@@ -70,7 +71,8 @@ def format_table(candidates: Sequence[Candidate], profile: DeviceProfile) -> str
         f"{profile.id}: p90 <= {b.p90_latency_ms:g} ms, memory <= {b.peak_memory_mb:g} MB, "
         f"size <= {b.model_size_kb:g} KB, accuracy retention >= {b.min_accuracy_retention:g}, "
         f"robust retention >= {b.min_robust_retention:g}; runtime {profile.runtime.interpreter} "
-        f"{profile.runtime.version}; latency model {profile.latency.provenance}",
+        f"{profile.runtime.version}; latency model {profile.latency.provenance}"
+        + (f": {note}" if (note := calibration_note(profile)) else ""),
         line(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
         line("-" * w for w in widths),
     ]

@@ -414,3 +414,13 @@ class Registry:
         rows = self.db.query(
             "SELECT * FROM reports WHERE deployment_id=? ORDER BY id", (deployment_id,))
         return [{**r, "body": json.loads(r["body"])} for r in rows]
+
+    def final_reports(self) -> dict[str, dict[str, Any]]:
+        """The last final report body of every deployment that has one, by deployment id."""
+        rows = self.db.query("SELECT deployment_id, body FROM reports ORDER BY id")
+        out = {}
+        for r in rows:
+            body = json.loads(r["body"])
+            if body.get("final"):
+                out[r["deployment_id"]] = body
+        return out

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
+from hostcli.options import add_db_argument, add_profile_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
-        help="the fleet record: a SQLite file or a postgresql:// URL (env PAODING_DB)",
-    )
+    add_db_argument(parser)
+    add_profile_argument(parser)
     parser.add_argument("--device", help="only this device's history")
     parser.add_argument(
         "--tag",
@@ -28,11 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import ConfigError
     from fleet.db import is_postgres_url
+    from fleet.history import measures
     from fleet.registry import Registry
     from fleet.rollout import Device
 
     if not is_postgres_url(args.db) and not Path(args.db).is_file():
-        raise ConfigError(f"no fleet record at {args.db}: run `paoding-edge rollout` first")
+        raise ConfigError(f"no fleet record at {args.db}: `paoding-edge enrol` creates it "
+                          "(or give --db FILE_OR_URL, env PAODING_DB)")
     with Registry(args.db) as reg:
         if args.tag:
             device_id, *tags = args.tag
@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
         devices = reg.device_rows()
         history = reg.deployments(args.device)
         rollouts = reg.rollouts()
+        finals = reg.final_reports()
+    for h in history:  # what the device measured, where it said
+        body = finals.get(h["deployment_id"], {})
+        h.update(measures(body))
+        h["source"] = h["rollout_id"] or body.get("source") or "deploy"
     if args.json:
         for r in rollouts:
             r["spec"] = {k: r["spec"][k] for k in ("variants", "policy") if k in r["spec"]}
@@ -61,11 +66,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{'rollout':<24} {'state':<8} reason")
         for r in rollouts:
             print(f"{r['rollout_id']:<24} {r['state']:<8} {r['reason'] or ''}")
-    print(f"\n{'started':<20} {'device':<24} {'rollout':<24} {'wave':>4}  {'outcome':<12} reason")
+    print(f"\n{'started':<20} {'device':<24} {'by':<24} {'outcome':<12} {'p90 ms':>8} "
+          f"{'acc':>6} {'robust':>6}  reason")
     for h in history:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["started_at"]))
         print(
-            f"{started:<20} {h['device_id']:<24} {h['rollout_id'] or '-':<24} {h['wave']:>4}  "
-            f"{h['outcome']:<12} {h['reason'] or ''}"
+            f"{started:<20} {h['device_id']:<24} {h['source']:<24} {h['outcome']:<12} "
+            f"{_num(h['p90_ms'], '.3f'):>8} {_num(h['clean_accuracy'], '.3f'):>6} "
+            f"{_num(h['robust_accuracy'], '.3f'):>6}  {h['reason'] or ''}"
         )
+    print(f"\n(record: {args.db})")
     return 0
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=300.0,
-        help="seconds a device may take before it counts as failed",
+        help="seconds a device may take before it counts as failed (default 300)",
     )
     add_check_arguments(parser)
     parser.add_argument("--plot", help="write a PNG of the outcomes per wave")

@@ -34,7 +34,7 @@ from hostcli.options import (
     listed,
 )
 from pruner.evaldata import BUNDLED, load_eval_data
-from tuner.choice import OBJECTIVES
+from tuner.objectives import OBJECTIVES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

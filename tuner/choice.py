@@ -5,6 +5,7 @@ from __future__ import annotations
 from core.errors import BudgetError
 from device_profiles.schema import DeviceProfile
 from tuner.candidates import Candidate, TuneResult
+from tuner.objectives import OBJECTIVES
 
 
 def misses(c: Candidate, p: DeviceProfile, correction: float) -> list[str]:
@@ -51,14 +52,6 @@ def excess(c: Candidate, p: DeviceProfile, correction: float) -> float:
     if c.robust_retention is not None:
         ratios.append(b.min_robust_retention / max(c.robust_retention, 1e-9))
     return float(sum(max(0.0, r - 1.0) for r in ratios))
-
-
-# objective -> what it prefers among the candidates that meet every budget
-OBJECTIVES = {
-    "robust": "the highest robust accuracy",
-    "smallest": "the smallest model file",
-    "fastest": "the lowest p90 latency (measured where measured, else predicted)",
-}
 
 
 def _p90(c: Candidate, correction: float = 1.0) -> float:

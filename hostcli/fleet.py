@@ -48,18 +48,25 @@ def run(args: argparse.Namespace) -> int:
         body = finals.get(h["deployment_id"], {})
         h.update(measures(body))
         h["source"] = h["rollout_id"] or body.get("source") or "deploy"
+    for d in devices:  # what the model it runs measured there (its latest active deployment)
+        runs = [h for h in history if h["device_id"] == d["device_id"]
+                and h["outcome"] == "active" and h["model_sha256"] == d["active_sha"]]
+        d.update(measures({}) if not runs else
+                 {k: runs[-1][k] for k in ("p90_ms", "clean_accuracy", "robust_accuracy")})
     if args.json:
         for r in rollouts:
             r["spec"] = {k: r["spec"][k] for k in ("variants", "policy") if k in r["spec"]}
         print(json.dumps({"devices": devices, "deployments": history, "rollouts": rollouts},
                          indent=2, default=str))
         return 0
-    print(f"{'device':<24} {'profile':<28} {'online':<6} {'runs model':<16} "
-          f"{'rollout lock':<24} tags")
+    print(f"{'device':<24} {'profile':<28} {'online':<6} {'runs model':<16} {'p90 ms':>8} "
+          f"{'acc':>6} {'robust':>6}  {'rollout lock':<24} tags")
     for d in devices:
         print(
             f"{d['device_id']:<24} {d['profile']:<28} {'yes' if d['online'] else 'no':<6} "
-            f"{(d['active_sha'] or '-')[:16]:<16} {d.get('lock_rollout') or '-':<24} "
+            f"{(d['active_sha'] or '-')[:16]:<16} {_num(d['p90_ms'], '.3f'):>8} "
+            f"{_num(d['clean_accuracy'], '.3f'):>6} {_num(d['robust_accuracy'], '.3f'):>6}  "
+            f"{d.get('lock_rollout') or '-':<24} "
             f"{' '.join(json.loads(d['tags']))}"
         )
     if rollouts:

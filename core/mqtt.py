@@ -432,6 +432,11 @@ class MqttClient:
                 return
 
 
+# what OpenSSL says when the other end is not a TLS server at all
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "record layer failure", "UNEXPECTED_EOF", "EOF occurred",
+            "unknown protocol", "packet length too long", "http request")
+
+
 def refused_hint(rc: int) -> str:
     """What to try when the broker's CONNACK refuses with ``rc``."""
     if rc in (4, 5):
@@ -474,8 +479,13 @@ def connect_hint(broker: Broker, timeout: float = 3.0) -> str:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         try:
-            with ctx.wrap_socket(sock, server_hostname=broker.host):
-                pass
+            with ctx.wrap_socket(sock, server_hostname=broker.host) as tls:
+                if broker.tls and not broker.cert_file:  # TLS 1.3 asks for it after the handshake
+                    tls.settimeout(min(timeout, 1.0))
+                    try:
+                        tls.recv(1)
+                    except TimeoutError:
+                        pass
         except ssl.SSLCertVerificationError as exc:
             if not broker.tls:
                 return ""
@@ -485,10 +495,16 @@ def connect_hint(broker: Broker, timeout: float = 3.0) -> str:
             return (f"TLS verification failed ({exc.verify_message}): give the CA that signed "
                     "the broker's certificate with --ca-file (broker-config writes "
                     "DIR/tls/ca.crt)")
-        except (ssl.SSLError, OSError):
-            if broker.tls:
-                return f"{addr} does not speak TLS: use mqtt://{addr}, or the TLS port"
-            return ""
+        except (ssl.SSLError, OSError) as exc:
+            if not broker.tls:
+                return ""
+            text = str(exc)
+            if isinstance(exc, ssl.SSLError) and not any(m in text for m in _NOT_TLS):
+                if "HANDSHAKE_FAILURE" in text or "CERTIFICATE_REQUIRED" in text:
+                    return ("the broker refused the TLS handshake: it may want a client "
+                            "certificate (--cert-file and --key-file)")
+                return f"the TLS handshake with {addr} failed: {exc.reason or text}"
+            return f"{addr} does not speak TLS: use mqtt://{addr}, or the TLS port"
         if not broker.tls:
             return f"{addr} speaks TLS: use mqtts://{addr} (and --ca-file)"
     return ""

@@ -132,6 +132,10 @@ def test_readme_walkthrough_runs():
             assert "Traceback" not in text, f"{line}\n{text}"
             noise = [t for t in text.splitlines() if NOISE.match(t)]  # library log lines
             assert not noise, f"{line}\n{noise}"
+        for line, text in outputs.items():  # the profile's budgets are the thresholds
+            if line.startswith(("paoding-edge deploy", "paoding-edge rollout")):
+                assert "thresholds from raspberry-pi-4's budgets: p90 <=" in text, text
+                assert "clean accuracy >=" in text and "robust accuracy >=" in text, text
         fleet = outputs[lines[-1]]
         assert lines[-1] == "paoding-edge fleet"
         rows = [r for r in fleet.splitlines() if r.startswith("20") and "pi-01" in r]

@@ -103,3 +103,14 @@ def test_a_background_client_logs_why_it_cannot_connect(fleet_broker, case):
         c.close()
         log.removeHandler(caught)
     assert all("cannot connect to MQTT broker" in m for m in caught.records)
+
+
+def test_client_certificate_wanted(tmp_path):
+    b = FleetBroker(tmp_path / "certs", client_certs=True)
+    b.start()
+    try:
+        ok = b.host_broker()
+        msg = fails(Broker(host=ok.host, port=ok.port, tls=True, ca_file=ok.ca_file))
+    finally:
+        b.stop()
+    assert "client certificate" in msg, msg

@@ -99,7 +99,7 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.errors import ConfigError
+    from core.errors import ConfigError, ProfileError
     from fleet.budgets import merged_thresholds
     from fleet.intake import Intake
     from fleet.orchestrator import run_rollout
@@ -168,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
     for profile in variants or {}:
         try:
             profile_thresholds[profile], why = merged_thresholds(profile, args.probes, flags)
-        except ConfigError:  # not a profile this host knows: the flags alone
+        except ProfileError:  # not a profile this host knows: the flags alone
+            if not args.json:
+                print(f"no profile {profile!r} here: its variant is checked against the "
+                      "threshold flags alone", file=sys.stderr)
             continue
         if not args.json:
             print(why, file=sys.stderr)

@@ -62,7 +62,7 @@ def add_signing_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
-    """--db: the fleet record, and --broker-profile where the command has no connection."""
+    """--db: the fleet record (resolved by apply_profile: flag, PAODING_DB, profile, data dir)."""
     parser.add_argument(
         "--db", metavar="FILE_OR_URL",
         help="the fleet record: a SQLite file or a postgresql:// URL (env PAODING_DB; "
@@ -130,10 +130,9 @@ def apply_profile(args: argparse.Namespace) -> None:
     args.profile_data = profile
 
 
-def add_trust_arguments(parser: argparse.ArgumentParser, *, with_db: bool = True) -> None:
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the host finds the devices' enrolled keys (their reports must be signed by them)."""
-    if with_db:
-        add_db_argument(parser)
+    add_db_argument(parser)
     parser.add_argument(
         "--unverified-reports",
         action="store_true",

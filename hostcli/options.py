@@ -110,8 +110,7 @@ def apply_profile(args: argparse.Namespace) -> None:
     Called once for every command (hostcli.main): a command line value wins,
     then the environment (PAODING_BROKER, PAODING_DB), then the profile.
     """
-    needs = any(hasattr(args, k) for k in ("broker", "db", "broker_profile"))
-    if not needs:
+    if not hasattr(args, "broker_profile"):  # a command without the shared options (demo)
         return
     profile = broker_profile(getattr(args, "broker_profile", None))
     if hasattr(args, "broker"):

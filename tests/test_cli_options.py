@@ -91,6 +91,11 @@ def test_one_list_syntax_for_every_list_option():
                                    "0", "1"])
 
 
+def test_the_demo_keeps_its_own_broker(profile):
+    """demo starts a broker unless given --broker: the profile must not give it one."""
+    assert parse("demo").broker is None
+
+
 def test_plan_text():
     from hostcli.rollout import plan_text
 

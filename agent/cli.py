@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"run": cmd_run, "keygen": cmd_keygen, "status": cmd_status}
-        return commands[args.command](args)
+        rc = commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
     except PaodingError as exc:
         print(f"paoding-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2

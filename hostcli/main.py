@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         apply_profile(args)
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
     except BrokenPipeError:  # the reader went away (`| head`): stop without a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -230,12 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commands = {"run": cmd_run, "keygen": cmd_keygen, "status": cmd_status}
-        return commands[args.command](args)
+        rc = commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
     except PaodingError as exc:
         print(f"paoding-agent {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ died (paho's thread ends on an exception such as MemoryError).
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -68,7 +69,8 @@ class Broker:
     def from_url(cls, url: str, **overrides: object) -> Broker:
         """mqtt://, tcp:// (1883) or mqtts://, ssl:// (8883); user:password@ optional."""
         if "://" not in url:
-            url = "mqtt://" + url
+            raise ValueError(f"broker URL {url!r} has no scheme: write mqtts://{url} (TLS, "
+                             f"as broker-config's listeners) or mqtt://{url} (plain TCP)")
         parsed = urlparse(url)
         scheme = parsed.scheme.lower()
         if scheme not in ("mqtt", "tcp", "mqtts", "ssl", "tls"):
@@ -189,6 +191,9 @@ class MqttClient:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_connect_fail = self._on_connect_fail
+        self._fail_hint: str | None = None  # the last connect failure logged
+        self._log_failures = True
 
     # -- lifecycle --------------------------------------------------------
 
@@ -210,25 +215,32 @@ class MqttClient:
         naming host:port; without it the client keeps trying in the background.
         """
         b = self.broker
+        self._log_failures = not wait  # a waiting caller gets the failure as its error
         if wait:
             try:
                 self._client.connect(b.host, b.port, keepalive=b.keepalive,
                                      **self._v5_connect_args())
             except (OSError, ssl.SSLError) as exc:
                 raise BrokerUnavailable(
-                    f"cannot connect to MQTT broker at {b.address}: {exc}") from None
+                    f"cannot connect to MQTT broker at {b.address}: "
+                    f"{connect_hint(b) or exc}") from None
             self._client.loop_start()
             self._started = True
             try:
                 rc = self._connack.result(timeout)
-            except FutureTimeout:
+            except (FutureTimeout, BrokerUnavailable) as exc:
                 self.close()
-                raise BrokerUnavailable(
-                    f"MQTT broker at {b.address} did not answer in {timeout}s") from None
+                hint = connect_hint(b)
+                what = (f"did not answer in {timeout}s" if isinstance(exc, FutureTimeout)
+                        else "closed the connection")
+                raise BrokerUnavailable(f"MQTT broker at {b.address} {what}"
+                                        f"{': ' + hint if hint else ''}") from None
+            self._log_failures = True
             if rc != 0:
                 self.close()
                 text = _RC_TEXT.get(rc, f"code {rc}")
-                raise BrokerUnavailable(f"MQTT broker at {b.address} refused: {text}")
+                raise BrokerUnavailable(f"MQTT broker at {b.address} refused: {text}"
+                                        f"{refused_hint(rc)}")
             # subscriptions are in place before the caller publishes anything
             if not self._first_subscribed.wait(timeout):
                 self.close()
@@ -334,11 +346,12 @@ class MqttClient:
         if rc == 0x80 or rc >= 0x80:  # MQTT 5 failure codes
             rc = 5
         if rc != 0:
-            log.warning("broker %s refused connection: %s", self.broker.address, reason_code)
+            self._log_failure(f"refused: {_RC_TEXT.get(rc, reason_code)}{refused_hint(rc)}")
             if not self._connack.done():
                 self._connack.set_result(rc)
             return
         self._connected.set()
+        self._fail_hint = None
         log.debug("%s connected to %s (session present: %s)", self.client_id,
                   self.broker.address, getattr(flags, "session_present", None))
         with self._lock:
@@ -364,11 +377,30 @@ class MqttClient:
         self._connected.clear()
         if was:
             log.info("disconnected from %s: %s", self.broker.address, reason_code)
+        elif not self._connack.done():
+            if self._log_failures:
+                self._log_failure(connect_hint(self.broker)
+                                  or f"connection closed ({reason_code})")
+            else:
+                self._connack.set_exception(BrokerUnavailable(str(reason_code)))
         for hook in list(self._on_disconnect_hooks):
             try:
                 hook()
             except Exception:  # noqa: BLE001
                 log.exception("on_disconnect hook failed")
+
+    def _on_connect_fail(self, client, userdata) -> None:  # noqa: ANN001
+        if self._log_failures:
+            self._log_failure(connect_hint(self.broker) or "connection failed")
+
+    def _log_failure(self, hint: str) -> None:
+        """A warning per new reason the (re)connection fails; repeats go to debug."""
+        if not self._log_failures:
+            return
+        level = logging.DEBUG if hint == self._fail_hint else logging.WARNING
+        self._fail_hint = hint
+        log.log(level, "cannot connect to MQTT broker at %s (retrying): %s",
+                self.broker.address, hint)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:
@@ -398,6 +430,84 @@ class MqttClient:
                 except Exception:  # noqa: BLE001 - never let one bad message kill the client
                     log.exception("handler for %s failed", message.topic)
                 return
+
+
+# what OpenSSL says when the other end is not a TLS server at all
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "record layer failure", "UNEXPECTED_EOF", "EOF occurred",
+            "unknown protocol", "packet length too long", "http request")
+
+
+def refused_hint(rc: int) -> str:
+    """What to try when the broker's CONNACK refuses with ``rc``."""
+    if rc in (4, 5):
+        return (": check the user name and password file (broker-config writes the host's, "
+                "each device's is in its bundle) or the client certificate")
+    return ""
+
+
+def connect_hint(broker: Broker, timeout: float = 3.0) -> str:
+    """One line on why ``broker`` cannot be reached and what to try ('' if no cause is seen).
+
+    Probes the port itself: nothing listening, a name that does not resolve, a
+    plain port given mqtts:// (or a TLS port mqtt://), a certificate the CA
+    file does not verify or that is for another host name.
+    """
+    addr = broker.address
+    try:
+        sock = socket.create_connection((broker.host, broker.port), timeout=timeout)
+    except socket.gaierror:
+        return f"cannot resolve the host name {broker.host!r}"
+    except ConnectionRefusedError:
+        return (f"nothing listens on {addr} (connection refused): is the broker running, "
+                "is the port right?")
+    except TimeoutError:
+        return f"no answer from {addr} in {timeout:g}s: a firewall, or the wrong host?"
+    except OSError as exc:
+        return f"cannot reach {addr}: {exc.strerror or exc}"
+    with sock:
+        sock.settimeout(timeout)
+        if broker.tls:
+            ctx = ssl.create_default_context(cafile=broker.ca_file)
+            if broker.insecure:
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            if broker.cert_file:
+                try:
+                    ctx.load_cert_chain(broker.cert_file, broker.key_file)
+                except (OSError, ssl.SSLError) as exc:
+                    return f"cannot load the client certificate {broker.cert_file}: {exc}"
+        else:  # does the port speak TLS though the URL says mqtt://?
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with ctx.wrap_socket(sock, server_hostname=broker.host) as tls:
+                if broker.tls and not broker.cert_file:  # TLS 1.3 asks for it after the handshake
+                    tls.settimeout(min(timeout, 1.0))
+                    try:
+                        tls.recv(1)
+                    except TimeoutError:
+                        pass
+        except ssl.SSLCertVerificationError as exc:
+            if not broker.tls:
+                return ""
+            if "match" in str(exc.verify_message) or "mismatch" in str(exc):
+                return (f"the broker's certificate is not for {broker.host!r}: connect by a "
+                        "name it was made for (broker-config --server-name)")
+            return (f"TLS verification failed ({exc.verify_message}): give the CA that signed "
+                    "the broker's certificate with --ca-file (broker-config writes "
+                    "DIR/tls/ca.crt)")
+        except (ssl.SSLError, OSError) as exc:
+            if not broker.tls:
+                return ""
+            text = str(exc)
+            if isinstance(exc, ssl.SSLError) and not any(m in text for m in _NOT_TLS):
+                if "HANDSHAKE_FAILURE" in text or "CERTIFICATE_REQUIRED" in text:
+                    return ("the broker refused the TLS handshake: it may want a client "
+                            "certificate (--cert-file and --key-file)")
+                return f"the TLS handshake with {addr} failed: {exc.reason or text}"
+            return f"{addr} does not speak TLS: use mqtt://{addr}, or the TLS port"
+        if not broker.tls:
+            return f"{addr} speaks TLS: use mqtts://{addr} (and --ca-file)"
+    return ""
 
 
 def _unshared(topic_filter: str) -> str:

@@ -76,6 +76,7 @@ def enrol_device(
     client_cert: bool = False,
     host_users: tuple[str, ...] = (HOST_USER,),
     install_dir: str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Enrolment:
     """Enrol ``device_id`` (see the module doc); return what was made.
 
@@ -85,7 +86,9 @@ def enrol_device(
     password (or, with ``client_cert``, a certificate from DIR/tls/ca.*).
     The bundle's ``agent.json`` is a config file for ``paoding-agent run
     --config``; its paths point into ``install_dir``, where the bundle will be
-    on the device (default: the bundle directory itself).
+    on the device (default: the bundle directory itself), and its
+    ``state_dir`` is ``state_dir`` (default: ``install_dir``/state), so that
+    ``paoding-agent run --config agent.json`` is the whole command.
     """
     check_id(device_id)
     if device_id in host_users:
@@ -143,7 +146,9 @@ def enrol_device(
     registry.set_identity(device_id, profile, _public_pem(verify), device_id)
     if bundle is not None:
         where = Path(install_dir) if install_dir is not None else bundle.resolve()
-        config: dict[str, object] = {"device_id": device_id, "profile": profile}
+        config: dict[str, object] = {
+            "device_id": device_id, "profile": profile,
+            "state_dir": str(Path(state_dir) if state_dir is not None else where / "state")}
         if broker_url:
             config["broker"] = broker_url
         if "password_file" in files:

@@ -282,6 +282,8 @@ class _Engine:
         self.profiles: dict[str, str] = spec["profiles"]
         self.tags: dict[str, list[str]] = spec.get("tags", {})
         self.thresholds = Thresholds(**spec["thresholds"])
+        self.profile_thresholds = {p: Thresholds(**t)
+                                   for p, t in spec.get("profile_thresholds", {}).items()}
         self.benchmark = BenchmarkSettings(**spec["benchmark"])
         self.server = ArtifactServer(link.publish)
         for v in variants.values():
@@ -558,7 +560,8 @@ class _Engine:
         manifest = Manifest(
             deployment_id=dep_id, device_id=device_id, rollout_id=self.rollout_id,
             created_at=now, expires_at=now + max(DEFAULT_TTL_S, 4 * self.policy.timeout_s),
-            model=variant.model, probes=variant.probes, thresholds=self.thresholds,
+            model=variant.model, probes=variant.probes,
+            thresholds=self.profile_thresholds.get(variant.profile, self.thresholds),
             benchmark=self.benchmark,
         )
         if self.key is not None:
@@ -722,6 +725,7 @@ def run_rollout(
     abort: threading.Event | None = None,
     link: FleetLink | None = None,
     intake: Intake | Gate | None = None,
+    profile_thresholds: Mapping[str, dict[str, Any]] | None = None,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
 
@@ -733,6 +737,7 @@ def run_rollout(
     already running its variant, or held by another rollout is skipped and
     says so. Device messages must carry a valid signature by the device's
     enrolled key (``device_keys``, default: the registry's enrolled keys);
+    ``profile_thresholds`` replace ``thresholds`` for the variants of those profiles;
     with no device enrolled at all, signatures are not checked. An
     ``intake`` (``fleet.intake.Intake``, or anything with ``accept(topic,
     payload) -> message | None``) replaces that check.
@@ -758,7 +763,7 @@ def run_rollout(
                         thresholds=thresholds, benchmark=benchmark, chunk_size=chunk_size,
                         check=_gated(intake) if intake is not None else checker(device_keys),
                         discover_s=discover_s, progress=progress,
-                        abort=abort)
+                        abort=abort, profile_thresholds=profile_thresholds)
         verdict = engine.run()
         engine.finish(verdict)
         return _result(engine, verdict, registry)
@@ -783,7 +788,8 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
            thresholds: Thresholds | dict[str, Any] | None,
            benchmark: BenchmarkSettings | dict[str, Any] | None, chunk_size: int, check: Check,
            discover_s: float, progress: Progress | None,
-           abort: threading.Event | None) -> _Engine:
+           abort: threading.Event | None,
+           profile_thresholds: Mapping[str, dict[str, Any]] | None = None) -> _Engine:
     """Find the rollout to continue, or plan a new one; return its engine, caught up."""
     running = registry.rollouts("running")
     found: dict[str, Any] | None = None
@@ -823,6 +829,8 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
                      for p, v in prepared.items()},
         "policy": policy.get_config(), "chunk_size": chunk_size,
         "thresholds": th.model_dump(mode="json"), "benchmark": bs.model_dump(mode="json"),
+        "profile_thresholds": {p: Thresholds(**t).model_dump(mode="json")
+                               for p, t in (profile_thresholds or {}).items()},
         "include_offline": include_offline, "waves": [], "profiles": {}, "tags": {},
         "skipped": {},
     }

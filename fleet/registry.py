@@ -501,6 +501,7 @@ class Registry:
             "SELECT outcome FROM deployments WHERE deployment_id=? AND device_id=?",
             (deployment_id, device_id))
         return bool(rows) and Outcome(rows[0]["outcome"]).revisable
+
     # latency observations ---------------------------------------------------
     def _observe(self, rows: Sequence[tuple[str | None, str, str, str, dict]], now: float
                  ) -> None:
@@ -560,3 +561,12 @@ class Registry:
                 "VALUES (?, ?, ?, ?) ON CONFLICT(sha256) DO NOTHING",
                 (sha256, json.dumps(features, sort_keys=True), export, time.time()),
             )
+    def final_reports(self) -> dict[str, dict[str, Any]]:
+        """The last final report body of every deployment that has one, by deployment id."""
+        rows = self.db.query("SELECT deployment_id, body FROM reports ORDER BY id")
+        out = {}
+        for r in rows:
+            body = json.loads(r["body"])
+            if body.get("final"):
+                out[r["deployment_id"]] = body
+        return out

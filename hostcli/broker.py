@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,17 +71,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"  CA:        {f.ca}")
     if args.owner:
         print(f"  owner:     {args.owner} (reads the password files, ACL and server key)")
+    profile = write_profile(f, tuple(args.server_name) or ("localhost", "127.0.0.1"))
+    print(f"  profile:   {profile} (the host's connection and fleet record)")
     print(f"run: mosquitto -c {f.conf}")
-    ca = f" --ca-file {f.ca}" if f.ca else ""
-    if f.host_cert is not None:
-        print(f"host commands: --broker {f.host_url} --cert-file {f.host_cert.cert} "
-              f"--key-file {f.host_cert.key}{ca}")
-    else:
-        pw = f.host_password or f.directory / f"{HOST_USER}.password"
-        print(f"host commands: --broker {f.host_url} --username {HOST_USER} "
-              f"--password-file {pw}{ca}")
-    print(f"several host processes: --share-group \"$(cat {f.directory / 'share-group'})\" "
-          "(a secret: a device that can name the group could join it)")
-    print("enrol devices with: paoding-edge enrol DEVICE --profile P --broker-dir "
-          f"{f.directory} --bundle DIR")
+    print(f"then: export PAODING_BROKER_PROFILE={profile}   # every host command reads it")
+    print("enrol devices with: paoding-edge enrol DEVICE --profile P --bundle DIR")
     return 0
+
+
+def write_profile(f: Any, server_names: tuple[str, ...]) -> Path:
+    """DIR/host.json: the host role's connection (URL, credentials, CA), the devices' URL, the
+    broker directory and the fleet record, all absolute, for PAODING_BROKER_PROFILE."""
+    from core.files import write_atomic
+    from fleet.brokerconf import HOST_USER
+
+    d = Path(f.directory).resolve()
+    device_host = f.devices.bind if f.devices.bind not in ("0.0.0.0", "::") else server_names[0]
+    profile: dict[str, Any] = {
+        "broker": f.host_url,
+        "device_broker": f"{'mqtts' if f.tls else 'mqtt'}://{device_host}:{f.devices.port}",
+        "broker_dir": str(d),
+        "db": str(d / "fleet.sqlite"),
+    }
+    if f.ca is not None:
+        profile["ca_file"] = str(Path(f.ca).resolve())
+    if f.host_cert is not None:
+        profile["cert_file"] = str(Path(f.host_cert.cert).resolve())
+        profile["key_file"] = str(Path(f.host_cert.key).resolve())
+    else:
+        profile["username"] = HOST_USER
+        profile["password_file"] = str(d / f"{HOST_USER}.password")
+    if f.share_group:  # the host processes' secret shared intake group
+        profile["share_group"] = f.share_group
+    path = d / "host.json"
+    write_atomic(path, json.dumps(profile, indent=1) + "\n")
+    return path

@@ -8,7 +8,6 @@ revoke a device) for requests that carry it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,6 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
-        help="the fleet record: a SQLite file or a postgresql:// URL (env PAODING_DB)",
-    )
     parser.add_argument("--bind", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -33,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     # with --key (and --token), a token holder may start a rollout of a model from its page
     add_connection_arguments(parser)
-    add_trust_arguments(parser, with_db=False)
+    add_trust_arguments(parser)  # --db, the fleet record, with the other commands' default
 
 
 def read_token(path: str) -> str:

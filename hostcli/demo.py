@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hostcli.options import add_ratio_arguments
+from hostcli.options import add_ratio_arguments, flat, listed
 
 MODEL_NAME = "digits_cnn3.keras"
 
@@ -90,9 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=180.0,
         help="seconds to wait for each device report (default 180)",
     )
-    parser.add_argument(
-        "--modes", default="paoding,greedy", help="pruning modes to search (default paoding,greedy)"
-    )
+    parser.add_argument("--modes", nargs="+", type=listed(str), default=["paoding", "greedy"],
+                        metavar="MODE", help="pruning modes to search (default paoding greedy)")
     add_ratio_arguments(parser)
     parser.add_argument(
         "--rounds",
@@ -352,9 +351,9 @@ def run(args: argparse.Namespace) -> int:
             )
     progress = not args.no_progress
     rule = NoiseRule()
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    modes = tuple(flat(args.modes))
     if not modes:
-        raise CommandError("--modes: give one or more pruning modes (e.g. paoding,greedy)")
+        raise CommandError("--modes: give one or more pruning modes (e.g. paoding greedy)")
     if args.rounds < 1:
         raise CommandError(f"--rounds must be >= 1, got {args.rounds}")
 

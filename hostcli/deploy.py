@@ -27,19 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-key", metavar="PUB",
                         help="the device's public key (default: its enrolled key in --db)")
     add_check_arguments(parser)
-    parser.add_argument("--chunk-size", type=int, default=65536, help="bytes per chunk (64 KB)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    parser.add_argument("--chunk-size", type=int, default=65536,
+                        help="bytes per chunk (default 65536)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds to wait for the final report (default 300)")
     parser.add_argument("--deployment-id", help="default: a fresh unique id")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.budgets import merged_thresholds
     from fleet.publisher import deploy
 
     device_key = device_key_for(args, args.device)
     key = key_from_args(args)
     broker = broker_from_args(args)
-    thresholds = thresholds_from_args(args)
+    thresholds, why = merged_thresholds(enrolled_profile(args.db, args.device), args.probes,
+                                        thresholds_from_args(args))
+    if why and not args.json:
+        print(why, file=sys.stderr)
     bench = bench_from_args(args)
 
     def progress(event: str, info: dict[str, Any]) -> None:
@@ -52,11 +58,34 @@ def run(args: argparse.Namespace) -> int:
                     timeout=args.timeout, chunk_size=args.chunk_size, progress=progress,
                     deployment_id=args.deployment_id, host_outputs=host_runner(),
                     device_key=device_key)
+    record(args.db, report.model_dump(mode="json"), "deploy")
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
         print(format_report(report))
     return 0 if report.ok else 1
+
+
+def enrolled_profile(db: str, device_id: str) -> str | None:
+    """The profile ``device_id`` was enrolled with in the fleet record, None if it is not."""
+    import os
+
+    from fleet.db import is_postgres_url
+    from fleet.registry import Registry
+
+    if not is_postgres_url(db) and not os.path.isfile(db):
+        return None
+    with Registry(db) as registry:
+        return next((d.profile for d in registry.devices() if d.device_id == device_id), None)
+
+
+def record(db: str, report: dict[str, Any], source: str) -> None:
+    """Keep a single deployment's outcome in the fleet record (`paoding-edge fleet` shows it)."""
+    from fleet.history import record_single
+    from fleet.registry import Registry
+
+    with Registry(db) as registry:
+        record_single(registry, report, source)
 
 
 def format_report(r: Any) -> str:
@@ -102,5 +131,10 @@ def host_runner() -> Any:
     except ImportError:
         return None
     from pruner.export import run_tflite
+    from tuner.quiet import native_quiet
 
-    return run_tflite
+    def quiet(model: Any, x: Any) -> Any:
+        with native_quiet():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+            return run_tflite(model, x)
+
+    return quiet

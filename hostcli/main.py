@@ -14,6 +14,7 @@ import os
 import sys
 
 from core.errors import PaodingError
+from hostcli.options import apply_profile
 
 # Packages only the [host] extra installs: a command that needs one says so in one line.
 HOST_PACKAGES = frozenset({"tensorflow", "keras", "sklearn", "matplotlib", "tqdm", "h5py",
@@ -61,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        apply_profile(args)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:  # the reader went away (`| head`): stop without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except PaodingError as exc:
         print(f"paoding-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,19 +17,39 @@ THRESHOLDS = (
 )
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """--broker, credentials, TLS and the signing key."""
-    parser.add_argument(
-        "--broker",
-        default=os.environ.get("PAODING_BROKER", "mqtt://127.0.0.1:1883"),
-        help="mqtt://host:port or mqtts://host:port (env PAODING_BROKER)",
-    )
-    parser.add_argument("--username")
-    parser.add_argument("--password-file")
-    parser.add_argument("--ca-file", help="CA certificate for mqtts://")
-    parser.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
-    parser.add_argument("--key-file", help="the client certificate's private key")
-    parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
+PROFILE_ENV = "PAODING_BROKER_PROFILE"
+PROFILE_FILE = "host.json"
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+# the connection settings a broker profile may hold (the option names, with '_')
+PROFILE_KEYS = ("broker", "username", "password_file", "ca_file", "cert_file", "key_file",
+                "share_group")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser, *, signing: bool = True) -> None:
+    """The broker connection (URL, credentials, TLS, client certificate) and the signing key.
+
+    Every option not given comes from the broker profile (``--broker-profile``,
+    env PAODING_BROKER_PROFILE: the host.json `paoding-edge broker-config` writes).
+    """
+    g = parser.add_argument_group(
+        "broker connection (default: the broker profile, env PAODING_BROKER_PROFILE)")
+    g.add_argument("--broker-profile", metavar="JSON",
+                   help="the host.json `paoding-edge broker-config` wrote (env "
+                        f"{PROFILE_ENV}): every connection option below not given")
+    g.add_argument("--broker", help="mqtts://host:port (TLS) or mqtt://host:port (env "
+                                    f"PAODING_BROKER; default {DEFAULT_BROKER})")
+    g.add_argument("--username")
+    g.add_argument("--password-file")
+    g.add_argument("--ca-file", help="CA certificate for mqtts://")
+    g.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
+    g.add_argument("--key-file", help="the client certificate's private key")
+    g.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    if signing:
+        add_signing_arguments(parser)
+
+
+def add_signing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--key (the host's Ed25519 signing key) and --unsigned."""
     parser.add_argument(
         "--key",
         default=os.environ.get("PAODING_SIGNING_KEY"),
@@ -42,14 +62,77 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_trust_arguments(parser: argparse.ArgumentParser, *, with_db: bool = True) -> None:
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    """--db: the fleet record (resolved by apply_profile: flag, PAODING_DB, profile, data dir)."""
+    parser.add_argument(
+        "--db", metavar="FILE_OR_URL",
+        help="the fleet record: a SQLite file or a postgresql:// URL (env PAODING_DB; "
+        "default: the broker profile's, else ~/.local/share/paoding-edge/fleet.sqlite)")
+
+
+def add_profile_argument(parser: argparse.ArgumentParser) -> None:
+    """--broker-profile alone, for commands that read only its fleet record or broker dir."""
+    parser.add_argument("--broker-profile", metavar="JSON",
+                        help=f"the host.json `paoding-edge broker-config` wrote (env {PROFILE_ENV})")
+
+
+def broker_profile(path: str | None = None) -> dict[str, Any]:
+    """The broker profile at ``path`` (or env PAODING_BROKER_PROFILE); {} when none is set."""
+    import json
+
+    from core.errors import ConfigError
+
+    path = path or os.environ.get(PROFILE_ENV)
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read broker profile {path}: {exc.strerror} (write one with "
+                          "`paoding-edge broker-config DIR`)") from None
+    except ValueError as exc:
+        raise ConfigError(f"broker profile {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"broker profile {path} must hold a JSON object")
+    return data
+
+
+def default_db() -> str:
+    """Where the fleet record lives when neither --db nor a profile says: the user's data dir."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(base, "paoding-edge", "fleet.sqlite")
+
+
+def apply_profile(args: argparse.Namespace) -> None:
+    """Fill the options a command was not given from the broker profile and the environment.
+
+    Called once for every command (hostcli.main): a command line value wins,
+    then the environment (PAODING_BROKER, PAODING_DB), then the profile.
+    """
+    if not hasattr(args, "broker_profile"):  # a command without the shared options (demo)
+        return
+    profile = broker_profile(getattr(args, "broker_profile", None))
+    if hasattr(args, "broker"):
+        if args.broker is None:
+            args.broker = (os.environ.get("PAODING_BROKER") or profile.get("broker")
+                           or DEFAULT_BROKER)
+        # another broker than the profile's: its credentials are not for it
+        if args.broker == profile.get("broker"):
+            for k in PROFILE_KEYS[1:]:
+                if hasattr(args, k) and getattr(args, k) is None:
+                    setattr(args, k, profile.get(k))
+    if hasattr(args, "db") and args.db is None:
+        args.db = os.environ.get("PAODING_DB") or profile.get("db") or default_db()
+        if "://" not in args.db:
+            os.makedirs(os.path.dirname(os.path.abspath(args.db)), exist_ok=True)
+    args.profile_data = profile
+
+
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the host finds the devices' enrolled keys (their reports must be signed by them)."""
-    if with_db:
-        parser.add_argument(
-            "--db",
-            default=os.environ.get("PAODING_DB", "fleet.sqlite"),
-            help="the fleet record with the devices' enrolled keys (env PAODING_DB)",
-        )
+    add_db_argument(parser)
     parser.add_argument(
         "--unverified-reports",
         action="store_true",
@@ -95,11 +178,16 @@ def device_key_for(args: argparse.Namespace, device_id: str) -> Any:
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The thresholds a device checks and the benchmark it runs."""
-    g = parser.add_argument_group("thresholds (the model is rolled back if it misses one)")
+    g = parser.add_argument_group(
+        "thresholds (the model is rolled back if it misses one; default: the target "
+        "profile's budgets, and its accuracy retentions x the original's on the probes)")
     g.add_argument("--max-p90-ms", type=float)
     g.add_argument("--max-mean-ms", type=float)
     g.add_argument("--max-peak-memory-mb", type=float)
-    g.add_argument("--min-agreement", type=float, help="top-1 agreement with the reference")
+    g.add_argument("--min-agreement", type=float,
+                   help="top-1 agreement with the original's outputs over every probe, "
+                   "adversarial ones included (not a default: keep it under the clean "
+                   "accuracy)")
     g.add_argument("--min-clean-accuracy", type=float)
     g.add_argument("--min-robust-accuracy", type=float)
     g.add_argument("--max-abs-deviation", type=float)
@@ -176,3 +264,23 @@ def add_ratio_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="pruning step as a share of each layer (default 0.1)",
     )
+
+
+def listed(kind: type) -> Any:
+    """An argparse ``type`` for list options (``nargs="+"``): each word may also hold
+    comma-separated values, so ``--eps 0.01 0.05`` and ``--eps 0.01,0.05`` are one list."""
+
+    def parse(text: str) -> list[Any]:
+        return [kind(v) for v in text.split(",") if v.strip()]
+
+    parse.__name__ = kind.__name__  # argparse's "invalid float value: 'x'"
+    return parse
+
+
+def flat(values: Any) -> list[Any]:
+    """The values of a ``listed`` option (lists of lists, or a plain default list)."""
+    out: list[Any] = []
+    for v in values or ():
+        out.extend(v if isinstance(v, list) else [v])
+    return out
+

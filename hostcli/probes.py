@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from core.errors import ConfigError, ModelLoadError
+from hostcli.options import flat
 from hostcli.prune import add_common
 from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    eps = check_eps(args.eps)
+    eps = check_eps(flat(args.eps))
     lo, hi = check_range(*args.input_range)
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
@@ -50,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
     from pruner.bounds import InputBox
     from pruner.io import load_model
     from pruner.probes import build_probes
+    from tuner.quiet import native_quiet
 
     attacks = tuple(dict.fromkeys(args.attacks))
     model = load_model(args.model)
     check_fits(model, x, y)
-    bundle = build_probes(model, x, y, eps=eps, box=InputBox(lo, hi),
-                          attacks=attacks, n=args.n,
-                          seed=args.seed, pgd_steps=args.pgd_steps,
-                          model_sha256=sha256_file(args.model))
+    with native_quiet():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        bundle = build_probes(model, x, y, eps=eps, box=InputBox(lo, hi),
+                              attacks=attacks, n=args.n,
+                              seed=args.seed, pgd_steps=args.pgd_steps,
+                              model_sha256=sha256_file(args.model))
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     save_probes(bundle, out)
     print(f"wrote {out}: {len(bundle['x'])} probes "

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import ConfigError, PaodingWarning
 from core.files import sha256_file, staged_dir
+from hostcli.options import flat, listed
 from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
@@ -32,7 +33,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="the trained Keras model (.keras or .h5)")
     parser.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0),
                         metavar=("LO", "HI"), help="the input box, every feature (default 0 1)")
-    parser.add_argument("--eps", nargs="+", type=float, default=list(DEFAULT_EPS),
+    parser.add_argument("--eps", nargs="+", type=listed(float), default=list(DEFAULT_EPS),
                         metavar="EPS", help="attack epsilons, absolute (default 0.01 0.05 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -54,9 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "multiples on DAG models (16 from 64 channels, 8 from 16), exact "
                         "targets on chains; 1: exact targets everywhere")
     parser.add_argument("--fidelity-floor", type=float, default=0.8, metavar="F",
-                        help="stop when the data-free fidelity (top-1 agreement with the "
-                        "original on inputs synthesised from the model) falls below F, and "
-                        "fail if the target was not reached (default 0.8)")
+                        help="stop when the data-free fidelity (how close the outputs stay to "
+                        "the original's on inputs synthesised from the model, 1 = the same; "
+                        "docs/fidelity.md) falls below F, and fail if the target was not "
+                        "reached (default 0.8)")
     parser.add_argument("--keep-below-floor", action="store_true",
                         help="prune to the target even below the fidelity floor (the report "
                         "and stderr still say so)")
@@ -100,7 +102,7 @@ def config_from(args: argparse.Namespace) -> Any:
         return PruneConfig(
             target=args.target, step=args.step, round_to=args.round_to, mode=args.mode,
             scope=args.scope,
-            seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(args.eps)),
+            seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(flat(args.eps))),
             fidelity_floor=args.fidelity_floor, keep_below_floor=args.keep_below_floor,
             synthetic=args.synthetic, synthesis_steps=args.synthesis_steps,
             compensation=args.compensation,

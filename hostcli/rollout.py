@@ -41,13 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--probes", help="probe bundle (.npz) sent with every variant")
     add_connection_arguments(parser)
-    parser.add_argument(
-        "--db",
-        default=os.environ.get("PAODING_DB", "fleet.sqlite"),
-        help="the fleet record: a SQLite file (default fleet.sqlite) or a postgresql:// URL "
-        "for several host processes (env PAODING_DB)",
-    )
-    add_trust_arguments(parser, with_db=False)
+    add_trust_arguments(parser)
     parser.add_argument(
         "--share-group",
         help="take device messages through the shared subscription $share/GROUP/... "
@@ -83,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=300.0,
-        help="seconds a device may take before it counts as failed",
+        help="seconds a device may take before it counts as failed (default 300)",
     )
     add_check_arguments(parser)
     parser.add_argument("--plot", help="write a PNG of the outcomes per wave")
@@ -105,6 +99,8 @@ def _variants(items: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.errors import ConfigError, ProfileError
+    from fleet.budgets import merged_thresholds
     from fleet.gate import Gate
     from fleet.orchestrator import run_rollout
     from fleet.registry import Registry
@@ -120,13 +116,9 @@ def run(args: argparse.Namespace) -> int:
     if args.abort:
         return _abort(args)
     if not args.variant and not args.resume:
-        from core.errors import ConfigError
-
         raise ConfigError("give --variant PROFILE=MODEL.tflite, or --resume")
     variants = _variants(args.variant) if not args.resume else None
     if args.probes and not os.path.isfile(args.probes):
-        from core.errors import ConfigError
-
         raise ConfigError(f"no probe bundle {args.probes}")
     broker = broker_from_args(args)
     policy = WavePolicy(
@@ -148,9 +140,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             return
         if event == "plan":
-            sizes = ", ".join(str(len(w)) for w in info["waves"]) or "none"
             verb = "continuing" if info.get("resumed") else "rollout"
-            print(f"{verb} {info['rollout_id']}: waves of {sizes} device(s)", file=sys.stderr)
+            print(f"{verb} {info['rollout_id']}: {plan_text(info['waves'])}", file=sys.stderr)
             skipped = info["skipped"]
             for device_id, why in list(skipped.items())[:20]:
                 print(f"  skip {device_id}: {why}", file=sys.stderr)
@@ -172,6 +163,18 @@ def run(args: argparse.Namespace) -> int:
         elif event == "resume":
             print("broker back: continuing", file=sys.stderr)
 
+    flags = thresholds_from_args(args)
+    profile_thresholds = {}
+    for profile in variants or {}:
+        try:
+            profile_thresholds[profile], why = merged_thresholds(profile, args.probes, flags)
+        except ProfileError:  # not a profile this host knows: the flags alone
+            if not args.json:
+                print(f"no profile {profile!r} here: its variant is checked against the "
+                      "threshold flags alone", file=sys.stderr)
+            continue
+        if not args.json:
+            print(why, file=sys.stderr)
     with Registry(args.db) as registry:
         # device messages count only when signed by the device's enrolled key (read once),
         # for this device's deployment in flight
@@ -189,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
                 discover_s=args.discover_seconds,
                 progress=progress,
                 probes=args.probes,
-                thresholds=thresholds_from_args(args),
+                thresholds=flags,
+                profile_thresholds=profile_thresholds,
                 key=key_from_args(args),
                 benchmark=bench_from_args(args),
                 host_outputs=host_runner() if variants and args.probes else None,
@@ -239,6 +243,16 @@ def _abort(args: argparse.Namespace) -> int:
                 intake.save(registry)
     print(format_result(result.to_dict()))
     return 0
+
+
+def plan_text(waves: list[list[str]]) -> str:
+    """'3 devices in 2 waves (1, 2)': the plan of a rollout in words."""
+    n = sum(len(w) for w in waves)
+    if not waves:
+        return "no device to deploy to"
+    sizes = ", ".join(str(len(w)) for w in waves)
+    return (f"{n} device{'s' if n != 1 else ''} in {len(waves)} "
+            f"wave{'s' if len(waves) != 1 else ''} ({sizes})")
 
 
 def format_result(r: dict[str, Any], limit: int = 50) -> str:

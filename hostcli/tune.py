@@ -1,8 +1,8 @@
 """`paoding-edge tune`: the pruning and export that meet a device profile's budgets.
 
     paoding-edge tune model.keras --profile raspberry-pi-4 --eval-data digits28 -o out/
-    paoding-edge tune model.keras --profile raspberry-pi-4-emulated --eval-data data.npz \\
-        --verify-on pi-01 --broker mqtt://127.0.0.1:1883 --key keys/paoding.key -o out/
+    paoding-edge tune model.keras --profile raspberry-pi-4 --eval-data data.npz \\
+        --verify-on pi-01 -o out/     # the broker profile's connection, PAODING_SIGNING_KEY
 
 Prints the table of candidates (the chosen one marked '*'), writes
 out/model.tflite, out/model.keras, out/report.json and out/report.png. With
@@ -16,6 +16,7 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,8 +24,18 @@ from typing import Any
 
 from core.errors import ConfigError
 from hostcli import lineage
-from hostcli.options import add_ratio_arguments, add_trust_arguments, device_key_for
+from hostcli.options import (
+    add_connection_arguments,
+    add_ratio_arguments,
+    add_trust_arguments,
+    broker_from_args,
+    device_key_for,
+    flat,
+    key_from_args,
+    listed,
+)
 from pruner.evaldata import BUNDLED, load_eval_data
+from tuner.objectives import OBJECTIVES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,22 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"({', '.join(BUNDLED)}: its test split). Without it, accuracy is agreement "
         "with the original on random inputs from the input box",
     )
-    parser.add_argument(
-        "--input-box",
-        nargs=2,
-        type=float,
-        default=(0.0, 1.0),
-        metavar=("LO", "HI"),
-        help="input range (default 0 1)",
-    )
-    parser.add_argument(
-        "--modes",
-        default="paoding,greedy",
-        help="pruning modes to search, comma-separated (default paoding,greedy; also "
-        "baseline, magnitude, random)",
-    )
-    parser.add_argument("--seeds", default="0", help="seeds to search, comma-separated")
-    parser.add_argument("--exports", help="export types to search (default: the profile's)")
+    parser.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0),
+                        metavar=("LO", "HI"), help="the input box, every feature (default 0 1)")
+    parser.add_argument("--modes", nargs="+", type=listed(str), default=["paoding", "greedy"],
+                        metavar="MODE", help="pruning modes to search (default paoding greedy; "
+                        "also baseline, magnitude, random)")
+    parser.add_argument("--objective", choices=tuple(OBJECTIVES), default="robust",
+                        help="among the candidates that meet every budget, take the most "
+                        "robust (default), the smallest or the fastest")
+    parser.add_argument("--seeds", nargs="+", type=listed(int), default=[0], metavar="SEED",
+                        help="seeds to search (default 0)")
+    parser.add_argument("--export", nargs="+", type=listed(str), metavar="Q",
+                        help="export types to search: float32 float16 dynamic int8 "
+                        "(default: those the profile's runtime loads)")
     add_ratio_arguments(parser)
     parser.add_argument(
         "--per-export",
@@ -59,14 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="quantised candidates to export per type (default 2)",
     )
-    parser.add_argument("--eps", default="0.05", help="attack epsilons, comma-separated")
+    parser.add_argument("--eps", nargs="+", type=listed(float), default=[0.05], metavar="EPS",
+                        help="attack epsilons, absolute (default 0.05)")
     parser.add_argument(
         "--verify-on",
         metavar="DEVICE_ID",
         help="measure the chosen candidate on this agent over MQTT",
     )
-    parser.add_argument("--broker", help="broker URL for --verify-on (mqtt://host:port)")
-    parser.add_argument("--key", help="signing key for the deployment (Ed25519 PEM)")
+    add_connection_arguments(parser)
     add_trust_arguments(parser)
     parser.add_argument(
         "--rounds",
@@ -84,11 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _csv(text: str, kind: type, name: str) -> list[Any]:
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--{name} must be a comma-separated list of {kind.__name__}") from None
+def _nonempty(values: list[Any], name: str) -> list[Any]:
     if not values:
         raise ConfigError(f"--{name} is empty")
     return values
@@ -97,16 +101,18 @@ def _csv(text: str, kind: type, name: str) -> list[Any]:
 def probes_for(search: Any, n: int = 100) -> dict[str, Any]:
     """Probe bundle crafted on the original model from the search's evaluation inputs."""
     from pruner.probes import build_probes
+    from tuner.quiet import native_quiet
 
-    return build_probes(
-        search.model,
-        search.x,
-        search.y,
-        eps=search.eps,
-        box=search.box,
-        attacks=search.attacks,
-        n=min(n, len(search.x)),
-    )
+    with native_quiet():
+        return build_probes(
+            search.model,
+            search.x,
+            search.y,
+            eps=search.eps,
+            box=search.box,
+            attacks=search.attacks,
+            n=min(n, len(search.x)),
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
     from pruner.io import load_model
 
     profile = device_profiles.load(args.profile)
-    if args.verify_on and not args.broker:
-        raise ConfigError("--verify-on needs --broker mqtt://host:port")
     device_key = device_key_for(args, args.verify_on) if args.verify_on else None
+    broker = broker_from_args(args) if args.verify_on else None
+    key = key_from_args(args) if args.verify_on else None
     out = Path(args.output)
     if out.exists() and (
         not out.is_dir() or any(f.name not in tn.OUTPUT_FILES for f in out.iterdir())
@@ -135,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     data = (load_eval_data(args.eval_data, tuple(model.inputs[0].shape[1:]))
             if args.eval_data else None)
-    modes = _csv(args.modes, str, "modes")
-    seeds = _csv(args.seeds, int, "seeds")
-    eps = _csv(args.eps, float, "eps")
-    exports = _csv(args.exports, str, "exports") if args.exports else None
+    modes = _nonempty(flat(args.modes), "modes")
+    seeds = _nonempty(flat(args.seeds), "seeds")
+    eps = _nonempty(flat(args.eps), "eps")
+    exports = _nonempty(flat(args.export), "export") if args.export else None
     search = tn.Search.create(
-        model, data, input_box=InputBox(*args.input_box), eps=eps, progress=not args.no_progress
+        model, data, input_box=InputBox(*args.input_range), eps=eps, progress=not args.no_progress
     )
     result = tn.tune(
         model,
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         step=args.step,
         per_export=args.per_export,
         progress=not args.no_progress,
+        objective=args.objective,
     )
     print(tn.table(result))
     print(result.statement)
@@ -166,10 +173,10 @@ def run(args: argparse.Namespace) -> int:
     if args.verify_on and result.chosen is not None:
         deployer = tn.mqtt_deployer(
             args.verify_on,
-            args.broker,
+            broker,
             profile,
             probes=probes_for(search),
-            key=args.key,
+            key=key,
             timeout=args.timeout,
             save_dir=saved,
             device_key=device_key,
@@ -206,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
         + (f", {out}/model.tflite, {out}/model.keras" if result.chosen else "")
     )
     if any(saved.iterdir()):
+        from hostcli.deploy import record
+
+        for report in sorted((saved / "reports").glob("*.json")):
+            record(args.db, json.loads(report.read_text()), "tune")
         dest = out / "devices" / str(args.verify_on)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(saved), dest)

@@ -464,7 +464,7 @@ def _run(
     bounds_of = dag_interval_bounds if graph.coupled else interval_bounds
     graph0 = graph
 
-    from tqdm.auto import tqdm
+    from pruner.progress import progress_bar as tqdm
 
     n_steps = schedule.max_steps - 1
     if scope == "sequential":

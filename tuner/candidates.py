@@ -192,6 +192,7 @@ class TuneResult:
     device: str | None = None  # where verify measured, None: not verified on a device
     verified: bool = False  # chosen was measured there: every budget met, active
     pending: list[tuple[Candidate, Any]] = field(default_factory=list, repr=False)
+    objective: str = "robust"  # what choice.choose maximises among those that meet the budgets
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from core.errors import BudgetError
 from device_profiles.schema import DeviceProfile
 from tuner.candidates import Candidate, TuneResult
+from tuner.objectives import OBJECTIVES
 
 
 def misses(c: Candidate, p: DeviceProfile, correction: float) -> list[str]:
@@ -53,8 +54,19 @@ def excess(c: Candidate, p: DeviceProfile, correction: float) -> float:
     return float(sum(max(0.0, r - 1.0) for r in ratios))
 
 
-def rank_key(c: Candidate) -> tuple[float, float, float]:
-    return (-(c.robust or 0.0), -(c.accuracy or 0.0), c.predicted_p90_ms)
+def _p90(c: Candidate, correction: float = 1.0) -> float:
+    m = (c.measured or {}).get("p90_ms")
+    return float(m) if m is not None else c.predicted_p90_ms * correction
+
+
+def rank_key(c: Candidate, objective: str = "robust") -> tuple[float, ...]:
+    """Sort key: the best candidate for ``objective`` first; ties go to robustness."""
+    robust = (-(c.robust or 0.0), -(c.accuracy or 0.0))
+    if objective == "smallest":
+        return (round(c.size_kb, 1), *robust, c.predicted_p90_ms)
+    if objective == "fastest":
+        return (round(_p90(c), 3), *robust, c.size_kb)
+    return (*robust, c.predicted_p90_ms)
 
 
 def _fmt(value: float | None) -> str:
@@ -70,7 +82,7 @@ def choose(result: TuneResult) -> Candidate | None:
             c.misses = misses(c, p, result.correction)
     ok = [c for c in result.candidates if c.meets and not c.measured_miss]
     if ok:
-        best = min(ok, key=rank_key)
+        best = min(ok, key=lambda c: rank_key(c, result.objective))
         best.chosen = True
         result.chosen = best
         measured = (best.measured or {}).get("p90_ms")
@@ -84,7 +96,7 @@ def choose(result: TuneResult) -> Candidate | None:
             f"chosen {best.key} for {p.id}: robust accuracy {best.robust:.3f} "
             f"(retention {_fmt(best.robust_retention)}), accuracy {best.accuracy:.3f}, "
             f"{latency}, {best.size_kb:.1f} KB; meets every budget as predicted, "
-            "not verified on a device"
+            f"not verified on a device; {why(best, ok, result.objective)}"
         )
         return best
     result.chosen = None
@@ -101,6 +113,23 @@ def choose(result: TuneResult) -> Candidate | None:
         f"p90 {closest.predicted_p90_ms * result.correction:.3g} ms predicted): it misses {missed}"
     )
     return None
+
+
+def why(best: Candidate, ok: list[Candidate], objective: str) -> str:
+    """Why ``best`` of the candidates ``ok`` (every one meets the budgets): the objective,
+    and what the other objectives would have taken instead."""
+    n = len(ok)
+    line = (f"objective {objective}: {OBJECTIVES[objective]} of the {n} candidate"
+            f"{'s' if n != 1 else ''} that meet every budget")
+    others = []
+    for other in OBJECTIVES:
+        if other == objective:
+            continue
+        alt = min(ok, key=lambda c: rank_key(c, other))
+        if alt is not best:
+            others.append(f"--objective {other} would take {alt.key} ({alt.size_kb:.1f} KB, "
+                          f"p90 {_p90(alt):.3g} ms, robust {_fmt(alt.robust)})")
+    return line + (f" ({'; '.join(others)})" if others else "")
 
 
 def raise_if_impossible(result: TuneResult) -> None:

@@ -260,7 +260,9 @@ def _conclude(result: TuneResult, verified: Candidate | None, tried: int, rounds
             f"{p.budgets.p90_latency_ms:g} ms, noise margin {m['noise_rule']['margin']:.0%})"
             + (f", peak memory {mem:.4g} MB" if mem is not None else "")
             + f", {verified.size_kb:.1f} KB, accuracy {verified.accuracy:.3f}, robust accuracy "
-            f"{verified.robust:.3f}; active on the device"
+            f"{verified.robust:.3f}; active on the device; objective {result.objective}: "
+            f"{choice.OBJECTIVES[result.objective]} of those predicted to meet every budget, "
+            f"{tried} deployed"
         )
         return
     result.chosen = None
@@ -337,7 +339,7 @@ def report_measurement(report: Any) -> dict[str, Any]:
 
 def mqtt_deployer(
     device_id: str,
-    broker: str,
+    broker: Any,
     profile: DeviceProfile,
     *,
     probes: dict[str, np.ndarray] | None,

@@ -269,14 +269,20 @@ def tune(
     input_box: Any = None,
     eps: Sequence[float] = (0.05,),
     progress: bool = True,
+    objective: str = "robust",
 ) -> TuneResult:
     """Search pruning x export for the candidate that meets every budget of ``profile``.
+
+    Among those that do, ``objective`` picks (tuner.choice.OBJECTIVES): the most
+    robust, the smallest or the fastest.
 
     Returns a TuneResult whose ``chosen`` is None when no candidate meets the
     budgets; ``statement`` then names the closest candidate and what it misses.
     """
     import device_profiles
 
+    if objective not in choice.OBJECTIVES:
+        raise ConfigError(f"objective {objective!r}: use one of {', '.join(choice.OBJECTIVES)}")
     t0 = time.perf_counter()
     if isinstance(profile, str):
         profile = device_profiles.load(profile)
@@ -298,7 +304,7 @@ def tune(
     pending: list[tuple[Candidate, Step]] = []
     screened = 0
     original: Candidate | None = None
-    from tqdm.auto import tqdm
+    from pruner.progress import progress_bar as tqdm
 
     for mode in modes:
         for seed in seeds:
@@ -366,9 +372,11 @@ def tune(
             "step": step,
             "eps": list(search.eps),
             "attacks": list(search.attacks),
+            "objective": objective,
         },
     )
     result.per_export, result.pending = per_export, pending
+    result.objective = objective
     choose(result)
     result.seconds = time.perf_counter() - t0
     attach_model(result, search)

@@ -33,6 +33,7 @@ def test_dead_broker_is_one_line_error(tmp_path, tiny_model):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and "not authenticated" in lines[0], out.stderr
     assert f"127.0.0.1:{port}" in lines[1], out.stderr
+    assert "nothing listens" in lines[1], out.stderr  # what is wrong, and what to try
     assert "Traceback" not in out.stderr
 
 

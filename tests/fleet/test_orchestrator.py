@@ -246,3 +246,25 @@ def test_targeting_by_recorded_tags(broker, fleet_of, good_model, tmp_path):
         assert [r.device_id for r in result.results] == ["pi-b"]
         assert result.skipped == {"pi-a": "not targeted"}
         assert {d.device_id: d.tags for d in reg.devices()}["pi-b"] == frozenset({"beta"})
+
+
+def test_each_profile_gets_its_own_thresholds(broker, fleet_of, good_model, tmp_path):
+    """rollout applies each variant's profile budgets: one profile's manifest carries a p90
+    no model meets (rolled back), the other's none (active)."""
+    fleet_of({"pi-a": "raspberry-pi-4", "phone-a": "android-midrange"})
+    _wait_for(broker, 2)
+    with Registry(tmp_path / "fleet.sqlite") as reg:
+        result = run_rollout(
+            {"raspberry-pi-4": good_model, "android-midrange": good_model},
+            broker.url,
+            reg,
+            policy=WavePolicy(canary=2, max_failure_rate=1.0),
+            profile_thresholds={"raspberry-pi-4": {"max_p90_ms": 1e-6}},
+            **FAST,
+        )
+        spec = reg.rollout(result.rollout_id)["spec"]
+    outcomes = {r.device_id: r for r in result.results}
+    assert outcomes["pi-a"].outcome is Outcome.ROLLED_BACK, outcomes["pi-a"]
+    assert "p90" in outcomes["pi-a"].reason
+    assert outcomes["phone-a"].outcome is Outcome.ACTIVE
+    assert spec["profile_thresholds"]["raspberry-pi-4"]["max_p90_ms"] == 1e-6

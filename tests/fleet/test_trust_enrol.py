@@ -6,6 +6,7 @@ import argparse
 import json
 import stat
 import time
+from pathlib import Path
 
 import pytest
 from trustbroker import FleetBroker, Inbox
@@ -186,11 +187,18 @@ def test_cli_broker_config_then_enrol_then_revoke(tmp_path, capsys):
     bdir, db = tmp_path / "broker", tmp_path / "fleet.sqlite"
     assert main(["broker-config", str(bdir), "--device-port", "18883"]) == 0
     out = capsys.readouterr().out
-    assert "mosquitto -c" in out and "--username paoding-host" in out
+    assert "mosquitto -c" in out and f"PAODING_BROKER_PROFILE={bdir}/host.json" in out
+    profile = json.loads((bdir / "host.json").read_text())
+    assert profile["username"] == "paoding-host" and profile["broker"].startswith("mqtts://")
+    assert Path(profile["password_file"]).is_file() and Path(profile["ca_file"]).is_file()
     assert (bdir / "mosquitto.conf").read_text().count("allow_anonymous false") == 2
     assert main(["enrol", "pi-7", "--profile", PROFILE, "--db", str(db), "--broker-dir",
                  str(bdir), "--bundle", str(tmp_path / "b")]) == 0
     assert "enrolled pi-7" in capsys.readouterr().out
+    agent = json.loads((tmp_path / "b" / "pi-7" / "agent.json").read_text())
+    # the bundle is the agent's whole configuration: its key, and the state dir it lives in
+    assert agent["state_dir"] == str((tmp_path / "b" / "pi-7" / "state").resolve())
+    assert agent["device_key"].endswith("device.key")
     assert main(["enrol", "pi-8", "--db", str(db)]) == 2
     assert "--profile is required" in capsys.readouterr().err
     assert main(["enrol", "pi-7", "--revoke", "--db", str(db), "--broker-dir", str(bdir)]) == 0

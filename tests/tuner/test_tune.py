@@ -90,8 +90,9 @@ def test_cli_impossible_exits_2_and_writes_report(small_model, make_profile, tmp
             "0.4",
             "--step",
             "0.2",
-            "--exports",
-            "float32,int8",
+            "--export",
+            "float32",
+            "int8",
             "--modes",
             "paoding",
             "--no-progress",
@@ -152,10 +153,11 @@ def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
-    rc = main(
-        ["tune", str(path), "--profile", "raspberry-pi-4", "--eps", "x", "-o", str(tmp_path / "o")]
-    )
-    assert rc == 2 and "--eps must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", str(path), "--profile", "raspberry-pi-4", "--eps", "x", "-o",
+              str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "argument --eps: invalid float value: 'x'" in capsys.readouterr().err
     rc = main(
         [
             "tune",
@@ -164,11 +166,13 @@ def test_cli_rejects_bad_input(small_model, tmp_path, capsys):
             "raspberry-pi-4",
             "--verify-on",
             "d1",
+            "--db",
+            str(tmp_path / "fleet.sqlite"),
             "-o",
             str(tmp_path / "o"),
         ]
     )
-    assert rc == 2 and "--broker" in capsys.readouterr().err
+    assert rc == 2 and "device 'd1' is not enrolled" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")

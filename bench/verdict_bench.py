@@ -58,7 +58,7 @@ MODES = ("paoding", "magnitude", "random")
 MAX_RATIO = 0.6
 N_REPRESENTATIVE = 200
 RAW = MODELS / "verdict_raw"
-FLOOR = 0.8  # PruneConfig's default fidelity floor
+FLOOR = 0.9  # PruneConfig's default fidelity floor
 GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
 
 

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with the original on random inputs from the input box",
     )
     parser.add_argument(
+        "--representative-data",
+        metavar="PATH",
+        help="unlabeled inputs (.npy, .npz, or a folder of images of the model's input "
+        "size): without --eval-data, agreement with the original is measured on them "
+        "instead of random inputs; int8 calibrates on them",
+    )
+    parser.add_argument(
         "--input-box",
         nargs=2,
         type=float,
@@ -138,8 +145,16 @@ def run(args: argparse.Namespace) -> int:
     seeds = _csv(args.seeds, int, "seeds")
     eps = _csv(args.eps, float, "eps")
     exports = _csv(args.exports, str, "exports") if args.exports else None
+    representative = None
+    if args.representative_data:
+        from pruner.representative import load_representative
+
+        representative = load_representative(
+            args.representative_data, tuple(int(d) for d in model.inputs[0].shape[1:]),
+            *args.input_box)
     search = tn.Search.create(
-        model, data, input_box=InputBox(*args.input_box), eps=eps, progress=not args.no_progress
+        model, data, input_box=InputBox(*args.input_box), eps=eps, progress=not args.no_progress,
+        representative=representative,
     )
     result = tn.tune(
         model,
@@ -156,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
     print(tn.table(result))
     print(result.statement)
     if not search.labelled:
+        inputs = ("the representative inputs" if representative is not None
+                  else "random inputs from the input box")
         print(
-            "note: no --eval-data: 'acc' is top-1 agreement with the original on random inputs "
-            "from the input box, and robust accuracy around random inputs says little; give "
-            "labelled data for real accuracy and robustness floors"
+            f"note: no --eval-data: 'acc' is top-1 agreement with the original on {inputs}, "
+            "and robust accuracy around them says little; give labelled data for real "
+            "accuracy and robustness floors"
         )
     saved = Path(tempfile.mkdtemp(prefix="paoding-verify-"))
     if args.verify_on and result.chosen is not None:

@@ -332,3 +332,22 @@ def test_report_json_and_plot(tmp_path):
     bare = [{"ratio": 0.0, "params": 10, "accuracy": None}, {"ratio": 0.5, "params": 5}]
     assert report.plot_trajectory(bare, tmp_path / "b.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "r.json", "r.png"]
+
+
+def test_report_plot_draws_the_deciding_figure_and_its_floor(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pruner.verdict import labelled
+
+    rows = [{"ratio": r, "verdict": labelled(a, 0.95, 300, fidelity=f).to_dict()}
+            for r, a, f in ((0.0, 0.95, 1.0), (0.2, 0.94, 0.97), (0.4, 0.70, 0.6))]
+    fig, ax = plt.subplots()
+    report._plot_verdict(ax, rows)
+    labels = ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert labels == ["95% interval", "accuracy (labelled, decides)", "floor", "refused",
+                      "data-free fidelity (beside)"]
+    assert report.plot_trajectory({"trajectory": rows}, tmp_path / "v.png").exists()

@@ -58,8 +58,16 @@ MODES = ("paoding", "magnitude", "random")
 MAX_RATIO = 0.6
 N_REPRESENTATIVE = 200
 RAW = MODELS / "verdict_raw"
-FLOOR = 0.9  # PruneConfig's default fidelity floor
 GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
+
+
+def _floor() -> float:
+    from pruner.config import PruneConfig
+
+    return PruneConfig().fidelity_floor
+
+
+FLOOR = _floor()  # the default fidelity floor
 
 
 def load(name: str) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -189,23 +197,26 @@ def summary(runs: list[dict[str, Any]], evidence: str) -> dict[str, Any]:
     good = [s[evidence]["passed"] for r in runs for s in r["steps"][1:] if s["lost"] <= GOOD]
     bad = [s[evidence]["passed"] for r in runs for s in r["steps"][1:] if s["lost"] > COLLAPSE]
     reach: dict[str, list[float]] = {}
+    stops: dict[str, list[tuple[float, float, float]]] = {}
     for r in runs:
         if r["mode"] != "paoding":
             continue
         ok = [s["ratio"] for s in r["steps"] if s["lost"] <= GOOD]
         deepest = max(ok) if ok else 0.0
-        stopped = 0.0
+        kept = r["steps"][0]
         for s in r["steps"][1:]:
             if not s[evidence]["passed"]:
                 break
-            stopped = s["ratio"]
-        reach.setdefault(r["model"], []).append(100 * (deepest - stopped))
+            kept = s
+        reach.setdefault(r["model"], []).append(100 * (deepest - kept["ratio"]))
+        stops.setdefault(r["model"], []).append((kept["ratio"], deepest, kept["lost"]))
     return {
         "good_runs": len(good), "good_passed": int(sum(good)),
         "good_pass_rate": float(np.mean(good)) if good else None,
         "collapses": len(bad), "collapses_passed": int(sum(bad)),
         "short_of_deepest": {m: float(np.median(v)) for m, v in reach.items()},
         "short_of_deepest_per_seed": reach,
+        "gate_stop_deepest_lost_per_seed": stops,
     }
 
 
@@ -228,7 +239,15 @@ def markdown(report: dict[str, Any]) -> str:
         short = ", ".join(f"{m} {v:.0f}" for m, v in s["short_of_deepest"].items())
         lines.append(f"| {ev} | {s['good_passed']} of {s['good_runs']} ({rate}) | "
                      f"{s['collapses'] - s['collapses_passed']} of {s['collapses']} | {short} |")
-    lines += ["", "## Per model and mode (synthesised / representative pass rates on good "
+    lines += ["", "## Where progressive paoding stops with the default gate", "",
+              "| model | evidence | stop ratio | deepest ratio within 3 points | points lost at "
+              "the stop |", "|---|---|---|---|---|"]
+    for ev, s in report["summary"].items():
+        for model, rows in s["gate_stop_deepest_lost_per_seed"].items():
+            cells = [" / ".join(f"{100 * r[k]:.0f}%" if k < 2 else f"{r[k]:.1f}" for r in rows)
+                     for k in range(3)]
+            lines.append(f"| {model} | {ev} | " + " | ".join(cells) + " |")
+    lines += ["", "(one figure per seed)", "", "## Per model and mode (synthesised / representative pass rates on good "
               "steps; collapses passed)", "",
               "| model | mode | good steps | passed (synth.) | passed (repr.) | collapses | "
               "passed (synth.) | passed (repr.) |", "|---|---|---|---|---|---|---|---|"]

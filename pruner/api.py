@@ -409,11 +409,17 @@ def _run(
     data = _check_eval(model, eval_data)
     if stop.needs_eval and data is None:
         raise ConfigError("accuracy or robustness floors need eval_data")
+    evidence, real = "synthesised", None
+    if representative is not None:  # real inputs check the verdict (pruner.verdict)
+        from pruner.representative import check_shape
+
+        evidence, real = "representative", check_shape(representative, graph.input_shape)
     synth = check = None
     if cfg.synthetic > 0:  # inputs made from the model: refits, scores and the fidelity figure
         from pruner.synthesis import counts
 
         n_fit, n_check = counts(cfg.synthetic, count_macs(model))
+        n_check = 0 if real is not None else n_check  # no held-out part to synthesise
         if synthetic_inputs is None:
             from pruner.synthesis import MIN_FIDELITY_STEPS, synthesize
 
@@ -430,16 +436,13 @@ def _run(
             raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
         from pruner.fidelity import check_set
 
-        synth = synthetic_inputs[:-n_check]
-        check = check_set(model, synthetic_inputs[-n_check:], seed)
+        synth = synthetic_inputs[:len(synthetic_inputs) - n_check]
+        if n_check:
+            check = check_set(model, synthetic_inputs[-n_check:], seed)
         # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
         if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
             synth = None
-    evidence = "synthesised"
-    if representative is not None:  # real inputs check the verdict (pruner.verdict)
-        from pruner.representative import check_shape
-
-        check, evidence = check_shape(representative, graph.input_shape), "representative"
+    check = check if real is None else real
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, cfg)
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere

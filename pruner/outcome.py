@@ -22,9 +22,10 @@ def stop_explanation(reason: str | None, final: Any, last: Any, cfg: Any) -> str
                 f"{reason[len(REFUSED) + 2:]}; the last model within the floor is step "
                 f"{final.step} ({_pct(reached)}; target {_pct(target)})")
     text = f"{reason}: {_pct(reached)} of units removed (target {_pct(target)})"
-    if reason == "target reached" and reached < target - 0.005:
-        text += ("; every layer reached its goal, and the goals are whole units, rounded to "
-                 "widths the kernels run fast on on coupled models (round_to)")
+    if reason == "target reached" and reached < target - 0.01:
+        text += ("; every layer reached its goal, in whole units, and on models with coupled "
+                 "channels kept widths are rounded to multiples the kernels run fast on "
+                 "(--round-to 1 keeps exact targets)")
     if final.step != last.step:
         text += f"; the model kept is step {final.step}"
     return text

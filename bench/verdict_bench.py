@@ -11,7 +11,9 @@ reached; at every step the record holds the test accuracy and the scores of
 the original and the pruned model on the data-free check set (held-out
 synthesised inputs and interpolations, as the run makes them) and on 200
 unlabeled test inputs (``--representative-data``). The gate is then evaluated
-at every step from the record, as the pruner evaluates it (pruner.verdict):
+at every step from the record, as the pruner evaluates it (pruner.verdict), and
+the labelled gate of ``--eval-data`` on the test split (the same data as the
+truth, so it shows where the stop lands, not an independent check):
 
 - of the steps losing <= 3 points of accuracy, the share the gate passes
   (target >= 95%);
@@ -155,13 +157,18 @@ def gate(raw: Any, mode: str, step: int, evidence: str) -> Any:
 
     if evidence == verdict.SYNTHESISED:
         return verdict.data_free(raw["ref_check"], raw[f"{mode}/check"][step], FLOOR, evidence)
+    if evidence == verdict.LABELLED:  # --eval-data: the test split with its labels
+        y = raw["y"]
+        acc = float(np.mean(raw[f"{mode}/test"][step].argmax(-1) == y))
+        base = float(np.mean(raw["ref_test"].argmax(-1) == y))
+        return verdict.labelled(acc, base, len(y))
     n = N_REPRESENTATIVE
     return verdict.data_free(raw["ref_test"][:n], raw[f"{mode}/test"][step][:n], FLOOR, evidence)
 
 
 def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Every step of every run with its loss and verdicts, and the targets per evidence."""
-    from pruner.verdict import REPRESENTATIVE, SYNTHESISED
+    from pruner.verdict import LABELLED, REPRESENTATIVE, SYNTHESISED
 
     runs = []
     for name in names:
@@ -181,7 +188,7 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
                     row = {"step": i, "ratio": float(ratio),
                            "macs": int(raw[f"{mode}/macs"][i]), "accuracy": acc,
                            "lost": 100 * (base - acc)}
-                    for ev in (SYNTHESISED, REPRESENTATIVE):
+                    for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED):
                         v = gate(raw, mode, i, ev)
                         row[ev] = {"figure": v.figure, "lower": v.lower, "upper": v.upper,
                                    "agreement": v.agreement, "passed": v.passed}
@@ -189,7 +196,7 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
                 runs.append({"model": name, "seed": seed, "mode": mode, "base": base,
                              "seconds": float(raw[f"{mode}/seconds"]), "steps": steps})
     return {"runs": runs, "summary": {ev: summary(runs, ev)
-                                      for ev in (SYNTHESISED, REPRESENTATIVE)}}
+                                      for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)}}
 
 
 def summary(runs: list[dict[str, Any]], evidence: str) -> dict[str, Any]:

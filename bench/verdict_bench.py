@@ -170,13 +170,15 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Every step of every run with its loss and verdicts, and the targets per evidence."""
     from pruner.verdict import LABELLED, REPRESENTATIVE, SYNTHESISED
 
-    runs = []
+    runs, seconds = [], 0.0
     for name in names:
         for seed in seeds:
             path = RAW / f"{name}_s{seed}.npz"
             if not path.exists():
                 continue
             raw = np.load(path)
+            seconds += float(raw["synthesis_seconds"]) + sum(
+                float(raw[k]) for k in raw.files if k.endswith("/seconds"))
             y = raw["y"]
             base = float(np.mean(raw["ref_test"].argmax(-1) == y))
             for mode in MODES:
@@ -195,7 +197,7 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
                     steps.append(row)
                 runs.append({"model": name, "seed": seed, "mode": mode, "base": base,
                              "seconds": float(raw[f"{mode}/seconds"]), "steps": steps})
-    return {"runs": runs, "summary": {ev: summary(runs, ev)
+    return {"runs": runs, "record_seconds": seconds, "summary": {ev: summary(runs, ev)
                                       for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)}}
 
 
@@ -233,12 +235,14 @@ def markdown(report: dict[str, Any]) -> str:
              f"{machine_line(report['machine'])}; commit {report['commit']}; seeds "
              f"{report['seeds']}; modes {', '.join(MODES)} (magnitude is deterministic: "
              f"seed 0 only); 5% steps to {MAX_RATIO:.0%} of units; floor {FLOOR}; "
-             f"{report['wall_seconds']:.0f} s recording.", "",
+             f"{report['record_seconds']:.0f} s of synthesis and pruning in the records (nice 10, "
+             "load 10-20 from other work).", "",
              "A step is good when it loses <= 3 points of test accuracy, a collapse when it "
              "loses > 10. The gate passes a step when the upper 95% Wilson bound of the "
              "margin-calibrated agreement (pruner.verdict) is at or over the floor. "
              "'Short of deepest': ratio points between where progressive paoding with the "
-             "gate stops and the deepest step within 3 points (median over seeds).", "",
+             "gate stops and the deepest step within 3 points (median over seeds; negative: it "
+             "stopped past that step, and the model kept loses more than 3 points).", "",
              "| evidence | good steps passed (target >= 95%) | collapses refused (target all) "
              "| short of deepest, per model (target <= 5) |", "|---|---|---|---|"]
     for ev, s in report["summary"].items():

@@ -54,11 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kept widths in multiples of N; 0 (default): SIMD-friendly "
                         "multiples on DAG models (16 from 64 channels, 8 from 16), exact "
                         "targets on chains; 1: exact targets everywhere")
-    parser.add_argument("--fidelity-floor", type=float, default=0.8, metavar="F",
-                        help="stop when the data-free fidelity (how close the outputs stay to "
-                        "the original's on inputs synthesised from the model, 1 = the same; "
-                        "docs/fidelity.md) falls below F, and fail if the target was not "
-                        "reached (default 0.8)")
+    parser.add_argument("--fidelity-floor", type=float, default=0.9, metavar="F",
+                        help="without --eval-data: stop, and fail short of the target, when "
+                        "the estimated share of inputs answered as by the original is "
+                        "below F even at its upper 95%% bound (default 0.9; docs/fidelity.md)")
     parser.add_argument("--keep-below-floor", action="store_true",
                         help="prune to the target even below the fidelity floor (the report "
                         "and stderr still say so)")
@@ -73,7 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="reconstruct", help="paoding/greedy: refit each consumer on "
                         "the synthesised inputs (default), correct biases only, or none")
     parser.add_argument("--eval-data", metavar="NPZ",
-                        help="labelled evaluation set: an .npz with arrays x and y")
+                        help="labelled evaluation set: an .npz with arrays x and y; measured "
+                        "accuracy then decides the stop and the verdict")
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.03, metavar="D",
+                        help="with --eval-data: accuracy the model may lose, as a fraction "
+                        "(default 0.03: 3 points)")
+    parser.add_argument("--representative-data", metavar="PATH",
+                        help="unlabeled inputs (.npy, .npz, or a folder of images of the "
+                        "model's input size): the fidelity check and int8 calibration use "
+                        "them instead of synthesised inputs")
     parser.add_argument("--export", nargs="+", choices=QUANTIZATIONS, default=["float32"],
                         metavar="Q", help="TFLite exports: float32 float16 dynamic int8 "
                         "(default float32)")
@@ -105,7 +112,7 @@ def config_from(args: argparse.Namespace) -> Any:
             seed=args.seed, input_lo=lo, input_hi=hi, eps=tuple(check_eps(flat(args.eps))),
             fidelity_floor=args.fidelity_floor, keep_below_floor=args.keep_below_floor,
             synthetic=args.synthetic, synthesis_steps=args.synthesis_steps,
-            compensation=args.compensation,
+            compensation=args.compensation, max_accuracy_drop=args.max_accuracy_drop,
         )
     except ConfigError as exc:
         name, _, rest = str(exc).partition(" ")
@@ -140,24 +147,35 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if eval_data is not None:
         check_fits(model, *eval_data)
+    representative = None
+    if args.representative_data:
+        from pruner.representative import load_representative
+
+        representative = load_representative(
+            args.representative_data, tuple(int(d) for d in model.inputs[0].shape[1:]), lo, hi)
     box = InputBox(lo, hi)
     with warnings.catch_warnings(record=True) as caught:  # the pruner's own, one line each
         warnings.simplefilter("always")
-        result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress)
+        result = prune(model, config=config, eval_data=eval_data, progress=not args.no_progress,
+                       representative_data=representative)
     for w in caught:
         if isinstance(w.message, PaodingWarning):
             note("prune", f"warning: {w.message}")
     fid = result.final.data_free_fidelity
-    if fid is not None and fid < config.fidelity_floor:  # only with --keep-below-floor
-        note("prune", f"warning: data-free fidelity {fid:.3f} is below the floor "
-             f"{config.fidelity_floor}; the model was kept because of --keep-below-floor")
+    verdict = result.final.verdict
+    if verdict is not None and not verdict["passed"]:  # only with --keep-below-floor
+        from pruner.verdict import from_dict
+
+        note("prune", f"warning: below the floor: {from_dict(verdict).describe()}; the model "
+             "was kept because of --keep-below-floor")
 
     with staged_dir(out) as tmp:
         result.model.save(tmp / "pruned.keras")
         files: dict[str, Any] = {}
         for q in exports:
             name = "pruned.tflite" if q == "float32" else f"pruned_{q}.tflite"
-            calib = eval_data[0][:200] if eval_data is not None else None
+            calib = representative if representative is not None else (
+                eval_data[0][:200] if eval_data is not None else None)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 data = export_tflite(result.model, tmp / name, quantization=q,
@@ -170,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
                         "ops": [[op, v] for op, v in tflite_ops(data)]}
             if q == "int8":
                 files[q]["calibration"] = (
-                    f"{len(calib)} evaluation samples" if calib is not None
+                    f"{len(calib)} representative inputs" if representative is not None
+                    else f"{len(calib)} evaluation samples" if calib is not None
                     else "random inputs from the input box")
         body = report.to_jsonable(result.to_dict())
         body = body if isinstance(body, dict) else {"result": body}
@@ -178,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         body["command"] = {
             "model": str(args.model), "model_sha256": sha256_file(args.model),
             "eval_data": str(args.eval_data) if args.eval_data else None,
+            "representative_data": args.representative_data,
+            "representative_samples": 0 if representative is None else len(representative),
             "eval_samples": int(len(eval_data[0])) if eval_data is not None else 0,
             "seconds": round(time.time() - started, 3),
         }
@@ -198,12 +219,12 @@ def run(args: argparse.Namespace) -> int:
                  for q, f in files.items()]
         note("prune", f"lineage recorded in {lineage.record(args.db, rows)}")
     summary = f"wrote {out}/: pruned.keras, " + ", ".join(f["file"] for f in files.values())
-    ratio = last.get("ratio") if isinstance(last, dict) else None
-    if ratio is not None:
-        summary += f" ({100 * float(ratio):.1f}% of units pruned"
-        if fid is not None:
-            summary += f", data-free fidelity {fid:.3f}"
-        acc = last.get("accuracy")
-        summary += f", accuracy {float(acc):.4f})" if acc is not None else ")"
     print(summary)
+    print(f"stopped: {body['stop_explanation']}")
+    if verdict is not None:
+        from pruner.verdict import from_dict
+
+        v = from_dict(verdict)
+        extra = f"; data-free fidelity {fid:.3f}" if v.evidence == "labelled" and fid else ""
+        print(f"verdict ({v.evidence} evidence decided): {v.describe()}{extra}")
     return 0

@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", nargs="+", type=listed(str), metavar="Q",
                         help="export types to search: float32 float16 dynamic int8 "
                         "(default: those the profile's runtime loads)")
+    parser.add_argument(
+        "--representative-data",
+        metavar="PATH",
+        help="unlabeled inputs (.npy, .npz, or a folder of images of the model's input "
+        "size): without --eval-data, agreement with the original is measured on them "
+        "instead of random inputs; int8 calibrates on them",
+    )
     add_ratio_arguments(parser)
     parser.add_argument(
         "--per-export",
@@ -145,8 +152,16 @@ def run(args: argparse.Namespace) -> int:
     seeds = _nonempty(flat(args.seeds), "seeds")
     eps = _nonempty(flat(args.eps), "eps")
     exports = _nonempty(flat(args.export), "export") if args.export else None
+    representative = None
+    if args.representative_data:
+        from pruner.representative import load_representative
+
+        representative = load_representative(
+            args.representative_data, tuple(int(d) for d in model.inputs[0].shape[1:]),
+            *args.input_range)
     search = tn.Search.create(
-        model, data, input_box=InputBox(*args.input_range), eps=eps, progress=not args.no_progress
+        model, data, input_box=InputBox(*args.input_range), eps=eps, progress=not args.no_progress,
+        representative=representative,
     )
     result = tn.tune(
         model,
@@ -164,10 +179,12 @@ def run(args: argparse.Namespace) -> int:
     print(tn.table(result))
     print(result.statement)
     if not search.labelled:
+        inputs = ("the representative inputs" if representative is not None
+                  else "random inputs from the input box")
         print(
-            "note: no --eval-data: 'acc' is top-1 agreement with the original on random inputs "
-            "from the input box, and robust accuracy around random inputs says little; give "
-            "labelled data for real accuracy and robustness floors"
+            f"note: no --eval-data: 'acc' is top-1 agreement with the original on {inputs}, "
+            "and robust accuracy around them says little; give labelled data for real "
+            "accuracy and robustness floors"
         )
     saved = Path(tempfile.mkdtemp(prefix="paoding-verify-"))
     if args.verify_on and result.chosen is not None:

@@ -36,7 +36,7 @@ from pruner.surgery import apply_plan
 
 __all__ = ["ATTACKS", "MODES", "SCOPES", "PruneConfig", "PruneResult", "StepRecord", "prune",
            "prune_steps"]
-FIDELITY = "data-free fidelity"
+FIDELITY = "below the floor"  # pruner.verdict.REFUSED: the reason of a refused step
 # Reasons a run ends that keep the last model (a crossed floor keeps the one before).
 TARGET_REACHED = "target reached"
 BUDGET_MET = "budget met"
@@ -67,23 +67,18 @@ class StepRecord:
     fidelity_random: float | None = None
     fidelity_synthetic: float | None = None
     fidelity_kl: float | None = None
-    fidelity_rule: str = "kl"  # what data_free_fidelity reads: "kl" or "agreement"
     seconds: float = 0.0
     stop: str | None = None
+    verdict: dict[str, Any] | None = None  # pruner.verdict.Verdict.to_dict() of this step
 
     @property
     def data_free_fidelity(self) -> float | None:
-        """How close the model stays to the original on inputs the tool made itself, in
-        [0, 1]: exp(-KL / fidelity.KL_SCALE) with KL the mean KL divergence of its outputs
-        from the original's on held-out synthesised inputs and interpolations between
-        them (``fidelity_synthetic`` is top-1 agreement there); on DAG models
-        (``fidelity_rule`` "agreement") that top-1 agreement, because their KL there grows
-        while test accuracy holds; top-1 agreement on random inputs from the box when
-        synthesis is off."""
-        if self.fidelity_kl is not None and self.fidelity_rule == "kl":
-            from pruner.fidelity import Fidelity
-
-            return Fidelity(self.fidelity_synthetic or 0.0, self.fidelity_kl).score
+        """The data-free figure of the verdict (pruner.verdict): estimated top-1 agreement
+        with the original on real inputs, from its margins on the check inputs
+        (representative or synthesised), or plain agreement on random box inputs."""
+        v = self.verdict
+        if v is not None:
+            return v["fidelity"] if v["evidence"] == "labelled" else v["figure"]
         return self.fidelity_synthetic if self.fidelity_synthetic is not None else (
             self.fidelity_random
         )
@@ -137,6 +132,8 @@ class PruneResult:
         """The report: every option (``config``, which from_config turns back into the
         run's PruneConfig), why the run stopped, and the trajectory."""
         final = self.final
+        from pruner.outcome import outcome  # verdict, stop reason, ratio reached
+
         return {
             "config": self.config.get_config(),
             "mode": self.mode,
@@ -145,6 +142,7 @@ class PruneResult:
             "stop_reason": self.stop_reason,
             "final_step": final.step,
             "data_free_fidelity": final.data_free_fidelity,
+            **outcome(self.trajectory, final, self.config),
             "trajectory": [rec.to_dict() for rec in self.trajectory],
         }
 
@@ -214,16 +212,10 @@ class _Meter:
 
     def __init__(
         self, reference: Any, data: Any, box: InputBox, cfg: PruneConfig, check: Any = None,
-        rule: str = "kl",
+        evidence: str = "synthesised",
     ) -> None:
         self.reference, self.data, self.box, self.cfg = reference, data, box, cfg
-        self.rule = rule  # StepRecord.fidelity_rule
-        self.check = check  # held-out synthesised inputs: the data-free fidelity figure
-        self.check_probs = None
-        if check is not None:
-            from pruner.fidelity import probabilities
-
-            self.check_probs = probabilities(reference, check)
+        self.check = check  # the verdict's data-free check inputs (pruner.fidelity)
         self.random_x = self.random_top = self.data_top = None
         from pruner.evaluate import predict, random_inputs
 
@@ -234,6 +226,12 @@ class _Meter:
             self.random_top = predict(reference, self.random_x).argmax(axis=-1)
         if data is not None:  # the reference's answers, for agreement with it
             self.data_top = predict(reference, data[0]).argmax(axis=-1)
+        from pruner.fidelity import Gate  # the verdict of every step
+
+        self.gate = Gate(reference, cfg.fidelity_floor, check, evidence,
+                         0 if data is None else len(data[0]), cfg.max_accuracy_drop,
+                         cfg.min_accuracy_retention,
+                         0 if self.random_x is None else len(self.random_x))
 
     def tflite_bytes(self, current: Any) -> int:
         """Size of the float32 TFLite export (seconds on large models: first and last step)."""
@@ -277,12 +275,8 @@ class _Meter:
                 }
         if self.random_x is not None:
             rec.fidelity_random = evaluate.accuracy(model, self.random_x, self.random_top)
-        if self.check is not None:
-            from pruner.fidelity import measure
-
-            fid = measure(self.reference, model, self.check, self.check_probs)
-            rec.fidelity_synthetic, rec.fidelity_kl = fid.agreement, fid.kl
-            rec.fidelity_rule = self.rule
+        verdict = self.gate(model, rec)
+        rec.verdict = None if verdict is None else verdict.to_dict()
         return rec
 
 
@@ -350,6 +344,7 @@ def prune_steps(
     stop: StopCriteria | None = None,
     input_box: InputBox | None = None,
     synthetic_inputs: np.ndarray | None = None,
+    representative_data: np.ndarray | None = None,
     progress: bool = True,
     **options: Any,
 ) -> Iterator[tuple[StepRecord, Any]]:
@@ -366,6 +361,8 @@ def prune_steps(
     merges); baseline, magnitude and random select on the original model at
     every ratio (one-shot). ``synthetic_inputs`` (a batch synthesised by
     ``pruner.synthesis.synthesize`` for this model) saves the synthesis.
+    ``representative_data`` (unlabeled real inputs) replaces the synthesised check
+    inputs of the verdict (pruner.verdict; labelled ``eval_data`` decides over both).
 
     With ``synthetic`` > 0 (the default) paoding and greedy score pairs on the
     activations the consumer reads on synthesised inputs and refit each
@@ -381,7 +378,8 @@ def prune_steps(
         config, target=target, mode=mode, schedule=schedule, stop=stop, input_box=input_box,
         **options,
     )
-    for rec, current in _run(model, cfg, eval_data, stop, synthetic_inputs, progress):
+    for rec, current in _run(model, cfg, eval_data, stop, synthetic_inputs, progress,
+                             representative_data):
         yield rec, as_model(current)
 
 
@@ -392,6 +390,7 @@ def _run(
     stop: StopCriteria | None,
     synthetic_inputs: np.ndarray | None,
     progress: bool,
+    representative: np.ndarray | None = None,
 ) -> Iterator[tuple[StepRecord, Any]]:
     """prune_steps' loop. On a DAG a step's model is a DagGraph holding weight arrays:
     ``as_model`` builds the Keras model, only for the steps someone looks at."""
@@ -410,11 +409,17 @@ def _run(
     data = _check_eval(model, eval_data)
     if stop.needs_eval and data is None:
         raise ConfigError("accuracy or robustness floors need eval_data")
+    evidence, real = "synthesised", None
+    if representative is not None:  # real inputs check the verdict (pruner.verdict)
+        from pruner.representative import check_shape
+
+        evidence, real = "representative", check_shape(representative, graph.input_shape)
     synth = check = None
     if cfg.synthetic > 0:  # inputs made from the model: refits, scores and the fidelity figure
         from pruner.synthesis import counts
 
         n_fit, n_check = counts(cfg.synthetic, count_macs(model))
+        n_check = 0 if real is not None else n_check  # no held-out part to synthesise
         if synthetic_inputs is None:
             from pruner.synthesis import MIN_FIDELITY_STEPS, synthesize
 
@@ -431,11 +436,13 @@ def _run(
             raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
         from pruner.fidelity import check_set
 
-        synth = synthetic_inputs[:-n_check]
-        check = check_set(model, synthetic_inputs[-n_check:], seed)
+        synth = synthetic_inputs[:len(synthetic_inputs) - n_check]
+        if n_check:
+            check = check_set(model, synthetic_inputs[-n_check:], seed)
         # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
         if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
             synth = None
+    check = check if real is None else real
     rng = np.random.default_rng(seed)
     strategy = _strategy(mode, rng, cfg)
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
@@ -452,9 +459,7 @@ def _run(
     spread = rule == "width" and scope != "sequential"
     orig_ids = {name: np.arange(w) for name, w in widths0.items()}
     layer_steps = {name: 0 for name in widths0}  # steps that selected in each layer
-    # measured on MobileNetV2: KL on the check set grows while test accuracy holds, top-1
-    # agreement there tracks the loss (README, pruning quality)
-    meter = _Meter(model, data, box, cfg, check, "agreement" if graph.coupled else "kl")
+    meter = _Meter(model, data, box, cfg, check, evidence)
     activation_scores = cfg.pair_scores == "activations" or (
         cfg.pair_scores == "auto"
         and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)
@@ -573,10 +578,10 @@ def _run(
             bar.set_postfix(ratio=f"{ratio:.2f}")
             robust = _robust_retention(rec, base)
             reason = stop.floor_crossed(rec.accuracy, robust, base.accuracy, 1.0)
-            fid = rec.data_free_fidelity
-            if reason is None and fid is not None and fid < cfg.fidelity_floor:
-                if not cfg.keep_below_floor:
-                    reason = f"{FIDELITY} {fid:.3f} < floor {cfg.fidelity_floor}"
+            if reason is None and not cfg.keep_below_floor:  # the gate decides on the bound
+                from pruner.verdict import refusal
+
+                reason = refusal(rec.verdict)
             if reason is None and stop.budget is not None and stop.budget_met(as_model(current)):
                 reason = BUDGET_MET
             if reason is None and all(widths0[n] - units[n] >= goals[n] for n in units):
@@ -603,6 +608,7 @@ def prune(
     stop: StopCriteria | None = None,
     input_box: InputBox | None = None,
     synthetic_inputs: np.ndarray | None = None,
+    representative_data: np.ndarray | None = None,
     progress: bool = True,
     **options: Any,
 ) -> PruneResult:
@@ -620,7 +626,8 @@ def prune(
     trajectory: list[StepRecord] = []
     chosen = None
     budget = StopCriteria(budget=stop.budget) if stop is not None else None
-    for rec, pruned in _run(model, cfg, eval_data, budget, synthetic_inputs, progress):
+    for rec, pruned in _run(model, cfg, eval_data, budget, synthetic_inputs, progress,
+                            representative_data):
         trajectory.append(rec)
         if rec.stop is None or rec.stop in KEEPS_MODEL:
             chosen = pruned
@@ -631,12 +638,7 @@ def prune(
         stop_reason=trajectory[-1].stop if trajectory else None,
     )
     if fidelity_failed(result.stop_reason):
-        last_ok = result.final
-        raise FidelityError(
-            f"data-free fidelity fell below the floor {cfg.fidelity_floor} at "
-            f"{100 * trajectory[-1].ratio:.0f}% of units removed "
-            f"({trajectory[-1].data_free_fidelity:.3f}); the last model above it removes "
-            f"{100 * last_ok.ratio:.0f}% (target {100 * cfg.target:.0f}%): lower the target, "
-            "or keep the target's model regardless (keep_below_floor / --keep-below-floor)"
-        )
+        from pruner.outcome import refusal_message
+
+        raise FidelityError(refusal_message(trajectory[-1], result.final, cfg))
     return result

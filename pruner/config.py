@@ -80,8 +80,11 @@ class PruneConfig:
     Input box ``input_lo``/``input_hi``. Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs (fewer for models costlier than metrics.REFERENCE_MACS), ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
-    data-free top-1 agreement with the original below which pruning stops and
-    the run fails) and ``keep_below_floor`` (keep the target's model anyway).
+    data-free estimate of top-1 agreement with the original on real inputs whose
+    upper confidence bound, under it, stops pruning and fails the run: pruner.verdict),
+    ``max_accuracy_drop`` (with evaluation data, measured accuracy decides instead:
+    the accuracy points a model may lose) and ``keep_below_floor`` (keep the target's
+    model anyway).
     """
 
     target: float = 0.5
@@ -113,8 +116,9 @@ class PruneConfig:
     measure_tflite: bool = True
     min_accuracy_retention: float | None = None
     min_robust_retention: float | None = None
-    fidelity_floor: float = 0.8
+    fidelity_floor: float = 0.9
     keep_below_floor: bool = False
+    max_accuracy_drop: float = 0.03
 
     def __post_init__(self) -> None:
         _unit("target", self.target, high_open=True)
@@ -144,6 +148,7 @@ class PruneConfig:
         if not isinstance(self.ridge, (int, float)) or self.ridge < 0:
             raise ConfigError(f"ridge should be >= 0, got {self.ridge!r}")
         _unit("fidelity_floor", self.fidelity_floor, low_open=False)
+        _unit("max_accuracy_drop", self.max_accuracy_drop, low_open=False)
         for name in ("min_accuracy_retention", "min_robust_retention"):
             if getattr(self, name) is not None:
                 _unit(name, getattr(self, name))

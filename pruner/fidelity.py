@@ -1,40 +1,25 @@
-"""The data-free fidelity figure: how far a pruned model strays from the original on
-inputs the tool makes itself.
+"""The check inputs of the verdict and the gate that measures every step against them.
 
-Held-out synthesised inputs are class impressions: the original is confident on
-them, far from its decision boundaries, so top-1 agreement on them stays at 1.0
-while real accuracy falls by several points. The check set therefore adds
-harder inputs, interpolations between two synthesised inputs the original puts
-in different classes (low-margin inputs, near a boundary), and the figure is
-continuous: the mean KL divergence of the pruned model's output distribution
-from the original's over the whole set, beside top-1 agreement on it.
-``score`` = exp(-KL / KL_SCALE) maps it to (0, 1] (1: the same outputs), and the
-fidelity floor applies to it; README (pruning quality) gives the calibration.
+Without representative data the check set is made from the model: held-out
+synthesised inputs (class impressions, on which the original is confident) plus
+interpolations between two of them the original puts in different classes
+(low-margin inputs, near a boundary), so the original's margins on the set
+span the range real inputs see. With ``--representative-data`` the check set
+is those inputs. ``Gate`` turns a step's outputs into a ``pruner.verdict.Verdict``:
+labelled evaluation data decides when given, with the data-free figure beside
+it; the mean KL divergence on the check set is recorded as a diagnostic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pruner import verdict as vd
 from pruner.evaluate import outputs_probabilities, predict
 
-KL_SCALE = 0.15  # nats: calibrated on the quality bench, see README
 MIX_PER_INPUT = 2  # interpolations per held-out input
-
-
-@dataclass
-class Fidelity:
-    """Top-1 agreement and mean KL divergence (nats) on the check set, and the score."""
-
-    agreement: float
-    kl: float
-
-    @property
-    def score(self) -> float:
-        return float(np.exp(-self.kl / KL_SCALE))
 
 
 def probabilities(model: Any, x: np.ndarray) -> np.ndarray:
@@ -62,12 +47,53 @@ def check_set(reference: Any, held_out: np.ndarray, seed: int = 0) -> np.ndarray
     return np.concatenate([held_out, lam * held_out[i] + (1 - lam) * held_out[j]])
 
 
-def measure(reference: Any, model: Any, x: np.ndarray, ref_probs: np.ndarray | None = None
-            ) -> Fidelity:
-    """Agreement and mean KL(reference || model) on x (``ref_probs``: the reference's
-    outputs on x, when already known)."""
-    p0 = probabilities(reference, x) if ref_probs is None else ref_probs
-    p1 = probabilities(model, x)
-    kl = float(np.mean(np.sum(p0 * (np.log(p0) - np.log(p1)), axis=-1)))
-    agree = float(np.mean(p0.argmax(axis=-1) == p1.argmax(axis=-1)))
-    return Fidelity(agree, max(kl, 0.0))
+def kl_divergence(ref_scores: np.ndarray, scores: np.ndarray) -> float:
+    """Mean KL(reference || model) in nats from logit-like scores."""
+    def softmax(s: np.ndarray) -> np.ndarray:
+        p = np.exp(s - s.max(axis=-1, keepdims=True))
+        return np.clip(p / p.sum(axis=-1, keepdims=True), 1e-12, None)
+
+    p0, p1 = softmax(ref_scores), softmax(scores)
+    return max(0.0, float(np.mean(np.sum(p0 * (np.log(p0) - np.log(p1)), axis=-1))))
+
+
+class Gate:
+    """The verdict of every step of a run (see pruner.verdict).
+
+    ``check``: the data-free check inputs, of kind ``evidence`` (representative or
+    synthesised); None leaves top-1 agreement on ``random_samples`` random box inputs
+    (the step's ``fidelity_random``). With labelled data (``labelled`` samples) the step's measured
+    accuracy decides against the original's (the first step's) minus ``max_drop``, or
+    times ``retention`` when set.
+    """
+
+    def __init__(self, reference: Any, floor: float, check: np.ndarray | None = None,
+                 evidence: str = vd.SYNTHESISED, labelled: int = 0,
+                 max_drop: float = vd.DEFAULT_MAX_DROP, retention: float | None = None,
+                 random_samples: int = 0) -> None:
+        self.floor, self.check, self.evidence = floor, check, evidence
+        self.random_samples = random_samples
+        self.labelled, self.max_drop, self.retention = labelled, max_drop, retention
+        self.probs = outputs_probabilities(reference)
+        self.ref = None if check is None else self.scores(reference, check)
+        self.base_accuracy: float | None = None
+
+    def scores(self, model: Any, x: np.ndarray) -> np.ndarray:
+        return vd.scores(predict(model, x), self.probs)
+
+    def __call__(self, model: Any, rec: Any) -> vd.Verdict | None:
+        """The verdict of ``model``, whose StepRecord ``rec`` holds its measurements
+        (``accuracy``, ``fidelity_random``); sets the record's check-set figures."""
+        free = None
+        if self.ref is not None:
+            new = self.scores(model, self.check)
+            free = vd.data_free(self.ref, new, self.floor, self.evidence)
+            rec.fidelity_synthetic, rec.fidelity_kl = free.agreement, kl_divergence(self.ref, new)
+        elif rec.fidelity_random is not None:
+            free = vd.agreement_only(rec.fidelity_random, self.random_samples, self.floor)
+        if self.labelled and rec.accuracy is not None:
+            if self.base_accuracy is None:
+                self.base_accuracy = rec.accuracy
+            return vd.labelled(rec.accuracy, self.base_accuracy, self.labelled, self.max_drop,
+                               self.retention, None if free is None else free.figure)
+        return free

@@ -71,9 +71,33 @@ def _series(rows: list[Mapping[str, Any]], get: Any) -> tuple[list[float], list[
     return xs, ys
 
 
+def _plot_verdict(ax: Any, rows: list[Mapping[str, Any]]) -> None:
+    """The figure that decides (pruner.verdict), its 95% interval and its floor."""
+    pts = [(100.0 * float(r["ratio"]), r["verdict"]) for r in rows
+           if r.get("verdict") and r.get("ratio") is not None]
+    if not pts:
+        return
+    xs = [x for x, _ in pts]
+    v = [d for _, d in pts]
+    label = "accuracy" if v[-1]["evidence"] == "labelled" else "fidelity"
+    label = f"{label} ({v[-1]['evidence']}, decides)"
+    ax.fill_between(xs, [d["lower"] for d in v], [d["upper"] for d in v], color="k",
+                    alpha=0.12, label="95% interval")
+    ax.plot(xs, [d["figure"] for d in v], "D-", color="k", lw=1.6, ms=4, label=label)
+    ax.plot(xs, [d["floor"] for d in v], "--", color="r", lw=1.2, label="floor")
+    refused = [(x, d["figure"]) for x, d in pts if not d["passed"]]
+    if refused:
+        ax.plot(*zip(*refused, strict=True), "x", color="r", ms=9, mew=2, label="refused")
+    if v[-1]["evidence"] == "labelled" and any(d.get("fidelity") is not None for d in v):
+        fx = [x for x, d in pts if d.get("fidelity") is not None]
+        ax.plot(fx, [d["fidelity"] for d in v if d.get("fidelity") is not None], "^:",
+                color="grey", ms=4, label="data-free fidelity (beside)")
+
+
 def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.PathLike) -> Path:
-    """Plot accuracy, robust accuracy per attack and eps, and fidelity (left) and
-    the relative size (right) against the share of units pruned."""
+    """Plot the verdict's deciding figure with its interval and floor, accuracy, robust
+    accuracy per attack and eps, and fidelity (left) and the relative size (right)
+    against the share of units pruned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,6 +124,7 @@ def plot_trajectory(report_dict: Mapping[str, Any] | list, png_path: str | os.Pa
                 if xs:
                     ax.plot(xs, ys, styles.get(attack, "-."), marker=".", color=colour,
                             label=f"{attack.upper()} eps={e}")
+        _plot_verdict(ax, rows)
         ax.set_xlabel("units pruned (%)")
         ax.set_ylabel("share of samples")
         ax.set_ylim(-0.02, 1.02)

@@ -211,7 +211,8 @@ class TuneResult:
             "accuracy_measure": (
                 "top-1 accuracy on the evaluation data"
                 if self.labelled
-                else "top-1 agreement with the original on random inputs (no eval data given)"
+                else "top-1 agreement with the original on unlabeled inputs: the "
+                "representative data when given, else random inputs (no eval data given)"
             ),
             "robust_measure": "white-box FGSM/PGD on each candidate's float model, "
             "run through its .tflite export; correct clean and attacked",

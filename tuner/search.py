@@ -76,8 +76,11 @@ class Search:
         robust_samples: int = 200,
         progress: bool = True,
         seed: int = 0,
+        representative: np.ndarray | None = None,
     ) -> Search:
-        """Validate the inputs; without eval data, label random inputs by the original model."""
+        """Validate the inputs; without eval data, label ``representative`` inputs (or
+        random inputs from the box) by the original model. Representative inputs also
+        calibrate int8."""
         from pruner.bounds import InputBox
         from pruner.evaluate import predict, random_inputs
 
@@ -90,7 +93,8 @@ class Search:
         if any(float(e) <= 0 for e in eps) or not eps:
             raise ConfigError(f"eps must be one or more values > 0, got {list(eps)}")
         if eval_data is None:
-            x = random_inputs(box, shape, 512, seed)
+            x = (random_inputs(box, shape, 512, seed) if representative is None
+                 else np.asarray(representative, np.float32))
             y = np.argmax(predict(model, x), axis=1).astype(np.int64)
             labelled = False
         else:
@@ -111,7 +115,7 @@ class Search:
             eps=tuple(float(e) for e in eps),
             attacks=tuple(attacks),
             robust_samples=robust_samples,
-            calibration=x[:100],
+            calibration=(x if representative is None else representative)[:100],
             progress=progress,
         )
 

@@ -296,14 +296,15 @@ def test_fidelity_floor_stops_and_raises(model):
     from core.errors import FidelityError
 
     opts = dict(progress=False, measure_tflite=False, n_random=256, synthetic=0, eps=())
-    with pytest.raises(FidelityError, match="floor 0.99"):
+    with pytest.raises(FidelityError, match=r"floor 0.99.*last model within the floor is step 0"):
         prune(model, 0.8, "random", step=0.2, fidelity_floor=0.99, **opts)
     kept = prune(model, 0.8, "random", step=0.2, fidelity_floor=0.99, keep_below_floor=True,
                  **opts)
     assert kept.final.ratio == pytest.approx(0.8, abs=0.06)
     assert kept.final.data_free_fidelity < 0.99
     steps = list(prune_steps(model, 0.8, "random", step=0.2, fidelity_floor=0.99, **opts))
-    assert steps[-1][0].stop.startswith("data-free fidelity")
+    assert steps[-1][0].stop.startswith("below the floor: fidelity (random)")
+    assert steps[-1][0].verdict["upper"] < 0.99  # decided on the bound
     assert steps[-1][0].ratio < 0.8
 
 

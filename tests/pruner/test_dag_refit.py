@@ -75,9 +75,9 @@ def test_pruned_model_is_a_function_of_weights_and_synthesised_inputs():
     assert not np.allclose(np.asarray(a(probe)), np.asarray(plain(probe)))
 
 
-def test_dag_fidelity_is_agreement_on_held_out_synthesised_inputs():
+def test_dag_fidelity_is_the_verdict_on_held_out_synthesised_inputs():
     """DAG runs measure the chains' check set (a held-out part of the synthesised inputs
-    and interpolations): the figure is top-1 agreement there, the KL beside it."""
+    and interpolations): the figure is the verdict's, agreement and KL beside it."""
     model, x, *_ = _setup()
     opts = dict(step=0.1, round_to=1, n_random=0, measure_tflite=False, progress=False,
                 keep_below_floor=True, synthetic_inputs=x, synthetic=16)
@@ -85,5 +85,5 @@ def test_dag_fidelity_is_agreement_on_held_out_synthesised_inputs():
     assert records[0].fidelity_kl == pytest.approx(0.0, abs=1e-9)
     assert records[0].data_free_fidelity == pytest.approx(1.0)
     last = records[-1]
-    assert last.fidelity_kl > 0 and last.fidelity_rule == "agreement"
-    assert last.data_free_fidelity == last.fidelity_synthetic  # not exp(-KL / scale) < 1
+    assert last.fidelity_kl > 0 and last.verdict["evidence"] == "synthesised"
+    assert last.data_free_fidelity == last.verdict["figure"]

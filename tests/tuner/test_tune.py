@@ -123,7 +123,7 @@ def test_cli_records_lineage_in_the_fleet_record(small_model, make_profile, tmp_
     Registry(db).close()
     out = tmp_path / "out"
     rc = main(["tune", str(path), "--profile", pid, "--eval-data", str(tmp_path / "eval.npz"),
-               "--max-ratio", "0.4", "--step", "0.2", "--exports", "float32", "--modes",
+               "--max-ratio", "0.4", "--step", "0.2", "--export", "float32", "--modes",
                "paoding", "--no-progress", "--db", str(db), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert f"lineage recorded in {db}" in capsys.readouterr().out
@@ -233,3 +233,21 @@ def test_without_eval_data_uses_agreement(small_model, make_profile):
     assert not s.labelled and r.original.accuracy == 1.0  # agreement with itself
     assert r.chosen is not None and "chosen" in r.statement
     assert "agreement with the original" in r.to_dict()["accuracy_measure"]
+
+
+def test_representative_data_replaces_random_inputs(small_model, tmp_path, capsys):
+    """Without labels, agreement is measured on the representative inputs, which also
+    calibrate int8; inputs of the wrong shape are a one-line error."""
+    from pruner.io import load_model
+
+    path, (x, _) = small_model
+    s = tn.Search.create(load_model(path), None, robust_samples=10, progress=False,
+                         representative=x[:40])
+    np.testing.assert_array_equal(s.x, x[:40])
+    np.testing.assert_array_equal(s.calibration, x[:40])
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 64), np.float32))
+    rc = main(["tune", str(path), "--profile", "raspberry-pi-4", "--representative-data",
+               str(tmp_path / "wrong.npy"), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "(64,)" in err and "(784,)" in err
+    assert not (tmp_path / "o").exists()

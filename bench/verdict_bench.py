@@ -1,0 +1,340 @@
+"""The verdict bench: does the default gate deliver good pruned models and refuse collapses?
+
+    python bench/verdict_bench.py [--seeds 0 1 2] [--models ...] [--analyse-only]
+
+Models: those of bench/prune_quality.py (GAP CNN with BN before / after the ReLU
+and without BN, the 784-256-128-10 MLP) and the trained ones of
+bench/dag_bench.py (DS-CNN 28x28x1, MobileNetV2-0.35 32x32x3), all on the
+scikit-learn digits (360 test inputs). One progressive run per (model, mode,
+seed) in 5% steps to 60% of units, the floor kept off so every ratio is
+reached; at every step the record holds the test accuracy and the scores of
+the original and the pruned model on the data-free check set (held-out
+synthesised inputs and interpolations, as the run makes them) and on 200
+unlabeled test inputs (``--representative-data``). The gate is then evaluated
+at every step from the record, as the pruner evaluates it (pruner.verdict), and
+the labelled gate of ``--eval-data`` on the test split (the same data as the
+truth, so it shows where the stop lands, not an independent check):
+
+- of the steps losing <= 3 points of accuracy, the share the gate passes
+  (target >= 95%);
+- every step losing > 10 points refused;
+- progressive pruning with the gate stops at the first refused step: how far
+  its last good ratio is from the deepest ratio within 3 points (target:
+  within 5 points of ratio).
+
+Raw records are cached in bench/models/verdict_raw/ (``--analyse-only`` redoes
+the tables from them). Writes verdict.json, verdict.md and verdict.png in
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    MODEL_FILES,
+    MODELS,
+    RESULTS,
+    dataset_for,
+    git_commit,
+    machine,
+    machine_line,
+    save_figure,
+    write_json,
+)
+
+QUALITY_MODELS = ("cnn_bn_before", "cnn_bn_after", "cnn_no_bn", "mlp_256")
+DAG_MODELS = ("ds_cnn", "mobilenet_v2_0.35")
+ALL_MODELS = QUALITY_MODELS + DAG_MODELS
+MODES = ("paoding", "magnitude", "random")
+MAX_RATIO = 0.6
+N_REPRESENTATIVE = 200
+RAW = MODELS / "verdict_raw"
+GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
+
+
+def _floor() -> float:
+    from pruner.config import PruneConfig
+
+    return PruneConfig().fidelity_floor
+
+
+FLOOR = _floor()  # the default fidelity floor
+
+
+def load(name: str) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The trained model and its test split (x, y)."""
+    from pruner.io import load_model
+
+    if name in QUALITY_MODELS:
+        if not MODEL_FILES[name].exists():
+            from bench.train_models import train
+
+            train(name)
+        _, _, x, y = dataset_for(name)
+        return load_model(MODEL_FILES[name]), np.asarray(x, np.float32), np.asarray(y)
+    path = MODELS / f"{name}_digits.keras"
+    if path.exists():
+        from pruner.datasets import digits28, upsample
+
+        _, _, x, y = digits28(0, flatten=False)
+        if name != "ds_cnn":
+            x = np.repeat(upsample(x[..., 0], 32)[..., None], 3, axis=-1)
+        return load_model(path), np.asarray(x, np.float32), np.asarray(y)
+    from bench.dag_bench import trained
+    from tuner.quiet import native_quiet
+
+    with native_quiet():
+        model, (x, y) = trained(name, 0, n_test=10_000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model, np.asarray(x, np.float32), np.asarray(y)
+
+
+def record(name: str, seed: int, modes: tuple[str, ...]) -> Path:
+    """Run every mode once progressively and cache the per-step record."""
+    from pruner.api import prune_steps
+    from pruner.bounds import InputBox
+    from pruner.evaluate import outputs_probabilities, predict
+    from pruner.fidelity import check_set
+    from pruner.metrics import count_macs
+    from pruner.synthesis import counts, synthesize
+    from pruner.verdict import scores
+
+    path = RAW / f"{name}_s{seed}.npz"
+    if path.exists():
+        return path
+    model, x, y = load(name)
+    probs = outputs_probabilities(model)
+    box = InputBox(0.0, 1.0)
+    t = time.perf_counter()
+    n_fit, n_check = counts(192, count_macs(model))
+    syn = synthesize(model, box, n=n_fit + n_check, steps=200, seed=seed)
+    synth_s = time.perf_counter() - t
+    check = check_set(model, syn[-n_check:], seed)
+    out: dict[str, Any] = {"y": y, "synthesis_seconds": synth_s,
+                           "ref_check": scores(predict(model, check), probs),
+                           "ref_test": scores(predict(model, x), probs)}
+    for mode in modes:
+        if mode == "magnitude" and seed != 0:
+            continue  # deterministic: one run
+        t = time.perf_counter()
+        ratios, macs, test, chk = [], [], [], []
+        for rec, pruned in prune_steps(model, MAX_RATIO, mode, seed=seed, synthetic_inputs=syn,
+                                       progress=False, keep_below_floor=True, n_random=0,
+                                       eps=(), measure_tflite=False):
+            ratios.append(rec.ratio)
+            macs.append(rec.macs)
+            test.append(scores(predict(pruned, x), probs))
+            chk.append(scores(predict(pruned, check), probs))
+        out[f"{mode}/ratio"] = np.asarray(ratios)
+        out[f"{mode}/macs"] = np.asarray(macs)
+        out[f"{mode}/test"] = np.stack(test)
+        out[f"{mode}/check"] = np.stack(chk)
+        out[f"{mode}/seconds"] = time.perf_counter() - t
+    RAW.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **out)
+    tmp.replace(path)
+    return path
+
+
+# -- analysis -----------------------------------------------------------------------------
+
+def gate(raw: Any, mode: str, step: int, evidence: str) -> Any:
+    """The default gate's verdict at a step, from the record."""
+    from pruner import verdict
+
+    if evidence == verdict.SYNTHESISED:
+        return verdict.data_free(raw["ref_check"], raw[f"{mode}/check"][step], FLOOR, evidence)
+    if evidence == verdict.LABELLED:  # --eval-data: the test split with its labels
+        y = raw["y"]
+        acc = float(np.mean(raw[f"{mode}/test"][step].argmax(-1) == y))
+        base = float(np.mean(raw["ref_test"].argmax(-1) == y))
+        return verdict.labelled(acc, base, len(y))
+    n = N_REPRESENTATIVE
+    return verdict.data_free(raw["ref_test"][:n], raw[f"{mode}/test"][step][:n], FLOOR, evidence)
+
+
+def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Every step of every run with its loss and verdicts, and the targets per evidence."""
+    from pruner.verdict import LABELLED, REPRESENTATIVE, SYNTHESISED
+
+    runs, seconds = [], 0.0
+    for name in names:
+        for seed in seeds:
+            path = RAW / f"{name}_s{seed}.npz"
+            if not path.exists():
+                continue
+            raw = np.load(path)
+            seconds += float(raw["synthesis_seconds"]) + sum(
+                float(raw[k]) for k in raw.files if k.endswith("/seconds"))
+            y = raw["y"]
+            base = float(np.mean(raw["ref_test"].argmax(-1) == y))
+            for mode in MODES:
+                if f"{mode}/ratio" not in raw.files:
+                    continue
+                steps = []
+                for i, ratio in enumerate(raw[f"{mode}/ratio"]):
+                    acc = float(np.mean(raw[f"{mode}/test"][i].argmax(-1) == y))
+                    row = {"step": i, "ratio": float(ratio),
+                           "macs": int(raw[f"{mode}/macs"][i]), "accuracy": acc,
+                           "lost": 100 * (base - acc)}
+                    for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED):
+                        v = gate(raw, mode, i, ev)
+                        row[ev] = {"figure": v.figure, "lower": v.lower, "upper": v.upper,
+                                   "agreement": v.agreement, "passed": v.passed}
+                    steps.append(row)
+                runs.append({"model": name, "seed": seed, "mode": mode, "base": base,
+                             "seconds": float(raw[f"{mode}/seconds"]), "steps": steps})
+    return {"runs": runs, "record_seconds": seconds, "summary": {ev: summary(runs, ev)
+                                      for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)}}
+
+
+def summary(runs: list[dict[str, Any]], evidence: str) -> dict[str, Any]:
+    """The three targets for one kind of evidence."""
+    good = [s[evidence]["passed"] for r in runs for s in r["steps"][1:] if s["lost"] <= GOOD]
+    bad = [s[evidence]["passed"] for r in runs for s in r["steps"][1:] if s["lost"] > COLLAPSE]
+    reach: dict[str, list[float]] = {}
+    stops: dict[str, list[tuple[float, float, float]]] = {}
+    for r in runs:
+        if r["mode"] != "paoding":
+            continue
+        ok = [s["ratio"] for s in r["steps"] if s["lost"] <= GOOD]
+        deepest = max(ok) if ok else 0.0
+        kept = r["steps"][0]
+        for s in r["steps"][1:]:
+            if not s[evidence]["passed"]:
+                break
+            kept = s
+        reach.setdefault(r["model"], []).append(100 * (deepest - kept["ratio"]))
+        stops.setdefault(r["model"], []).append((kept["ratio"], deepest, kept["lost"]))
+    return {
+        "good_runs": len(good), "good_passed": int(sum(good)),
+        "good_pass_rate": float(np.mean(good)) if good else None,
+        "collapses": len(bad), "collapses_passed": int(sum(bad)),
+        "short_of_deepest": {m: float(np.median(v)) for m, v in reach.items()},
+        "short_of_deepest_per_seed": reach,
+        "gate_stop_deepest_lost_per_seed": stops,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# The verdict bench: does the default gate deliver good models and refuse "
+             "collapses?", "",
+             f"{machine_line(report['machine'])}; commit {report['commit']}; seeds "
+             f"{report['seeds']}; modes {', '.join(MODES)} (magnitude is deterministic: "
+             f"seed 0 only); 5% steps to {MAX_RATIO:.0%} of units; floor {FLOOR}; "
+             f"{report['record_seconds']:.0f} s of synthesis and pruning in the records (nice 10, "
+             "load 10-20 from other work).", "",
+             "A step is good when it loses <= 3 points of test accuracy, a collapse when it "
+             "loses > 10. The gate passes a step when the upper 95% Wilson bound of the "
+             "margin-calibrated agreement (pruner.verdict) is at or over the floor. "
+             "'Short of deepest': ratio points between where progressive paoding with the "
+             "gate stops and the deepest step within 3 points (median over seeds; negative: it "
+             "stopped past that step, and the model kept loses more than 3 points).", "",
+             "| evidence | good steps passed (target >= 95%) | collapses refused (target all) "
+             "| short of deepest, per model (target <= 5) |", "|---|---|---|---|"]
+    for ev, s in report["summary"].items():
+        rate = "n/a" if s["good_pass_rate"] is None else f"{100 * s['good_pass_rate']:.1f}%"
+        short = ", ".join(f"{m} {v:.0f}" for m, v in s["short_of_deepest"].items())
+        lines.append(f"| {ev} | {s['good_passed']} of {s['good_runs']} ({rate}) | "
+                     f"{s['collapses'] - s['collapses_passed']} of {s['collapses']} | {short} |")
+    lines += ["", "## Where progressive paoding stops with the default gate", "",
+              "| model | evidence | stop ratio | deepest ratio within 3 points | points lost at "
+              "the stop |", "|---|---|---|---|---|"]
+    for ev, s in report["summary"].items():
+        for model, rows in s["gate_stop_deepest_lost_per_seed"].items():
+            cells = [" / ".join(f"{100 * r[k]:.0f}%" if k < 2 else f"{r[k]:.1f}" for r in rows)
+                     for k in range(3)]
+            lines.append(f"| {model} | {ev} | " + " | ".join(cells) + " |")
+    lines += ["", "(one figure per seed)", "", "## Per model and mode (synthesised / representative pass rates on good "
+              "steps; collapses passed)", "",
+              "| model | mode | good steps | passed (synth.) | passed (repr.) | collapses | "
+              "passed (synth.) | passed (repr.) |", "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["model"], r["mode"]) for r in report["runs"]},
+                  key=lambda k: (ALL_MODELS.index(k[0]), MODES.index(k[1])))
+    for model, mode in keys:
+        steps = [s for r in report["runs"] if (r["model"], r["mode"]) == (model, mode)
+                 for s in r["steps"][1:]]
+        good = [s for s in steps if s["lost"] <= GOOD]
+        bad = [s for s in steps if s["lost"] > COLLAPSE]
+        lines.append(
+            f"| {model} | {mode} | {len(good)} | "
+            f"{sum(s['synthesised']['passed'] for s in good)} | "
+            f"{sum(s['representative']['passed'] for s in good)} | {len(bad)} | "
+            f"{sum(s['synthesised']['passed'] for s in bad)} | "
+            f"{sum(s['representative']['passed'] for s in bad)} |")
+    lines += ["", "Where a target is missed, the figure above is the measurement: the gate is "
+              "not tuned per model.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    for ax, ev in zip(axes[0], ("synthesised", "representative"), strict=True):
+        for r in report["runs"]:
+            xs = [s["lost"] for s in r["steps"][1:]]
+            ys = [s[ev]["upper"] for s in r["steps"][1:]]
+            ax.scatter(xs, ys, s=8, alpha=0.5,
+                       color={"paoding": "C0", "magnitude": "C1", "random": "C2"}[r["mode"]])
+        ax.axhline(FLOOR, color="k", lw=1, ls="--", label=f"floor {FLOOR}")
+        ax.axvline(GOOD, color="g", lw=0.8, ls=":")
+        ax.axvline(COLLAPSE, color="r", lw=0.8, ls=":")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("accuracy points lost")
+        ax.set_ylabel("upper bound of the gate's figure")
+        ax.set_title(f"{ev} check inputs", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("verdict bench: " + machine_line(report["machine"]), fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--models", nargs="+", choices=ALL_MODELS, default=list(ALL_MODELS))
+    p.add_argument("--analyse-only", action="store_true",
+                   help="redo the tables from the cached records")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    from bench.common import quiet_tensorflow
+
+    quiet_tensorflow()
+    t0 = time.perf_counter()
+    if not args.analyse_only:
+        for seed in args.seeds:  # seed-major: a partial run still covers every model
+            for name in args.models:
+                print(f"verdict bench: {name} seed {seed} ...", file=sys.stderr, flush=True)
+                record(name, seed, MODES)
+    report = {"machine": machine(), "commit": git_commit(), "seeds": args.seeds,
+              "floor": FLOOR, "wall_seconds": time.perf_counter() - t0,
+              **analyse(args.models, args.seeds)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "verdict.json", report)
+    md = markdown(report)
+    (args.out / "verdict.md").write_text(md, encoding="utf-8")
+    plot(report, args.out / "verdict.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -192,11 +192,15 @@ def test_forged_active_reports_are_not_believed(broker, fleet, tmp_path, caplog,
     err = capsys.readouterr()
     assert code == 2 and "not enrolled" in err.err and "ACTIVE" not in err.out
     # 2. an enrolled device that does not answer: forgers answer for it
-    with caplog.at_level(logging.WARNING), pytest.raises(DeploymentTimeout):
-        _deploy_with_forger(b, keys, reg.public_key("dev-a").encode())
+    with caplog.at_level(logging.WARNING):
+        forged = _deploy_with_forger(b, keys, reg.public_key("dev-a").encode())
+    # none is believed: the unsigned one is dropped, and a report signed by a key that
+    # is not the device's fails its deployment at once, saying why
+    assert forged.state == "failed" and not forged.ok and "enrolled key" in forged.reason
+    assert forged.states == [] and forged.dropped >= 2
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
-    believed = 3 - len(dropped)  # a forged report not dropped would have been counted
-    assert believed == 0
+    believed = int(forged.ok)
+    assert dropped
     # without the device's key the host believes the first forgery (the finding)
     unverified = _deploy_with_forger(b, keys, None)
     assert unverified.state == "active"
@@ -422,7 +426,8 @@ def test_forged_need_messages_make_the_host_republish_nothing(broker, fleet):
                              "dropped": rep.dropped}
     # without verification the re-serving bound holds: a chunk at most once a second
     assert results[False]["republished_chunks"] <= 2 * chunks
-    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] == 200
+    # (one more is dropped: the previous deployment's retained final report, stale here)
+    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] >= 200
     record("forged_needs", "200 forged 'need' messages (unsigned / another device's key)",
            200, 200 - results[True]["dropped"], "intake signature check",
            f"{results[False]['republished_bytes']} bytes republished (re-send budget)",

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from core.errors import ConfigError, PaodingError
-from core.mqtt import Broker, MqttClient, PublishFuture
+from core.mqtt import Broker, PublishFuture
 from core.probes import load_probes, probes_to_bytes, validate_probes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
@@ -122,21 +122,7 @@ class RolloutResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rollout_id": self.rollout_id,
-            "decision": self.decision.value,
-            "reason": self.reason,
-            "ok": self.ok,
-            "resumed": self.resumed,
-            "waves": self.waves,
-            "skipped": self.skipped,
-            "stats": self.stats,
-            "results": [
-                {"device_id": r.device_id, "profile": r.profile, "wave": r.wave,
-                 "outcome": r.outcome.value, "reason": r.reason, "p90_ms": r.p90_ms}
-                for r in self.results
-            ],
-        }
+        return {**asdict(self), "ok": self.ok}  # the enums are str: JSON takes them as they are
 
 
 class Gate(Protocol):
@@ -153,33 +139,18 @@ def discover(broker: Broker | str, wait_s: float = 1.5,
     (``fleet.intake``); the others are dropped with one log line each.
     """
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
+    check = _gated(intake) if intake is not None else checker(None)
     found: dict[str, Status] = {}
-    lock = threading.Lock()
-
-    def on_status(topic: str, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained status
-        if intake is not None:
-            status = intake.accept(topic, payload)
-            if not isinstance(status, Status):
-                return
-        else:
+    with FleetLink(broker).open() as link:  # retained messages follow the SUBACK
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                status = Status.from_json(payload)
-            except (ValidationError, ValueError):
-                return  # a foreign or malformed status is not a device of ours
-        with lock:
-            found[status.device_id] = status
-
-    client = MqttClient(
-        broker, client_id=f"paoding-discover-{uuid.uuid4().hex[:8]}", clean_session=True
-    )
-    client.subscribe(f"{TOPIC_ROOT}/+/status", on_status)
-    try:
-        client.connect(timeout=10.0)
-        time.sleep(wait_s)  # retained messages arrive right after the subscription
-    finally:
-        client.close()
+                ev = link.events.get(timeout=left)
+                msg = check(ev.kind, ev.device_id, ev.payload) if ev.kind == "status" else None
+            except (queue.Empty, ValueError):
+                continue
+            if isinstance(msg, Status):
+                found[msg.device_id] = msg
     return found
 
 
@@ -730,12 +701,15 @@ class _Engine:
             step = step()
         return self.final
 
-    def watch(self) -> Step:
-        """Hear the devices, time out, judge (O(devices): at most five times a second)."""
+    def _hear(self) -> None:
         self.drain(0.1)
         self.tick()
         self.flush()
         self.poll_registry()
+
+    def watch(self) -> Step:
+        """Hear the devices, time out, judge (O(devices): at most five times a second)."""
+        self._hear()
         if self._abort_requested():
             self.final = Verdict(Decision.ABORT, "aborted by the operator")
             return self.cancel
@@ -780,10 +754,7 @@ class _Engine:
     def await_answers(self) -> Step:
         """Wait for each cancelled device to say how it ended: cancelled, or it had already
         finished its transfer and activated (then the registry says so)."""
-        self.drain(0.1)
-        self.tick()
-        self.flush()
-        self.poll_registry()
+        self._hear()
         if self.pending and time.monotonic() < self._deadline:
             return self.await_answers
         for dep in list(self.pending.values()):  # the broker stayed away
@@ -795,18 +766,13 @@ class _Engine:
         """Record the end, free the devices, clear the artifacts nobody needs any more."""
         self.flush(force=True)
         if not self.direct:
-            self._close_rollout()
+            aborted = self.final.decision is Decision.ABORT
+            self.skipped.update({d: "not reached: rollout aborted" for wave in self.waves
+                                 for d in wave if aborted and d not in self.started})
+            self.registry.set_rollout_state(self.rollout_id, "aborted" if aborted else "done",
+                                            self.final.reason)
+            self.registry.unlock_devices(self.rollout_id)
         self.release()
-
-    def _close_rollout(self) -> None:
-        state = "done" if self.final.decision is Decision.DONE else "aborted"
-        if self.final.decision is Decision.ABORT:
-            for wave in self.waves:
-                for d in wave:
-                    if d not in self.started:
-                        self.skipped[d] = "not reached: rollout aborted"
-        self.registry.set_rollout_state(self.rollout_id, state, self.final.reason)
-        self.registry.unlock_devices(self.rollout_id)
 
     def release(self) -> None:
         """Clear (awaited at close) the retained chunks no engine or running rollout needs."""

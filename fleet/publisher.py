@@ -5,7 +5,7 @@ and runs it through the fleet's one deployment engine
 (``fleet.orchestrator.run_direct``: the artifacts published once, retained,
 re-served within bounds and cleared by the last user, the device's reports
 checked by the intake and settled as in a rollout), then summarises what the
-device said as a ``DeploymentReport``. ``cancel()`` sends a signed Cancel.
+device said as a ``DeploymentReport``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import DeployError, DeploymentTimeout
-from core.mqtt import Broker, MqttClient
+from core.mqtt import Broker
 from core.probes import probes_to_bytes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
@@ -29,28 +29,20 @@ from core.protocol import (
     Artifact,
     BenchmarkResult,
     BenchmarkSettings,
-    Cancel,
     CheckResults,
     Manifest,
     Report,
     RuntimeInfo,
     Thresholds,
-    Topics,
     TransferStats,
     check_id,
 )
-from core.signing import (
-    SigningKey,
-    VerifyKey,
-    load_signing_key,
-    load_verify_key,
-    one_line,
-)
+from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
 from fleet.intake_check import checker
 from fleet.orchestrator import HostOutputs, Progress, _probe_data, add_expected, run_direct
 from fleet.rollout import Outcome
 
-__all__ = ["DeploymentReport", "HostOutputs", "add_expected", "cancel", "deploy"]
+__all__ = ["DeploymentReport", "HostOutputs", "add_expected", "deploy"]
 
 
 class DeploymentReport(BaseModel):
@@ -90,12 +82,6 @@ def _as_broker(broker: str | Broker) -> Broker:
         return Broker.from_url(broker)
     except ValueError as exc:
         raise DeployError(str(exc)) from None
-
-
-def _as_key(key: SigningKey | str | os.PathLike[str] | None) -> SigningKey | None:
-    if key is None or isinstance(key, SigningKey):
-        return key
-    return load_signing_key(key)
 
 
 def _as_device_key(key: VerifyKey | bytes | str | os.PathLike[str] | None) -> VerifyKey | None:
@@ -172,28 +158,11 @@ def deploy(
         manifest = Manifest(**fields)
     except ValidationError as exc:
         raise DeployError(one_line(exc)) from None
-    signing_key = _as_key(key)
+    signing_key = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     if signing_key is not None:
         manifest = signing_key.sign(manifest)
     return _run(manifest, blobs, _as_broker(broker), timeout, progress,
                 _as_device_key(device_key))
-
-
-def cancel(device_id: str, deployment_id: str, broker: str | Broker,
-           key: SigningKey | str | os.PathLike[str], timeout: float = 10.0) -> Cancel:
-    """Publish a signed Cancel for a deployment that has not finished its transfer."""
-    signing_key = _as_key(key)
-    assert signing_key is not None
-    message = signing_key.sign(Cancel(deployment_id=check_id(deployment_id, "deployment id"),
-                                      device_id=check_id(device_id)))
-    client = MqttClient(_as_broker(broker), client_id=f"paoding-cancel-{uuid.uuid4().hex[:8]}",
-                        clean_session=True)
-    client.connect(timeout=timeout)
-    try:
-        client.publish(Topics(device_id).cancel, message.to_json(), qos=1).wait(timeout)
-    finally:
-        client.close()
-    return message
 
 
 def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: float,

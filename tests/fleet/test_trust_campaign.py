@@ -298,8 +298,7 @@ def test_a_device_cannot_report_for_another_devices_deployment(broker, fleet, ca
         _wait(lambda: dev_b.manifests, 20)  # wave 1: dev-a's deployment has timed out
         dev_b.client.publish(Topics("dev-b").report, fake.to_json(), qos=1).wait(5)
         sent += 1  # a "late report" for a deployment the host decided without one
-        time.sleep(0.5)
-        dev_b.go.set()
+        dev_b.go.set()  # dev-b's own answer comes after it: the host hears both, in order
 
     with dev_b, caplog.at_level(logging.WARNING):
         t = threading.Thread(target=lie)
@@ -463,8 +462,10 @@ def test_no_client_can_replace_a_devices_retained_report(tmp_path):
         bdev.close()
         a.close()
         with Inbox(fb.host_broker(), "host-read", "paoding/v2/devices/+/+") as host:
-            _wait(lambda: host.messages)
-            time.sleep(0.3)
+            marker = Topics("marker").manifest  # sent after the subscription: the retained
+            host.client.publish(marker, b"m", qos=1).wait(5)  # ones arrive before it
+            assert host.wait_for(marker)
+            host.messages.remove((marker, b"m"))
             replaced = sum(1 for m in host.messages if m != (Topics("dev-a").report, genuine))
             assert host.messages == [(Topics("dev-a").report, genuine)]
         # oversized: the broker drops a 2 MiB message before any device buffers it
@@ -473,10 +474,14 @@ def test_no_client_can_replace_a_devices_retained_report(tmp_path):
             big = MqttClient(fb.host_broker(), "host-big", clean_session=True)
             big.connect(timeout=10)
             big.publish(Topics("dev-a").manifest, b"x" * (2 << 20), qos=0)
-            time.sleep(0.8)
             big.close()
-            delivered = len(dev.messages)
-            assert delivered == 0
+            small = MqttClient(fb.host_broker(), "host-small", clean_session=True)
+            small.connect(timeout=10)
+            small.publish(Topics("dev-a").manifest, b"small", qos=1).wait(5)
+            small.close()
+            assert dev.wait_for(Topics("dev-a").manifest)  # the later small one came...
+            delivered = sum(1 for _t, p in dev.messages if p != b"small")
+            assert delivered == 0  # ...alone
     finally:
         fb.kill()
     record("retained_report", "an anonymous or another device's malformed message "

@@ -388,12 +388,11 @@ class _Engine:
     def _on_need(self, req: ChunkRequest) -> None:
         """Serve an artifact of this device's deployment in flight, within its budget."""
         dep = self.in_flight(req.device_id, req.deployment_id)
+        if dep is None or isinstance(dep, _Deployment) and req.artifact not in dep.artifacts:
+            self.dropped += 1  # not its deployment in flight (a finished one, say)
+            return
         if isinstance(dep, _Deployment):
             dep.heard = True
-            if req.artifact not in dep.artifacts:
-                return
-        elif dep is None:
-            return
         else:  # another host process's deployment (shared intake): its stored manifest
             manifest = Manifest.model_validate_json(dep["manifest"])
             found = manifest.artifact_by_sha(req.artifact)

@@ -184,6 +184,7 @@ class MqttClient:
         self._connack: Future[int] = Future()
         self._suback_mids: dict[int, list[Future[None]]] = {}
         self._subscribing: dict[str, list[Future[None]]] = {}  # filter -> waiting for a SUBACK
+        self._early_subacks: set[int] = set()
         self._started = False
         self._first_subscribed: Future[None] = Future()
         self._client.on_connect = self._on_connect
@@ -326,8 +327,14 @@ class MqttClient:
             rc, mid = self._client.subscribe(topic_filter, qos)
             if rc == paho.MQTT_ERR_SUCCESS:
                 with self._lock:
-                    self._suback_mids.setdefault(mid, []).extend(
-                        self._subscribing.pop(topic_filter, []))
+                    waiting = self._subscribing.pop(topic_filter, [])
+                    if mid in self._early_subacks:  # acked before we got here
+                        self._early_subacks.discard(mid)
+                    else:
+                        self._suback_mids.setdefault(mid, []).extend(waiting)
+                        waiting = []
+                for f in waiting:
+                    f.set_result(None)
         return fut
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -422,7 +429,11 @@ class MqttClient:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
         with self._lock:
-            waiting = self._suback_mids.pop(mid, [])
+            if mid in self._suback_mids:
+                waiting = self._suback_mids.pop(mid)
+            else:
+                waiting = []
+                self._early_subacks.add(mid)
         for fut in waiting:
             if not fut.done():
                 fut.set_result(None)

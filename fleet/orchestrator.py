@@ -628,6 +628,9 @@ class _Engine:
         self.registry.unlock_devices(self.rollout_id, [d for d in wave if d in self.skipped])
         self.progress("wave", {"wave": index, "devices": [d.device.device_id for d in deps],
                                "skipped": [d for d in wave if d in self.skipped]})
+        if not self.direct:  # chunks first: a wave's devices find them retained, ask nothing
+            for dep in deps:
+                self._ensure_published(self.variants[dep.device.profile])
         for dep in deps:
             self.pending[dep.deployment_id] = dep
             self.by_device[dep.device.device_id] = dep.deployment_id
@@ -635,7 +638,7 @@ class _Engine:
             self._send_manifest(dep)
             if self.direct:
                 self.progress("manifest", {"deployment_id": dep.deployment_id})
-        for dep in deps:  # after the manifests: a device takes chunks once it has one
+        for dep in deps:  # one device: it subscribes while its chunks stream
             self._ensure_published(self.variants[dep.device.profile])
 
     def _manifest(self, dep_id: str, device_id: str, variant: Variant) -> bytes:

@@ -187,7 +187,7 @@ def _read(model: str | Path | bytes) -> bytes:
         raise ConfigError(f"cannot read variant {model}: {exc.strerror or exc}") from None
 
 
-def _probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not isinstance(probes, dict):
         return load_probes(probes)
     data = {k: np.asarray(v) for k, v in probes.items()}
@@ -205,7 +205,7 @@ def prepare_variants(
     """(profile -> Variant, sha256 -> bytes): each model and its probe bundle, once."""
     if not variants:
         raise ConfigError("no variants: give at least one PROFILE=MODEL.tflite")
-    pdata = _probe_data(probes) if probes is not None else None
+    pdata = probe_data(probes) if probes is not None else None
     out: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
     for profile, model in variants.items():

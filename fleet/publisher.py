@@ -39,7 +39,7 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
 from fleet.intake_check import checker
-from fleet.orchestrator import HostOutputs, Progress, _probe_data, add_expected, run_direct
+from fleet.orchestrator import HostOutputs, Progress, probe_data, add_expected, run_direct
 from fleet.rollout import Outcome
 
 __all__ = ["DeploymentReport", "HostOutputs", "add_expected", "deploy"]
@@ -142,7 +142,7 @@ def deploy(
         blobs = {"model": blob}
         arts = {"model": Artifact.of(blob, chunk_size)}
         if probes is not None:
-            pdata = _probe_data(probes)
+            pdata = probe_data(probes)
             if host_outputs is not None:
                 pdata = add_expected(blob, pdata, host_outputs)
             blobs["probes"] = probes_to_bytes(pdata)

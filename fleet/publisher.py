@@ -39,7 +39,7 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
 from fleet.intake_check import checker
-from fleet.orchestrator import HostOutputs, Progress, probe_data, add_expected, run_direct
+from fleet.orchestrator import HostOutputs, Progress, add_expected, probe_data, run_direct
 from fleet.rollout import Outcome
 
 __all__ = ["DeploymentReport", "HostOutputs", "add_expected", "deploy"]

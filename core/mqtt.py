@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -183,9 +184,11 @@ class MqttClient:
         self._on_disconnect_hooks: list[Callable[[], None]] = []
         self._connected = threading.Event()
         self._connack: Future[int] = Future()
-        self._suback_mids: dict[int, threading.Event] = {}
+        self._suback_mids: dict[int, list[Future[None]]] = {}
+        self._subscribing: dict[str, list[Future[None]]] = {}  # filter -> waiting for a SUBACK
+        self._early_subacks: set[int] = set()
         self._started = False
-        self._first_subscribed = threading.Event()
+        self._first_subscribed: Future[None] = Future()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -229,7 +232,7 @@ class MqttClient:
             try:
                 rc = self._connack.result(timeout)
             except (FutureTimeout, BrokerUnavailable) as exc:
-                self.close()
+                self.close(0)
                 hint = connect_hint(b)
                 what = (f"did not answer in {timeout}s" if isinstance(exc, FutureTimeout)
                         else "closed the connection")
@@ -237,15 +240,17 @@ class MqttClient:
                                         f"{': ' + hint if hint else ''}") from None
             self._log_failures = True
             if rc != 0:
-                self.close()
+                self.close(0)
                 text = _RC_TEXT.get(rc, f"code {rc}")
                 raise BrokerUnavailable(f"MQTT broker at {b.address} refused: {text}"
                                         f"{refused_hint(rc)}")
             # subscriptions are in place before the caller publishes anything
-            if not self._first_subscribed.wait(timeout):
-                self.close()
+            try:
+                self._first_subscribed.result(timeout)
+            except FutureTimeout:
+                self.close(0)
                 raise BrokerUnavailable(
-                    f"MQTT broker at {b.address} did not acknowledge the subscriptions")
+                    f"MQTT broker at {b.address} did not acknowledge the subscriptions") from None
         else:
             self._client.connect_async(b.host, b.port, keepalive=b.keepalive,
                                        **self._v5_connect_args())
@@ -284,8 +289,30 @@ class MqttClient:
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
 
-    def close(self) -> None:
-        """Disconnect cleanly (no Last Will) and stop the network thread."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout``) for QoS 1 publishes in flight, then disconnect.
+
+        Disconnecting is clean (no Last Will). What must arrive (a cleared
+        retained chunk, a cancel) is acknowledged by the broker before the
+        connection goes; a publish still unacknowledged after ``timeout``
+        (the broker is away) is given up, and the count is logged.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            pending = list(self._pending.values())
+        for fut in pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.connected:
+                break
+            try:
+                fut.result(left)
+            except (FutureTimeout, MqttError):
+                break
+        with self._lock:
+            lost = sum(1 for f in self._pending.values() if not f.done())
+        if lost:
+            log.warning("closing the connection to %s with %d publish(es) unacknowledged",
+                        self.broker.address, lost)
         try:
             self._client.disconnect()
         except Exception:  # noqa: BLE001 - closing must not raise
@@ -297,12 +324,30 @@ class MqttClient:
 
     # -- operations -------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again after every reconnect."""
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Future[None]:
+        """Subscribe now (if connected) and again after every reconnect.
+
+        The future completes when the broker acknowledges the subscription
+        (SUBACK): now, or after the next connect. Retained messages for the
+        filter arrive after it; a message published after it reaches the handler.
+        """
+        fut: Future[None] = Future()
         with self._lock:
             self._subscriptions[topic_filter] = (qos, handler)
+            self._subscribing.setdefault(topic_filter, []).append(fut)
         if self.connected:
-            self._client.subscribe(topic_filter, qos)
+            rc, mid = self._client.subscribe(topic_filter, qos)
+            if rc == paho.MQTT_ERR_SUCCESS:
+                with self._lock:
+                    waiting = self._subscribing.pop(topic_filter, [])
+                    if mid in self._early_subacks:  # acked before we got here
+                        self._early_subacks.discard(mid)
+                    else:
+                        self._suback_mids.setdefault(mid, []).extend(waiting)
+                        waiting = []
+                for f in waiting:
+                    f.set_result(None)
+        return fut
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
@@ -356,16 +401,19 @@ class MqttClient:
                   self.broker.address, getattr(flags, "session_present", None))
         with self._lock:
             subs = list(self._subscriptions.items())
-        subscribed = threading.Event()
+        subscribed: Future[None] = Future()
         if subs:
             _rc, mid = client.subscribe([(t, q) for t, (q, _h) in subs])
             with self._lock:
-                self._suback_mids[mid] = subscribed
+                waiting = [subscribed]
+                for t, _sub in subs:
+                    waiting.extend(self._subscribing.pop(t, []))
+                self._suback_mids[mid] = waiting
         else:
-            subscribed.set()
+            subscribed.set_result(None)
         if not self._connack.done():
-            self._connack.set_result(rc)
             self._first_subscribed = subscribed
+            self._connack.set_result(rc)
         for hook in list(self._on_connect_hooks):
             try:
                 hook()
@@ -413,9 +461,14 @@ class MqttClient:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
         with self._lock:
-            ev = self._suback_mids.pop(mid, None)
-        if ev is not None:
-            ev.set()
+            if mid in self._suback_mids:
+                waiting = self._suback_mids.pop(mid)
+            else:
+                waiting = []
+                self._early_subacks.add(mid)
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
         for rc in reason_codes:
             if getattr(rc, "is_failure", False):
                 log.warning("broker %s refused a subscription: %s", self.broker.address, rc)

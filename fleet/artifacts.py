@@ -62,10 +62,14 @@ class ArtifactServer:
         for index in range(served.artifact.chunks):
             self._send(served, index)
 
-    def request(self, req: ChunkRequest) -> int:
-        """Re-serve the chunks a device asks for, within the bounds; how many were sent."""
+    def artifact(self, sha256: str) -> Artifact:
+        return self._served[sha256].artifact
+
+    def request(self, req: ChunkRequest, budget: int | None = None) -> int:
+        """Re-serve the chunks a device asks for, within the bounds (and at most ``budget``
+        chunks for this request); how many were sent."""
         served = self._served.get(req.artifact)
-        if served is None:
+        if served is None or (budget is not None and budget <= 0):
             self.stats.refused_requests += 1
             return 0
         limit = served.artifact.chunks * self.max_reserves_per_chunk
@@ -76,7 +80,7 @@ class ArtifactServer:
                 last = served.last_sent.get(index)
                 if last is not None and now - last < self.min_interval_s:
                     continue  # just sent: it reaches this device too
-                if served.reserves >= limit:
+                if served.reserves >= limit or (budget is not None and sent >= budget):
                     self.stats.refused_requests += 1
                     return sent
                 served.reserves += 1

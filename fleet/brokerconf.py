@@ -318,6 +318,7 @@ def write_broker_config(
     max_queued_bytes: int = 256 * 1024 * 1024,
     max_inflight: int = 64,
     persistence: bool = True,
+    autosave_s: int = 5,
     run_as: str | None = None,
     owner: str | None = None,
     log_file: str | os.PathLike[str] | None = None,
@@ -344,6 +345,8 @@ def write_broker_config(
         raise ConfigError(f"max packet size {max_packet_bytes} is below a 64 KiB chunk")
     if client_certs and not tls:
         raise ConfigError("client certificates need TLS")
+    if not 1 <= autosave_s <= 3600:
+        raise ConfigError(f"autosave interval {autosave_s}s outside 1..3600")
     given = [certfile, keyfile]
     if any(given) and not all(given):
         raise ConfigError("give both --certfile and --keyfile (or neither: a local CA is made)")
@@ -393,6 +396,9 @@ def write_broker_config(
         "per_listener_settings true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {d / 'data'}/",
+        # saved every few seconds, not only at a clean exit: after a kill -9 the broker
+        # reloads retained messages at most this old (Mosquitto's default is 30 min)
+        f"autosave_interval {autosave_s}",
         f"max_packet_size {max_packet_bytes}",
         f"message_size_limit {max_packet_bytes}",
         f"max_inflight_messages {max_inflight}",

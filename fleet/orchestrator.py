@@ -27,20 +27,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from core.errors import ConfigError
-from core.mqtt import Broker, MqttClient
+from core.errors import ConfigError, PaodingError
+from core.mqtt import Broker, PublishFuture
 from core.probes import load_probes, probes_to_bytes, validate_probes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TTL_S,
-    TOPIC_ROOT,
     Artifact,
     BenchmarkSettings,
     Cancel,
@@ -50,13 +49,12 @@ from core.protocol import (
     Status,
     Thresholds,
     Topics,
+    parse_artifact_topic,
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
-from fleet.gate import Check, checker, keys_from_pems
-from fleet.gate import Gate as Intake
+from fleet.gate import Check, Gate, checker, keys_from_pems
 from fleet.link import Event, FleetLink
-from fleet.publisher import add_expected
 from fleet.registry import Registry
 from fleet.rollout import (
     Action,
@@ -81,12 +79,13 @@ intake_log = logging.getLogger("paoding.intake")  # one line per dropped message
 
 Progress = Callable[[str, dict[str, Any]], None]
 HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
-MANIFEST_RESEND_S = 10.0  # connected seconds without a word before a manifest is sent again
+MANIFEST_RESEND_S = 5.0  # connected seconds without a word before a manifest is sent again
 MAX_RESENDS = 5
 FLUSH_S = 0.25  # registry writes are batched at most this long
 TICK_S = 0.5  # how often pending deployments are checked for timeouts and re-sends
 VERDICT_S = 0.2  # how often a rollout in progress is judged again
-CANCEL_WAIT_S = 5.0  # how long an aborted rollout waits for the cancelled devices' word
+RESERVE_ROUNDS = 4  # a device gets an artifact's chunks re-served at most 4x its chunk count
+MAX_REPORTS = 32  # reports stored per deployment (an agent sends about six)
 
 
 class RolloutLocked(ConfigError):
@@ -121,68 +120,45 @@ class RolloutResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rollout_id": self.rollout_id,
-            "decision": self.decision.value,
-            "reason": self.reason,
-            "ok": self.ok,
-            "resumed": self.resumed,
-            "waves": self.waves,
-            "skipped": self.skipped,
-            "stats": self.stats,
-            "results": [
-                {"device_id": r.device_id, "profile": r.profile, "wave": r.wave,
-                 "outcome": r.outcome.value, "reason": r.reason, "p90_ms": r.p90_ms}
-                for r in self.results
-            ],
-        }
-
-
-class Gate(Protocol):
-    """What decides whether a device message is taken: the message, or None to drop it."""
-
-    def accept(self, topic: str, payload: bytes) -> Any: ...
+        return {**asdict(self), "ok": self.ok}  # the enums are str: JSON takes them as they are
 
 
 def discover(broker: Broker | str, wait_s: float = 1.5,
-             intake: Intake | Gate | None = None) -> dict[str, Status]:
+             intake: Gate | None = None) -> dict[str, Status]:
     """The devices' retained status messages on ``broker``, by device id.
 
     With ``intake`` only statuses signed by the device's enrolled key count
-    (``fleet.intake``); the others are dropped with one log line each.
+    (``fleet.gate``); the others are dropped with one log line each.
     """
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
+    check = intake.check if intake is not None else checker(None)
     found: dict[str, Status] = {}
-    lock = threading.Lock()
-
-    def on_status(topic: str, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained status
-        if intake is not None:
-            status = intake.accept(topic, payload)
-            if not isinstance(status, Status):
-                return
-        else:
+    with FleetLink(broker).open() as link:  # retained messages follow the SUBACK
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                status = Status.from_json(payload)
-            except (ValidationError, ValueError):
-                return  # a foreign or malformed status is not a device of ours
-        with lock:
-            found[status.device_id] = status
-
-    client = MqttClient(
-        broker, client_id=f"paoding-discover-{uuid.uuid4().hex[:8]}", clean_session=True
-    )
-    client.subscribe(f"{TOPIC_ROOT}/+/status", on_status)
-    try:
-        client.connect(timeout=10.0)
-        time.sleep(wait_s)  # retained messages arrive right after the subscription
-    finally:
-        client.close()
+                ev = link.events.get(timeout=left)
+                msg = check(ev.kind, ev.device_id, ev.payload) if ev.kind == "status" else None
+            except (queue.Empty, ValueError):
+                continue
+            if isinstance(msg, Status):
+                found[msg.device_id] = msg
     return found
 
 
 # --- preparing the variants -------------------------------------------------
+
+
+def add_expected(model: bytes, probes: dict[str, np.ndarray], host_outputs: HostOutputs
+                 ) -> dict[str, np.ndarray]:
+    """Add the model's own host outputs as ``expected`` (when the host can run it)."""
+    try:
+        out = np.asarray(host_outputs(model, np.asarray(probes["x"], dtype=np.float32)))
+    except (PaodingError, ValueError):
+        return probes  # the device will say why it cannot load the model
+    if out.shape != np.asarray(probes["reference"]).shape:
+        return probes
+    return dict(probes, expected=out.astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -203,7 +179,7 @@ def _read(model: str | Path | bytes) -> bytes:
         raise ConfigError(f"cannot read variant {model}: {exc.strerror or exc}") from None
 
 
-def _probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not isinstance(probes, dict):
         return load_probes(probes)
     data = {k: np.asarray(v) for k, v in probes.items()}
@@ -221,7 +197,7 @@ def prepare_variants(
     """(profile -> Variant, sha256 -> bytes): each model and its probe bundle, once."""
     if not variants:
         raise ConfigError("no variants: give at least one PROFILE=MODEL.tflite")
-    pdata = _probe_data(probes) if probes is not None else None
+    pdata = probe_data(probes) if probes is not None else None
     out: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
     for profile, model in variants.items():
@@ -240,7 +216,7 @@ def prepare_variants(
     return out, blobs
 
 
-# --- the rollout ------------------------------------------------------------
+# --- the engine -------------------------------------------------------------
 
 
 @dataclass
@@ -250,10 +226,13 @@ class _Deployment:
     wave: int
     sha256: str
     manifest: bytes
+    digest: str  # Manifest.digest: the device's reports must name it
+    artifacts: frozenset[str]
     started: float  # on the link clock
     sent: float
     heard: bool = False
     resends: int = 0
+    cancelled: str = ""  # why a Cancel was sent; the device's answer settles it
 
 
 def _fingerprint(variants: Mapping[str, Variant], target: Target) -> str:
@@ -265,8 +244,20 @@ def _fingerprint(variants: Mapping[str, Variant], target: Target) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+_IN_USE: dict[tuple[str, str], int] = {}  # (broker, sha256) -> engines of this process using it
+_IN_USE_LOCK = threading.Lock()
+Step = Callable[[], Any]  # a state: run it, get the next (None: the engine is done)
+
+
 class _Engine:
-    """One rollout's state: the waves, what devices said, what is pending."""
+    """One rollout (or one direct deployment) as a state machine over the registry.
+
+    States are methods that do one round and return the next state:
+    ``watch`` (hear devices, time out, judge) -> ``start_wave`` -> ``watch``
+    ... -> ``cancel`` -> ``await_answers`` -> ``close`` -> None. Everything
+    a state decides is in the registry before it is sent, so a new engine on
+    the same rollout resumes from what the registry and the devices say.
+    """
 
     def __init__(self, registry: Registry, link: FleetLink, *, rollout_id: str,
                  spec: dict[str, Any], variants: dict[str, Variant], blobs: dict[str, bytes],
@@ -278,6 +269,8 @@ class _Engine:
         self.progress = progress or (lambda _e, _i: None)
         self.abort_event = abort
         self.policy = WavePolicy.from_config(spec["policy"])
+        self.grace_s = min(self.policy.offline_grace_s, self.policy.timeout_s / 4)
+        self.direct: dict[str, bytes] = {}  # device id -> a manifest made by the caller
         self.waves: list[list[str]] = spec["waves"]
         self.profiles: dict[str, str] = spec["profiles"]
         self.tags: dict[str, list[str]] = spec.get("tags", {})
@@ -285,34 +278,37 @@ class _Engine:
         self.profile_thresholds = {p: Thresholds(**t)
                                    for p, t in spec.get("profile_thresholds", {}).items()}
         self.benchmark = BenchmarkSettings(**spec["benchmark"])
-        self.server = ArtifactServer(link.publish)
+        self.server = ArtifactServer(self._publish_chunk)
         for v in variants.values():
             for art in (v.model, v.probes):
                 if art is not None:
                     self.server.add(blobs[art.sha256], art)
         self.published: set[str] = set()
         self.seen: dict[str, Seen] = {}
+        self.status_at: dict[str, float] = registry.status_times()
         self.outcomes: dict[str, Outcome] = {}
         self.pending: dict[str, _Deployment] = {}  # deployment id ->
         self.by_device: dict[str, str] = {}  # device id -> deployment id (this rollout)
         self.decided: dict[str, tuple[str, Outcome]] = {}  # deployment id -> (device, outcome)
-        self.awaiting: set[str] = set()  # cancelled deployments whose final report is due
         self.started: set[str] = set()
         self.skipped: dict[str, str] = dict(spec.get("skipped", {}))
         self.p90: dict[str, float] = {}
         self.statuses: dict[str, Status] = {}
+        self.reserved: dict[tuple[str, str], int] = {}  # (device, sha256) -> chunks re-served
+        self.stored: dict[str, int] = {}  # deployment id -> reports stored
+        self._digests: dict[str, str] = {}
+        self._deadline = 0.0
+        self.final = Verdict(Decision.WAIT, "")
         self.was_connected = True
         self.resumed = False
-        self._polled = 0.0
-        self._ticked = 0.0
-        self._judged = 0.0
-        self._abort_checked = 0.0
+        self._polled = self._ticked = self._judged = self._abort_checked = 0.0
         self._plan_index: dict[str, int] | None = None
         self._changed = True  # an outcome, a wave or the connection changed: judge again
+        self._connected = link.connected
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
         self._settles: list[tuple[str, Outcome, str, str]] = []
-        self._notes: dict[str, tuple[str, bool | None, str | None, str | None]] = {}
+        self._notes: dict[str, tuple[str, bool | None, str | None, str | None, float | None]] = {}
         self._last_flush = time.monotonic()
 
     # -- what devices say ----------------------------------------------------
@@ -327,110 +323,170 @@ class _Engine:
             if not self.was_connected:
                 self.was_connected = True
                 self.progress("resume", {})
-                for sha in self.published:  # a restarted broker may have lost them
-                    self.server.publish(sha)
+                now = self.link.clock.now()
+                for d, seen in self.seen.items():  # Last Wills of a broker shutdown: the
+                    if seen.online is False:        # grace starts again from here
+                        self.seen[d] = replace(seen, offline_since=now)
+                for sha in self.published if not self.direct else ():
+                    self.server.publish(sha)  # a restarted broker may have lost them (one
+                    # device asks for what it lacks instead: a re-publish costs as much)
                 for dep in self.pending.values():
-                    if not dep.heard:
+                    if not dep.heard and not dep.cancelled:
                         self._send_manifest(dep)
             return
         try:
             msg = self.check(ev.kind, ev.device_id, ev.payload)
-        except ValueError:
+        except ValueError as exc:
             self.dropped += 1
+            intake_log.warning("dropped a %s from %s: %s", ev.kind, ev.device_id, exc)
+            if ev.kind == "report":
+                self._bad_report(ev.device_id, ev.payload, str(exc))
             return
         if isinstance(msg, Status):
             self._on_status(msg)
         elif isinstance(msg, Report):
             self._on_report(msg)
         elif isinstance(msg, ChunkRequest):
-            dep = self.pending.get(msg.deployment_id)
-            if dep is not None:
-                dep.heard = True
-            if msg.artifact not in self.server:
-                # another host process's rollout (shared intake): serve it from the registry
-                data = self.registry.artifact(msg.artifact)
+            self._on_need(msg)
+
+    def in_flight(self, device_id: str, deployment_id: str) -> _Deployment | dict | None:
+        """This device's deployment in flight: this engine's, or (shared intake) the registry's."""
+        dep = self.pending.get(deployment_id)
+        if dep is not None:
+            return dep if dep.device.device_id == device_id else None
+        if deployment_id in self.decided:
+            return None
+        return self.registry.in_flight(device_id, deployment_id)
+
+    def _digest(self, row: dict) -> str:
+        dep_id = row["deployment_id"]
+        if dep_id not in self._digests:
+            if len(self._digests) > 10_000:
+                self._digests.clear()
+            self._digests[dep_id] = Manifest.model_validate_json(row["manifest"]).digest
+        return self._digests[dep_id]
+
+    def _bad_report(self, device_id: str, payload: bytes, why: str) -> None:
+        """A report on the device's own topic, signed but not by its enrolled key, for its
+        deployment in flight: that deployment fails now, with the reason."""
+        try:
+            rep = Report.from_json(payload)
+        except (ValidationError, ValueError):
+            return
+        dep = self.pending.get(rep.deployment_id or "")
+        if (rep.signature is None or dep is None or dep.device.device_id != device_id
+                or rep.device_id != device_id or rep.manifest_sha256 != dep.digest):
+            return
+        self._finish(dep, Outcome.FAILED, f"report not signed by the enrolled key: {why}"[:500])
+
+    def _on_need(self, req: ChunkRequest) -> None:
+        """Serve an artifact of this device's deployment in flight, within its budget."""
+        dep = self.in_flight(req.device_id, req.deployment_id)
+        if dep is None or isinstance(dep, _Deployment) and req.artifact not in dep.artifacts:
+            self.dropped += 1  # not its deployment in flight (a finished one, say)
+            return
+        if isinstance(dep, _Deployment):
+            dep.heard = True
+        else:  # another host process's deployment (shared intake): its stored manifest
+            manifest = Manifest.model_validate_json(dep["manifest"])
+            found = manifest.artifact_by_sha(req.artifact)
+            if found is None:
+                return
+            if req.artifact not in self.server:
+                data = self.registry.artifact(req.artifact)
                 if data is None:
                     return
-                self.server.add(data, Artifact.of(data, self.spec["chunk_size"]))
-            self.server.request(msg)
+                self.server.add(data, found[1])
+        art = self.server.artifact(req.artifact)
+        key = (req.device_id, req.artifact)
+        left = RESERVE_ROUNDS * art.chunks - self.reserved.get(key, 0)
+        self.reserved[key] = self.reserved.get(key, 0) + self.server.request(req, budget=left)
 
     def _on_status(self, st: Status) -> None:
         d = st.device_id
+        if st.online:
+            if st.timestamp < self.status_at.get(d, 0.0):
+                self.dropped += 1  # older than one already taken: a stale retained copy
+                return
+            self.status_at[d] = st.timestamp
         self.statuses[d] = st
         old = self.seen.get(d, Seen())
         active = st.active_model
-        self.seen[d] = Seen(
-            online=st.online,
+        now = self.link.clock.now()
+        self.seen[d] = replace(
+            old, online=st.online,
+            offline_since=None if st.online else (
+                old.offline_since if old.online is False else now),
             active_sha=active.sha256 if active else old.active_sha,
-            active_deployment=active.deployment_id if active else old.active_deployment,
-            final_deployment=old.final_deployment, final_state=old.final_state,
-            final_reason=old.final_reason,
-        )
+            active_deployment=active.deployment_id if active else old.active_deployment)
         self._notes[d] = (d, st.online, active.sha256 if active else None,
-                          active.deployment_id if active else None)
+                          active.deployment_id if active else None,
+                          st.timestamp if st.online else None)
         self._try_settle(d)
         dep = self.pending.get(self.by_device.get(d, ""))
-        if dep is not None and st.online and not dep.heard and old.online is not None:
+        if (dep is not None and st.online and not dep.heard and not dep.cancelled
+                and old.online is not None):
             self._send_manifest(dep)  # it (re)connected without a word on our deployment
 
     def _on_report(self, rep: Report) -> None:
-        d = rep.device_id
-        dep_id = rep.deployment_id
+        d, dep_id = rep.device_id, rep.deployment_id
         if dep_id is None:
             return
-        owner = (self.pending[dep_id].device.device_id if dep_id in self.pending
-                 else self.decided[dep_id][0] if dep_id in self.decided else None)
-        if owner is not None and owner != d:
-            self.dropped += 1  # signed by its own device, but about another's deployment
-            intake_log.warning("dropped report from %s: deployment %s is %s's", d, dep_id,
-                               owner)
+        flight = self.in_flight(d, dep_id)
+        late = dep_id in self.decided and self.decided[dep_id][0] == d
+        digest = (flight.digest if isinstance(flight, _Deployment)
+                  else self._digest(flight) if isinstance(flight, dict) else None)
+        if (flight is None and not late) or (digest and rep.manifest_sha256 != digest):
+            self.dropped += 1  # not this device's deployment in flight, or a stale copy
+            intake_log.info("dropped report from %s: %s is not its deployment in flight",
+                            d, dep_id)
             return
-        ours = dep_id in self.pending or dep_id in self.decided
-        if ours:
+        if self.stored.get(dep_id, 0) < MAX_REPORTS:
+            self.stored[dep_id] = self.stored.get(dep_id, 0) + 1
             self._reports.append((rep.report_id, dep_id, d, rep.state,
                                   rep.model_dump(mode="json")))
-            if rep.benchmark is not None:
-                self.p90[dep_id] = rep.benchmark.latency_ms.p90
-        dep = self.pending.get(dep_id)
+            if self.direct:
+                self.progress("report", {"state": rep.state, "reason": rep.reason})
+        if rep.benchmark is not None:
+            self.p90[dep_id] = rep.benchmark.latency_ms.p90
+        dep = flight if isinstance(flight, _Deployment) else None
         if dep is not None:
             dep.heard = True
         outcome = reported_outcome(rep.state) if rep.final or rep.state == "error" else None
         if outcome is None:
             return
-        old = self.seen.get(d, Seen())
         runs = rep.active_sha256 or (rep.model_sha256 if outcome is Outcome.ACTIVE else None)
-        self.seen[d] = Seen(
-            online=old.online if old.online is not None else True,
+        old = self.seen.get(d, Seen())
+        self.seen[d] = replace(
+            old, online=old.online if old.online is not None else True,
             active_sha=runs or old.active_sha,
             active_deployment=dep_id if outcome is Outcome.ACTIVE else old.active_deployment,
-            final_deployment=dep_id, final_state=rep.state, final_reason=rep.reason,
-        )
+            final_deployment=dep_id, final_state=rep.state, final_reason=rep.reason)
         if runs:
-            self._notes[d] = (d, None, runs, dep_id if outcome is Outcome.ACTIVE else None)
+            self._notes[d] = (d, None, runs, dep_id if outcome is Outcome.ACTIVE else None, None)
         if dep is not None:
             self._try_settle(d)
-        elif dep_id in self.decided and self.decided[dep_id][1].revisable:
-            # a late final report: the device's word replaces the host's guess
-            self._record(dep_id, d, outcome, rep.reason or "")
-        elif not ours:
-            # another rollout's deployment (a shared intake, or a report that came after
-            # that rollout ended): the registry takes the device's word where it may
-            self._reports.append((rep.report_id, dep_id, d, rep.state,
-                                  rep.model_dump(mode="json")))
+        elif late:
+            if self.decided[dep_id][1].revisable:  # the device's word replaces the host's guess
+                self._record(dep_id, d, outcome, rep.reason or "")
+        else:  # another host process's deployment in flight (shared intake)
             self._settles.append((dep_id, outcome, rep.reason or "", d))
-        self.awaiting.discard(dep_id)
 
     def _try_settle(self, device_id: str) -> None:
-        dep_id = self.by_device.get(device_id)
-        dep = self.pending.get(dep_id) if dep_id else None
+        dep = self.pending.get(self.by_device.get(device_id, ""))
         if dep is None:
             return
-        found = settle(dep.deployment_id, dep.sha256, self.seen.get(device_id))
+        direct = bool(self.direct)
+        found = settle(dep.deployment_id, dep.sha256, self.seen.get(device_id),
+                       now=self.link.clock.now(), grace_s=None if direct else self.grace_s,
+                       final_only=direct)
         if found is not None:
             self._finish(dep, *found)
 
     def _finish(self, dep: _Deployment, outcome: Outcome, reason: str) -> None:
         self.pending.pop(dep.deployment_id, None)
+        if dep.cancelled and outcome is Outcome.CANCELLED:
+            reason = dep.cancelled
         self._record(dep.deployment_id, dep.device.device_id, outcome, reason)
         self.progress("device", {"device_id": dep.device.device_id, "outcome": outcome.value,
                                  "reason": reason})
@@ -465,10 +521,6 @@ class _Engine:
             dep = self.pending.get(row["deployment_id"])
             if dep is not None and row["outcome"] != Outcome.PENDING.value:
                 self._finish(dep, Outcome(row["outcome"]), row["reason"] or "")
-        offline = {r["device_id"] for r in self.registry.device_rows() if not r["online"]}
-        for dep in list(self.pending.values()):
-            if dep.device.device_id in offline:
-                self._finish(dep, Outcome.OFFLINE, "device went offline (Last Will)")
 
     def drain(self, timeout: float) -> None:
         """Handle every queued event (waiting up to ``timeout`` for the first)."""
@@ -498,9 +550,8 @@ class _Engine:
                 self.outcomes[d] = outcome
                 continue
             device = Device(d, self.profiles[d], frozenset(self.tags.get(d, [])))
-            now = self.link.clock.now()
-            dep = _Deployment(row["deployment_id"], device, row["wave"], row["model_sha256"],
-                              row["manifest"].encode(), now, now)
+            dep = self._deployment(row["deployment_id"], device, row["wave"],
+                                   row["manifest"].encode())
             self.pending[dep.deployment_id] = dep
             self.outcomes[d] = Outcome.PENDING
             self._ensure_published(self.variants[device.profile])
@@ -508,10 +559,31 @@ class _Engine:
             if dep.deployment_id in self.pending and not self._abort_requested():
                 self._send_manifest(dep)
 
+    def _deployment(self, dep_id: str, device: Device, wave: int, manifest: bytes
+                    ) -> _Deployment:
+        m = Manifest.model_validate_json(manifest)
+        now = self.link.clock.now()
+        return _Deployment(dep_id, device, wave, m.model.sha256, manifest, m.digest,
+                           frozenset(a.sha256 for a in m.artifacts().values()), now, now)
+
+    def _publish_chunk(self, topic: str, payload: bytes, *, retain: bool = False
+                       ) -> PublishFuture:
+        fut = self.link.publish(topic, payload, retain=retain)
+        if self.direct and payload:  # a one-device deployment shows its chunks going out
+            sha, index = parse_artifact_topic(topic)
+            self.progress("chunk", {"artifact": sha, "index": index,
+                                    "sent": self.server.stats.published_chunks + 1})
+        return fut
+
     def _ensure_published(self, variant: Variant) -> None:
         for art in (variant.model, variant.probes):
             if art is not None and art.sha256 not in self.published:
-                self.server.publish(art.sha256)
+                with _IN_USE_LOCK:
+                    k = (self.link.broker.address, art.sha256)
+                    _IN_USE[k] = _IN_USE.get(k, 0) + 1
+                    first = _IN_USE[k] == 1
+                if first or not self.direct:
+                    self.server.publish(art.sha256)
                 self.published.add(art.sha256)
 
     @property
@@ -524,36 +596,44 @@ class _Engine:
         wave = [d for d in self.waves[index] if d not in self.started]
         rows = []
         deps = []
-        now = self.link.clock.now()
         for device_id in wave:
             self.started.add(device_id)
             device = Device(device_id, self.profiles[device_id],
                             frozenset(self.tags.get(device_id, [])))
             variant = self.variants[device.profile]
-            action, why = classify(self.seen.get(device_id), variant.model.sha256,
-                                   include_offline=self.spec.get("include_offline", False))
-            if action is not Action.DEPLOY:
-                self.skipped[device_id] = why
-                continue
-            # unique by construction: the device's place in the plan (random ids collide
-            # in waves of thousands)
-            dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
-            manifest = self._manifest(dep_id, device_id, variant)
-            rows.append((dep_id, device_id, variant.model.sha256, variant.model.size,
-                         self.rollout_id, index, manifest.decode(), json.loads(manifest)[
-                             "release"]))
-            deps.append(_Deployment(dep_id, device, index, variant.model.sha256, manifest,
-                                    now, now))
+            manifest = self.direct.get(device_id)
+            if manifest is None:
+                action, why = classify(self.seen.get(device_id), variant.model.sha256,
+                                       include_offline=self.spec.get("include_offline", False))
+                if action is not Action.DEPLOY:
+                    self.skipped[device_id] = why
+                    continue
+                # unique by construction: the device's place in the plan (random ids
+                # collide in waves of thousands)
+                dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
+                manifest = self._manifest(dep_id, device_id, variant)
+            dep = self._deployment(json.loads(manifest)["deployment_id"], device, index,
+                                   manifest)
+            rows.append((dep.deployment_id, device_id, variant.model.sha256, variant.model.size,
+                         self.rollout_id, index, manifest.decode(),
+                         json.loads(manifest)["release"]))
+            deps.append(dep)
         self.registry.add_deployments(rows)  # recorded before anything is sent
         self.registry.unlock_devices(self.rollout_id, [d for d in wave if d in self.skipped])
         self.progress("wave", {"wave": index, "devices": [d.device.device_id for d in deps],
                                "skipped": [d for d in wave if d in self.skipped]})
+        if not self.direct:  # chunks first: a wave's devices find them retained, ask nothing
+            for dep in deps:
+                self._ensure_published(self.variants[dep.device.profile])
         for dep in deps:
-            self._ensure_published(self.variants[dep.device.profile])
             self.pending[dep.deployment_id] = dep
             self.by_device[dep.device.device_id] = dep.deployment_id
             self.outcomes[dep.device.device_id] = Outcome.PENDING
             self._send_manifest(dep)
+            if self.direct:
+                self.progress("manifest", {"deployment_id": dep.deployment_id})
+        for dep in deps:  # one device: it subscribes while its chunks stream
+            self._ensure_published(self.variants[dep.device.profile])
 
     def _manifest(self, dep_id: str, device_id: str, variant: Variant) -> bytes:
         now = time.time()
@@ -573,30 +653,25 @@ class _Engine:
         dep.sent = self.link.clock.now()
 
     def tick(self) -> None:
-        """Time out and re-send, on the link clock (it stops while the broker is away)."""
+        """Time out, settle Last Wills past their grace, re-send; on the link clock."""
         if not self.link.connected or time.monotonic() - self._ticked < TICK_S:
             return
         self._ticked = time.monotonic()
         now = self.link.clock.now()
         for dep in list(self.pending.values()):
             if now - dep.started > self.policy.timeout_s:
-                self._finish(dep, Outcome.TIMED_OUT,
-                             f"no final report within {self.policy.timeout_s:g}s")
-            elif not dep.heard and now - dep.sent > min(MANIFEST_RESEND_S,
-                                                         self.policy.timeout_s / 3) \
-                    and dep.resends < MAX_RESENDS:
+                reason = (f"cancel sent; no answer within {self.policy.timeout_s:g}s"
+                          if dep.cancelled else
+                          f"no final report within {self.policy.timeout_s:g}s")
+                self._finish(dep, Outcome.CANCELLED if dep.cancelled else Outcome.TIMED_OUT,
+                             reason)
+                continue
+            self._try_settle(dep.device.device_id)
+            if (dep.deployment_id in self.pending and not dep.heard and not dep.cancelled
+                    and now - dep.sent > min(MANIFEST_RESEND_S, self.policy.timeout_s / 3)
+                    and dep.resends < MAX_RESENDS):
                 dep.resends += 1
                 self._send_manifest(dep)
-
-    def cancel_pending(self, reason: str) -> None:
-        """Stop the wave in progress: a signed Cancel to every device still pending."""
-        self.awaiting |= set(self.pending)
-        for dep in list(self.pending.values()):
-            cancel = Cancel(deployment_id=dep.deployment_id, device_id=dep.device.device_id)
-            if self.key is not None:
-                cancel = self.key.sign(cancel)
-            self.link.publish(Topics(dep.device.device_id).cancel, cancel.to_json())
-            self._finish(dep, Outcome.CANCELLED, reason)
 
     def verdict(self) -> Verdict:
         last = next_wave(self.waves, self.started) is None
@@ -613,61 +688,103 @@ class _Engine:
         row = self.registry.rollout(self.rollout_id)
         return row is not None and row["state"] == "aborting"
 
+    # -- the states ------------------------------------------------------------
+
     def run(self) -> Verdict:
+        step: Step | None = self.cancel if self._abort_requested() else self.watch
+        if step == self.cancel:
+            self.final = Verdict(Decision.ABORT, "aborted by the operator")
+        while step is not None:
+            step = step()
+        return self.final
+
+    def _hear(self) -> None:
+        self.drain(0.1)
+        self.tick()
+        self.flush()
+        self.poll_registry()
+
+    def watch(self) -> Step:
+        """Hear the devices, time out, judge (O(devices): at most five times a second)."""
+        self._hear()
+        if self._abort_requested():
+            self.final = Verdict(Decision.ABORT, "aborted by the operator")
+            return self.cancel
+        if self._connected == self.link.connected and not (
+                self._changed and (not self.pending
+                                   or time.monotonic() - self._judged > VERDICT_S)):
+            return self.watch
+        self._changed, self._connected = False, self.link.connected
+        self._judged = time.monotonic()
         verdict = self.verdict()
-        connected = self.link.connected
-        while True:
-            self.drain(0.1)
-            self.tick()
-            self.flush()
-            self.poll_registry()
-            if self._abort_requested():
-                self.cancel_pending("aborted by the operator")
-                verdict = Verdict(Decision.ABORT, "aborted by the operator")
-                break
-            if connected == self.link.connected and not (
-                    self._changed and (not self.pending
-                                       or time.monotonic() - self._judged > VERDICT_S)):
-                continue  # judging is O(devices): at most five times a second
-            self._changed, connected = False, self.link.connected
-            self._judged = time.monotonic()
-            verdict = self.verdict()
-            if verdict.decision is Decision.ABORT:
-                self.progress("abort", {"reason": verdict.reason})
-                self.cancel_pending(f"rollout aborted: {verdict.reason}")
-                break
-            if verdict.decision is Decision.DONE:
-                break
-            if verdict.decision is Decision.CONTINUE:
-                index = next_wave(self.waves, self.started)
-                if index is not None:
-                    self.start_wave(index)
-                self._changed = True
-        self._await_cancelled()
-        self.flush(force=True)
-        return verdict
-
-    def _await_cancelled(self) -> None:
-        """Give the cancelled devices a moment to say how they ended (one may have finished)."""
-        deadline = time.monotonic() + min(CANCEL_WAIT_S, self.policy.timeout_s)
-        while self.awaiting and self.link.connected and time.monotonic() < deadline:
-            self.drain(0.1)
-            self.flush()
-
-    def finish(self, verdict: Verdict) -> None:
-        state = "done" if verdict.decision is Decision.DONE else "aborted"
         if verdict.decision is Decision.ABORT:
-            for wave in self.waves:
-                for d in wave:
-                    if d not in self.started:
-                        self.skipped[d] = "not reached: rollout aborted"
-        self.registry.set_rollout_state(self.rollout_id, state, verdict.reason)
-        self.registry.unlock_devices(self.rollout_id)
+            self.progress("abort", {"reason": verdict.reason})
+            self.final = verdict
+            return self.cancel
+        if verdict.decision is Decision.DONE:
+            self.final = verdict
+            return self.close
+        if verdict.decision is Decision.CONTINUE:
+            return self.start_next
+        return self.watch
+
+    def start_next(self) -> Step:
+        index = next_wave(self.waves, self.started)
+        if index is not None:
+            self.start_wave(index)
+        self._changed = True
+        return self.watch
+
+    def cancel(self) -> Step:
+        """A signed Cancel to every device still pending; their answers settle them."""
+        reason = ("aborted by the operator" if "operator" in self.final.reason
+                  else f"rollout aborted: {self.final.reason}")
+        for dep in self.pending.values():
+            message = Cancel(deployment_id=dep.deployment_id, device_id=dep.device.device_id)
+            if self.key is not None:
+                message = self.key.sign(message)
+            self.link.publish(Topics(dep.device.device_id).cancel, message.to_json())
+            dep.cancelled = reason
+        self._deadline = time.monotonic() + self.policy.timeout_s
+        return self.await_answers
+
+    def await_answers(self) -> Step:
+        """Wait for each cancelled device to say how it ended: cancelled, or it had already
+        finished its transfer and activated (then the registry says so)."""
+        self._hear()
+        if self.pending and time.monotonic() < self._deadline:
+            return self.await_answers
+        for dep in list(self.pending.values()):  # the broker stayed away
+            self._finish(dep, Outcome.CANCELLED,
+                         f"{dep.cancelled}; the device did not answer the cancel")
+        return self.close
+
+    def close(self) -> None:
+        """Record the end, free the devices, clear the artifacts nobody needs any more."""
+        self.flush(force=True)
+        if not self.direct:
+            aborted = self.final.decision is Decision.ABORT
+            self.skipped.update({d: "not reached: rollout aborted" for wave in self.waves
+                                 for d in wave if aborted and d not in self.started})
+            self.registry.set_rollout_state(self.rollout_id, "aborted" if aborted else "done",
+                                            self.final.reason)
+            self.registry.unlock_devices(self.rollout_id)
+        self.release()
+
+    def release(self) -> None:
+        """Clear (awaited at close) the retained chunks no engine or running rollout needs."""
         busy = {a for r in self.registry.rollouts("running")
                 for v in r["spec"]["variants"].values() for a in v if a}
-        for sha in self.published - busy:
-            self.server.clear(sha)
-        self.published &= busy
+        for sha in self.published:
+            with _IN_USE_LOCK:
+                k = (self.link.broker.address, sha)
+                _IN_USE[k] = _IN_USE.get(k, 1) - 1
+                last = _IN_USE[k] <= 0
+                if last:
+                    _IN_USE.pop(k, None)
+            if last and sha not in busy:
+                self.server.clear(sha)
+        self.published.clear()
 
 
 def request_abort(registry: Registry, rollout_id: str) -> None:
@@ -724,7 +841,7 @@ def run_rollout(
     progress: Progress | None = None,
     abort: threading.Event | None = None,
     link: FleetLink | None = None,
-    intake: Intake | Gate | None = None,
+    intake: Gate | None = None,
     profile_thresholds: Mapping[str, dict[str, Any]] | None = None,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
@@ -739,8 +856,8 @@ def run_rollout(
     enrolled key (``device_keys``, default: the registry's enrolled keys);
     ``profile_thresholds`` replace ``thresholds`` for the variants of those profiles;
     with no device enrolled at all, signatures are not checked. An
-    ``intake`` (``fleet.intake.Intake``, or anything with ``accept(topic,
-    payload) -> message | None``) replaces that check.
+    ``intake`` (a ``fleet.gate.Gate``: its ``check(kind, device_id, payload)``
+    returns the message or raises ValueError) replaces that check.
     """
     signing = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
@@ -761,25 +878,60 @@ def run_rollout(
         engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
                         policy=policy or WavePolicy(), include_offline=include_offline,
                         thresholds=thresholds, benchmark=benchmark, chunk_size=chunk_size,
-                        check=_gated(intake) if intake is not None else checker(device_keys),
+                        check=intake.check if intake is not None else checker(device_keys),
                         discover_s=discover_s, progress=progress,
                         abort=abort, profile_thresholds=profile_thresholds)
-        verdict = engine.run()
-        engine.finish(verdict)
-        return _result(engine, verdict, registry)
+        return _result(engine, engine.run(), registry)
     finally:
         if own_link:
             link.close()
 
 
-def _gated(intake: Gate) -> Check:
-    def check(kind: str, device_id: str, payload: bytes) -> Any:
-        msg = intake.accept(f"{TOPIC_ROOT}/{device_id}/{kind}", payload)
-        if msg is None:
-            raise ValueError(f"{kind} from {device_id} dropped by the intake")
-        return msg
+def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
+               timeout: float, check: Check, progress: Progress | None = None,
+               registry: Registry | None = None) -> tuple[Outcome, str, list[dict], dict]:
+    """One deployment of a manifest made by the caller (``deploy``, ``tune --verify-on``).
 
-    return check
+    The same engine as a rollout: one wave of one device, no discovery, no
+    skipping; only the device's final report ends it (a Last Will does not: the
+    device's persistent session gets the manifest when it is back). Returns (outcome, reason, the stored
+    reports, stats); the record is ``registry`` (default: in memory).
+    """
+    reg = registry or Registry(":memory:")
+    device_id = manifest.device_id
+    variant = Variant("direct", manifest.model, manifest.probes)
+    spec: dict[str, Any] = {
+        "variants": {"direct": [manifest.model.sha256,
+                                manifest.probes.sha256 if manifest.probes else None]},
+        "policy": WavePolicy(max_failure_rate=1.0, timeout_s=timeout).get_config(),
+        "chunk_size": manifest.model.chunk_size,
+        "thresholds": manifest.thresholds.model_dump(mode="json"),
+        "benchmark": manifest.benchmark.model_dump(mode="json"),
+        "waves": [[device_id]], "profiles": {device_id: "direct"}}
+    if all(r["device_id"] != device_id for r in reg.device_rows()):
+        reg.upsert_device(Device(device_id, "direct"))
+    link = FleetLink(broker)
+    link.open(timeout=min(10.0, timeout))
+    try:
+        engine = _Engine(reg, link, rollout_id=manifest.rollout_id or "", spec=spec,
+                         variants={"direct": variant},
+                         blobs={variant.model.sha256: blobs["model"],
+                                **({variant.probes.sha256: blobs["probes"]}
+                                   if variant.probes else {})},
+                         key=None, check=check, progress=progress, abort=None)
+        engine.direct = {device_id: manifest.to_json()}
+        engine.run()
+    finally:
+        link.close()
+    dep_id = manifest.deployment_id
+    row = next(r for r in reg.deployments(device_id) if r["deployment_id"] == dep_id)
+    stats = {"chunks_sent": engine.server.stats.published_chunks,
+             "refused": engine.server.stats.refused_requests, "dropped": engine.dropped,
+             "started_at": row["started_at"]}
+    reports = reg.reports(dep_id)
+    if registry is None:
+        reg.close()
+    return Outcome(row["outcome"]), row["reason"] or "", reports, stats
 
 
 def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],

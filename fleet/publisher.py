@@ -1,35 +1,27 @@
-"""Publish a signed deployment to one device and wait for its final report.
+"""Deploy a signed manifest to one device and return its final report.
 
-``deploy()`` sends the manifest (release, expiry and per-chunk digests, signed),
-publishes the artifact's chunks once (retained on
-``paoding/v2/artifacts/<sha256>/<index>``, shared by every deployment of the
-same variant from this process and cleared by the last one; the publishing
-and the bounded re-serving are ``fleet.artifacts.ArtifactServer``'s), re-serves
-what the agent asks for, collects the agent's
-reports and returns a ``DeploymentReport`` once the deployment reaches a
-final state. Given the device's enrolled public key, reports and chunk
-requests that do not carry the device's signature are dropped and logged.
-``cancel()`` sends a signed Cancel.
+``deploy()`` makes the manifest (release, expiry and per-chunk digests, signed)
+and runs it through the fleet's one deployment engine
+(``fleet.orchestrator.run_direct``: the artifacts published once, retained,
+re-served within bounds and cleared by the last user, the device's reports
+checked by the intake and settled as in a rollout), then summarises what the
+device said as a ``DeploymentReport``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import queue
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.errors import DeployError, DeploymentTimeout, PaodingError
-from core.mqtt import Broker, MqttClient, PublishFuture
-from core.probes import load_probes, probes_to_bytes, validate_probes
+from core.errors import DeployError, DeploymentTimeout
+from core.mqtt import Broker
+from core.probes import probes_to_bytes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TTL_S,
@@ -37,34 +29,20 @@ from core.protocol import (
     Artifact,
     BenchmarkResult,
     BenchmarkSettings,
-    Cancel,
     CheckResults,
-    ChunkRequest,
     Manifest,
     Report,
     RuntimeInfo,
     Thresholds,
-    Topics,
     TransferStats,
     check_id,
-    parse_artifact_topic,
 )
-from core.signing import (
-    SigningKey,
-    VerifyKey,
-    check_device_message,
-    load_signing_key,
-    load_verify_key,
-    one_line,
-)
-from fleet.artifacts import ArtifactServer
+from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
+from fleet.intake_check import checker
+from fleet.orchestrator import HostOutputs, Progress, add_expected, probe_data, run_direct
+from fleet.rollout import Outcome
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[str, dict[str, Any]], None]
-# Runs a TFLite model on the host: (model bytes, x) -> outputs, for the probes' ``expected``.
-HostOutputs = Callable[[bytes, np.ndarray], np.ndarray]
-MANIFEST_RESEND_S = 5.0
+__all__ = ["DeploymentReport", "HostOutputs", "add_expected", "deploy"]
 
 
 class DeploymentReport(BaseModel):
@@ -106,12 +84,6 @@ def _as_broker(broker: str | Broker) -> Broker:
         raise DeployError(str(exc)) from None
 
 
-def _as_key(key: SigningKey | str | os.PathLike[str] | None) -> SigningKey | None:
-    if key is None or isinstance(key, SigningKey):
-        return key
-    return load_signing_key(key)
-
-
 def _as_device_key(key: VerifyKey | bytes | str | os.PathLike[str] | None) -> VerifyKey | None:
     """A device's public key: a VerifyKey, PEM text/bytes or a PEM file."""
     if key is None or isinstance(key, VerifyKey):
@@ -119,86 +91,6 @@ def _as_device_key(key: VerifyKey | bytes | str | os.PathLike[str] | None) -> Ve
     if isinstance(key, bytes) or (isinstance(key, str) and key.lstrip().startswith("-----")):
         return VerifyKey.from_pem(key, "the device's public key")
     return load_verify_key(key)
-
-
-def _load_probes(probes: str | os.PathLike[str] | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if isinstance(probes, dict):
-        data = {k: np.asarray(v) for k, v in probes.items()}
-        validate_probes(data)
-        return data
-    return load_probes(probes)
-
-
-def add_expected(model: bytes, probes: dict[str, np.ndarray], host_outputs: HostOutputs
-                 ) -> dict[str, np.ndarray]:
-    """Add the model's own host outputs as ``expected`` (when the host can run it)."""
-    try:
-        out = np.asarray(host_outputs(model, np.asarray(probes["x"], dtype=np.float32)))
-    except (PaodingError, ValueError):
-        return probes  # the device will say why it cannot load the model
-    if out.shape != np.asarray(probes["reference"]).shape:
-        return probes
-    return dict(probes, expected=out.astype(np.float32))
-
-
-class _Shelf:
-    """Which artifacts this process keeps retained on which broker (published once per variant).
-
-    The first deployment of a variant publishes its chunks (retained); later
-    ones reuse them; the last one to finish clears them.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users: dict[tuple[str, str], int] = {}
-
-    def claim(self, broker: str, sha256: str) -> bool:
-        """Count one more user; True for the first (who publishes)."""
-        with self._lock:
-            n = self._users.get((broker, sha256), 0)
-            self._users[(broker, sha256)] = n + 1
-            return n == 0
-
-    def release(self, broker: str, sha256: str) -> bool:
-        """Count one user less; True for the last (who clears)."""
-        with self._lock:
-            n = self._users.get((broker, sha256), 1) - 1
-            if n <= 0:
-                self._users.pop((broker, sha256), None)
-                return True
-            self._users[(broker, sha256)] = n
-            return False
-
-
-SHELF = _Shelf()
-
-
-class _Counted:
-    """Publishes for one deployment: counts chunk messages, reports progress, keeps acks."""
-
-    def __init__(self, client: MqttClient, progress: Progress | None) -> None:
-        self.client, self.progress = client, progress
-        self.sent = 0
-        self.clearing: list[PublishFuture] = []
-
-    def __call__(self, topic: str, payload: bytes, *, retain: bool = False) -> PublishFuture:
-        fut = self.client.publish(topic, payload, qos=1, retain=retain)
-        if not payload:  # clearing a retained chunk
-            self.clearing.append(fut)
-            return fut
-        self.sent += 1
-        if self.progress:
-            sha, index = parse_artifact_topic(topic)
-            self.progress("chunk", {"artifact": sha, "index": index, "sent": self.sent})
-        return fut
-
-    def wait_cleared(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        for f in self.clearing:
-            try:
-                f.wait(max(0.1, deadline - time.monotonic()))
-            except PaodingError:
-                break
 
 
 def deploy(
@@ -250,7 +142,7 @@ def deploy(
         blobs = {"model": blob}
         arts = {"model": Artifact.of(blob, chunk_size)}
         if probes is not None:
-            pdata = _load_probes(probes)
+            pdata = probe_data(probes)
             if host_outputs is not None:
                 pdata = add_expected(blob, pdata, host_outputs)
             blobs["probes"] = probes_to_bytes(pdata)
@@ -266,133 +158,44 @@ def deploy(
         manifest = Manifest(**fields)
     except ValidationError as exc:
         raise DeployError(one_line(exc)) from None
-    signing_key = _as_key(key)
+    signing_key = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     if signing_key is not None:
         manifest = signing_key.sign(manifest)
     return _run(manifest, blobs, _as_broker(broker), timeout, progress,
                 _as_device_key(device_key))
 
 
-def cancel(device_id: str, deployment_id: str, broker: str | Broker,
-           key: SigningKey | str | os.PathLike[str], timeout: float = 10.0) -> Cancel:
-    """Publish a signed Cancel for a deployment that has not finished its transfer."""
-    signing_key = _as_key(key)
-    assert signing_key is not None
-    message = signing_key.sign(Cancel(deployment_id=check_id(deployment_id, "deployment id"),
-                                      device_id=check_id(device_id)))
-    client = MqttClient(_as_broker(broker), client_id=f"paoding-cancel-{uuid.uuid4().hex[:8]}",
-                        clean_session=True)
-    client.connect(timeout=timeout)
-    try:
-        client.publish(Topics(device_id).cancel, message.to_json(), qos=1).wait(timeout)
-    finally:
-        client.close()
-    return message
-
-
 def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: float,
          progress: Progress | None, device_key: VerifyKey | None = None) -> DeploymentReport:
-    topics = Topics(manifest.device_id)
-    dep = manifest.deployment_id
-    digest = manifest.digest
-    events: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
-    client = MqttClient(broker, client_id=f"paoding-host-{dep}"[:64], clean_session=False)
-    client.subscribe(topics.report, lambda t, p: events.put(("report", t, p)))
-    client.subscribe(topics.need, lambda t, p: events.put(("need", t, p)))
+    """The fleet engine's one-device deployment, summarised for the caller."""
+    keys = {manifest.device_id: device_key} if device_key is not None else None
     t0 = time.monotonic()
-    client.connect(timeout=min(10.0, timeout))
-    artifacts = manifest.artifacts()
-    publish = _Counted(client, progress)
-    server = ArtifactServer(publish)
-    for name, art in artifacts.items():
-        server.add(blobs[name], art)
-    owned = [a for a in artifacts.values() if SHELF.claim(broker.address, a.sha256)]
-    reports: list[Report] = []
-    seen: set[str] = set()
-    received_at: float | None = None
-    final: Report | None = None
-    dropped = 0
-
-    def parse(kind: str, topic: str, payload: bytes) -> Report | ChunkRequest | None:
-        nonlocal dropped
-        try:
-            if device_key is not None:
-                msg = check_device_message(topic, payload, lambda d: device_key
-                                           if d == manifest.device_id else None)
-            else:
-                msg = (Report if kind == "report" else ChunkRequest).from_json(payload)
-        except (PaodingError, ValidationError, ValueError) as exc:
-            dropped += 1
-            log.warning("dropped a %s for %s: %s", kind, dep, one_line(exc))
-            return None
-        return msg
-
-    try:
-        t_manifest = time.monotonic()
-        client.publish(topics.manifest, manifest.to_json(), qos=1).wait(min(30.0, timeout))
-        for art in owned:
-            server.publish(art.sha256)
-        if progress:
-            progress("manifest", {"deployment_id": dep})
-        deadline = t0 + timeout
-        heard = False
-        last_manifest = time.monotonic()
-        while final is None:
-            if not heard and time.monotonic() - last_manifest > MANIFEST_RESEND_S:
-                # the broker may have lost the agent's session: send the manifest again
-                client.publish(topics.manifest, manifest.to_json(), qos=1)
-                last_manifest = time.monotonic()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                last = reports[-1].state if reports else "no report"
-                raise DeploymentTimeout(
-                    f"no final report from {manifest.device_id} for {dep} within {timeout:g}s "
-                    f"(last: {last}; broker {broker.address})")
-            try:
-                kind, topic, payload = events.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if kind == "need" and payload:
-                req = parse(kind, topic, payload)
-                if isinstance(req, ChunkRequest) and req.deployment_id == dep:
-                    heard = True
-                    server.request(req)
-                continue
-            rep = parse(kind, topic, payload) if payload else None
-            if not isinstance(rep, Report):
-                continue
-            if (rep.deployment_id != dep or rep.report_id in seen
-                    or rep.manifest_sha256 != digest):  # e.g. a retained report of a replay
-                continue
-            seen.add(rep.report_id)
-            heard = True
-            reports.append(rep)
-            if rep.state == "received" and received_at is None:
-                received_at = time.monotonic()
-            if progress:
-                progress("report", {"state": rep.state, "reason": rep.reason})
-            if rep.final or rep.state in FINAL_STATES or rep.state == "error":
-                final = rep
-    finally:
-        for t in (topics.report, topics.need):
-            client.unsubscribe(t)
-        for art in artifacts.values():
-            if SHELF.release(broker.address, art.sha256):
-                server.clear(art.sha256)
-        publish.wait_cleared()
-        client.close()
-    return _summarise(manifest, final, reports, t0, t_manifest, received_at, publish.sent,
-                      server.stats.refused_requests, dropped)
+    outcome, reason, rows, stats = run_direct(manifest, blobs, broker, timeout=timeout,
+                                              check=checker(keys), progress=progress)
+    # in the device's order (a spooled report may arrive after a later, retained one)
+    reports = sorted((Report.model_validate(r["body"]) for r in rows), key=lambda r: r.timestamp)
+    if outcome in (Outcome.TIMED_OUT, Outcome.PENDING):
+        last = reports[-1].state if reports else "no report"
+        raise DeploymentTimeout(
+            f"no final report from {manifest.device_id} for {manifest.deployment_id} within "
+            f"{timeout:g}s (last: {last}; broker {broker.address})")
+    final = next((r for r in reversed(reports) if r.final or r.state in FINAL_STATES
+                  or r.state == "error"), None)
+    if final is None:  # failed by the host (a report signed by another key)
+        final = Report(device_id=manifest.device_id, deployment_id=manifest.deployment_id,
+                       state="failed", final=True, reason=reason[:200] or None)
+    received = next((r["received_at"] for r in rows if r["state"] == "received"), None)
+    tsec = received - stats["started_at"] if received else None
+    return _summarise(manifest, final, reports, t0, tsec, stats["chunks_sent"],
+                      stats["refused"], stats["dropped"])
 
 
 def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               t_manifest: float, received_at: float | None, sent: int, refused: int,
-               dropped: int) -> DeploymentReport:
+               tsec: float | None, sent: int, refused: int, dropped: int) -> DeploymentReport:
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
     checks = next((r.checks for r in reversed(reports) if r.checks), None)
     transfer = next((r.transfer for r in reports if r.transfer), None)
     total = sum(a.size for a in manifest.artifacts().values())
-    tsec = (received_at - t_manifest) if received_at else None
     return DeploymentReport(
         deployment_id=manifest.deployment_id, device_id=manifest.device_id,
         state=final.state, ok=final.state == "active", reason=final.reason,

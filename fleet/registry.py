@@ -115,6 +115,7 @@ _COLUMNS = [
     ("deployments", "manifest", "TEXT"),
     ("deployments", "release", "BIGINT"),
     ("reports", "report_id", "TEXT"),
+    ("devices", "status_at", "DOUBLE PRECISION"),
     ("devices", "public_key", "TEXT"),  # enrolment: the device's Ed25519 public key (PEM)
     ("devices", "broker_user", "TEXT"),
     ("devices", "enrolled_at", "DOUBLE PRECISION"),
@@ -210,19 +211,29 @@ class Registry:
                 ],
             )
 
-    def note_devices(self, rows: Iterable[tuple[str, bool | None, str | None, str | None]]
-                     ) -> None:
-        """What known devices say now: (device id, online, active sha, deployment id)."""
+    def note_devices(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """What known devices say now: (device id, online, active sha, deployment id[,
+        status time]). A status older than the one recorded (a stale retained copy,
+        by the device's own clock) changes nothing."""
         now = time.time()
         with self.db.tx():
             self.db.executemany(
                 """UPDATE devices SET online=COALESCE(?, online),
                      active_sha=COALESCE(?, active_sha),
-                     active_deployment=COALESCE(?, active_deployment), last_seen=?
-                   WHERE device_id=?""",
-                [(None if online is None else int(online), sha, dep, now, device_id)
-                 for device_id, online, sha, dep in rows],
+                     active_deployment=COALESCE(?, active_deployment), last_seen=?,
+                     status_at=COALESCE(?, status_at)
+                   WHERE device_id=? AND (CAST(? AS DOUBLE PRECISION) IS NULL OR status_at IS NULL
+                          OR status_at <= ?)""",
+                [(None if r[1] is None else int(r[1]), r[2], r[3], now,
+                  r[4] if len(r) > 4 else None, r[0],
+                  r[4] if len(r) > 4 else None, r[4] if len(r) > 4 else None)
+                 for r in rows],
             )
+
+    def status_times(self) -> dict[str, float]:
+        """The device clock time of each device's newest status taken (to order statuses)."""
+        return {r["device_id"]: r["status_at"] for r in self.db.query(
+            "SELECT device_id, status_at FROM devices WHERE status_at IS NOT NULL")}
 
     def devices(self) -> list[Device]:
         return [
@@ -416,6 +427,17 @@ class Registry:
                 args,
             )
 
+    def in_flight(self, device_id: str, deployment_id: str) -> dict[str, Any] | None:
+        """``deployment_id`` if it is ``device_id``'s and in flight: pending, or decided by
+        the host without the device's word while its rollout runs (the device may still
+        answer). What the intake asks before it stores or acts on a device's report."""
+        rows = self.db.query(
+            "SELECT d.* FROM deployments d LEFT JOIN rollouts r ON r.rollout_id = d.rollout_id "
+            "WHERE d.deployment_id=? AND d.device_id=? AND (d.outcome='pending' OR "
+            "(d.outcome IN ('timed_out', 'offline', 'cancelled') "
+            "AND r.state IN ('running', 'aborting')))", (deployment_id, device_id))
+        return rows[0] if rows else None
+
     def outcomes(self, rollout_id: str) -> dict[str, Outcome]:
         rows = self.db.query(
             "SELECT device_id, outcome FROM deployments WHERE rollout_id=?", (rollout_id,))
@@ -490,17 +512,6 @@ class Registry:
     def rejections(self) -> list[dict[str, Any]]:
         """The refused device messages by cause: cause, count, last_reason, last_at."""
         return self.db.query("SELECT * FROM rejections ORDER BY count DESC, cause")
-
-    def in_flight(self, device_id: str, deployment_id: str) -> bool:
-        """Whether ``deployment_id`` is ``device_id``'s and still open to its word.
-
-        Open: pending, or decided by the host without a final report (timed
-        out, offline, cancelled), which a late final report may still settle.
-        """
-        rows = self.db.query(
-            "SELECT outcome FROM deployments WHERE deployment_id=? AND device_id=?",
-            (deployment_id, device_id))
-        return bool(rows) and Outcome(rows[0]["outcome"]).revisable
 
     # latency observations ---------------------------------------------------
     def _observe(self, rows: Sequence[tuple[str | None, str, str, str, dict]], now: float

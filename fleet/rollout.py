@@ -58,6 +58,8 @@ class WavePolicy:
     max_failures: abort at this many failures whatever the rate (None: no cap).
     min_finished: the rate threshold applies once this many devices finished.
     timeout_s: a device that has not reported after this long counts as failed.
+    offline_grace_s: a Last Will stands this long (the host connected) before the
+      device counts as offline: a broker shutting down publishes every Will.
     """
 
     canary: int = 1
@@ -66,6 +68,7 @@ class WavePolicy:
     max_failures: int | None = None
     min_finished: int = 1
     timeout_s: float = 300.0
+    offline_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.canary < 1:
@@ -80,6 +83,8 @@ class WavePolicy:
             raise ConfigError(f"min_finished must be >= 1, got {self.min_finished}")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.offline_grace_s < 0:
+            raise ConfigError(f"offline_grace_s must be >= 0, got {self.offline_grace_s}")
 
     def get_config(self) -> dict:
         return {
@@ -89,6 +94,7 @@ class WavePolicy:
             "max_failures": self.max_failures,
             "min_finished": self.min_finished,
             "timeout_s": self.timeout_s,
+            "offline_grace_s": self.offline_grace_s,
         }
 
     @classmethod
@@ -99,14 +105,6 @@ class WavePolicy:
 def select(devices: Iterable[Device], target: Target) -> list[Device]:
     """The devices a target names, in a stable order (by id)."""
     return sorted((d for d in devices if target.matches(d)), key=lambda d: d.device_id)
-
-
-def group_by_profile(devices: Iterable[Device]) -> dict[str, list[Device]]:
-    """One variant is built per profile: the devices that share it."""
-    groups: dict[str, list[Device]] = {}
-    for device in sorted(devices, key=lambda d: d.device_id):
-        groups.setdefault(device.profile, []).append(device)
-    return groups
 
 
 def plan_waves(devices: Sequence[Device], policy: WavePolicy) -> list[list[Device]]:
@@ -163,20 +161,6 @@ class Verdict:
     failures: int = 0
     finished: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def apply_timeouts(
-    outcomes: dict[str, Outcome], started_at: dict[str, float], now: float, timeout_s: float
-) -> dict[str, Outcome]:
-    """Pending devices whose time is up become TIMED_OUT."""
-    return {
-        device_id: (
-            Outcome.TIMED_OUT
-            if outcome is Outcome.PENDING and now - started_at.get(device_id, now) > timeout_s
-            else outcome
-        )
-        for device_id, outcome in outcomes.items()
-    }
 
 
 def judge(outcomes: dict[str, Outcome], policy: WavePolicy, *, last_wave: bool) -> Verdict:
@@ -242,6 +226,7 @@ class Seen:
     final_deployment: str | None = None
     final_state: str | None = None
     final_reason: str | None = None
+    offline_since: float | None = None  # link-clock time of the Last Will (None: online)
 
 
 class Action(str, Enum):
@@ -263,12 +248,18 @@ def classify(seen: Seen | None, sha256: str, *, include_offline: bool = False
     return Action.DEPLOY, ""
 
 
-def settle(deployment_id: str, sha256: str, seen: Seen | None) -> tuple[Outcome, str] | None:
+def settle(deployment_id: str, sha256: str, seen: Seen | None, *, now: float = 0.0,
+           grace_s: float | None = 0.0, final_only: bool = False
+           ) -> tuple[Outcome, str] | None:
     """The outcome of a pending deployment from what the device said (None: still pending).
 
     A final report for this deployment decides; without one, a status naming
     the deployment as the active model means active (the report was lost);
-    a Last Will means offline, settled at once instead of timing out.
+    a Last Will means offline once it has stood ``grace_s`` seconds of the
+    host's own connected time (``now`` on the same clock; None: never), so
+    the Wills a broker publishes as it shuts down settle nobody: the devices
+    are back, online, before the grace is over. ``final_only``: only the final
+    report decides (a caller that needs its measurements).
     """
     if seen is None:
         return None
@@ -276,9 +267,12 @@ def settle(deployment_id: str, sha256: str, seen: Seen | None) -> tuple[Outcome,
         outcome = reported_outcome(seen.final_state)
         if outcome is not None:
             return outcome, seen.final_reason or ""
+    if final_only:
+        return None
     if seen.active_deployment == deployment_id and seen.active_sha == sha256:
         return Outcome.ACTIVE, "from the device's status"
-    if seen.online is False:
+    if seen.online is False and grace_s is not None and (
+            now - (seen.offline_since or 0.0) >= grace_s):
         return Outcome.OFFLINE, "device went offline (Last Will)"
     return None
 

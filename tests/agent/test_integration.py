@@ -44,10 +44,10 @@ def test_deploy_real_model_reports_every_state(broker, inproc_agent, keys, deplo
 def test_status_birth_message_is_retained(broker, inproc_agent, collector, keys, small_model):
     inproc_agent(broker, trust=keys["trust"], profile="raspberry-pi-4")
     deploy(small_model, DEVICE, broker.url, key=keys["private"], timeout=60)
-    time.sleep(0.3)
     _c, got = collector(broker, Topics(DEVICE).status)
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the status naming the new model follows the report
+    while time.monotonic() < deadline and not (
+            got and Status.from_json(got[-1][1]).active_model is not None):
         time.sleep(0.05)
     st = Status.from_json(got[-1][1])
     assert st.online and st.profile == "raspberry-pi-4" and st.runtime.name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import threading
 
 import pytest
 
@@ -18,14 +18,14 @@ def test_local_broker_roundtrip_and_cleanup(prefer):
     with local_broker(prefer) as b:
         assert b.kind == prefer and b.url.startswith("mqtt://127.0.0.1:")
         got: list[tuple[str, bytes]] = []
+        heard = threading.Event()
         c = MqttClient(Broker.from_url(b.url), f"t-{prefer}", clean_session=True)
-        c.subscribe("demo/#", lambda t, p: got.append((t, p)))
+        subscribed = c.subscribe("demo/#", lambda t, p: (got.append((t, p)), heard.set()))
         c.connect()
         try:
-            deadline = time.monotonic() + 10
-            while not got and time.monotonic() < deadline:
-                c.publish("demo/x", b"hello", qos=1)
-                time.sleep(0.2)
+            subscribed.result(10)  # in place: the message published now comes back
+            c.publish("demo/x", b"hello", qos=1).wait(10)
+            assert heard.wait(10)
         finally:
             c.close()
         assert ("demo/x", b"hello") in got

@@ -170,3 +170,31 @@ def test_a_device_settles_only_its_own_deployment(tmp_path):
         assert reg.deployments("pi-1")[0]["outcome"] == "pending"
         reg.settle([("d1", Outcome.ACTIVE, "", "pi-1")])
         assert reg.deployments("pi-1")[0]["outcome"] == "active"
+
+
+def test_a_stale_status_does_not_move_a_device_back(registry_target):
+    with Registry(registry_target) as reg:
+        reg.upsert_device(Device("pi-a", "raspberry-pi-4"))
+        reg.note_devices([("pi-a", True, "new" * 21 + "n", "d2", 200.0)])
+        # a retained status from before (an older persistence file): older by the device's clock
+        reg.note_devices([("pi-a", True, "old" * 21 + "o", "d1", 100.0)])
+        row = reg.device_rows()[0]
+        assert row["active_deployment"] == "d2" and row["status_at"] == 200.0
+        assert reg.status_times() == {"pi-a": 200.0}
+        reg.note_devices([("pi-a", False, None, None)])  # a Last Will carries no order
+        assert reg.device_rows()[0]["online"] == 0
+
+
+def test_in_flight_is_the_devices_own_deployment_while_it_can_answer(registry_target):
+    with Registry(registry_target) as reg:
+        for d in ("pi-a", "pi-b"):
+            reg.upsert_device(Device(d, "raspberry-pi-4"))
+        reg.create_rollout("r1", {"variants": {}})
+        reg.add_deployment("r1-a", "pi-a", "a" * 64, 10, rollout_id="r1", manifest="{}")
+        assert reg.in_flight("pi-a", "r1-a")["deployment_id"] == "r1-a"
+        assert reg.in_flight("pi-b", "r1-a") is None  # another device's
+        assert reg.in_flight("pi-a", "made-up") is None
+        reg.settle([("r1-a", Outcome.TIMED_OUT, "no report")])
+        assert reg.in_flight("pi-a", "r1-a") is not None  # its late answer still counts
+        reg.set_rollout_state("r1", "done")
+        assert reg.in_flight("pi-a", "r1-a") is None  # the rollout is over

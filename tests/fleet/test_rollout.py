@@ -14,10 +14,8 @@ from fleet.rollout import (
     Target,
     Verdict,
     WavePolicy,
-    apply_timeouts,
     classify,
     gate,
-    group_by_profile,
     judge,
     next_wave,
     plan_waves,
@@ -97,13 +95,6 @@ def test_abort_reason_names_the_threshold():
     assert "50%" in verdict.reason and "max_failure_rate" in verdict.reason
 
 
-def test_timeouts_turn_pending_into_failures():
-    outcomes = {"a": P, "b": P, "c": A}
-    started = {"a": 0.0, "b": 90.0, "c": 0.0}
-    after = apply_timeouts(outcomes, started, now=100.0, timeout_s=50.0)
-    assert after == {"a": T, "b": P, "c": A}
-
-
 def test_targeting_by_profile_and_tags():
     devices = [
         Device("k1", "raspberry-pi-4", frozenset({"kitchen", "beta"})),
@@ -115,7 +106,6 @@ def test_targeting_by_profile_and_tags():
     assert [d.device_id for d in select(devices, only_pi)] == ["k1", "k2"]
     by_id = Target(device_patterns=("k*",))
     assert [d.device_id for d in select(devices, by_id)] == ["k1", "k2"]
-    assert sorted(group_by_profile(devices)) == ["android-midrange", "raspberry-pi-4"]
 
 
 @pytest.mark.parametrize(
@@ -181,6 +171,28 @@ def test_classify(seen, include_offline, action):
 )
 def test_settle(seen, expected):
     got = settle("d1", SHA, seen)
+    assert (got[0] if got else None) is expected
+
+
+W = Seen(online=False, offline_since=100.0)  # a Last Will heard at 100 s of connected time
+
+
+@pytest.mark.parametrize(
+    ("seen", "now", "grace_s", "final_only", "expected"),
+    [
+        # a Last Will stands only after the grace (a broker shutdown publishes every Will;
+        # the devices are back online before it is over)
+        (W, 105.0, 10.0, False, None),
+        (W, 110.0, 10.0, False, Outcome.OFFLINE),
+        (W, 1e6, None, False, None),  # a direct deployment: a Will never ends it
+        # a caller that needs the measurements waits for the final report
+        (Seen(online=True, active_sha=SHA, active_deployment="d1"), 0.0, 0.0, True, None),
+        (Seen(online=True, final_deployment="d1", final_state="active"), 0.0, None, True,
+         Outcome.ACTIVE),
+    ],
+)
+def test_settle_with_grace_and_final_only(seen, now, grace_s, final_only, expected):
+    got = settle("d1", SHA, seen, now=now, grace_s=grace_s, final_only=final_only)
     assert (got[0] if got else None) is expected
 
 

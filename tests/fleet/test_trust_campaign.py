@@ -192,11 +192,15 @@ def test_forged_active_reports_are_not_believed(broker, fleet, tmp_path, caplog,
     err = capsys.readouterr()
     assert code == 2 and "not enrolled" in err.err and "ACTIVE" not in err.out
     # 2. an enrolled device that does not answer: forgers answer for it
-    with caplog.at_level(logging.WARNING), pytest.raises(DeploymentTimeout):
-        _deploy_with_forger(b, keys, reg.public_key("dev-a").encode())
+    with caplog.at_level(logging.WARNING):
+        forged = _deploy_with_forger(b, keys, reg.public_key("dev-a").encode())
+    # none is believed: the unsigned one is dropped, and a report signed by a key that
+    # is not the device's fails its deployment at once, saying why
+    assert forged.state == "failed" and not forged.ok and "enrolled key" in forged.reason
+    assert forged.states == [] and forged.dropped >= 2
     dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
-    believed = 3 - len(dropped)  # a forged report not dropped would have been counted
-    assert believed == 0
+    believed = int(forged.ok)
+    assert dropped
     # without the device's key the host believes the first forgery (the finding)
     unverified = _deploy_with_forger(b, keys, None)
     assert unverified.state == "active"
@@ -294,8 +298,7 @@ def test_a_device_cannot_report_for_another_devices_deployment(broker, fleet, ca
         _wait(lambda: dev_b.manifests, 20)  # wave 1: dev-a's deployment has timed out
         dev_b.client.publish(Topics("dev-b").report, fake.to_json(), qos=1).wait(5)
         sent += 1  # a "late report" for a deployment the host decided without one
-        time.sleep(0.5)
-        dev_b.go.set()
+        dev_b.go.set()  # dev-b's own answer comes after it: the host hears both, in order
 
     with dev_b, caplog.at_level(logging.WARNING):
         t = threading.Thread(target=lie)
@@ -422,7 +425,8 @@ def test_forged_need_messages_make_the_host_republish_nothing(broker, fleet):
                              "dropped": rep.dropped}
     # without verification the re-serving bound holds: a chunk at most once a second
     assert results[False]["republished_chunks"] <= 2 * chunks
-    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] == 200
+    # (one more is dropped: the previous deployment's retained final report, stale here)
+    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] >= 200
     record("forged_needs", "200 forged 'need' messages (unsigned / another device's key)",
            200, 200 - results[True]["dropped"], "intake signature check",
            f"{results[False]['republished_bytes']} bytes republished (re-send budget)",
@@ -458,8 +462,10 @@ def test_no_client_can_replace_a_devices_retained_report(tmp_path):
         bdev.close()
         a.close()
         with Inbox(fb.host_broker(), "host-read", "paoding/v2/devices/+/+") as host:
-            _wait(lambda: host.messages)
-            time.sleep(0.3)
+            marker = Topics("marker").manifest  # sent after the subscription: the retained
+            host.client.publish(marker, b"m", qos=1).wait(5)  # ones arrive before it
+            assert host.wait_for(marker)
+            host.messages.remove((marker, b"m"))
             replaced = sum(1 for m in host.messages if m != (Topics("dev-a").report, genuine))
             assert host.messages == [(Topics("dev-a").report, genuine)]
         # oversized: the broker drops a 2 MiB message before any device buffers it
@@ -468,10 +474,14 @@ def test_no_client_can_replace_a_devices_retained_report(tmp_path):
             big = MqttClient(fb.host_broker(), "host-big", clean_session=True)
             big.connect(timeout=10)
             big.publish(Topics("dev-a").manifest, b"x" * (2 << 20), qos=0)
-            time.sleep(0.8)
             big.close()
-            delivered = len(dev.messages)
-            assert delivered == 0
+            small = MqttClient(fb.host_broker(), "host-small", clean_session=True)
+            small.connect(timeout=10)
+            small.publish(Topics("dev-a").manifest, b"small", qos=1).wait(5)
+            small.close()
+            assert dev.wait_for(Topics("dev-a").manifest)  # the later small one came...
+            delivered = sum(1 for _t, p in dev.messages if p != b"small")
+            assert delivered == 0  # ...alone
     finally:
         fb.kill()
     record("retained_report", "an anonymous or another device's malformed message "

@@ -123,7 +123,7 @@ def test_cli_records_lineage_in_the_fleet_record(small_model, make_profile, tmp_
     Registry(db).close()
     out = tmp_path / "out"
     rc = main(["tune", str(path), "--profile", pid, "--eval-data", str(tmp_path / "eval.npz"),
-               "--max-ratio", "0.4", "--step", "0.2", "--exports", "float32", "--modes",
+               "--max-ratio", "0.4", "--step", "0.2", "--export", "float32", "--modes",
                "paoding", "--no-progress", "--db", str(db), "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     assert f"lineage recorded in {db}" in capsys.readouterr().out

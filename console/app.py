@@ -97,8 +97,8 @@ def calibration_chart(data: dict[str, Any]) -> str:
     series = [("before", [(p["measured_p90_ms"], p["before_p90_ms"]) for p in pairs])]
     if data["in_use"]["calibrated"]:
         series.append(("after", [(p["measured_p90_ms"], p["after_p90_ms"]) for p in pairs]))
-    return scatter(f"{data['profile']}: predicted against measured p90", series, unit="ms",
-                   chart_id="calibration-chart")
+    return scatter("p90 latency per report: predicted against measured", series, unit="ms",
+                   size=380, chart_id="calibration-chart")
 
 
 class Console:

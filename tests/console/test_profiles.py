@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
+from consolehelp import CALIBRATING as PROFILE
+from consolehelp import SLOWER, calibrate, observed, small_models
 from starlette.testclient import TestClient
 
 import device_profiles as dp
 from console.app import create_app
-from core.protocol import BenchmarkResult, LatencyStats, Report, RuntimeInfo
-from device_profiles import calibration, latency
-from fleet.calibration import observations
-from fleet.registry import Registry
-from fleet.rollout import Device
 
-PROFILE = "raspberry-pi-4-emulated"
-SLOWER = 1.5  # the devices run this much slower than the shipped profile predicts
 BASE = "http://127.0.0.1"
 
 
 @pytest.fixture(scope="module")
 def models() -> list[bytes]:
-    keras = pytest.importorskip("keras")
-    from pruner.export import export_tflite
-
-    return [export_tflite(keras.Sequential([
-        keras.Input((12, 12, 1)), keras.layers.Conv2D(4 * k, 3), keras.layers.Flatten(),
-        keras.layers.Dense(8 * k)])) for k in (1, 2, 4)]
-
-
-def verified(dep: str, device: str, sha: str, p90: float) -> dict:
-    lat = LatencyStats(count=100, mean=p90, std=0.1, min=p90, max=p90, p50=p90, p90=p90,
-                       p99=p90)
-    bench = BenchmarkResult(
-        runtime=RuntimeInfo(name="ai-edge-litert", version="2.3"), threads=1, init_ms=1,
-        first_inference_ms=1, warmup_runs=10, warmup_mean_ms=1, latency_ms=lat,
-        peak_memory_mb=60.0, rss_before_mb=50.0, measured_seconds=1.0, emulated=True,
-        slowdown=10.0, emulation="slowdown 10")
-    return Report(device_id=device, deployment_id=dep, state="active", final=True,
-                  model_sha256=sha, benchmark=bench).model_dump(mode="json")
+    pytest.importorskip("keras")
+    return small_models()
 
 
 @pytest.fixture
@@ -47,31 +24,7 @@ def fleet(registry_target, models, tmp_path, monkeypatch):
     """Three VERIFIED reports of three models from devices SLOWER than the shipped profile."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     monkeypatch.delenv("PAODING_PROFILES", raising=False)
-    shipped = dp.load(PROFILE)
-    measured = []
-    with Registry(registry_target) as reg:
-        for i, blob in enumerate(models):
-            sha = hashlib.sha256(blob).hexdigest()
-            dev, dep = f"pi-{i}", f"d{i}"
-            p90 = SLOWER * latency.predict_latency_ms(shipped.latency,
-                                                      latency.features_from_tflite(blob))
-            measured.append(p90)
-            reg.upsert_device(Device(dev, PROFILE))
-            reg.put_artifact(sha, blob)
-            reg.add_deployment(dep, dev, sha, len(blob), rollout_id=f"r{i}")
-            reg.add_report(dep, dev, "active", verified(dep, dev, sha, p90), report_id=f"x{i}")
-    return registry_target, measured
-
-
-def calibrate(db) -> dp.DeviceProfile:
-    """What `profiles calibrate PROFILE --db` writes beside the shipped profile."""
-    with Registry(db) as reg:
-        data = observations(reg, PROFILE).measurements
-    new = calibration.calibrate(dp.load(PROFILE), data, source="test: three fleet reports")
-    out = dp.user_dir() / f"{PROFILE}.yaml"
-    out.parent.mkdir(parents=True)
-    out.write_text(dp.dump(new))
-    return new
+    return registry_target, observed(registry_target, models)
 
 
 def test_profiles_show_predicted_against_measured_before_and_after(fleet):

@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from console import queries
-from console.svg import chart
+from console.svg import chart, scatter
 from core.errors import ConfigError, PaodingError
 from fleet.registry import Registry
 
@@ -89,6 +89,16 @@ def latency_charts(data: dict[str, Any]) -> dict[str, str]:
              ("predicted", [d["predicted"]["memory_mb"] for d in deps])],
             unit="MB", budget=budgets.get("memory_mb"), chart_id="memory-chart"),
     }
+
+
+def calibration_chart(data: dict[str, Any]) -> str:
+    """A profile's predicted against measured p90, before and (when calibrated) after."""
+    pairs = data["pairs"]
+    series = [("before", [(p["measured_p90_ms"], p["before_p90_ms"]) for p in pairs])]
+    if data["in_use"]["calibrated"]:
+        series.append(("after", [(p["measured_p90_ms"], p["after_p90_ms"]) for p in pairs]))
+    return scatter("p90 latency per report: predicted against measured", series, unit="ms",
+                   size=380, chart_id="calibration-chart")
 
 
 class Console:
@@ -174,6 +184,18 @@ class Console:
         return self.page(request, f"model {sha[:12]}", "model.html",
                          lambda: queries.model(self.registry, sha),
                          lambda data: {"profiles": queries.profiles(self.registry)})
+
+    def profiles(self, request: Request) -> Response:
+        return self.page(request, "profiles", "profiles.html",
+                         lambda: {"profiles": [{k: v for k, v in d.items() if k != "pairs"}
+                                               for d in queries.calibration(self.registry)
+                                               .values()]})
+
+    def profile(self, request: Request) -> Response:
+        pid = _strip_json(request.path_params["profile_id"])
+        return self.page(request, f"measurement of profile {pid!r}", "profile.html",
+                         lambda: queries.calibration(self.registry, pid).get(pid),
+                         lambda data: {"chart": calibration_chart(data)})
 
     async def rollout_events(self, request: Request) -> Response:
         """Server-sent events: the rollout's JSON each time it changes, until it ends."""
@@ -312,6 +334,9 @@ def create_app(db: str | Path, *, token: str | None = None,
         Route("/rollout/{rollout_id}", console.rollout),
         Route("/model/{sha256}/rollout", console.start, methods=["POST"]),
         Route("/model/{sha256}", console.model),
+        Route("/profiles", console.profiles),
+        Route("/profiles.json", console.profiles),
+        Route("/profile/{profile_id}", console.profile),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "::1"]

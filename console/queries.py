@@ -10,10 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+import device_profiles
 from core.errors import ConfigError
+from device_profiles import latency
+from device_profiles.calibration import Pair
+from device_profiles.schema import DeviceProfile
+from fleet.calibration import pairs_by_profile
 from fleet.registry import Registry
 
 PAGE_SIZE = 50
@@ -238,3 +247,41 @@ def model_bytes(reg: Registry, sha256: str) -> bytes | None:
             if hashlib.sha256(data).hexdigest() == sha256:
                 return data
     return None
+
+
+def _median_error(pairs: list[Pair], predicted: Callable[[Pair], float | None]) -> float | None:
+    errs = [(p, predicted(p)) for p in pairs]
+    rel = np.array([(v - p.measured_p90_ms) / p.measured_p90_ms for p, v in errs if v is not None])
+    return latency.error_summary(rel).get("median_abs") if rel.size else None
+
+
+def calibration(reg: Registry, profile: str | None = None) -> dict[str, dict[str, Any]]:
+    """Predicted against measured p90 per observed profile (or only ``profile``), before and
+    after calibration: median error, N reports, and the provenance of the profile in use."""
+    if profile is not None:
+        try:
+            device_profiles.check_profile_id(profile)
+        except device_profiles.ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+    loaded: dict[str, tuple[DeviceProfile, DeviceProfile | None]] = {}
+
+    def load(pid: str) -> tuple[DeviceProfile, DeviceProfile | None]:
+        loaded[pid] = device_profiles.before_after(pid)
+        return loaded[pid]
+
+    out = {}
+    for pid, pairs in pairs_by_profile(reg, load, profile).items():
+        before, after = loaded[pid]
+        lm = (after or before).latency
+        out[pid] = {
+            "profile": pid,
+            "reports": len(pairs),
+            "in_use": {"calibrated": after is not None, "provenance": lm.provenance,
+                       "calibrated_at": lm.calibrated_at,
+                       "calibration_reports": lm.calibration_reports, "source": lm.source},
+            "before": {"provenance": before.latency.provenance,
+                       "median_error": _median_error(pairs, lambda p: p.before_p90_ms)},
+            "after": {"median_error": _median_error(pairs, lambda p: p.after_p90_ms)},
+            "pairs": [asdict(p) for p in pairs],
+        }
+    return out

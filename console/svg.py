@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from html import escape
 
 COLOURS = {"p50": "#2a9d8f", "p90": "#264653", "measured": "#264653",
-           "predicted": "#e76f51", "budget": "#b00020"}
+           "predicted": "#e76f51", "budget": "#b00020", "before": "#e76f51", "after": "#2a9d8f"}
 
 
 def _ticks(top: float) -> list[float]:
@@ -86,6 +86,57 @@ def chart(title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequenc
                    f'{escape(name)}</text>')
     if not values:
         out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" '
+                   'class="tick">no measurement yet</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def scatter(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *,
+            unit: str, size: int = 300, chart_id: str = "") -> str:
+    """Points (measured, predicted) per series on equal axes, with the line predicted = measured."""
+    left, right, top, bottom = 56, 90, 28, 40
+    side = size - top - bottom
+    width = left + side + right
+    values = [v for _, pts in series for pt in pts for v in pt]
+    vmax = (max(values) * 1.1) if values else 1.0
+
+    def x(v: float) -> float:
+        return left + side * v / vmax
+
+    def y(v: float) -> float:
+        return top + side * (1 - v / vmax)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{escape(chart_id)}" '
+           f'width="{width}" height="{size}" viewBox="0 0 {width} {size}" role="img" '
+           f'aria-label="{escape(title)}">',
+           f'<text x="{left}" y="16" class="title">{escape(title)}</text>',
+           f'<line x1="{left}" y1="{top + side}" x2="{left + side}" y2="{top + side}" '
+           'stroke="#888"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + side}" stroke="#888"/>']
+    for t in _ticks(vmax):
+        out.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end" '
+                   f'class="tick">{t:g}</text>')
+        out.append(f'<text x="{x(t):.1f}" y="{top + side + 16}" text-anchor="middle" '
+                   f'class="tick">{t:g}</text>')
+    out.append(f'<line class="diagonal" x1="{x(0):.1f}" y1="{y(0):.1f}" x2="{x(vmax):.1f}" '
+               f'y2="{y(vmax):.1f}" stroke="#999" stroke-dasharray="4 4"/>')
+    out.append(f'<text x="{left + side / 2}" y="{size - 6}" text-anchor="middle" '
+               f'class="tick">measured {escape(unit)}</text>')
+    out.append(f'<text x="12" y="{top + side / 2:.1f}" class="tick" '
+               f'transform="rotate(-90 12 {top + side / 2:.1f})" '
+               f'text-anchor="middle">predicted {escape(unit)}</text>')
+    for k, (name, pts) in enumerate(series):
+        colour = COLOURS.get(name, "#555")
+        for mx, py in pts:
+            out.append(f'<circle class="point {escape(name)}" cx="{x(mx):.1f}" '
+                       f'cy="{y(py):.1f}" r="4" fill="{colour}" opacity="0.8"/>')
+        ly = top + 10 + 18 * k
+        out.append(f'<rect x="{left + side + 14}" y="{ly - 8}" width="10" height="10" '
+                   f'fill="{colour}"/>')
+        out.append(f'<text x="{left + side + 30}" y="{ly + 1}" class="tick">'
+                   f'{escape(name)}</text>')
+    if not values:
+        out.append(f'<text x="{left + side / 2}" y="{top + side / 2}" text-anchor="middle" '
                    'class="tick">no measurement yet</text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -60,13 +60,15 @@ def observations(registry: Registry, profile: str) -> Observations:
 def pairs_by_profile(
     registry: Registry,
     load: Callable[[str], tuple[DeviceProfile, DeviceProfile | None]] = device_profiles.before_after,
+    profile: str | None = None,
 ) -> dict[str, list[Pair]]:
-    """Predicted against measured for every observed profile, before and after calibration.
+    """Predicted against measured for every observed profile (or only ``profile``), before
+    and after calibration.
 
     ``load(profile_id)`` gives (the profile before, the calibrated one or None);
     profiles it does not know are left out.
     """
-    ids = sorted({r["profile"] for r in registry.observations()})
+    ids = sorted({r["profile"] for r in registry.observations(profile)})
     out = {}
     for pid in ids:
         try:

@@ -184,6 +184,9 @@ class TuneResult:
     labelled: bool
     settings: dict[str, Any]
     correction: float = 1.0
+    # the share of the p90 budget a choice keeps free: the closed loop's NoiseRule.margin when
+    # it verifies on a device (a candidate predicted inside it would fail the margin there)
+    latency_margin: float = 0.0
     verification: list[dict[str, Any]] = field(default_factory=list)
     model_bytes: bytes | None = None
     keras_model: Any = None

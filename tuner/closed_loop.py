@@ -51,7 +51,8 @@ class NoiseRule:
     verified when a majority of ``repeats`` measurements pass and the last one left
     it active (the median p90 is then within the margin); it misses when a majority
     fail, at once when one p90 is above ``budget * (1 + clear_miss)``, or when the
-    device refuses it for another reason.
+    device refuses it for another reason. ``verify`` chooses each candidate to deploy
+    against the same ``budget * (1 - margin)``, so an accurate prediction passes at once.
     """
 
     repeats: int = 3
@@ -173,6 +174,7 @@ def verify(
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     result.device = device or result.device or "the device"
+    result.latency_margin = rule.margin  # choose what can pass the rule, not only the budget
     ratios: list[float] = []
     tried = 0
     verified: Candidate | None = None
@@ -246,7 +248,7 @@ def _conclude(result: TuneResult, verified: Candidate | None, tried: int, rounds
     for c in result.candidates:
         c.chosen = False
         if c.evaluated:
-            c.misses = choice.misses(c, p, result.correction)
+            c.misses = choice.misses(c, p, result.correction, result.latency_margin)
     result.verified = verified is not None
     if verified is not None:
         verified.chosen = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from browser import chromium, chromium_paths, serve
+from consolehelp import CALIBRATING, calibrate, observed, small_models
 from mosquitto import free_port
 
 from console.app import BAD_TOKEN, create_app
@@ -151,3 +152,28 @@ def test_console_follows_a_real_rollout(broker, tmp_path):
             assert "tuner choice" in lineage.text and "prune run" in lineage.text
             assert driver.find_element(By.ID, "running-count").text == "23"
             shoot(driver, "model", tmp_path)
+
+
+def test_profile_page_shows_predicted_against_measured(tmp_path, monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pytest.importorskip("keras")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv("PAODING_PROFILES", raising=False)
+    db = tmp_path / "fleet.sqlite"
+    observed(db, small_models())
+    new = calibrate(db)
+    with serve(create_app(db), free_port()) as base, chromium() as driver:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"{base}/fleet")
+        wait.until(lambda d: d.find_element(By.ID, "profiles-link")).click()
+        wait.until(lambda d: d.find_element(By.LINK_TEXT, CALIBRATING)).click()
+        chart = wait.until(lambda d: d.find_element(By.ID, "calibration-chart"))
+        assert len(chart.find_elements(By.CSS_SELECTOR, "circle.before")) == 3
+        assert len(chart.find_elements(By.CSS_SELECTOR, "circle.after")) == 3
+        assert chart.find_elements(By.CSS_SELECTOR, "line.diagonal")
+        assert driver.find_element(By.ID, "in-use").text == (
+            f"calibrated {new.latency.calibrated_at[:10]} from 3 reports")
+        assert driver.find_element(By.ID, "error-before").text.startswith("33.3%")
+        shoot(driver, "profile", tmp_path)

@@ -241,3 +241,20 @@ def test_after_a_latency_miss_only_faster_candidates_are_tried(search, make_prof
     for i, c in enumerate(order[1:], 1):
         assert c.predicted_p90_ms < min(p.predicted_p90_ms for p in order[:i])
     assert r.chosen is None and r.statement.startswith("NOT VERIFIED")
+
+
+
+def test_first_choice_keeps_the_noise_margin_free(search, make_profile):
+    """A candidate predicted inside the noise margin fails it on the device even when the
+    prediction is exact: the first choice is one predicted within the margin, verified at once."""
+    r = tn.tune(search.model, _loose(make_profile), search=search, **TUNE_KW)
+    best = r.chosen
+    best.predicted_p90_ms = 9.8  # the most robust candidate, predicted 2% under the 10 ms budget
+    rule = NoiseRule(margin=0.05)
+    dep = Scripted(10.0, lambda c: c.predicted_p90_ms)  # the device runs as predicted
+    tn.verify(r, search, dep, rounds=6, rule=rule, log=lambda s: None, device="pi-z")
+    assert r.verified and len({k for k, _ in dep.log}) == 1  # no re-try
+    assert best.key not in {k for k, _ in dep.log}
+    assert r.chosen.predicted_p90_ms <= 10.0 * (1 - rule.margin)
+    assert best.misses == ["p90 latency 9.8 ms > 9.5 ms (predicted; budget 10 ms less the 5% "
+                           "noise margin)"]

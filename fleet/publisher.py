@@ -38,7 +38,7 @@ from core.protocol import (
     check_id,
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
-from fleet.intake_check import checker
+from fleet.gate import checker
 from fleet.orchestrator import HostOutputs, Progress, add_expected, probe_data, run_direct
 from fleet.rollout import Outcome
 

@@ -109,6 +109,8 @@ def deploy(
     host_outputs: HostOutputs | None = None,
     release: int | None = None,
     rollback: bool = False,
+    release_jump: bool = False,
+    release_reset: bool = False,
     rollout_id: str | None = None,
     ttl: float | None = None,
     device_key: VerifyKey | bytes | str | os.PathLike[str] | None = None,
@@ -116,7 +118,11 @@ def deploy(
     """Send ``model`` to ``device_id`` and return its final report.
 
     ``release`` (default: milliseconds since the epoch) must grow per device;
-    ``rollback`` lets a device take a release not above its last one; the
+    ``rollback`` lets a device take a release not above its last one;
+    ``release_jump`` lets it take one more than 30 days beyond its last (the
+    operator's explicit step); ``release_reset`` makes this release the device's
+    last one whatever it accepted before (the way out for a device wedged by a
+    release far ahead). All three are signed with the manifest; the
     manifest expires ``ttl`` seconds after creation (default: the larger of
     ``timeout`` and an hour). With ``device_key`` (the device's enrolled
     public key) only reports and requests signed by that key count.
@@ -151,7 +157,8 @@ def deploy(
         fields: dict[str, Any] = {
             "deployment_id": deployment_id, "device_id": device_id, "rollout_id": rollout_id,
             "created_at": now, "expires_at": now + (ttl or max(timeout, DEFAULT_TTL_S)),
-            "rollback": rollback, "model": arts["model"], "probes": arts.get("probes"),
+            "rollback": rollback, "release_jump": release_jump,
+            "release_reset": release_reset, "model": arts["model"], "probes": arts.get("probes"),
             "thresholds": th, "benchmark": bs}
         if release is not None:
             fields["release"] = release

@@ -32,6 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds to wait for the final report (default 300)")
     parser.add_argument("--deployment-id", help="default: a fresh unique id")
+    parser.add_argument("--release", type=int, metavar="N",
+                        help="the release number (default: milliseconds since the epoch)")
+    bounds = parser.add_mutually_exclusive_group()
+    bounds.add_argument("--release-jump", action="store_true",
+                        help="sign the manifest as a release jump: the device takes a release "
+                        "more than 30 days beyond its last one")
+    bounds.add_argument("--release-reset", action="store_true",
+                        help="sign the manifest as a release reset: its release becomes the "
+                        "device's last one (frees a device wedged by a release far ahead)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -57,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
                     key=key, benchmark=bench,
                     timeout=args.timeout, chunk_size=args.chunk_size, progress=progress,
                     deployment_id=args.deployment_id, host_outputs=host_runner(),
+                    release=args.release, release_jump=args.release_jump,
+                    release_reset=args.release_reset,
                     device_key=device_key)
     record(args.db, report.model_dump(mode="json"), "deploy")
     if args.json:

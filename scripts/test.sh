@@ -5,34 +5,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "== installing mosquitto (Debian package)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
-fi
-
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-  echo "== installing nats-server (Debian package; the fleet tests run a 3-node cluster)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server >/dev/null
-fi
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  echo "== installing chromium and chromium-driver (Debian packages; the console's browser tests)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
-fi
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+UPDATED=""
+# need "why" command... -- package...: install the Debian packages when a command is missing
+need() {
+  local why=$1; shift; local cmds=() missing=""
+  while [ "$1" != "--" ]; do cmds+=("$1"); shift; done; shift
+  for c in "${cmds[@]}"; do
+    command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || missing=1
+  done
+  [ -n "$missing" ] || return 0
+  echo "== installing $* (Debian packages; $why)"
+  [ -n "$UPDATED" ] || { $SUDO apt-get update -qq; UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+need "the broker tests" mosquitto -- mosquitto
+need "the fleet tests run a 3-node cluster" nats-server -- nats-server
+need "the console's browser tests" chromium chromedriver -- chromium chromium-driver
+need "the AsyncAPI parser checks docs/asyncapi.yaml" node npm -- nodejs npm
 # The registry tests also use a PostgreSQL server: PAODING_TEST_PG (default
 # postgresql://postgres@127.0.0.1:5432/postgres), a user allowed to create databases.
 
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "== installing nodejs and npm (Debian packages; the AsyncAPI parser checks docs/asyncapi.yaml)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
-fi
 echo "== installing the AsyncAPI parser (npm ci in scripts/asyncapi)"
 npm ci --prefix scripts/asyncapi --ignore-scripts --no-audit --no-fund --loglevel=error
 

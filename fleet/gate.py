@@ -59,6 +59,18 @@ _SIGNATURE_CAUSES = (("names device", "wrong_device"), ("not enrolled", "not_enr
                      ("does not verify", "bad_signature"))
 
 
+# causes that mean "signed, but not by the enrolled key": a deployment in flight fails at once
+KEY_MISMATCH = frozenset({"other_key", "bad_signature"})
+
+
+class Refused(ValueError):
+    """``Gate.check``'s error: the rejection's one-line reason, with the cause it counts under."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.cause = rejection.cause
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-device bounds: bytes per message (by kind) and a rate in messages and bytes.
@@ -167,7 +179,7 @@ class Gate:
         """``admit`` for a message already split by topic; ValueError naming the rejection."""
         got = self.admit(f"{TOPIC_ROOT}/{device_id}/{kind}", payload)
         if isinstance(got, Rejection):
-            raise ValueError(got.reason)
+            raise Refused(got)
         return got
 
     @property

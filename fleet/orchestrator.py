@@ -53,7 +53,7 @@ from core.protocol import (
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
-from fleet.gate import Check, Gate, checker, keys_from_pems
+from fleet.gate import KEY_MISMATCH, Check, Gate, checker, keys_from_pems
 from fleet.link import Event, FleetLink
 from fleet.registry import Registry
 from fleet.rollout import (
@@ -339,7 +339,7 @@ class _Engine:
         except ValueError as exc:
             self.dropped += 1
             intake_log.warning("dropped a %s from %s: %s", ev.kind, ev.device_id, exc)
-            if ev.kind == "report":
+            if ev.kind == "report" and getattr(exc, "cause", None) in KEY_MISMATCH:
                 self._bad_report(ev.device_id, ev.payload, str(exc))
             return
         if isinstance(msg, Status):

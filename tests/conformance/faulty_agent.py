@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -26,13 +27,20 @@ def accept_downgrade() -> None:
     storage.Storage.last_release = property(lambda self: -1)  # type: ignore[assignment]
 
 
+class _NeverLate(float):
+    """The real time, except that it never reaches a manifest's expiry (``now >= expires``)."""
+
+    def __ge__(self, other: object) -> bool:
+        return False
+
+
 def accept_expired() -> None:
-    """Never looks at the clock: expired manifests are accepted."""
+    """Never sees a manifest expire: expired manifests are accepted (releases still bounded)."""
     init = service.Agent.__init__
 
     def patched(self: service.Agent, settings: service.AgentSettings) -> None:
         init(self, settings)
-        self.ctx = dataclasses.replace(self.ctx, clock=lambda: 0.0)
+        self.ctx = dataclasses.replace(self.ctx, clock=lambda: _NeverLate(time.time()))
 
     service.Agent.__init__ = patched  # type: ignore[method-assign]
 

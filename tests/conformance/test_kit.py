@@ -108,7 +108,7 @@ def test_faulty_agent_fails_the_checks_that_cover_its_fault(module_broker, keys,
     device = start_agent(fault)
     results = run_kit(config(module_broker, keys, device))
     failed = {r.check for r in results if not r.ok}
-    assert len(results) == 29, [r.line() for r in results]
+    assert len(results) == 29, "\n".join(r.line() for r in results)
     assert failed == EXPECTED_FAILURES[fault], "\n".join(r.line() for r in results)
 
 

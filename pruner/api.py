@@ -18,10 +18,10 @@ import numpy as np
 from core.errors import FidelityError
 from pruner.bounds import InputBox
 from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
-from pruner.dag_surgery import as_model
 from pruner.result import KEEPS_MODEL, PruneResult, StepRecord, fidelity_failed
 from pruner.run import run
 from pruner.schedule import Schedule, StopCriteria
+from pruner.surgery import as_model
 
 __all__ = ["ATTACKS", "MODES", "SCOPES", "PruneConfig", "PruneResult", "StepRecord", "prune",
            "prune_steps"]

@@ -8,9 +8,9 @@ from typing import Any
 from pruner.bounds import InputBox
 from pruner.config import PruneConfig
 from pruner.dag import DagGraph
-from pruner.dag_surgery import as_model
 from pruner.metrics import count_macs, count_params, scaled_count
 from pruner.result import StepRecord
+from pruner.surgery import as_model
 
 
 class Meter:

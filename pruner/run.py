@@ -16,7 +16,6 @@ from core.errors import ConfigError, DataError, PaodingWarning
 from pruner.bounds import InputBox, dag_interval_bounds, interval_bounds
 from pruner.config import PruneConfig
 from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
-from pruner.dag_surgery import advance, as_model
 from pruner.graph import build_graph
 from pruner.meter import Meter, robust_retention
 from pruner.metrics import count_macs
@@ -30,7 +29,7 @@ from pruner.result import (
 )
 from pruner.schedule import AUTO, Schedule, StopCriteria
 from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotRanking
-from pruner.surgery import apply_plan
+from pruner.surgery import advance, apply_plan, as_model
 
 
 def check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -248,7 +247,7 @@ def run(
                            for n in widths0}
                     refit(current, synth, readers_of(graph, set(plan)), ids, cfg.ridge)
             else:
-                current = apply_plan(source, graph, plan)
+                current = apply_plan(source, plan)
             for name in widths0:
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]

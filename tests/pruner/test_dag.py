@@ -347,3 +347,26 @@ def test_activation_saliency_is_the_readers_change_and_sees_duplicates():
     refit.ridge = 1e-6
     left = refit(view) / np.maximum(base, 1e-30)  # share of the change a refit keeps
     assert left[:2].max() < 1e-3 and left[2:].max() > 1e-2
+
+
+def test_post_bn_merges_need_nothing_but_linear_maps_after_the_bn():
+    """A BatchNormalization after the ReLU keeps merges exact (the surgery moves its shift
+    difference into the reader's bias); a second ReLU after it does not, and its group
+    refuses merges."""
+    from pruner.dag import build_dag
+
+    inp = keras.Input((6, 6, 1))
+    x = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu", name="lin")(inp))
+    x = L.MaxPooling2D()(x)
+    out = L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="mid")(x)))
+    linear = keras.Model(inp, out)
+    group = build_dag(linear).group("lin")
+    assert group.mergeable and group.post_bn is not None and group.post_max
+    inp = keras.Input((6, 6, 1))
+    x = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu", name="bent")(inp))
+    out = L.Dense(2)(L.Flatten()(L.Conv2D(3, 1)(L.ReLU()(x))))
+    bent = keras.Model(inp, out)
+    group = build_dag(bent).group("bent")
+    assert not group.mergeable
+    with pytest.raises(ConfigError, match="without merges"):
+        apply_plan(bent, {"bent": GroupPlan([1], [(0, 1, 1.0)])})

@@ -329,7 +329,7 @@ def dag_interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.
     """bounds[i] = (lo, hi) of the output of graph.nodes[i] (one sample, no batch axis),
     sound for every input inside ``box``: affine maps in centre-radius form, sums at
     Add, interval products at Multiply, monotone and dipping activations exactly. The
-    weights are the graph's (``graph.store``: arrays after ``dag_surgery.advance``)."""
+    weights are the graph's (``graph.store``: arrays after ``surgery.advance``)."""
     lo, hi = box.arrays(graph.input_shape)
     out: list[tuple[np.ndarray, np.ndarray]] = [(lo[None], hi[None])]
     store = getattr(graph, "store", None)

@@ -12,7 +12,7 @@ graph of Torch-Pruning). Spaces that reach the model's input or output, or a
 layer that reorders channels, are frozen (never pruned).
 
 The graph reads weights through a ``Weights`` store: the live layers for a
-graph built from a model, arrays for a graph ``dag_surgery.advance`` derived
+graph built from a model, arrays for a graph ``surgery.advance`` derived
 from it (the steps of a run edit arrays; the Keras model is rebuilt once,
 when someone asks for it).
 """
@@ -33,6 +33,7 @@ class Segment:
     space: int
     size: int
     nonlinear: bool = False  # a nonlinearity acted on it since its producer
+    post_bn: bool = False  # a BatchNormalization acted on it after the nonlinearity
 
 
 @dataclass
@@ -55,7 +56,8 @@ class Layout:
 
     def copy(self, nonlinear: bool | None = None) -> Layout:
         segs = [
-            Segment(s.space, s.size, s.nonlinear if nonlinear is None else nonlinear or s.nonlinear)
+            Segment(s.space, s.size,
+                    s.nonlinear if nonlinear is None else nonlinear or s.nonlinear, s.post_bn)
             for s in self.segments
         ]
         return Layout(segs, self.positions)
@@ -103,14 +105,18 @@ class Member:
 class ChannelGroup:
     """Channels that must go together; ``mergeable`` when one producer makes them and
     every reader is linear in each channel (Dense/Conv kernels), so a merge
-    o_a += gamma * o_b is exact whenever h_b = gamma * h_a."""
+    o_a += gamma * o_b is exact whenever h_b = gamma * h_a. A BatchNormalization
+    after the nonlinearity (``post_bn``, y = s * h + t, no nonlinearity after it)
+    keeps merges exact: o_a += k * o_b with k = gamma * s_b / s_a, and the readers'
+    biases take the shift difference (``graph.merge_terms``); ``post_max``: max
+    pooling follows it (merges need k >= 0)."""
 
     name: str
     width: int
     members: list[Member]
     homogeneous: bool = True
     mergeable: bool = False
-    post_bn: Any = None  # interface of the chain Group: merges never see a post BN here
+    post_bn: Any = None
     post_max: bool = False
     bn: Any = None
     flatten_positions: int = 0
@@ -156,6 +162,14 @@ class ChannelGroup:
                 scale, shift = bn_channels(m.layer, m.offset, self.width, self.store(m.layer))
                 w, bias = w * scale[:, None], bias * scale + shift
         return np.concatenate([w, bias[:, None]], axis=1)
+
+    def post_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) of the BatchNormalization after the nonlinearity (1 and 0 if none)."""
+        post = [m for m in self.members if m.role == "chan" and m.params == "bn" and m.post]
+        if self.post_bn is None or not post:
+            return np.ones(self.width), np.zeros(self.width)
+        m = post[0]
+        return bn_channels(m.layer, m.offset, self.width, self.store(m.layer))
 
     def outgoing(self) -> np.ndarray:
         """Each channel's outgoing weights over all readers. Shape [width, k]."""
@@ -298,12 +312,16 @@ class _Spaces:
         self.size: list[int] = []
         self.frozen: list[bool] = []
         self.homogeneous: list[bool] = []
+        self.post_exact: list[bool] = []  # nothing but linear maps after a post BN
+        self.post_max: list[bool] = []  # max pooling after a post BN
 
     def new(self, size: int, frozen: bool = False) -> int:
         self.parent.append(len(self.parent))
         self.size.append(size)
         self.frozen.append(frozen)
         self.homogeneous.append(True)
+        self.post_exact.append(True)
+        self.post_max.append(False)
         return len(self.parent) - 1
 
     def find(self, i: int) -> int:
@@ -318,6 +336,8 @@ class _Spaces:
             self.parent[b] = a
             self.frozen[a] = self.frozen[a] or self.frozen[b]
             self.homogeneous[a] = self.homogeneous[a] and self.homogeneous[b]
+            self.post_exact[a] = self.post_exact[a] and self.post_exact[b]
+            self.post_max[a] = self.post_max[a] or self.post_max[b]
 
     def freeze(self, layout: Layout) -> None:
         for seg in layout.segments:
@@ -326,6 +346,17 @@ class _Spaces:
     def taint(self, layout: Layout) -> None:
         for seg in layout.segments:
             self.homogeneous[self.find(seg.space)] = False
+
+    def after_post_bn(self, layout: Layout, key: str) -> None:
+        """A layer other than a positive linear map acts on channels after a post BN:
+        max pooling keeps merges exact for k >= 0; anything else makes them inexact."""
+        for seg in layout.segments:
+            if seg.post_bn:
+                if key in ("MaxPooling1D", "MaxPooling2D", "GlobalMaxPooling1D",
+                           "GlobalMaxPooling2D"):
+                    self.post_max[self.find(seg.space)] = True
+                else:
+                    self.post_exact[self.find(seg.space)] = False
 
 
 def _check_model(model: Any) -> None:
@@ -452,6 +483,13 @@ def _visit(node: Node, inputs: list[Layout], spaces: _Spaces, members: list[Memb
         act = activation_of(op) if params != "bn" else None
         if kind == "merge" or node.key == "Rescaling":
             act = "affine"  # x + c, x * c: affine, not homogeneous
+        if params in ("bn", "depthwise") or act not in (None, "linear") or "Max" in node.key:
+            spaces.after_post_bn(lay, node.key)
+        if params == "bn":  # after a nonlinearity: an affine map on the channels' outputs
+            out = lay.copy()
+            for seg in out.segments:
+                seg.post_bn = seg.post_bn or seg.nonlinear
+            return out
         if act is None or act == "linear":
             return lay.copy()
         if act not in HOMOGENEOUS:
@@ -541,13 +579,18 @@ def _groups(spaces: _Spaces, members: list[Member]) -> list[ChannelGroup]:
             homogeneous=spaces.homogeneous[root],
         )
         chans = [m for m in ms if m.role == "chan"]
+        post_bn = [m for m in chans if m.params == "bn" and m.post]
         group.mergeable = (
             len(producers) == 1
-            and all(m.params == "bn" and not m.post for m in chans)
+            and all(m.params == "bn" for m in chans)
+            and len(post_bn) <= 1
+            and spaces.post_exact[root]
             and all(m.params in ("dense", "conv") for m in group.readers)
             and len({m.space for m in ms}) == 1
         )
         pre_bn = [m for m in chans if m.params == "bn" and not m.post]
         group.bn = pre_bn[0].layer if pre_bn else None
+        group.post_bn = post_bn[0].layer if post_bn else None
+        group.post_max = spaces.post_max[root]
         groups.append(group)
     return groups

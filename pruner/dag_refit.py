@@ -25,7 +25,7 @@ import numpy as np
 
 from pruner.compensate import patches, ridge_fit
 from pruner.dag import DagGraph
-from pruner.dag_surgery import as_model
+from pruner.surgery import as_model
 
 _KINDS = ("Dense", "Conv2D")
 ROWS = 16384  # rows per reader's least squares: ample for its fan-in, bounded in time

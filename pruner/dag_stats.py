@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pruner.dag import DagGraph
-from pruner.dag_surgery import as_model
+from pruner.surgery import as_model
 
 BATCH = 64
 

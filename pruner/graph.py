@@ -381,6 +381,8 @@ def outgoing(group: Group) -> np.ndarray:
 
 def post_affine(group: Group) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) of the BatchNormalization after the nonlinearity (1 and 0 if none)."""
+    if not isinstance(group, Group):
+        return group.post_affine()
     if group.post_bn is None:
         return np.ones(group.width), np.zeros(group.width)
     return bn_affine(group.post_bn)

@@ -1,120 +1,202 @@
-"""The one place that edits weights: physical removal of units, with merges.
+"""The one surgery: slice every member of a group through its handler, fold merges
+where they are exact (``advance``: arrays only), and rebuild the Keras graph with
+new widths (``as_model``: once, when a model is wanted; ``apply_plan``: both).
 
-For each group, merges (keep a, remove b, gamma) first fold b's outgoing
-consumer weights into a's (o_a += gamma * o_b; with a BatchNormalization after
-the nonlinearity, o_a += k * o_b and the consumer's bias takes the shift
-difference, see graph.merge_terms); then the removed units lose
-their kernel column / filter, bias, BatchNormalization channel and the
-consumer's input rows / channels. A new, smaller model is built.
+A group's removed channels disappear from every producer's filters, every
+per-channel layer (BatchNormalization, DepthwiseConv2D) and every reader's
+kernel rows (Dense, Conv, SeparableConv2D), at the member's offset (Concatenate)
+and for every position (Flatten). Merges o_a += k * o_b go into the readers'
+rows (k = gamma, or gamma * s_b / s_a through a BatchNormalization after the
+nonlinearity, whose shift difference goes into the readers' biases: exact for a
+Dense reader and a 'valid' convolution, away from the borders for a 'same' one)
+and are accepted only for ``mergeable`` groups (one producer, readers linear in
+each channel); coupled groups take plain removal.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from core.errors import ConfigError
-from pruner.dag_surgery import apply_dag_plan
-from pruner.graph import Group, PruneGraph, merge_terms
+from pruner.dag import ChannelGroup, DagGraph, Member, Weights, build_dag
+from pruner.graph import merge_terms
 from pruner.plan import GroupPlan, Plan, validate
 
-__all__ = ["GroupPlan", "Plan", "apply_plan", "rebuild", "remove_units", "validate"]
+__all__ = ["GroupPlan", "Plan", "advance", "apply_plan", "as_model", "validate"]
+
+# params kind -> (index of the weight, its input-channel axis) for reader rows
+_READ_AXES = {"dense": [(0, 0)], "conv": [(0, -2)], "separable": [(0, 2), (1, 2)]}
 
 
-def _merge_consumer(group: Group, kernel: np.ndarray, bias: np.ndarray | None, merges: list):
-    """o_a += k * o_b for every merge; a BatchNormalization after the nonlinearity
-    adds its shift difference c to the consumer's bias."""
-    kernel = kernel.astype(np.float64).copy()
-    bias = None if bias is None else bias.astype(np.float64).copy()
-    if not merges:
-        return kernel, bias
-    a = np.array([m[0] for m in merges])
-    b = np.array([m[1] for m in merges])
-    k, c = merge_terms(group, a, b, np.array([m[2] for m in merges]))
-    conv = type(group.consumer).__name__ == "Conv2D"
-    for ai, bi, ki, ci in zip(a.tolist(), b.tolist(), k.tolist(), c.tolist(), strict=True):
+def _masks(graph: DagGraph, weights: dict[str, list[np.ndarray]]) -> dict[tuple[str, str], Any]:
+    masks: dict[tuple[str, str], np.ndarray] = {}
+    for group in graph.groups:
+        for m in group.members:
+            w = weights[m.layer.name]
+            if m.role == "out":
+                n = w[1].shape[-1] if m.params == "separable" else w[0].shape[-1]
+            elif m.role == "chan":
+                n = w[0].shape[2] if m.params == "depthwise" else w[0].shape[0]
+            else:
+                n = w[0].shape[0] if m.params == "dense" else w[0].shape[-2 if m.params == "conv" else 2]
+            masks.setdefault((m.layer.name, m.role), np.ones(n, bool))
+    return masks
+
+
+def _merge_rows(
+    m: Member, w: list[np.ndarray], merges: list[tuple[int, int, float]], k: np.ndarray,
+    c: np.ndarray,
+) -> None:
+    """o_a += k * o_b in the reader's rows (float64, cast once); a nonzero shift
+    difference c goes into its bias, times what the reader reads from b."""
+    kernel = w[0].astype(np.float64)
+    conv = m.params != "dense"
+    bias = w[1].astype(np.float64) if len(w) > 1 else None
+    for (a, b, _), ki, ci in zip(merges, k.tolist(), c.tolist(), strict=True):
+        rows_a = m.rows(np.array([a]))[0]
+        rows_b = m.rows(np.array([b]))[0]
         if conv:
-            kernel[:, :, ai, :] += ki * kernel[:, :, bi, :]
-            reads_b = kernel[:, :, bi, :].sum(axis=(0, 1))
+            kernel[..., rows_a, :] += ki * kernel[..., rows_b, :]
+            reads_b = kernel[..., rows_b, :].reshape(-1, kernel.shape[-1]).sum(axis=0)
         else:
-            rows_a = group.consumer_rows(np.array([ai]))[0]
-            rows_b = group.consumer_rows(np.array([bi]))[0]
             kernel[rows_a] += ki * kernel[rows_b]
             reads_b = kernel[rows_b].sum(axis=0)
         if ci != 0.0 and bias is not None:
             bias += ci * reads_b
-    return kernel, bias
+    w[0] = kernel.astype(w[0].dtype)
+    if bias is not None:
+        w[1] = bias.astype(w[1].dtype)
 
 
-def _slice_consumer(group: Group, kernel: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    if type(group.consumer).__name__ == "Conv2D":
-        return kernel[:, :, keep, :]
-    rows = group.consumer_rows(keep).T.reshape(-1)  # position-major, as Flatten lays them out
-    return kernel[np.sort(rows)]
+def _slice(params: str, role_masks: dict[str, np.ndarray], w: list[np.ndarray]) -> list:
+    keep_in, keep_out, keep_ch = (role_masks.get(r) for r in ("in", "out", "chan"))
+    w = list(w)
+    if params == "bn":
+        return [x[keep_ch] for x in w]
+    if params == "depthwise":
+        w[0] = w[0][:, :, keep_ch, :]
+        if len(w) > 1:
+            w[1] = w[1][keep_ch]
+        return w
+    if params == "dense":
+        if keep_in is not None:
+            w[0] = w[0][keep_in]
+    elif params == "conv":
+        if keep_in is not None:
+            w[0] = w[0][..., keep_in, :]
+    elif keep_in is not None:  # separable: depthwise and pointwise rows
+        w[0], w[1] = w[0][:, :, keep_in, :], w[1][:, :, keep_in, :]
+    if keep_out is not None:
+        k = 1 if params == "separable" else 0
+        w[k] = w[k][..., keep_out]
+        if len(w) > k + 1:
+            w[k + 1] = w[k + 1][keep_out]
+    return w
 
 
-def apply_plan(model: Any, graph: PruneGraph, plan: Plan) -> Any:
-    """A new model with the plan's units physically removed (``model`` is not changed)."""
-    if graph.coupled:
-        return apply_dag_plan(model, graph, plan)
-    weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in graph.layers}
-    widths: dict[str, int] = {}
+def apply_plan(model: Any, plan: Plan) -> Any:
+    """A new model with the plan's channels removed from every member of their group
+    (``model`` is not changed); plan keys are the groups' names (their first producer)."""
+    return as_model(advance(build_dag(model), plan))
+
+
+def advance(graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False) -> DagGraph:
+    """The graph after ``plan``: weights sliced and merged as arrays, groups narrowed, no
+    Keras model built (``as_model`` builds it). Member offsets follow the kept channels.
+    ``correct``: readers get the data-free bias correction of dag_bias."""
     known = {g.name for g in graph.groups}
     for name in plan:
         if name not in known:
             raise ConfigError(f"no prunable layer named {name!r}")
+    weights = {layer.name: [w.copy() for w in graph.store(layer)] for layer in graph.layers}
+    masks = _masks(graph, weights)
     for group in graph.groups:
         gp = plan.get(group.name)
         if gp is None or not gp.remove:
             continue
-        keep = validate(group, gp)
-        prod = weights[group.producer.name]
-        prod[0] = prod[0][..., keep]
-        if group.producer.use_bias:
-            prod[1] = prod[1][keep]
-        for bn in (group.bn, group.post_bn):
-            if bn is not None:
-                weights[bn.name] = [w[keep] for w in weights[bn.name]]
-        cons = weights[group.consumer.name]
-        dtype = cons[0].dtype
-        has_bias = group.consumer.use_bias
-        kernel, bias = _merge_consumer(group, cons[0], cons[1] if has_bias else None, gp.merges)
-        cons[0] = _slice_consumer(group, kernel, keep).astype(dtype)
-        if has_bias:
-            cons[1] = bias.astype(dtype)
-        widths[group.producer.name] = int(keep.size)
-    return rebuild(model, graph, widths, weights)
+        validate(group, gp)
+        if gp.merges and not group.mergeable:
+            raise ConfigError(f"{group.name}: {_why_not(group)}, so its channels cannot be merged "
+                              "exactly; remove them without merges")
+        remove = np.asarray(gp.remove, np.int64)
+        if gp.merges:
+            a, b, gamma = (np.array([mg[i] for mg in gp.merges]) for i in range(3))
+            k, c = merge_terms(group, a, b, gamma)
+        for m in group.members:
+            if m.role == "in" and gp.merges:
+                _merge_rows(m, weights[m.layer.name], gp.merges, k, c)
+            masks[(m.layer.name, m.role)][m.rows(remove).reshape(-1)] = False
+    if correct:
+        from pruner.dag_bias import correct_biases
+
+        correct_biases(graph, weights, masks)
+    by_layer: dict[str, dict[str, np.ndarray]] = {}
+    for (name, role), mask in masks.items():
+        if not mask.all():
+            by_layer.setdefault(name, {})[role] = mask
+    params = {m.layer.name: m.params for g in graph.groups for m in g.members}
+    for name, role_masks in by_layer.items():
+        weights[name] = _slice(params[name], role_masks, weights[name])
+    store = Weights(weights)
+    groups = []
+    for group in graph.groups:
+        gone = len(plan[group.name].remove) if group.name in plan else 0
+        members = [
+            replace(m, offset=int(mask[: m.offset].sum()), total=int(mask[: m.total].sum()))
+            for m in group.members
+            for mask in (masks[(m.layer.name, m.role)],)
+        ]
+        groups.append(replace(group, width=group.width - gone, members=members, store=store))
+    return replace(graph, groups=groups, store=store, built=None)
 
 
-def rebuild(model: Any, graph: PruneGraph, widths: dict[str, int], weights: dict) -> Any:
-    """Build a model of the same chain with new producer widths and set its weights."""
+def as_model(graph: Any) -> Any:
+    """The Keras model a DagGraph describes (built once from its arrays); anything else as is."""
+    if not isinstance(graph, DagGraph):
+        return graph
+    if graph.store.arrays is None:
+        return graph.model
+    if graph.built is None:
+        arrays = graph.store.arrays
+        widths = {
+            n.op.name: int(arrays[n.op.name][1 if n.handler.params == "separable" else 0].shape[-1])
+            for n in graph.nodes
+            if n.handler.kind == "producer"
+        }
+        graph.built = rebuild_dag(graph.model, widths, arrays)
+    return graph.built
+
+
+def _why_not(group: ChannelGroup) -> str:
+    if len(group.producers) > 1:
+        names = ", ".join(m.layer.name for m in group.producers)
+        return f"its channels are made by {len(group.producers)} layers ({names})"
+    odd = [m.layer.name for m in group.members if m.role == "chan" and m.params != "bn"]
+    if odd:
+        return f"its channels pass through {odd[0]} (per-channel filters)"
+    return ("a nonlinearity after a BatchNormalization that follows the activation, or a "
+            "non-linear reader, carries it")
+
+
+def rebuild_dag(model: Any, widths: dict[str, int], weights: dict[str, list]) -> Any:
+    """A copy of ``model``'s graph with producers resized to ``widths`` and ``weights`` set."""
     import keras
 
-    inp = model.inputs[0]
-    sequential = type(model).__name__ == "Sequential"
-    name = None if sequential else inp._keras_history[0].name
-    new_input = keras.Input(shape=tuple(inp.shape[1:]), dtype=inp.dtype, name=name)
-    new_layers = []
-    for layer in graph.layers:
+    def clone(layer: Any) -> Any:
         config = layer.get_config()
         if layer.name in widths:
-            key = "units" if type(layer).__name__ == "Dense" else "filters"
-            config[key] = widths[layer.name]
-        new_layers.append(type(layer).from_config(config))
-    if sequential:
-        new_model = keras.Sequential([new_input, *new_layers], name=model.name)
-    else:
-        x = new_input
-        for new in new_layers:
-            x = new(x)
-        new_model = keras.Model(new_input, x, name=model.name)
-    for layer, new in zip(graph.layers, new_layers, strict=True):
-        if weights[layer.name]:
-            new.set_weights(weights[layer.name])
-    return new_model
+            config["units" if type(layer).__name__ == "Dense" else "filters"] = widths[layer.name]
+        elif type(layer).__name__ == "Reshape":  # one that keeps the channel axis
+            target = list(config["target_shape"])
+            if target[-1] == int(layer.input.shape[-1]) and -1 not in target:
+                config["target_shape"] = (*target[:-1], -1)
+        return type(layer).from_config(config)
 
-
-def remove_units(model: Any, graph: PruneGraph, units: dict[str, list[int]]) -> Any:
-    """Plain removal (no compensation) of ``units`` per producer layer name."""
-    return apply_plan(model, graph, {k: GroupPlan(remove=list(v)) for k, v in units.items()})
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in new.layers:
+        if weights.get(layer.name):
+            layer.set_weights(weights[layer.name])
+    return new

@@ -387,9 +387,9 @@ def test_auto_budget_is_by_width_only_for_conv_models_with_batchnorm():
     help the BN CNNs, chains and DAGs, and cost the CNN without BN; MLPs share uniformly."""
     import keras
 
-    from pruner.api import budget_rule
     from pruner.config import PruneConfig
     from pruner.graph import build_graph
+    from pruner.run import budget_rule
 
     L = keras.layers
     plain = keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),

@@ -87,7 +87,7 @@ def test_deviation_bound_contains_the_real_deviation(which, request):
         lo, hi = impact.deviation(view, a, b, gamma[a, b])
         for i in range(len(a)):
             plan = {group.name: GroupPlan([int(b[i])], [(int(a[i]), int(b[i]), gamma[a[i], b[i]])])}
-            pruned = apply_plan(model, graph, plan)
+            pruned = apply_plan(model, plan)
             dev = np.asarray(pruned(x)) - np.asarray(model(x))
             assert np.all(dev >= lo[i] - 1e-4) and np.all(dev <= hi[i] + 1e-4)
         loose_lo, loose_hi = RobustnessImpact(tight=False).deviation(view, a, b, gamma[a, b])

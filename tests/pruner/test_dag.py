@@ -79,7 +79,7 @@ def test_masked_equals_pruned(pattern):
     graph = build_graph(model)
     assert graph.groups, pattern
     plan = _plan(graph, np.random.default_rng(0))
-    pruned = apply_plan(model, graph, plan)
+    pruned = apply_plan(model, plan)
     x = _x(model)
     want = np.asarray(_masked(model, graph, plan)(x))
     got = np.asarray(pruned(x))
@@ -94,7 +94,7 @@ def test_masked_equals_pruned(pattern):
 def test_steps_on_arrays_equal_steps_on_models(pattern):
     """Two steps on weight arrays (advance, one build at the end) give the model that two
     rebuilt steps give, and the arrays' sizes are the built model's."""
-    from pruner.dag_surgery import advance, as_model
+    from pruner.surgery import advance, as_model
 
     model = PATTERNS[pattern]()
     graph = build_graph(model)
@@ -103,8 +103,8 @@ def test_steps_on_arrays_equal_steps_on_models(pattern):
     state = advance(graph, first)
     second = _plan(state, rng, share=0.25)
     final = advance(state, second)
-    rebuilt = apply_plan(model, graph, first)
-    rebuilt = apply_plan(rebuilt, build_graph(rebuilt), second)
+    rebuilt = apply_plan(model, first)
+    rebuilt = apply_plan(rebuilt, second)
     built = as_model(final)
     assert as_model(final) is built  # built once
     x = _x(model)
@@ -153,9 +153,9 @@ def test_merge_is_exact_through_new_layers(conv1d):
     gamma[4], var[4], mean[4], beta[4] = gamma[1], var[1], 1.5 * mean[1], 1.5 * beta[1]
     bn.set_weights([gamma, beta, mean, var])
     x = _x(model)
-    pruned = apply_plan(model, graph, {group.name: GroupPlan([4], [(1, 4, 1.5)])})
+    pruned = apply_plan(model, {group.name: GroupPlan([4], [(1, 4, 1.5)])})
     np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), rtol=1e-4, atol=1e-5)
-    plain = apply_plan(model, graph, {group.name: GroupPlan([4])})
+    plain = apply_plan(model, {group.name: GroupPlan([4])})
     assert not np.allclose(np.asarray(plain(x)), np.asarray(model(x)), atol=1e-4)
 
 
@@ -164,11 +164,11 @@ def test_merge_refused_where_channels_are_coupled():
     graph = build_graph(model)
     group = next(g for g in graph.groups if len(g.producers) == 2)
     with pytest.raises(ConfigError, match="made by 2 layers.*without merges"):
-        apply_plan(model, graph, {group.name: GroupPlan([2], [(0, 2, 1.0)])})
-    dw = build_graph(depthwise_net())
-    group = next(g for g in dw.groups if g.coupled)
+        apply_plan(model, {group.name: GroupPlan([2], [(0, 2, 1.0)])})
+    model = depthwise_net()
+    group = next(g for g in build_graph(model).groups if g.coupled)
     with pytest.raises(ConfigError, match="per-channel filters"):
-        apply_plan(depthwise_net(), dw, {group.name: GroupPlan([2], [(0, 2, 1.0)])})
+        apply_plan(model, {group.name: GroupPlan([2], [(0, 2, 1.0)])})
 
 
 def test_size_drops_as_predicted():
@@ -176,7 +176,7 @@ def test_size_drops_as_predicted():
     model = zoo.ds_cnn(filters=16)
     graph = build_graph(model)
     assert [g.width for g in graph.groups] == [16] * 5
-    pruned = apply_plan(model, graph, {g.name: GroupPlan(list(range(5))) for g in graph.groups})
+    pruned = apply_plan(model, {g.name: GroupPlan(list(range(5))) for g in graph.groups})
     small = zoo.ds_cnn(filters=11)
     assert count_params(pruned) == count_params(small)
     assert count_macs(pruned) == count_macs(small) < count_macs(model)
@@ -262,7 +262,7 @@ def test_bound_saliency_bounds_the_readers_change(pattern):
     from pruner.bounds import InputBox, dag_interval_bounds
     from pruner.coupled import BoundSaliency
     from pruner.criteria import UnitView
-    from pruner.dag_surgery import advance, as_model
+    from pruner.surgery import advance, as_model
 
     model = PATTERNS[pattern]()
     graph = build_graph(model)
@@ -347,3 +347,26 @@ def test_activation_saliency_is_the_readers_change_and_sees_duplicates():
     refit.ridge = 1e-6
     left = refit(view) / np.maximum(base, 1e-30)  # share of the change a refit keeps
     assert left[:2].max() < 1e-3 and left[2:].max() > 1e-2
+
+
+def test_post_bn_merges_need_nothing_but_linear_maps_after_the_bn():
+    """A BatchNormalization after the ReLU keeps merges exact (the surgery moves its shift
+    difference into the reader's bias); a second ReLU after it does not, and its group
+    refuses merges."""
+    from pruner.dag import build_dag
+
+    inp = keras.Input((6, 6, 1))
+    x = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu", name="lin")(inp))
+    x = L.MaxPooling2D()(x)
+    out = L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="mid")(x)))
+    linear = keras.Model(inp, out)
+    group = build_dag(linear).group("lin")
+    assert group.mergeable and group.post_bn is not None and group.post_max
+    inp = keras.Input((6, 6, 1))
+    x = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu", name="bent")(inp))
+    out = L.Dense(2)(L.Flatten()(L.Conv2D(3, 1)(L.ReLU()(x))))
+    bent = keras.Model(inp, out)
+    group = build_dag(bent).group("bent")
+    assert not group.mergeable
+    with pytest.raises(ConfigError, match="without merges"):
+        apply_plan(bent, {"bent": GroupPlan([1], [(0, 1, 1.0)])})

@@ -14,9 +14,8 @@ keras = pytest.importorskip("keras")
 
 from pruner import zoo  # noqa: E402
 from pruner.dag_bias import channel_means, clipped_mean  # noqa: E402
-from pruner.dag_surgery import advance, as_model  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
-from pruner.surgery import GroupPlan  # noqa: E402
+from pruner.surgery import GroupPlan, advance, as_model  # noqa: E402
 
 REMOVE = [1, 3, 4, 6, 9, 12]
 

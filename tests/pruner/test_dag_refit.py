@@ -17,9 +17,8 @@ from pruner import zoo  # noqa: E402
 from pruner.api import prune  # noqa: E402
 from pruner.bounds import InputBox  # noqa: E402
 from pruner.dag_refit import readers_of, refit  # noqa: E402
-from pruner.dag_surgery import advance, as_model  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
-from pruner.surgery import GroupPlan  # noqa: E402
+from pruner.surgery import GroupPlan, advance, as_model  # noqa: E402
 from pruner.synthesis import synthesize  # noqa: E402
 
 REMOVE = [1, 3, 4, 6, 9, 12]

@@ -345,9 +345,14 @@ _DIPPING_LIPSCHITZ = {"silu": 1.1, "swish": 1.1, "hard_silu": 1.5, "hard_swish":
                       "gelu": 1.13, "mish": 1.09}
 
 
-def _activation_deviation(name: str | None, lo: np.ndarray, hi: np.ndarray) -> tuple:
+def _activation_deviation(
+    name: str | None, lo: np.ndarray, hi: np.ndarray, fn: Any = None, value: Any = None
+) -> tuple:
     """Sound bounds of f(x + d) - f(x) for d in [lo, hi]: a monotone f with Lipschitz
-    constant L gives L*[min(0, lo), max(0, hi)], one that dips L*[-|d|, |d|]."""
+    constant L gives L*[min(0, lo), max(0, hi)], one that dips L*[-|d|, |d|]. Given f
+    (``fn``) and x's bounds (``value``), a monotone f's change also lies in
+    [f(x_lo + min(0, lo)) - f(x_hi), f(x_hi + max(0, hi)) - f(x_lo)] (zero where a
+    ReLU stays off)."""
     from pruner.graph import ACTIVATIONS
     from pruner.handlers import MONOTONE
 
@@ -361,7 +366,13 @@ def _activation_deviation(name: str | None, lo: np.ndarray, hi: np.ndarray) -> t
     if name not in MONOTONE and name not in ACTIVATIONS:
         raise ConfigError(f"activation {name!r} has no deviation bounds")
     lip = ACTIVATIONS.get(name, (False, 1.0))[1]
-    return lip * np.minimum(lo, 0.0), lip * np.maximum(hi, 0.0)
+    d_lo, d_hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    out_lo, out_hi = lip * d_lo, lip * d_hi
+    if fn is not None and value is not None:
+        x_lo, x_hi = value[0][None], value[1][None]  # one sample: broadcast over the batch
+        out_lo = np.maximum(out_lo, fn(x_lo + d_lo) - fn(x_hi))
+        out_hi = np.minimum(out_hi, fn(x_hi + d_hi) - fn(x_lo))
+    return out_lo, out_hi
 
 
 def _product(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple:
@@ -420,7 +431,8 @@ def node_deviation(
         raise ConfigError(f"{key} of two tensors has no deviation bounds")
     act = activation_of(op)
     if act is not None and kind == "same":
-        return _activation_deviation(None if output and act == "softmax" else act, *devs[0])
+        name = None if output and act == "softmax" else act
+        return _activation_deviation(name, *devs[0], lambda v: _call_node(node, [v]), values[0])
     if "MaxPooling" in key:
         return _min_pool(op, devs[0][0]), _call(op, devs[0][1])
     keeps_channels = key == "Reshape" and -1 not in tuple(op.target_shape)[:-1]

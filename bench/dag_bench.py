@@ -67,7 +67,8 @@ QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48,
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 QUALITY = {"paoding": {}, "paoding (no refit)": {"compensation": "bias"},
            "paoding (no bias corr.)": {"compensation": "none"},
-           "paoding (bounds)": {"dag_saliency": "bounds"}, "magnitude": {}, "random": {}}
+           "paoding (bounds)": {"dag_saliency": "bounds"},
+           "paoding (robustness)": {"dag_saliency": "robustness"}, "magnitude": {}, "random": {}}
 # --quality-only: paoding with the refit (dag_refit), with the BN-statistics bias correction
 # alone (dag_bias) and with neither
 CORRECTION = ("paoding", "paoding (no refit)", "paoding (no bias corr.)")

@@ -336,3 +336,170 @@ def dag_interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.
     for node in graph.nodes[1:]:
         out.append(node_bounds(node, [out[p] for p in node.parents], store))
     return [(lo[0], hi[0]) for lo, hi in out]
+
+
+# --- deviations on a DAG ------------------------------------------------------------
+
+# Lipschitz constants of the activations that dip (max |f'|): bounds |f(x+d) - f(x)| <= L|d|
+_DIPPING_LIPSCHITZ = {"silu": 1.1, "swish": 1.1, "hard_silu": 1.5, "hard_swish": 1.5,
+                      "gelu": 1.13, "mish": 1.09}
+
+
+def _activation_deviation(
+    name: str | None, lo: np.ndarray, hi: np.ndarray, fn: Any = None, value: Any = None
+) -> tuple:
+    """Sound bounds of f(x + d) - f(x) for d in [lo, hi]: a monotone f with Lipschitz
+    constant L gives L*[min(0, lo), max(0, hi)], one that dips L*[-|d|, |d|]. Given f
+    (``fn``) and x's bounds (``value``), a monotone f's change also lies in
+    [f(x_lo + min(0, lo)) - f(x_hi), f(x_hi + max(0, hi)) - f(x_lo)] (zero where a
+    ReLU stays off)."""
+    from pruner.graph import ACTIVATIONS
+    from pruner.handlers import MONOTONE
+
+    if name in (None, "linear"):
+        return lo, hi
+    if name == "softmax":  # outputs in [0, 1]
+        return np.full_like(lo, -1.0), np.full_like(hi, 1.0)
+    if name in _DIPPING_LIPSCHITZ:
+        mag = _DIPPING_LIPSCHITZ[name] * np.maximum(np.abs(lo), np.abs(hi))
+        return -mag, mag
+    if name not in MONOTONE and name not in ACTIVATIONS:
+        raise ConfigError(f"activation {name!r} has no deviation bounds")
+    lip = ACTIVATIONS.get(name, (False, 1.0))[1]
+    d_lo, d_hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    out_lo, out_hi = lip * d_lo, lip * d_hi
+    if fn is not None and value is not None:
+        x_lo, x_hi = value[0][None], value[1][None]  # one sample: broadcast over the batch
+        out_lo = np.maximum(out_lo, fn(x_lo + d_lo) - fn(x_hi))
+        out_hi = np.minimum(out_hi, fn(x_hi + d_hi) - fn(x_lo))
+    return out_lo, out_hi
+
+
+def _product(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray) -> tuple:
+    p = np.stack(np.broadcast_arrays(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+    return p.min(axis=0), p.max(axis=0)
+
+
+def node_deviation(
+    node: Any, devs: list[tuple[np.ndarray, np.ndarray]], values: list[tuple], store: Any,
+    output: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of the change of one node's output (batched on the first axis) when
+    its inputs change by ``devs``; ``values``: its inputs' value bounds (one sample).
+    Linear maps take W c -/+ |W| r without bias, Add sums, Multiply expands
+    (x + dx)(y + dy) - xy over the value bounds, max and min pooling take the ends,
+    activations their Lipschitz bound; ``output``: the logits, no softmax."""
+    from pruner.handlers import activation_of, bn_affine
+
+    kind, params, op = node.handler.kind, node.handler.params, node.op
+    if kind == "producer" or params == "depthwise":
+        (lo, hi), weights = devs[0], store(op)
+        c = _linear_map(op, params, (lo + hi) / 2, False, weights)
+        r = _linear_map(op, params, (hi - lo) / 2, True, weights)
+        act = activation_of(op)
+        if output and act == "softmax":
+            act = None
+        return _activation_deviation(act, c - r, c + r)
+    if params == "bn":
+        scale = bn_affine(op, store(op))[0]
+        a, b = scale * devs[0][0], scale * devs[0][1]
+        return np.minimum(a, b), np.maximum(a, b)
+    key = node.key
+    if kind == "merge" and len(devs) > 1:
+        if key in ("Add", "op:add", "Average", "Subtract", "op:subtract"):
+            lo, hi = devs[0]
+            for lo2, hi2 in devs[1:]:
+                if key in ("Subtract", "op:subtract"):
+                    lo, hi = lo - hi2, hi - lo2
+                else:
+                    lo, hi = lo + lo2, hi + hi2
+            if key == "Average":
+                lo, hi = lo / len(devs), hi / len(devs)
+            return lo, hi
+        if key in ("Multiply", "op:multiply"):
+            (dxl, dxh), (xl, xh) = devs[0], values[0]
+            for (dyl, dyh), (yl, yh) in zip(devs[1:], values[1:], strict=True):
+                terms = [_product(xl, xh, dyl, dyh), _product(yl, yh, dxl, dxh),
+                         _product(dxl, dxh, dyl, dyh)]
+                dxl = sum(t[0] for t in terms)
+                dxh = sum(t[1] for t in terms)
+                xl, xh = _product(xl, xh, yl, yh)
+            return dxl, dxh
+        if key in ("Maximum", "Minimum"):  # 1-Lipschitz and monotone in every input
+            return (np.minimum.reduce([d[0] for d in devs]),
+                    np.maximum.reduce([d[1] for d in devs]))
+        raise ConfigError(f"{key} of two tensors has no deviation bounds")
+    act = activation_of(op)
+    if act is not None and kind == "same":
+        name = None if output and act == "softmax" else act
+        return _activation_deviation(name, *devs[0], lambda v: _call_node(node, [v]), values[0])
+    if "MaxPooling" in key:
+        return _min_pool(op, devs[0][0]), _call(op, devs[0][1])
+    keeps_channels = key == "Reshape" and -1 not in tuple(op.target_shape)[:-1]
+    if keeps_channels and int(op.output.shape[-1]) == int(op.input.shape[-1]):
+        target = (len(devs[0][0]), *op.target_shape[:-1], -1)
+        return devs[0][0].reshape(target), devs[0][1].reshape(target)
+    # positive (or sign-consistent) affine maps and concatenation: f(d) - f(0) at both ends
+    zero = _call_node(node, [np.zeros_like(d[0]) for d in devs])
+    a = _call_node(node, [d[0] for d in devs]) - zero
+    b = _call_node(node, [d[1] for d in devs]) - zero
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def dag_deviation(
+    graph: Any, bounds: list[tuple[np.ndarray, np.ndarray]], group: Any, b: np.ndarray,
+    a: np.ndarray | None = None, k: np.ndarray | None = None, c: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds of the logits' change, for every input in the box of ``bounds``
+    (dag_interval_bounds), when channel b[i] of ``group`` is removed (a[i] < 0) or merged
+    into a[i] (its readers' input y_b becomes k*y_a + c). At every reader the channel's
+    slot changes by -y_b (or k*y_a + c - y_b) over that reader's input bounds; the
+    other channels carry what flows from upstream; the change is then propagated node
+    by node to the output. Returns ([m, n_out], [m, n_out])."""
+    m = len(b)
+    a = np.full(m, -1) if a is None else np.asarray(a)
+    k = np.zeros(m) if k is None else np.asarray(k, np.float64)
+    c = np.zeros(m) if c is None else np.asarray(c, np.float64)
+    index = {id(n.op): i for i, n in enumerate(graph.nodes)}
+    inject: dict[int, list[Any]] = {}
+    for mem in group.readers:
+        inject.setdefault(index[id(mem.layer)], []).append(mem)
+    store = getattr(graph, "store", None) or (lambda layer: layer.get_weights())
+    rows = np.arange(m)
+    last_use = {p: i for i, n in enumerate(graph.nodes) for p in n.parents}
+    devs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in range(min(inject), graph.output + 1):
+        node = graph.nodes[i]
+        ins = [devs.get(p) for p in node.parents]
+        for p in node.parents:  # keep only what a later node reads
+            if last_use[p] <= i and p != graph.output:
+                devs.pop(p, None)
+        if i in inject:
+            p = node.parents[0]
+            vlo, vhi = bounds[p]
+            if ins[0] is None:
+                ins[0] = (np.zeros((m, *vlo.shape)), np.zeros((m, *vhi.shape)))
+            dlo, dhi = ins[0][0].copy(), ins[0][1].copy()
+            for mem in inject[i]:
+                total = mem.total
+                dlo_r = dlo.reshape(m, -1, total)  # views: the writes land in dlo, dhi
+                dhi_r = dhi.reshape(m, -1, total)
+                lo_v = vlo.reshape(-1, total).T.astype(np.float64)  # [channels, positions]
+                hi_v = vhi.reshape(-1, total).T.astype(np.float64)
+                lb, hb = lo_v[mem.offset + b], hi_v[mem.offset + b]  # [m, positions]
+                aa = mem.offset + np.maximum(a, 0)
+                ka_lo = np.minimum(k[:, None] * lo_v[aa], k[:, None] * hi_v[aa])
+                ka_hi = np.maximum(k[:, None] * lo_v[aa], k[:, None] * hi_v[aa])
+                dlo_r[rows, :, mem.offset + b] = ka_lo + c[:, None] - hb
+                dhi_r[rows, :, mem.offset + b] = ka_hi + c[:, None] - lb
+            ins[0] = (dlo.reshape(m, *vlo.shape), dhi.reshape(m, *vhi.shape))
+        if all(d is None for d in ins):
+            continue
+        ins = [
+            d if d is not None else (np.zeros((m, *bounds[p][0].shape)),) * 2
+            for d, p in zip(ins, node.parents, strict=True)
+        ]
+        values = [bounds[p] for p in node.parents]
+        devs[i] = node_deviation(node, ins, values, store, output=i == graph.output)
+    lo, hi = devs.get(graph.output, (np.zeros((m, 1)), np.zeros((m, 1))))
+    return lo.reshape(m, -1), hi.reshape(m, -1)

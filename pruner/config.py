@@ -20,7 +20,7 @@ ATTACKS = ("fgsm", "pgd")
 TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
 PAIR_SCORES = ("auto", "activations", "weights")
-DAG_SALIENCIES = ("group", "bounds", "activations", "energy")
+DAG_SALIENCIES = ("group", "bounds", "activations", "energy", "robustness")
 BUDGETS = ("auto", "uniform", "width")
 
 
@@ -76,7 +76,10 @@ class PruneConfig:
     (``group``: DFPC-style weight saliency; ``bounds``: sound interval bounds over
     the input box, see coupled.BoundSaliency; ``activations``/``energy``: what a
     removal leaves at the readers on the synthesised inputs, with the DAG refit,
-    see coupled.ActivationSaliency and bench/results/dag_selection.md).
+    see coupled.ActivationSaliency and bench/results/dag_selection.md; ``robustness``:
+    the annealing of the chain models, pair merges where exact and plain removals in
+    GroupSaliency order elsewhere, every candidate scored by the sound deviation bound
+    of bounds.dag_deviation).
     Input box ``input_lo``/``input_hi``. Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs (fewer for models costlier than metrics.REFERENCE_MACS), ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the

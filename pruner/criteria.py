@@ -232,6 +232,8 @@ class RobustnessImpact:
         if view.bounds is None:
             raise ConfigError("robustness impact needs interval bounds")
         group = view.group
+        if hasattr(view.graph, "nodes"):  # a DAG: node by node (a < 0: plain removal)
+            return self.dag_deviation(view, a, b, gamma)
         c = group.consumer_op
         lo_in, hi_in = view.bounds[c]
         shape = lo_in.shape
@@ -300,6 +302,28 @@ class RobustnessImpact:
         return np.concatenate(outs_lo).astype(np.float64), np.concatenate(outs_hi).astype(
             np.float64
         )
+
+    def dag_deviation(
+        self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """bounds.dag_deviation for every candidate, in batches; a[i] < 0 removes b[i]."""
+        from pruner.bounds import dag_deviation
+
+        a, b = np.asarray(a), np.asarray(b)
+        merge = a >= 0
+        k = np.zeros(len(b))
+        c = np.zeros(len(b))
+        if merge.any():
+            k[merge], c[merge] = merge_terms(view.group, a[merge], b[merge], gamma[merge])
+        size = min(self.batch, 32)  # whole feature maps per candidate
+        parts = [
+            dag_deviation(view.graph, view.bounds, view.group, b[i : i + size],
+                          a[i : i + size], k[i : i + size], c[i : i + size])
+            for i in range(0, len(b), size)
+        ]
+        if not parts:
+            return np.zeros((0, 1)), np.zeros((0, 1))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def terms(
         self, view: UnitView, a: np.ndarray, b: np.ndarray, gamma: np.ndarray

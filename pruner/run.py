@@ -51,14 +51,16 @@ def check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | No
     return x, y
 
 
-def strategy_for(mode: str, rng: np.random.Generator, cfg: PruneConfig) -> Any:
+def strategy_for(mode: str, rng: np.random.Generator, cfg: PruneConfig, ranking: Any = None) -> Any:
+    """The selection of ``mode``; ``ranking`` orders plain removals in groups that cannot
+    merge (paoding and greedy on a DAG with ``dag_saliency="robustness"``)."""
     impact = RobustnessImpact(cfg.alpha, cfg.beta, cfg.entropy_threshold)
     if mode in ("paoding", "greedy"):
         cls = GlobalAnnealing if cfg.scope == "global" else Annealing
         t0 = cfg.t0 if mode == "paoding" else 0.0
         return cls(
             rng, PairSaliency(), impact, t0, cfg.cooling, cfg.max_candidates,
-            tau_start=cfg.tau_start,
+            tau_start=cfg.tau_start, ranking=ranking,
         )
     if mode == "baseline":
         return OneShotPairs()
@@ -144,9 +146,14 @@ def run(
     if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
         if scope == "global":
             raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
-        from pruner.coupled import coupled_strategy
+        from pruner.coupled import GroupSaliency, coupled_strategy
 
-        strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
+        if cfg.dag_saliency == "robustness" and mode in ("paoding", "greedy"):
+            # the annealing of the method: pair merges where exact, removals elsewhere,
+            # both scored by the DAG deviation bound (bounds.dag_deviation)
+            strategy = strategy_for(mode, rng, cfg, ranking=GroupSaliency())
+        else:
+            strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
     rule = budget_rule(cfg, graph)
@@ -161,7 +168,9 @@ def run(
         and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)
     )
     one_shot = mode not in ("paoding", "greedy")
-    needs_bounds = not one_shot and (not graph.coupled or cfg.dag_saliency == "bounds")
+    needs_bounds = not one_shot and (
+        not graph.coupled or cfg.dag_saliency in ("bounds", "robustness")
+    )
     bounds_of = dag_interval_bounds if graph.coupled else interval_bounds
     graph0 = graph
 

@@ -8,6 +8,7 @@ and remembers what it already chose (by original unit index).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,7 @@ class Annealing:
         chunk: int = 2048,
         first_chunk: int = 64,
         tau_start: str = "first",
+        ranking: Any = None,
     ) -> None:
         if tau_start not in ("first", "median", "best"):
             raise ConfigError(f"tau_start must be 'first', 'median' or 'best', got {tau_start!r}")
@@ -85,7 +87,21 @@ class Annealing:
         self.impact = impact or RobustnessImpact()
         self.t0, self.cooling = float(t0), float(cooling)
         self.chunk, self.first_chunk = int(chunk), int(first_chunk)
+        self.ranking = ranking
         self.accepted: dict[str, set[tuple[int, int]]] = {}
+
+    def candidates(self, view: UnitView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, gamma) of the candidates in walking order: pairs in ascending saliency,
+        or, in a group that cannot merge (``mergeable`` False) with a ``ranking``,
+        plain removals (a = -1) in ascending ranking score."""
+        n = view.n
+        if self.ranking is not None and not getattr(view.group, "mergeable", True):
+            b = np.argsort(self.ranking(view), kind="stable")
+            return np.full(n, -1), b, np.zeros(n)
+        gamma, sal = self.saliency(view)
+        order = ascending_pairs(sal)
+        a, b = order // n, order % n
+        return a, b, gamma[a, b]
 
     def temperature(self, step: int) -> float:
         return self.t0 * self.cooling**step
@@ -98,9 +114,7 @@ class Annealing:
 
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
         n = view.n
-        gamma, sal = self.saliency(view)
-        order = ascending_pairs(sal)
-        cand_a, cand_b = order // n, order % n
+        cand_a, cand_b, cand_g = self.candidates(view)
         history = self.accepted.setdefault(view.group.name, set())
         ids = view.orig_ids.tolist()
         temp = self.temperature(step)
@@ -111,54 +125,60 @@ class Annealing:
         l_ref: float | None = None
 
         def eligible(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return ~removed[b] & ~keeper[b] & ~removed[a]
+            return ~removed[b] & ~keeper[b] & ~((a >= 0) & removed[np.maximum(a, 0)])
 
-        def walk(a_arr: np.ndarray, b_arr: np.ndarray, s_arr: np.ndarray) -> None:
+        def walk(a_arr: np.ndarray, b_arr: np.ndarray, s_arr: np.ndarray,
+                 g_arr: np.ndarray) -> None:
             nonlocal tau
-            for a, b, s in zip(a_arr.tolist(), b_arr.tolist(), s_arr.tolist(), strict=True):
+            for a, b, s, g in zip(a_arr.tolist(), b_arr.tolist(), s_arr.tolist(),
+                                  g_arr.tolist(), strict=True):
                 if len(plan.remove) >= quota:
                     return
-                if removed[b] or keeper[b] or removed[a] or (ids[a], ids[b]) in history:
+                key = (ids[a] if a >= 0 else -1, ids[b])
+                if removed[b] or keeper[b] or (a >= 0 and removed[a]) or key in history:
                     continue
                 accept = s <= tau
                 if not accept and temp > 0:
                     accept = bool(self.rng.random() < math.exp(-(s - tau) / temp))
                 if accept:
                     tau = s
-                    removed[b] = keeper[a] = True
+                    removed[b] = True
                     plan.remove.append(b)
-                    plan.merges.append((a, b, float(gamma[a, b])))
-                    history.add((ids[a], ids[b]))
+                    if a >= 0:  # a merge; a < 0 is a plain removal
+                        keeper[a] = True
+                        plan.merges.append((a, b, g))
+                    history.add(key)
 
         pool_a = pool_b = np.zeros(0, np.int64)
-        pool_s = np.zeros(0)
+        pool_s = pool_g = np.zeros(0)
         pos = scored_chunks = 0
         while len(plan.remove) < quota:
             if pool_a.size:
                 ok = eligible(pool_a, pool_b)
-                pool_a, pool_b, pool_s = pool_a[ok], pool_b[ok], pool_s[ok]
+                pool_a, pool_b, pool_s, pool_g = pool_a[ok], pool_b[ok], pool_s[ok], pool_g[ok]
             if pool_a.size:  # the last walk ended short: walk again
                 tau = self._start(pool_s)
-                walk(pool_a, pool_b, pool_s)
+                walk(pool_a, pool_b, pool_s, pool_g)
                 continue
-            if pos >= len(order):
+            if pos >= len(cand_b):
                 break
             size = min(self.chunk, max(self.first_chunk, 8 * quota) << scored_chunks)
             scored_chunks += 1
             a_c, b_c = cand_a[pos : pos + size], cand_b[pos : pos + size]
+            g_c = cand_g[pos : pos + size]
             pos += size
             ok = eligible(a_c, b_c)
-            a_c, b_c = a_c[ok], b_c[ok]
+            a_c, b_c, g_c = a_c[ok], b_c[ok], g_c[ok]
             if not a_c.size:
                 continue
-            width, ent = self.impact.terms(view, a_c, b_c, gamma[a_c, b_c])
+            width, ent = self.impact.terms(view, a_c, b_c, g_c)
             if l_ref is None:
                 l_ref = float(np.median(width))
             scores = self.impact.score(width, ent, l_ref)
             if tau is None:
                 tau = self._start(scores)
-            pool_a, pool_b, pool_s = a_c, b_c, scores
-            walk(a_c, b_c, scores)
+            pool_a, pool_b, pool_s, pool_g = a_c, b_c, scores, g_c
+            walk(a_c, b_c, scores, g_c)
         return plan
 
 

@@ -137,3 +137,58 @@ def test_dag_bounds_hold_every_node(name):
         if node.key == "Add":
             parts = [bounds[p] for p in node.parents]
             np.testing.assert_allclose(lo, sum(p[0] for p in parts), rtol=1e-6, atol=1e-6)
+
+
+def _residual_concat_net():
+    """BN after a convolution, a depthwise block added back (Add), a branch concatenated."""
+    from pruner import zoo
+
+    layers = keras.layers
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((8, 8, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(6, 3, padding="same")(inp)))
+    y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same")(x)))
+    y = layers.BatchNormalization()(layers.Conv2D(6, 1)(y))
+    x = layers.Add()([x, y])
+    z = layers.Conv2D(4, 1, activation="relu")(x)
+    x = layers.Concatenate()([x, z])
+    x = layers.GlobalAveragePooling2D()(x)
+    return zoo.randomize_bn(keras.Model(inp, layers.Dense(3)(x)), 7)
+
+
+@pytest.mark.parametrize("name", ["residual_concat", "add", "concatenate", "multiply_se",
+                                  "depthwise", "separable", "sequential"])
+def test_dag_deviation_contains_the_real_change(name):
+    """For every group, removing a channel (and, in mergeable groups, merging one pair)
+    changes the logits on inputs from the box by no more than dag_deviation bounds."""
+    from pruner.bounds import dag_deviation, dag_interval_bounds
+    from pruner.dag import build_dag
+    from pruner.graph import merge_terms
+
+    models = {"residual_concat": _residual_concat_net, **_dag_models()}
+    model = models[name]()
+    graph = build_dag(model)
+    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    x = np.random.default_rng(1).uniform(0, 1, (128, *graph.input_shape)).astype(np.float32)
+    x[:2] = [np.zeros(graph.input_shape), np.ones(graph.input_shape)]
+    y0 = np.asarray(model(x))
+    checked = 0
+    for group in graph.groups:
+        cases = [GroupPlan(remove=[u]) for u in {0, group.width - 1}]
+        if group.mergeable:
+            cases.append(GroupPlan(remove=[1], merges=[(0, 1, 0.7)]))
+        for gp in cases:
+            b = np.array(gp.remove)
+            if gp.merges:
+                a, gamma = np.array([0]), np.array([0.7])
+                k, c = merge_terms(group, a, b, gamma)
+                lo, hi = dag_deviation(graph, bounds, group, b, a, k, c)
+            else:
+                lo, hi = dag_deviation(graph, bounds, group, b)
+            change = np.asarray(apply_plan(model, {group.name: gp})(x)) - y0
+            tol = 1e-4 * (1 + np.abs(y0))
+            assert np.all(change >= lo - tol) and np.all(change <= hi + tol), (group.name, gp)
+            assert np.all(hi - lo < 1e6)  # a bound, not infinity
+            assert np.abs(change).max() > 0  # a bound of zero would fail
+            checked += 1
+    assert checked >= 2

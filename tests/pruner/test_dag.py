@@ -370,3 +370,47 @@ def test_post_bn_merges_need_nothing_but_linear_maps_after_the_bn():
     assert not group.mergeable
     with pytest.raises(ConfigError, match="without merges"):
         apply_plan(bent, {"bent": GroupPlan([1], [(0, 1, 1.0)])})
+
+
+def test_robustness_annealing_scores_dag_candidates_and_removes_where_merges_cannot_go():
+    """dag_saliency="robustness": the impact is the DAG deviation bound (a channel no
+    reader reads scores L = 0, the lowest), groups that cannot merge lose channels by
+    plain removal, and a run is reproducible from its seed."""
+    from pruner.api import prune
+    from pruner.bounds import InputBox, dag_interval_bounds
+    from pruner.coupled import GroupSaliency
+    from pruner.criteria import RobustnessImpact, UnitView
+    from pruner.dag import build_dag
+    from pruner.strategies import Annealing
+
+    model = add_net()
+    graph = build_dag(model)
+    group = next(g for g in graph.groups if not g.mergeable)
+    reader = next(m for m in group.readers if m.params == "conv")
+    w = reader.layer.get_weights()
+    w[0][:, :, reader.offset + 2, :] = 0.0  # nobody reads channel 2 through this reader
+    others = [m for m in group.readers if m is not reader]
+    reader.layer.set_weights(w)
+    for m in others:
+        ws = m.layer.get_weights()
+        if m.params == "dense":
+            ws[0][m.rows([2])] = 0.0
+        else:
+            ws[0][..., m.offset + 2, :] = 0.0
+        m.layer.set_weights(ws)
+    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    view = UnitView.of(graph, group, np.arange(group.width), bounds)
+    units = np.arange(group.width)
+    width, _ = RobustnessImpact().terms(view, np.full(group.width, -1), units,
+                                        np.zeros(group.width))
+    assert width[2] == 0.0 and np.all(np.delete(width, 2) > 0)
+    picked = Annealing(np.random.default_rng(0), t0=0.0, tau_start="best",
+                       ranking=GroupSaliency()).select(view, 1, 0)
+    assert picked.remove == [2] and picked.merges == []
+
+    kwargs = dict(target=0.4, step=0.2, mode="paoding", dag_saliency="robustness",
+                  synthetic=0, seed=3, keep_below_floor=True, progress=False)
+    first, again = prune(add_net(), **kwargs), prune(add_net(), **kwargs)
+    assert first.trajectory[-1].ratio > 0.3
+    for a, b in zip(first.model.get_weights(), again.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

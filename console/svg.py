@@ -79,16 +79,8 @@ def chart(title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequenc
     if budget is not None:
         legend.append(("budget", COLOURS["budget"]))
     for k, (name, colour) in enumerate(legend):
-        ly = top + 10 + 18 * k
-        out.append(f'<rect x="{left + plot_w + 14}" y="{ly - 8}" width="10" height="10" '
-                   f'fill="{colour}"/>')
-        out.append(f'<text x="{left + plot_w + 30}" y="{ly + 1}" class="tick">'
-                   f'{escape(name)}</text>')
-    if not values:
-        out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" '
-                   'class="tick">no measurement yet</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+        out += _legend_entry(left + plot_w, top, k, name, colour)
+    return _close(out, values, left + plot_w / 2, top + plot_h / 2)
 
 
 def scatter(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *,
@@ -130,13 +122,21 @@ def scatter(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]
         for mx, py in pts:
             out.append(f'<circle class="point {escape(name)}" cx="{x(mx):.1f}" '
                        f'cy="{y(py):.1f}" r="4" fill="{colour}" opacity="0.8"/>')
-        ly = top + 10 + 18 * k
-        out.append(f'<rect x="{left + side + 14}" y="{ly - 8}" width="10" height="10" '
-                   f'fill="{colour}"/>')
-        out.append(f'<text x="{left + side + 30}" y="{ly + 1}" class="tick">'
-                   f'{escape(name)}</text>')
+        out += _legend_entry(left + side, top, k, name, colour)
+    return _close(out, values, left + side / 2, top + side / 2)
+
+
+def _legend_entry(right: float, top: float, k: int, name: str, colour: str) -> list[str]:
+    """The k-th legend row (a swatch and its name) to the right of a plot."""
+    ly = top + 10 + 18 * k
+    return [f'<rect x="{right + 14}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>',
+            f'<text x="{right + 30}" y="{ly + 1}" class="tick">{escape(name)}</text>']
+
+
+def _close(out: list[str], values: Sequence[object], cx: float, cy: float) -> str:
+    """The finished SVG; an empty chart says so in its middle."""
     if not values:
-        out.append(f'<text x="{left + side / 2}" y="{top + side / 2}" text-anchor="middle" '
+        out.append(f'<text x="{cx}" y="{cy}" text-anchor="middle" '
                    'class="tick">no measurement yet</text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ INFO/WARNING lines would bury the commands' own output
+    # TensorFlow's C++ INFO/WARNING lines would bury the commands' own output. oneDNN's
+    # CPU-specific kernels (on by default on AVX-512 machines) change float round-off from
+    # one CPU to the next, so the same seed would prune differently, and they announce
+    # themselves on stderr whatever the log level: off unless the user turns them on.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

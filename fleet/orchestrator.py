@@ -871,9 +871,10 @@ def run_rollout(
         enrolled = registry.public_keys()
         device_keys = keys_from_pems(enrolled) if enrolled else None
     own_link = link is None
-    link = link or FleetLink(broker, share_group=share_group)
+    link = link or FleetLink(broker, session=registry.label, share_group=share_group)
     if own_link:
         link.open()
+    ended = False
     try:
         engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
                         policy=policy or WavePolicy(), include_offline=include_offline,
@@ -881,10 +882,12 @@ def run_rollout(
                         check=intake.check if intake is not None else checker(device_keys),
                         discover_s=discover_s, progress=progress,
                         abort=abort, profile_thresholds=profile_thresholds)
-        return _result(engine, engine.run(), registry)
+        verdict = engine.run()
+        ended = True
+        return _result(engine, verdict, registry)
     finally:
-        if own_link:
-            link.close()
+        if own_link:  # cut short: the session keeps queueing reports for the rerun
+            link.close(keep_session=not ended)
 
 
 def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
@@ -910,7 +913,7 @@ def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
     if all(r["device_id"] != device_id for r in reg.device_rows()):
         reg.upsert_device(Device(device_id, "direct"))
-    link = FleetLink(broker)
+    link = FleetLink(broker, session=reg.label)  # reports made while it reconnects wait
     link.open(timeout=min(10.0, timeout))
     try:
         engine = _Engine(reg, link, rollout_id=manifest.rollout_id or "", spec=spec,

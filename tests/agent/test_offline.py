@@ -42,7 +42,10 @@ def _offline_deploy(broker, inproc_agent, keys, small_model):
 
 def test_reports_spooled_while_broker_down_are_all_delivered(broker, inproc_agent,
                                                              keys, small_model):
-    """A broker that keeps sessions delivers every report made while it was down."""
+    """A broker that keeps sessions delivers every report made while it was down.
+
+    Whichever reconnects first, the agent (flushing its spool) or the host: the
+    host's persistent session has the broker queue what it missed."""
     rep = _offline_deploy(broker, inproc_agent, keys, small_model)
     assert rep.states == ["received", "verified", "installed", "benchmarked", "active"]
 

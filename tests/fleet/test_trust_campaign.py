@@ -251,7 +251,7 @@ def test_fake_retained_statuses_do_not_appear_in_discovery(broker, fleet, caplog
         pub.close()
     unverified = discover(b, wait_s=0.5)
     assert {"ghost-1", "ghost-2", "ghost-3"} <= set(unverified)  # the finding, reproduced
-    intake = Gate.from_registry(reg)
+    intake = Gate(reg.public_key)
     with caplog.at_level(logging.WARNING, logger="paoding.intake"):
         found = discover(b, wait_s=0.5, intake=intake)
     ghosts = {"ghost-1", "ghost-2", "ghost-3"}
@@ -304,7 +304,7 @@ def test_a_device_cannot_report_for_another_devices_deployment(broker, fleet, ca
         t = threading.Thread(target=lie)
         t.start()
         try:
-            result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate.from_registry(reg),
+            result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate(reg.public_key),
                                  discover_s=0.5, policy=WavePolicy(
                                      canary=1, timeout_s=2, max_failure_rate=1.0))
         finally:
@@ -363,7 +363,7 @@ def test_out_of_range_figures_and_control_characters_are_not_stored(broker, flee
         dev.client.publish(dev.topics.status, status.to_json(), qos=1, retain=True).wait(5)
         t = threading.Thread(target=send_bad)
         t.start()
-        result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate.from_registry(reg),
+        result = run_rollout({PROFILE: MODEL}, b, reg, intake=Gate(reg.public_key),
                              discover_s=0.5, policy=WavePolicy(timeout_s=20))
         t.join()
     assert sent == len(BAD_FIGURES)

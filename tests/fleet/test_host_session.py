@@ -63,3 +63,12 @@ def test_concurrent_hosts_hold_distinct_sessions(broker):
         assert one.client.client_id != two.client.client_id
     with FleetLink(addr, session="same") as again:  # the slot is free again
         assert again.client.client_id == one.client.client_id
+
+
+def test_a_device_cannot_be_enrolled_under_a_host_session_id(tmp_path):
+    from core.errors import ConfigError
+    from fleet.enrol import enrol_device
+    from fleet.registry import Registry
+
+    with Registry(tmp_path / "fleet.sqlite") as reg, pytest.raises(ConfigError, match="host"):
+        enrol_device(reg, "paoding-host-0a1b2c3d-0", "raspberry-pi-4")

@@ -32,7 +32,7 @@ from core.mqtt import Broker, MqttClient
 from core.protocol import ChunkRequest, Manifest, Report, Status, Topics
 from core.signing import SigningKey
 from fleet.gate import Gate
-from fleet.orchestrator import discover, run_rollout
+from fleet.orchestrator import RESERVE_ROUNDS, discover, run_rollout
 from fleet.publisher import deploy
 from fleet.registry import Registry
 from fleet.rollout import Outcome, WavePolicy
@@ -430,16 +430,17 @@ def test_forged_need_messages_make_the_host_republish_nothing(broker, fleet):
                          device_key=reg.public_key("dev-a").encode() if verified else None)
             t.join()
             forger.close()
-        assert rep.ok and sent == 200 and heard.is_set()
+        assert rep.ok and sent == 200 and heard.is_set(), (rep.reason, sent, heard.is_set())
         chunks = rep.chunks
         results[verified] = {"forged": sent, "forged_bytes": nbytes,
                              "republished_chunks": rep.chunks_sent - chunks,
                              "republished_bytes": (rep.chunks_sent - chunks) * rep.chunk_size,
                              "dropped": rep.dropped}
-    # without verification the re-serving bound holds: a chunk at most once a second
-    assert results[False]["republished_chunks"] <= 2 * chunks
+    # without verification the re-send budget holds (a chunk at most once a second, and
+    # at most RESERVE_ROUNDS x the chunk count per device whatever the flood lasts)
+    assert results[False]["republished_chunks"] <= RESERVE_ROUNDS * chunks, results
     # (one more is dropped: the previous deployment's retained final report, stale here)
-    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] >= 200
+    assert results[True]["republished_chunks"] == 0 and results[True]["dropped"] >= 200, results
     record("forged_needs", "200 forged 'need' messages (unsigned / another device's key)",
            200, 200 - results[True]["dropped"], "intake signature check",
            f"{results[False]['republished_bytes']} bytes republished (re-send budget)",

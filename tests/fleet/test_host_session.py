@@ -35,22 +35,23 @@ def _send(device: MqttClient, *states: str) -> None:
         device.publish(Topics(DEVICE).report, rep.to_json(), qos=1).wait(10)
 
 
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-def test_reports_sent_while_the_host_is_away_reach_it_when_it_is_back(broker, protocol):
+@pytest.mark.parametrize(("protocol", "share"), [("3.1.1", None), ("5", None), ("5", "hosts-t")])
+def test_reports_sent_while_the_host_is_away_reach_it_when_it_is_back(broker, protocol, share):
+    """Also through a shared intake: Mosquitto queues for a member that is away."""
     addr = Broker(port=broker.port, protocol=protocol)
     session = f"record-{uuid.uuid4().hex[:6]}"
     device = MqttClient(Broker(port=broker.port), f"paoding-agent-{DEVICE}", clean_session=True)
     device.connect()
     try:
-        first = FleetLink(addr, session=session).open()
+        first = FleetLink(addr, session=session, share_group=share).open()
         first.close(keep_session=True)  # the host is away (killed, or cut off mid-run)
         _send(device, "received", "verified", "installed")  # acknowledged by the broker
-        with FleetLink(addr, session=session).open() as back:
+        with FleetLink(addr, session=session, share_group=share).open() as back:
             assert back.client.client_id == first.client.client_id
             assert _reports(back, "installed") == ["received", "verified", "installed"]
         # a clean end dropped the intake: what devices say between runs is not queued
         _send(device, "benchmarked")
-        with FleetLink(addr, session=session).open() as later:
+        with FleetLink(addr, session=session, share_group=share).open() as later:
             _send(device, "active")  # after the SUBACK: must be the first report heard
             assert _reports(later, "active") == ["active"]
     finally:

@@ -194,14 +194,13 @@ class Agent:
                             retain=True)
 
     def _on_connect(self) -> None:
-        # network thread: do nothing slow here, the worker does the rest
+        # network thread: the status and the reports spooled offline go now, in their
+        # order (the worker may be benchmarking for seconds: behind it they would reach
+        # the host after the final report); the worker asks for missing chunks
         log.info("connected to %s", self.settings.broker.address)
-        self._jobs.put(("connected", None))
-
-    def _connected(self) -> None:
         self.publish_status()
         self.flush_spool()
-        self._request_missing()
+        self._jobs.put(("connected", None))
 
     # -- reports ------------------------------------------------------------
 
@@ -324,7 +323,7 @@ class Agent:
                 elif kind == "cancel":
                     self._cancel(arg)
                 elif kind == "connected":
-                    self._connected()
+                    self._request_missing()
                 elif kind == "tick":
                     self._check_stall()
                 self._advance()

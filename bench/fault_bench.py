@@ -17,7 +17,8 @@ fleet record. Each scenario rolls a new model out with ``paoding-edge rollout``
 
 When the rollout command returns, the bench compares the registry with every
 device's own state file (what it runs; each deployment's outcome against what
-the device did) and counts the retained artifact chunks left on the broker.
+the device did), counts the retained artifact chunks left on the broker and the
+non-final reports the agents sent that the registry lacks.
 Writes bench/results/fault.{json,md,png}.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ sys.path.append(str(ROOT / "tests"))
 from mosquitto import Mosquitto  # noqa: E402
 
 from core.mqtt import Broker, MqttClient  # noqa: E402
+from core.protocol import FINAL_STATES  # noqa: E402
 from core.signing import write_key_pair  # noqa: E402
 from fleet.registry import Registry  # noqa: E402
 
@@ -132,6 +135,27 @@ def agree(db: Path, agents: Agents, rollout_id: str | None) -> list[str]:
     return wrong
 
 
+def reports_lost(db: Path, agents: Agents, rollout_id: str | None) -> tuple[int, int]:
+    """(non-final reports the agents sent for the rollout, how many the registry lacks).
+
+    What an agent sent is its log's ``report DEPLOYMENT STATE`` lines (written as it
+    spools each report); the registry keeps each deployment's reports by state.
+    """
+    if not rollout_id:
+        return 0, 0
+    sent: set[tuple[str, str]] = set()
+    for d in agents.ids:
+        log = agents.work / f"{d}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for dep, state in re.findall(r"agent\.service: report (\S+) (\S+)", text):
+            if dep.startswith(f"{rollout_id}-") and state not in FINAL_STATES:
+                sent.add((dep, state))
+    with Registry(db) as reg:
+        got = {(r["deployment_id"], r["state"]) for dep in reg.rollout_deployments(rollout_id)
+               for r in reg.reports(dep["deployment_id"])}
+    return len(sent), len(sent - got)
+
+
 def in_flight(db: Path, wave: int) -> str | None:
     """The running rollout once wave ``wave`` has a pending deployment (None: not yet)."""
     with Registry(db) as reg:
@@ -165,6 +189,7 @@ def run_scenario(name: str, fault: Callable[[str, subprocess.Popen], None] | Non
     result = json.loads(out[out.index("{"):]) if "{" in out else {}
     rollout_id = result.get("rollout_id") or faulted
     wrong = agree(db, agents, rollout_id)
+    sent, lost = reports_lost(db, agents, rollout_id)
     counts: dict[str, int] = {}
     for r in result.get("results", []):
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
@@ -173,10 +198,12 @@ def run_scenario(name: str, fault: Callable[[str, subprocess.Popen], None] | Non
            "skipped": result.get("skipped", {}), "reason": result.get("reason"),
            "mismatches": len(wrong), "mismatch_detail": wrong[:10],
            "retained_chunks": retained_chunks(broker),
+           "nonfinal_reports_sent": sent, "nonfinal_reports_lost": lost,
            "seconds": round(time.monotonic() - t0, 1)}
     print(f"{name}: {row['decision']} ({row['reason']}) {counts} "
           f"skipped={len(row['skipped'])} mismatches={row['mismatches']} "
-          f"retained chunks={row['retained_chunks']} ({row['seconds']} s)", flush=True)
+          f"retained chunks={row['retained_chunks']} non-final reports lost={lost} of {sent} "
+          f"({row['seconds']} s)", flush=True)
     return row
 
 
@@ -259,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, load "
                f"{os.getloadavg()[0]:.1f} at the end; {args.agents} agent processes")
     write(rows, machine)
-    return 0 if all(r["mismatches"] == 0 and r["retained_chunks"] == 0 for r in rows) else 1
+    return 0 if all(r["mismatches"] == 0 and r["retained_chunks"] == 0
+                    and r["nonfinal_reports_lost"] == 0 for r in rows) else 1
 
 
 def write(rows: list[dict], machine: str) -> None:
@@ -267,12 +295,14 @@ def write(rows: list[dict], machine: str) -> None:
     (RESULTS / "fault.json").write_text(json.dumps({"machine": machine, "rows": rows},
                                                    indent=2))
     lines = [f"Fault bench ({machine}).", "",
-             "| scenario | decision | outcomes | registry != device | retained chunks | s |",
-             "|---|---|---|---:|---:|---:|"]
+             "| scenario | decision | outcomes | registry != device | retained chunks "
+             "| non-final reports lost | s |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
         lines.append(f"| {r['scenario']} | {r['decision']} | {outcomes} | {r['mismatches']} "
-                     f"| {r['retained_chunks']} | {r['seconds']} |")
+                     f"| {r['retained_chunks']} | {r['nonfinal_reports_lost']} of "
+                     f"{r['nonfinal_reports_sent']} | {r['seconds']} |")
     (RESULTS / "fault.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 

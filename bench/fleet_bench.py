@@ -3,7 +3,7 @@
     python bench/fleet_bench.py [--sizes 1000,10000] [--model-kb 1024]
 
 For each N: a Mosquitto of its own (``$SYS`` every second), the device
-simulator in a process of its own (``python -m fleet.simulator``: real
+simulator in a process of its own (``python tests/fleetsim.py``: real
 protocol, Ed25519-signed status/reports, host signature and chunk digests
 checked, no interpreter), and the host rollout in a third process that
 measures itself. Every figure comes from the run:
@@ -67,10 +67,11 @@ def _broker_counters(port: int, settle_s: float = 2.5) -> dict[str, int]:
 
 def host_run(spec_path: str) -> int:
     """The host process: run the rollout, measure itself, print one JSON line."""
+    from fleetsim import device_ids, simulated_key
+
     from fleet.orchestrator import run_rollout
     from fleet.registry import Registry
     from fleet.rollout import WavePolicy
-    from fleet.simulator import device_ids, simulated_key
 
     spec = json.loads(Path(spec_path).read_text())
     fds = threads = 0
@@ -127,7 +128,7 @@ def run_size(n: int, model: Path, key: Path, work: Path, canary: int, growth: fl
     sim = None
     try:
         sim = subprocess.Popen(
-            [sys.executable, "-m", "fleet.simulator", "--broker", f"mqtt://127.0.0.1:{broker.port}",
+            [sys.executable, str(ROOT / "tests" / "fleetsim.py"), "--broker", f"mqtt://127.0.0.1:{broker.port}",
              "--devices", str(n), "--trust-key", str(key.with_suffix(".pub"))],
             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         ready = sim.stdout.readline().strip()

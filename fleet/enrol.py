@@ -93,6 +93,8 @@ def enrol_device(
     check_id(device_id)
     if device_id in host_users:
         raise ConfigError(f"device id {device_id!r} is the host's broker user name")
+    if device_id.startswith("paoding-host-"):  # a device's client id is its id: not the host's
+        raise ConfigError(f"device id {device_id!r}: 'paoding-host-' names the host's sessions")
     _check_profile(profile)
     if public_key is None and bundle_dir is None:
         raise ConfigError("give the device's public key (--public-key, from `paoding-agent "

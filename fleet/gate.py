@@ -51,8 +51,6 @@ InFlight = Callable[[str, str], bool]  # (device id, deployment id) -> it is in 
 KeyLookup = Callable[[str], "str | VerifyKey | None"]
 Check = Callable[[str, str, bytes], DeviceMessage]  # (kind, device id, payload); ValueError
 
-CAUSES = ("foreign_topic", "oversized", "rate", "malformed", "wrong_device", "not_enrolled",
-          "unsigned", "other_key", "bad_signature", "not_in_flight")
 # a signature failure's cause, from core.signing's one-line reason
 _SIGNATURE_CAUSES = (("names device", "wrong_device"), ("not enrolled", "not_enrolled"),
                      ("not signed", "unsigned"), ("signed by key", "other_key"),
@@ -153,11 +151,6 @@ class Gate:
         self.last_reason: dict[str, str] = {}
         self._saved: Counter[str] = Counter()
 
-    @classmethod
-    def from_registry(cls, registry: object, **kw: object) -> Gate:
-        """A gate over a registry's enrolled keys (anything with ``public_key(id)``)."""
-        return cls(registry.public_key, **kw)  # type: ignore[attr-defined, arg-type]
-
     # -- the one API -------------------------------------------------------------
     def admit(self, topic: str, payload: bytes) -> DeviceMessage | Rejection:
         """The checked message, or the Rejection (logged and counted) saying why not."""
@@ -170,21 +163,12 @@ class Gate:
             self.admitted += 1
         return message
 
-    def accept(self, topic: str, payload: bytes) -> DeviceMessage | None:
-        """``admit`` for callers that only need the message (None when rejected)."""
-        got = self.admit(topic, payload)
-        return None if isinstance(got, Rejection) else got
-
     def check(self, kind: str, device_id: str, payload: bytes) -> DeviceMessage:
         """``admit`` for a message already split by topic; ValueError naming the rejection."""
         got = self.admit(f"{TOPIC_ROOT}/{device_id}/{kind}", payload)
         if isinstance(got, Rejection):
             raise Refused(got)
         return got
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
 
     def save(self, registry: object) -> None:
         """Add the rejections counted since the last save to ``registry`` (``add_rejections``)."""

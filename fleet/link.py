@@ -1,9 +1,15 @@
 """The host's one connection to the fleet and its one intake subscription.
 
-Whatever the number of devices, the host holds ONE MQTT connection (clean
-session: no broker state is left behind per rollout or per device) and ONE
+Whatever the number of devices, the host holds ONE MQTT connection and ONE
 subscription, ``paoding/v2/devices/+/+``, filtered here to what devices
-publish (status, need, report). With several host processes the intake is a
+publish (status, need, report). A rollout's link is a persistent session
+(``session=``): a client id that is the same for every run on this machine
+with the same broker and record, so while the host is away (killed,
+restarting, or reconnecting after a broker restart) the broker queues the
+devices' QoS 1 reports for it and delivers them when it is back. Each
+concurrent process takes its own slot (a lock file), so two never share an
+id; a run that ends cleanly drops its intake first, so nothing is queued
+between runs. With several host processes the intake is a
 shared subscription ``$share/<group>/paoding/v2/devices/+/+`` so each message
 reaches one of them; since shared subscriptions receive no retained messages,
 a process reads the retained snapshot through a plain subscription first.
@@ -16,17 +22,42 @@ clock that stops while the broker is away lets a rollout pause its timeouts.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import queue
+import socket
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.errors import ConfigError
 from core.mqtt import Broker, MqttClient, PublishFuture
 from core.protocol import DEVICE_FILTER, DEVICE_KINDS, TOPIC_ROOT, parse_device_topic
 
 PROBE_PREFIX = "paoding-host-probe-"
+SESSION_DIR = Path(tempfile.gettempdir()) / f"paoding-host-sessions-{os.getuid()}"
+SESSION_SLOTS = 16
+
+
+def session_client_id(name: str) -> tuple[str, int]:
+    """(client id, lock fd): the first slot of session ``name`` no live process of this
+    machine holds. The lock goes with the process, so a rerun after a kill gets its slot."""
+    digest = hashlib.sha256(f"{socket.gethostname()}|{name}".encode()).hexdigest()[:8]
+    SESSION_DIR.mkdir(mode=0o700, exist_ok=True)
+    for slot in range(SESSION_SLOTS):
+        fd = os.open(SESSION_DIR / f"{digest}-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return f"paoding-host-{digest}-{slot}", fd
+    raise ConfigError(f"{SESSION_SLOTS} host processes of this machine already hold a "
+                      f"session with this broker and record ({SESSION_DIR})")
 
 
 @dataclass(frozen=True)
@@ -70,7 +101,7 @@ class FleetLink:
         self,
         broker: Broker,
         *,
-        client_id: str | None = None,
+        session: str | None = None,
         share_group: str | None = None,
         max_inflight: int = 256,
     ) -> None:
@@ -81,12 +112,13 @@ class FleetLink:
         self.received = 0
         self._probe_id = f"{PROBE_PREFIX}{uuid.uuid4().hex[:8]}"
         self._probe_seen = threading.Event()
-        self.client = MqttClient(
-            broker,
-            client_id or f"paoding-host-{uuid.uuid4().hex[:12]}",
-            clean_session=True,
-            max_inflight=max_inflight,
-        )
+        self._session_lock: int | None = None
+        client_id = f"paoding-host-{uuid.uuid4().hex[:12]}"
+        if session is not None:
+            client_id, self._session_lock = session_client_id(
+                f"{broker.address}|{share_group}|{session}")
+        self.client = MqttClient(broker, client_id, clean_session=session is None,
+                                 max_inflight=max_inflight)
         self.intake_filter = (
             f"$share/{share_group}/{DEVICE_FILTER}" if share_group else DEVICE_FILTER
         )
@@ -161,8 +193,15 @@ class FleetLink:
         """QoS 1; while the broker is away paho keeps the message and sends it after."""
         return self.client.publish(topic, payload, qos=1, retain=retain)
 
-    def close(self) -> None:
+    def close(self, *, keep_session: bool = False) -> None:
+        """Disconnect. A persistent session drops its intake first unless ``keep_session``
+        (a run cut short: the broker queues what devices say until the rerun)."""
+        if self._session_lock is not None and not keep_session:
+            self.client.unsubscribe(self.intake_filter)
         self.client.close()
+        if self._session_lock is not None:
+            os.close(self._session_lock)
+            self._session_lock = None
 
     def __enter__(self) -> FleetLink:
         return self

@@ -871,9 +871,10 @@ def run_rollout(
         enrolled = registry.public_keys()
         device_keys = keys_from_pems(enrolled) if enrolled else None
     own_link = link is None
-    link = link or FleetLink(broker, share_group=share_group)
+    link = link or FleetLink(broker, session=registry.label, share_group=share_group)
     if own_link:
         link.open()
+    ended = False
     try:
         engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
                         policy=policy or WavePolicy(), include_offline=include_offline,
@@ -881,10 +882,12 @@ def run_rollout(
                         check=intake.check if intake is not None else checker(device_keys),
                         discover_s=discover_s, progress=progress,
                         abort=abort, profile_thresholds=profile_thresholds)
-        return _result(engine, engine.run(), registry)
+        verdict = engine.run()
+        ended = True
+        return _result(engine, verdict, registry)
     finally:
-        if own_link:
-            link.close()
+        if own_link:  # cut short: the session keeps queueing reports for the rerun
+            link.close(keep_session=not ended)
 
 
 def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
@@ -898,6 +901,29 @@ def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
     reports, stats); the record is ``registry`` (default: in memory).
     """
     reg = registry or Registry(":memory:")
+    link = FleetLink(broker, session=reg.label)  # reports made while it reconnects wait
+    link.open(timeout=min(10.0, timeout))
+    try:
+        engine = direct_engine(manifest, blobs, reg, link, timeout=timeout, check=check,
+                               progress=progress)
+        engine.run()
+    finally:
+        link.close()
+    dep_id = manifest.deployment_id
+    row = next(r for r in reg.deployments(manifest.device_id) if r["deployment_id"] == dep_id)
+    stats = {"chunks_sent": engine.server.stats.published_chunks,
+             "refused": engine.server.stats.refused_requests, "dropped": engine.dropped,
+             "started_at": row["started_at"]}
+    reports = reg.reports(dep_id)
+    if registry is None:
+        reg.close()
+    return Outcome(row["outcome"]), row["reason"] or "", reports, stats
+
+
+def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registry,
+                  link: FleetLink, *, timeout: float, check: Check,
+                  progress: Progress | None = None) -> _Engine:
+    """The engine of one deployment of ``manifest``: one wave of one device."""
     device_id = manifest.device_id
     variant = Variant("direct", manifest.model, manifest.probes)
     spec: dict[str, Any] = {
@@ -908,30 +934,16 @@ def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
         "thresholds": manifest.thresholds.model_dump(mode="json"),
         "benchmark": manifest.benchmark.model_dump(mode="json"),
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
-    if all(r["device_id"] != device_id for r in reg.device_rows()):
-        reg.upsert_device(Device(device_id, "direct"))
-    link = FleetLink(broker)
-    link.open(timeout=min(10.0, timeout))
-    try:
-        engine = _Engine(reg, link, rollout_id=manifest.rollout_id or "", spec=spec,
-                         variants={"direct": variant},
-                         blobs={variant.model.sha256: blobs["model"],
-                                **({variant.probes.sha256: blobs["probes"]}
-                                   if variant.probes else {})},
-                         key=None, check=check, progress=progress, abort=None)
-        engine.direct = {device_id: manifest.to_json()}
-        engine.run()
-    finally:
-        link.close()
-    dep_id = manifest.deployment_id
-    row = next(r for r in reg.deployments(device_id) if r["deployment_id"] == dep_id)
-    stats = {"chunks_sent": engine.server.stats.published_chunks,
-             "refused": engine.server.stats.refused_requests, "dropped": engine.dropped,
-             "started_at": row["started_at"]}
-    reports = reg.reports(dep_id)
-    if registry is None:
-        reg.close()
-    return Outcome(row["outcome"]), row["reason"] or "", reports, stats
+    if all(r["device_id"] != device_id for r in registry.device_rows()):
+        registry.upsert_device(Device(device_id, "direct"))
+    engine = _Engine(registry, link, rollout_id=manifest.rollout_id or "", spec=spec,
+                     variants={"direct": variant},
+                     blobs={variant.model.sha256: blobs["model"],
+                            **({variant.probes.sha256: blobs["probes"]}
+                               if variant.probes else {})},
+                     key=None, check=check, progress=progress, abort=None)
+    engine.direct = {device_id: manifest.to_json()}
+    return engine
 
 
 def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],

@@ -23,22 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import secrets
     from pathlib import Path
 
     from core.errors import KeyFileError
-    from fleet.keys import (
-        load_signing_key,
-        load_verify_key,
-        new_key_pair,
-        write_console_token,
-        write_hmac_secret,
-    )
+    from core.signing import load_signing_key, load_verify_key, write_hmac_secret, write_key_pair
+    from fleet.pki import write_private
 
     if args.keys_command == "console-token":
         path = Path(args.dir) / "console.token"
         if path.exists() and not args.force:
             raise KeyFileError(f"{path} already exists (use --force to overwrite)")
-        write_console_token(path)
+        write_private(path, (secrets.token_urlsafe(32) + "\n").encode())  # 0600, atomic
         print(f"console token: {path} (paoding-edge console --token {path}; "
               "give its text to whoever may act)")
         return 0
@@ -59,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
               "give the same file to the agent with --trust-hmac")
         return 0
     try:
-        out = new_key_pair(args.dir, args.name, overwrite=args.force)
+        private, public = write_key_pair(args.dir, args.name, overwrite=args.force)
     except KeyFileError as exc:
         raise KeyFileError(f"{exc} (use --force to overwrite)") from None
-    print(f"private key: {out['private']} (keep it on the host)")
-    print(f"public key:  {out['public']} (give it to agents: --trust-key)")
-    print(f"key id:      {out['key_id']}")
+    print(f"private key: {private} (keep it on the host)")
+    print(f"public key:  {public} (give it to agents: --trust-key)")
+    print(f"key id:      {load_verify_key(public).key_id}")
     return 0

@@ -153,8 +153,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import device_profiles as dp
+    from core.signing import write_key_pair
     from fleet.broker import local_broker
-    from fleet.keys import new_key_pair
     from fleet.publisher import deploy
     from pruner.bounds import InputBox
     from pruner.export import export_tflite, tflite_ops
@@ -173,7 +173,7 @@ def main() -> int:
     keydir = args.root / keys_inside.lstrip("/")
     shutil.rmtree(keydir, ignore_errors=True)
     keydir.mkdir(parents=True)
-    keys = new_key_pair(str(keydir), "host")
+    private, _public = write_key_pair(keydir, "host")
     rows, failures = [], 0
     with tempfile.TemporaryDirectory() as work, local_broker(prefer="mosquitto") as broker:
         agents = Agents(args.root, Path(work))
@@ -200,7 +200,7 @@ def main() -> int:
                     t = time.monotonic()
                     tol = KERNEL_TOLERANCE.get((profile.runtime.interpreter, export), TOLERANCE)
                     row["tolerance"] = tol
-                    rep = deploy(blob, device_id, broker.url, probes=probes, key=keys["private"],
+                    rep = deploy(blob, device_id, broker.url, probes=probes, key=str(private),
                                  thresholds={"max_abs_deviation": tol},
                                  benchmark={"warmup_runs": 2, "runs": 10, "max_seconds": 20,
                                             "threads": 1},

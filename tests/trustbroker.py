@@ -56,8 +56,14 @@ class FleetBroker(Mosquitto):
     def reload(self) -> None:
         """SIGHUP: the broker reads the password files and the ACL again."""
         assert self.proc is not None
+        log = self.workdir / "mosquitto.log"
+        before = log.read_bytes().count(b"Reloading config.")
         self.proc.send_signal(1)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        # the broker's one thread logs this and reloads before it reads any later packet
+        while log.read_bytes().count(b"Reloading config.") == before:
+            assert time.monotonic() < deadline, "the broker never reloaded its config"
+            time.sleep(0.02)
 
     def enrol(self, device_id: str) -> str:
         return enrol_broker_user(self.workdir, device_id)

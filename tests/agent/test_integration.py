@@ -54,8 +54,17 @@ def test_status_birth_message_is_retained(broker, inproc_agent, collector, keys,
     assert st.active_model.sha256 == hashlib.sha256(small_model).hexdigest()
 
 
+def _stored(state_dir, at_least: int, timeout: float = 15.0) -> None:
+    """Until the agent's on-disk bitmap of the model's chunks holds ``at_least`` (it is
+    written when the link goes idle): a poll with a deadline, the file has no event."""
+    deadline = time.monotonic() + timeout
+    while max((sum(p.read_bytes()) for p in state_dir.rglob("model.have")), default=0) < at_least:
+        assert time.monotonic() < deadline, f"the agent stored fewer than {at_least} chunks"
+        time.sleep(0.05)
+
+
 def test_large_model_in_chunks_survives_broker_restart(broker, inproc_agent, keys, medium_model):
-    inproc_agent(broker, trust=keys["trust"], stall_seconds=1.0)
+    agent = inproc_agent(broker, trust=keys["trust"], stall_seconds=1.0)
     chunk = 16 * 1024
     n = -(-len(medium_model) // chunk)
     assert n >= 40
@@ -63,7 +72,7 @@ def test_large_model_in_chunks_survives_broker_restart(broker, inproc_agent, key
 
     def progress(event, info):
         if event == "chunk" and info["sent"] == n // 2 and not restarted:
-            time.sleep(0.5)  # let the agent store the first half
+            _stored(agent.storage.root, n // 4)
             broker.restart()
             restarted.append(True)
 
@@ -85,7 +94,7 @@ def test_agent_restart_mid_transfer_resumes(broker, agent_process, keys, medium_
 
     def progress(event, info):
         if event == "chunk" and info["sent"] == n // 2 and len(procs) == 1:
-            time.sleep(0.8)  # the agent flushes what it has when the link goes idle
+            _stored(state, n // 4)
             procs[0].kill()
             procs.append(agent_process(broker, state_dir=state, trust_key=keys["public"],
                                        extra=["--stall-seconds", "1"]))

@@ -14,7 +14,7 @@ assert not any(m.split('.')[0] in ('tensorflow', 'ai_edge_litert', 'tflite_runti
                for m in sys.modules), 'import agent pulled in an interpreter'
 import agent.benchmark, agent.checks, agent.cli, agent.config, core.mqtt, core.protocol
 import agent.runtime, agent.service, core.signing, agent.states, agent.storage, agent.transfer
-import fleet.publisher, fleet.keys, hostcli.deploy, hostcli.keys
+import fleet.publisher, hostcli.deploy, hostcli.keys
 rt = agent.runtime.select_runtime()
 model = rt.load(open(sys.argv[1], 'rb').read())
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))

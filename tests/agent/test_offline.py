@@ -42,9 +42,38 @@ def _offline_deploy(broker, inproc_agent, keys, small_model):
 
 def test_reports_spooled_while_broker_down_are_all_delivered(broker, inproc_agent,
                                                              keys, small_model):
-    """A broker that keeps sessions delivers every report made while it was down."""
+    """A broker that keeps sessions delivers every report made while it was down.
+
+    Whichever reconnects first, the agent (flushing its spool) or the host: the
+    host's persistent session has the broker queue what it missed."""
     rep = _offline_deploy(broker, inproc_agent, keys, small_model)
     assert rep.states == ["received", "verified", "installed", "benchmarked", "active"]
+
+
+def test_reports_made_offline_are_sent_at_the_reconnect_in_order(broker, inproc_agent, keys,
+                                                                 small_model):
+    """Reports spooled while the broker was away go out when the agent reconnects, not
+    after the benchmark it is busy with: the host hears every state in the device's order."""
+    agent = inproc_agent(broker, trust=keys["trust"])
+    heard: list[str] = []
+    spooled = []
+
+    def progress(event, info):
+        if event != "report":
+            return
+        heard.append(info["state"])
+        if info["state"] == "received" and not spooled:
+            broker.stop()  # the agent verifies and installs offline, then benchmarks 6 s
+            deadline = time.monotonic() + 10
+            while not agent.storage.spool_list() and time.monotonic() < deadline:
+                time.sleep(0.05)  # a poll with a deadline: the spool has no event to wait on
+            spooled.append(len(agent.storage.spool_list()))
+            broker.start()
+
+    rep = deploy(small_model, DEVICE, broker.url, key=keys["private"], progress=progress,
+                 benchmark={"runs": 1, "min_seconds": 6}, timeout=90)
+    assert spooled[0] >= 1 and rep.ok
+    assert heard == ["received", "verified", "installed", "benchmarked", "active"]
 
 
 def test_final_report_arrives_even_if_the_broker_loses_sessions(volatile_broker, inproc_agent,
@@ -52,8 +81,6 @@ def test_final_report_arrives_even_if_the_broker_loses_sessions(volatile_broker,
     """Without broker persistence the retained latest report still reaches the host."""
     rep = _offline_deploy(volatile_broker, inproc_agent, keys, small_model)
     assert rep.states[-1] == "active"
-
-
 
 
 def test_last_will_turns_status_offline(broker, agent_process, collector):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from browser import chromium, chromium_paths, serve
 from consolehelp import CALIBRATING, calibrate, observed, small_models
+from fleetsim import Simulator, device_ids, simulated_key
 from mosquitto import free_port
 
 from console.app import BAD_TOKEN, create_app
@@ -23,7 +24,6 @@ from core.signing import SigningKey, TrustStore
 from fleet.orchestrator import run_rollout
 from fleet.registry import Registry
 from fleet.rollout import WavePolicy
-from fleet.simulator import Simulator, device_ids, simulated_key
 from hostcli.console import rollout_starter
 from hostcli.lineage import record
 

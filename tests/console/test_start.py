@@ -8,6 +8,7 @@ import os
 
 import pytest
 from consolehelp import populate
+from fleetsim import Simulator, device_ids, simulated_key
 from starlette.testclient import TestClient
 
 from console.app import create_app
@@ -15,7 +16,6 @@ from core.mqtt import Broker
 from core.signing import SigningKey, TrustStore
 from fleet.registry import Registry
 from fleet.rollout import WavePolicy
-from fleet.simulator import Simulator, device_ids, simulated_key
 from hostcli.console import rollout_starter
 
 pytestmark = pytest.mark.broker

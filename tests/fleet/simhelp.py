@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
+from fleetsim import Simulator
+
 from fleet.registry import Registry
 from fleet.rollout import Outcome
-from fleet.simulator import Simulator
 
 
 def variant(size: int = 150_000, seed: int = 1) -> bytes:

@@ -4,6 +4,7 @@ different nodes."""
 from __future__ import annotations
 
 import pytest
+from fleetsim import Simulator, device_ids, simulated_key
 from simhelp import assert_agree, variant
 from tflitehelp import dense_tflite
 
@@ -15,7 +16,6 @@ from fleet.link import FleetLink
 from fleet.orchestrator import run_rollout
 from fleet.registry import Registry
 from fleet.rollout import Decision, Outcome, WavePolicy
-from fleet.simulator import Simulator, device_ids, simulated_key
 
 pytestmark = pytest.mark.broker
 

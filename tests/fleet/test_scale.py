@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fleetsim import Simulator, device_ids, simulated_key, simulated_public_keys
 from simhelp import assert_agree, variant
 
 from core.mqtt import Broker
@@ -23,7 +24,6 @@ from core.signing import SigningKey, TrustStore, write_key_pair
 from fleet.orchestrator import RolloutLocked, run_rollout
 from fleet.registry import Registry
 from fleet.rollout import Decision, Outcome, WavePolicy
-from fleet.simulator import Simulator, device_ids, simulated_key, simulated_public_keys
 
 pytestmark = pytest.mark.broker
 HERE = Path(__file__).parent

@@ -257,12 +257,12 @@ def test_a_bundle_runs_the_real_agent_through_the_generated_broker(tmp_path):
              str(tmp_path / "b" / "pi-e2e" / "agent.json"), "--state-dir", str(tmp_path / "s")],
             cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=log,
             stderr=subprocess.STDOUT)
-        intake = Gate.from_registry(reg)
+        intake = Gate(reg.public_key)
         deadline, found = time.monotonic() + 30, {}
         while "pi-e2e" not in found and time.monotonic() < deadline:
             found = discover(fb.host_broker(), wait_s=0.5, intake=intake)
         assert "pi-e2e" in found, (tmp_path / "agent.log").read_text()[-2000:]
-        assert intake.rejected_total == 0
+        assert not intake.rejected
         rep = deploy(dense_tflite((16,), inputs=8, classes=4)[0], "pi-e2e", fb.host_broker(),
                      key=host_key, device_key=reg.public_key("pi-e2e").encode(),
                      benchmark={"runs": 3, "warmup_runs": 1}, timeout=60)

@@ -135,11 +135,11 @@ def test_finding_2_signed_reports_for_deployments_not_its_own_are_not_stored(
         reg.add_deployment("d2", "dev-b", "0" * 64, 10)
         size0 = db.stat().st_size
         if defended == "gate":
-            gate = Gate.from_registry(reg, in_flight=reg.in_flight)
+            gate = Gate(reg.public_key, in_flight=reg.in_flight)
         elif defended == "in_flight_only":  # the deployment check alone, no rate limit
-            gate = Gate.from_registry(reg, in_flight=reg.in_flight, limits=unlimited)
+            gate = Gate(reg.public_key, in_flight=reg.in_flight, limits=unlimited)
         else:  # the old intake: signature and ranges only, no deployment check, no limits
-            gate = Gate.from_registry(reg, limits=unlimited)
+            gate = Gate(reg.public_key, limits=unlimited)
         lock = threading.Lock()
         seen = [0]
 

@@ -14,7 +14,7 @@ subscription per topic kind (filtered to its own devices), and plays a dead
 device's Last Will itself: it publishes the device's signed offline status
 (made at start, as an agent makes its will) when the device dies.
 
-    python -m fleet.simulator --broker mqtt://127.0.0.1:1883 --devices 1000
+    python tests/fleetsim.py --broker mqtt://127.0.0.1:1883 --devices 1000
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ RAW = MODELS / "verdict_raw"
 GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
 FAMILIES = {"BN CNNs": ("cnn_bn_before", "cnn_bn_after"), "no-BN CNN and MLP": ("cnn_no_bn", "mlp_256"),
             "DAGs": ("ds_cnn", "mobilenet_v2_0.35")}
+CANDIDATES = ("check", "early", "noise05", "noise15", "mix3", "uniform", "fit")
 FACTORS = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))  # SPREAD_FACTOR candidates
 
 
@@ -204,7 +205,7 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Every step of every run with its loss and verdicts, and the targets per evidence."""
     from pruner.verdict import LABELLED, REPRESENTATIVE, SYNTHESISED
 
-    runs, seconds, erosions = [], 0.0, []
+    runs, seconds, erosions = [], 0.0, {}
     for name in names:
         for seed in seeds:
             path = RAW / f"{name}_s{seed}.npz"
@@ -229,21 +230,27 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
                         row[ev] = {"figure": v.figure, "lower": v.lower, "upper": v.upper,
                                    "agreement": v.agreement, "passed": v.passed}
                     steps.append(row)
-                    if i:  # step 0 is the original
-                        erosions.append((name, row["lost"], *check_margins(raw, mode, i)))
+                    for kind in CANDIDATES if i else ():  # step 0 is the original
+                        if f"ref_{kind}" in raw.files:
+                            erosions.setdefault(kind, []).append(
+                                (name, row["lost"], *check_margins(raw, mode, i, kind)))
                 runs.append({"model": name, "seed": seed, "mode": mode, "base": base,
                              "seconds": float(raw[f"{mode}/seconds"]), "steps": steps})
     return {"runs": runs, "record_seconds": seconds,
             "summary": {ev: summary(runs, ev) for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)},
-            "split": split(erosions)}
+            "split": split(erosions["check"]),
+            "candidates": {kind: dict(zip(("good", "good_passed", "collapses",
+                                           "collapses_passed"), targets(rows, SPREAD),
+                                          strict=True))
+                           for kind, rows in erosions.items()}}
 
 
-def check_margins(raw: Any, mode: str, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """The original's margins on the synthesised check set and the step's for the same class."""
+def check_margins(raw: Any, mode: str, step: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The original's margins on a check set and the step's for the same class."""
     from pruner.verdict import kept_margins, margins
 
-    top, m = margins(raw["ref_check"])
-    return m, kept_margins(raw[f"{mode}/check"][step], top)
+    top, m = margins(raw[f"ref_{kind}"])
+    return m, kept_margins(raw[f"{mode}/{kind}"][step], top)
 
 
 def targets(rows: list[tuple[Any, ...]], factor: float) -> tuple[int, int, int, int]:
@@ -320,12 +327,13 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['seeds']}; modes {', '.join(MODES)} (magnitude is deterministic: "
              f"seed 0 only); 5% steps to {MAX_RATIO:.0%} of units; floor {FLOOR}; "
              f"{report['record_seconds']:.0f} s of synthesis and pruning in the records (nice 10, "
-             "load 10-20 from other work).", "",
+             "load 2-12 from other work).", "",
              "A step is good when it loses <= 3 points of test accuracy, a collapse when it "
              "loses > 10. The gate passes a step when the upper 95% Wilson bound of its "
              "figure (pruner.verdict) is at or over the floor: on synthesised inputs the share "
-             f"whose margin erosion stays under {SPREAD} x the interquartile range of the "
-             "original's margins, on representative inputs the margin-crossed agreement. "
+             f"that keep the original's answer with a margin erosion under {SPREAD} x the "
+             "interquartile range of the original's margins, on representative inputs the "
+             "margin-crossed agreement. "
              "'Short of deepest': ratio points between where progressive paoding with the "
              "gate stops and the deepest step within 3 points (median over seeds; negative: it "
              "stopped past that step, and the model kept loses more than 3 points).", "",
@@ -347,6 +355,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {v['held_out']} | {v['factor']} | {tr['good_passed']} of {tr['good']}, "
                      f"{tr['collapses_passed']} of {tr['collapses']} | {te['good_passed']} of "
                      f"{te['good']}, {te['collapses_passed']} of {te['collapses']} |")
+    lines += ["", "## Candidate synthesised check sets (the same figure and factor)", "",
+              "check: the held-out synthesised inputs (the run's); early: 2n inputs of a "
+              f"separate {EARLY_STEPS}-step synthesis; noise05/noise15: the held-out inputs plus "
+              "Gaussian noise of std 0.05/0.15; mix3: random 3-way mixtures of them; uniform: "
+              "box-uniform inputs; fit: the inputs the pruning fits on.", "",
+              "| check set | good steps passed | collapses passed |", "|---|---|---|"]
+    for kind, c in report["candidates"].items():
+        lines.append(f"| {kind} | {c['good_passed']} of {c['good']} | {c['collapses_passed']} "
+                     f"of {c['collapses']} |")
     lines += ["", "## Where progressive paoding stops with the default gate", "",
               "| model | evidence | stop ratio | deepest ratio within 3 points | points lost at "
               "the stop |", "|---|---|---|---|---|"]

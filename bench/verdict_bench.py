@@ -8,10 +8,11 @@ bench/dag_bench.py (DS-CNN 28x28x1, MobileNetV2-0.35 32x32x3), all on the
 scikit-learn digits (360 test inputs). One progressive run per (model, mode,
 seed) in 5% steps to 60% of units, the floor kept off so every ratio is
 reached; at every step the record holds the test accuracy and the scores of
-the original and the pruned model on the data-free check set (the held-out
-synthesised inputs, as the run makes them), on candidate check sets made from
-the model (noisy and mixed held-out inputs, box-uniform inputs, a rougher
-synthesis, the fitting inputs; kept for comparison, see docs/fidelity.md) and
+the original and the pruned model on the data-free check set (synthesised
+apart, as the run makes it: pruner.fidelity.check_inputs), on candidate check
+sets made from the model (inputs held out of the fitting batch, noisy and
+mixed, box-uniform inputs, the fitting inputs; kept for comparison, see
+docs/fidelity.md) and
 on 200 unlabeled test inputs (``--representative-data``). The gate is then
 evaluated at every step from the record, as the pruner evaluates it
 (pruner.verdict), and the labelled gate of ``--eval-data`` on the test split
@@ -68,7 +69,7 @@ RAW = MODELS / "verdict_raw"
 GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
 FAMILIES = {"BN CNNs": ("cnn_bn_before", "cnn_bn_after"), "no-BN CNN and MLP": ("cnn_no_bn", "mlp_256"),
             "DAGs": ("ds_cnn", "mobilenet_v2_0.35")}
-CANDIDATES = ("check", "early", "noise05", "noise15", "mix3", "uniform", "fit")
+CANDIDATES = ("check", "held", "noise05", "noise15", "mix3", "uniform", "fit")
 FACTORS = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))  # SPREAD_FACTOR candidates
 
 
@@ -111,19 +112,19 @@ def load(name: str) -> tuple[Any, np.ndarray, np.ndarray]:
 
 
 NOISE = (0.05, 0.15, 0.3)  # std of the Gaussian noise added to held-out inputs (box units)
-EARLY_STEPS = 50  # a second, rougher synthesis: the check set if synthesis gets cheaper
 
 
 def check_sets(model: Any, syn: np.ndarray, n_check: int, seed: int) -> dict[str, np.ndarray]:
-    """The run's check set (``check``: the held-out synthesised inputs) and candidates made
-    from the model for comparison: the fitting part, noisy and 3-way mixed held-out inputs,
-    box-uniform inputs and a rougher synthesis."""
+    """The run's check set (``check``, pruner.fidelity.check_inputs) and candidates made from
+    the model for comparison: the held-out part of the fitting batch, noisy and 3-way mixed
+    held-out inputs, box-uniform inputs and the fitting inputs."""
     from pruner.bounds import InputBox
-    from pruner.synthesis import synthesize
+    from pruner.fidelity import check_inputs
 
     held = syn[-n_check:]
     rng = np.random.default_rng(seed + 100)
-    sets = {"check": held, "fit": syn[:-n_check]}
+    sets = {"check": check_inputs(model, InputBox(0.0, 1.0), n_check, seed), "held": held,
+            "fit": syn[:-n_check]}
     for s in NOISE:
         noisy = held + rng.normal(0.0, s, held.shape).astype(np.float32)
         sets[f"noise{int(100 * s):02d}"] = np.clip(noisy, 0.0, 1.0)
@@ -132,8 +133,6 @@ def check_sets(model: Any, syn: np.ndarray, n_check: int, seed: int) -> dict[str
     shape = (-1,) + (1,) * (held.ndim - 1)
     sets["mix3"] = sum(w[:, k].reshape(shape) * held[idx[:, k]] for k in range(3))
     sets["uniform"] = rng.uniform(0.0, 1.0, (128, *held.shape[1:])).astype(np.float32)
-    sets["early"] = synthesize(model, InputBox(0.0, 1.0), n=2 * n_check, steps=EARLY_STEPS,
-                               seed=seed + 1000)
     return sets
 
 
@@ -331,9 +330,8 @@ def markdown(report: dict[str, Any]) -> str:
              "A step is good when it loses <= 3 points of test accuracy, a collapse when it "
              "loses > 10. The gate passes a step when the upper 95% Wilson bound of its "
              "figure (pruner.verdict) is at or over the floor: on synthesised inputs the share "
-             f"that keep the original's answer with a margin erosion under {SPREAD} x the "
-             "interquartile range of the original's margins, on representative inputs the "
-             "margin-crossed agreement. "
+             f"whose margin erosion stays under {SPREAD} x the interquartile range of the "
+             "original's margins, on representative inputs the margin-crossed agreement. "
              "'Short of deepest': ratio points between where progressive paoding with the "
              "gate stops and the deepest step within 3 points (median over seeds; negative: it "
              "stopped past that step, and the model kept loses more than 3 points).", "",
@@ -356,10 +354,11 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{tr['collapses_passed']} of {tr['collapses']} | {te['good_passed']} of "
                      f"{te['good']}, {te['collapses_passed']} of {te['collapses']} |")
     lines += ["", "## Candidate synthesised check sets (the same figure and factor)", "",
-              "check: the held-out synthesised inputs (the run's); early: 2n inputs of a "
-              f"separate {EARLY_STEPS}-step synthesis; noise05/noise15: the held-out inputs plus "
-              "Gaussian noise of std 0.05/0.15; mix3: random 3-way mixtures of them; uniform: "
-              "box-uniform inputs; fit: the inputs the pruning fits on.", "",
+              "check: the run's (pruner.fidelity.check_inputs: 2n inputs of a separate "
+              "50-step synthesis); held: n inputs held out of the fitting batch (the check set "
+              "before); noise05/noise15: those plus Gaussian noise of std 0.05/0.15; mix3: "
+              "random 3-way mixtures of them; uniform: box-uniform inputs; fit: the inputs the "
+              "pruning fits on.", "",
               "| check set | good steps passed | collapses passed |", "|---|---|---|"]
     for kind, c in report["candidates"].items():
         lines.append(f"| {kind} | {c['good_passed']} of {c['good']} | {c['collapses_passed']} "
@@ -402,11 +401,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
     for ax, ev in zip(axes[0], ("synthesised", "representative"), strict=True):
-        for r in report["runs"]:
-            xs = [s["lost"] for s in r["steps"][1:]]
-            ys = [s[ev]["upper"] for s in r["steps"][1:]]
-            ax.scatter(xs, ys, s=8, alpha=0.5,
-                       color={"paoding": "C0", "magnitude": "C1", "random": "C2"}[r["mode"]])
+        for k, mode in enumerate(MODES):
+            steps = [s for r in report["runs"] if r["mode"] == mode for s in r["steps"][1:]]
+            ax.scatter([s["lost"] for s in steps], [s[ev]["upper"] for s in steps], s=8,
+                       alpha=0.5, color=f"C{k}", label=mode)
         ax.axhline(FLOOR, color="k", lw=1, ls="--", label=f"floor {FLOOR}")
         ax.axvline(GOOD, color="g", lw=0.8, ls=":")
         ax.axvline(COLLAPSE, color="r", lw=0.8, ls=":")

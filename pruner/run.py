@@ -133,8 +133,10 @@ def run(
         if len(synthetic_inputs) <= n_check:
             raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
         synth = synthetic_inputs[:len(synthetic_inputs) - n_check]
-        if n_check:  # the verdict's check set (pruner.fidelity): the held-out inputs
-            check = synthetic_inputs[-n_check:]
+        if n_check:  # the verdict's check set: a separate synthesis (pruner.fidelity)
+            from pruner.fidelity import check_inputs
+
+            check = check_inputs(model, box, n_check, seed)
         # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
         if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
             synth = None

@@ -8,12 +8,16 @@ bench/dag_bench.py (DS-CNN 28x28x1, MobileNetV2-0.35 32x32x3), all on the
 scikit-learn digits (360 test inputs). One progressive run per (model, mode,
 seed) in 5% steps to 60% of units, the floor kept off so every ratio is
 reached; at every step the record holds the test accuracy and the scores of
-the original and the pruned model on the data-free check set (held-out
-synthesised inputs and interpolations, as the run makes them) and on 200
-unlabeled test inputs (``--representative-data``). The gate is then evaluated
-at every step from the record, as the pruner evaluates it (pruner.verdict), and
-the labelled gate of ``--eval-data`` on the test split (the same data as the
-truth, so it shows where the stop lands, not an independent check):
+the original and the pruned model on the data-free check set (synthesised
+apart, as the run makes it: pruner.fidelity.check_inputs), on candidate check
+sets made from the model (inputs held out of the fitting batch, noisy and
+mixed, box-uniform inputs, the fitting inputs; kept for comparison, see
+docs/fidelity.md) and
+on 200 unlabeled test inputs (``--representative-data``). The gate is then
+evaluated at every step from the record, as the pruner evaluates it
+(pruner.verdict), and the labelled gate of ``--eval-data`` on the test split
+(the same data as the truth, so it shows where the stop lands, not an
+independent check):
 
 - of the steps losing <= 3 points of accuracy, the share the gate passes
   (target >= 95%);
@@ -22,9 +26,10 @@ truth, so it shows where the stop lands, not an independent check):
   its last good ratio is from the deepest ratio within 3 points (target:
   within 5 points of ratio).
 
-Raw records are cached in bench/models/verdict_raw/ (``--analyse-only`` redoes
-the tables from them). Writes verdict.json, verdict.md and verdict.png in
-bench/results/.
+SPREAD_FACTOR (pruner.verdict) is validated by model family: chosen on two
+families, checked on the third. Raw records are cached in
+bench/models/verdict_raw/ (``--analyse-only`` redoes the tables from them).
+Writes verdict.json, verdict.md and verdict.png in bench/results/.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from bench.common import (  # noqa: E402
     save_figure,
     write_json,
 )
+from pruner.verdict import SPREAD_FACTOR as SPREAD  # noqa: E402
 
 QUALITY_MODELS = ("cnn_bn_before", "cnn_bn_after", "cnn_no_bn", "mlp_256")
 DAG_MODELS = ("ds_cnn", "mobilenet_v2_0.35")
@@ -61,6 +67,10 @@ MAX_RATIO = 0.6
 N_REPRESENTATIVE = 200
 RAW = MODELS / "verdict_raw"
 GOOD, COLLAPSE = 3.0, 10.0  # points of accuracy lost
+FAMILIES = {"BN CNNs": ("cnn_bn_before", "cnn_bn_after"), "no-BN CNN and MLP": ("cnn_no_bn", "mlp_256"),
+            "DAGs": ("ds_cnn", "mobilenet_v2_0.35")}
+CANDIDATES = ("check", "held", "noise05", "noise15", "mix3", "uniform", "fit")
+FACTORS = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))  # SPREAD_FACTOR candidates
 
 
 def _floor() -> float:
@@ -101,12 +111,38 @@ def load(name: str) -> tuple[Any, np.ndarray, np.ndarray]:
     return model, np.asarray(x, np.float32), np.asarray(y)
 
 
+NOISE = (0.05, 0.15, 0.3)  # std of the Gaussian noise added to held-out inputs (box units)
+
+
+def check_sets(model: Any, syn: np.ndarray, n_check: int, seed: int) -> dict[str, np.ndarray]:
+    """The run's check set (``check``, pruner.fidelity.check_inputs) and candidates made from
+    the model for comparison: the held-out part of the fitting batch, noisy and 3-way mixed
+    held-out inputs, box-uniform inputs and the fitting inputs."""
+    from pruner.bounds import InputBox
+    from pruner.fidelity import check_inputs
+
+    held = syn[-n_check:]
+    rng = np.random.default_rng(seed + 100)
+    sets = {"check": check_inputs(model, InputBox(0.0, 1.0), n_check, seed), "held": held,
+            "fit": syn[:-n_check]}
+    for s in NOISE:
+        noisy = held + rng.normal(0.0, s, held.shape).astype(np.float32)
+        sets[f"noise{int(100 * s):02d}"] = np.clip(noisy, 0.0, 1.0)
+    w = rng.dirichlet(np.ones(3), 2 * len(held)).astype(np.float32)
+    idx = rng.integers(0, len(held), (2 * len(held), 3))
+    shape = (-1,) + (1,) * (held.ndim - 1)
+    sets["mix3"] = sum(w[:, k].reshape(shape) * held[idx[:, k]] for k in range(3))
+    sets["uniform"] = rng.uniform(0.0, 1.0, (128, *held.shape[1:])).astype(np.float32)
+    return sets
+
+
 def record(name: str, seed: int, modes: tuple[str, ...]) -> Path:
-    """Run every mode once progressively and cache the per-step record."""
+    """Run every mode once progressively and cache the per-step record: the scores of the
+    original (``ref_<set>``) and of every step (``<mode>/<set>``) on the test split and on
+    every candidate check set."""
     from pruner.api import prune_steps
     from pruner.bounds import InputBox
     from pruner.evaluate import outputs_probabilities, predict
-    from pruner.fidelity import check_set
     from pruner.metrics import count_macs
     from pruner.synthesis import counts, synthesize
     from pruner.verdict import scores
@@ -121,26 +157,24 @@ def record(name: str, seed: int, modes: tuple[str, ...]) -> Path:
     n_fit, n_check = counts(192, count_macs(model))
     syn = synthesize(model, box, n=n_fit + n_check, steps=200, seed=seed)
     synth_s = time.perf_counter() - t
-    check = check_set(model, syn[-n_check:], seed)
-    out: dict[str, Any] = {"y": y, "synthesis_seconds": synth_s,
-                           "ref_check": scores(predict(model, check), probs),
-                           "ref_test": scores(predict(model, x), probs)}
+    sets = {"test": x, **check_sets(model, syn, n_check, seed)}
+    out: dict[str, Any] = {"y": y, "synthesis_seconds": synth_s}
+    out.update({f"ref_{k}": scores(predict(model, v), probs) for k, v in sets.items()})
     for mode in modes:
         if mode == "magnitude" and seed != 0:
             continue  # deterministic: one run
         t = time.perf_counter()
-        ratios, macs, test, chk = [], [], [], []
+        ratios, macs, per_set = [], [], {k: [] for k in sets}
         for rec, pruned in prune_steps(model, MAX_RATIO, mode, seed=seed, synthetic_inputs=syn,
                                        progress=False, keep_below_floor=True, n_random=0,
                                        eps=(), measure_tflite=False):
             ratios.append(rec.ratio)
             macs.append(rec.macs)
-            test.append(scores(predict(pruned, x), probs))
-            chk.append(scores(predict(pruned, check), probs))
+            for k, v in sets.items():
+                per_set[k].append(scores(predict(pruned, v), probs))
         out[f"{mode}/ratio"] = np.asarray(ratios)
         out[f"{mode}/macs"] = np.asarray(macs)
-        out[f"{mode}/test"] = np.stack(test)
-        out[f"{mode}/check"] = np.stack(chk)
+        out.update({f"{mode}/{k}": np.stack(v) for k, v in per_set.items()})
         out[f"{mode}/seconds"] = time.perf_counter() - t
     RAW.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
@@ -170,7 +204,7 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Every step of every run with its loss and verdicts, and the targets per evidence."""
     from pruner.verdict import LABELLED, REPRESENTATIVE, SYNTHESISED
 
-    runs, seconds = [], 0.0
+    runs, seconds, erosions = [], 0.0, {}
     for name in names:
         for seed in seeds:
             path = RAW / f"{name}_s{seed}.npz"
@@ -195,10 +229,66 @@ def analyse(names: list[str], seeds: list[int]) -> dict[str, Any]:
                         row[ev] = {"figure": v.figure, "lower": v.lower, "upper": v.upper,
                                    "agreement": v.agreement, "passed": v.passed}
                     steps.append(row)
+                    for kind in CANDIDATES if i else ():  # step 0 is the original
+                        if f"ref_{kind}" in raw.files:
+                            erosions.setdefault(kind, []).append(
+                                (name, row["lost"], *check_margins(raw, mode, i, kind)))
                 runs.append({"model": name, "seed": seed, "mode": mode, "base": base,
                              "seconds": float(raw[f"{mode}/seconds"]), "steps": steps})
-    return {"runs": runs, "record_seconds": seconds, "summary": {ev: summary(runs, ev)
-                                      for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)}}
+    return {"runs": runs, "record_seconds": seconds,
+            "summary": {ev: summary(runs, ev) for ev in (SYNTHESISED, REPRESENTATIVE, LABELLED)},
+            "split": split(erosions["check"]),
+            "candidates": {kind: dict(zip(("good", "good_passed", "collapses",
+                                           "collapses_passed"), targets(rows, SPREAD),
+                                          strict=True))
+                           for kind, rows in erosions.items()}}
+
+
+def check_margins(raw: Any, mode: str, step: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The original's margins on a check set and the step's for the same class."""
+    from pruner.verdict import kept_margins, margins
+
+    top, m = margins(raw[f"ref_{kind}"])
+    return m, kept_margins(raw[f"{mode}/{kind}"][step], top)
+
+
+def targets(rows: list[tuple[Any, ...]], factor: float) -> tuple[int, int, int, int]:
+    """(good steps, passed; collapses, passed) of the synthesised gate with ``factor``."""
+    from pruner.verdict import wilson, within_spread
+
+    good = passed_good = bad = passed_bad = 0
+    for _, lost, m, m_new in rows:
+        n = len(m)
+        ok = wilson(within_spread(m, m_new, factor) * n, n)[1] >= FLOOR
+        if lost <= GOOD:
+            good, passed_good = good + 1, passed_good + ok
+        elif lost > COLLAPSE:
+            bad, passed_bad = bad + 1, passed_bad + ok
+    return good, passed_good, bad, passed_bad
+
+
+def split(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Validation of SPREAD_FACTOR by model family: chosen on two families (the factor that
+    passes the most good steps and no collapse, the smallest of ties), checked on the third."""
+    out = []
+    for held_out, members in FAMILIES.items():
+        train = [r for r in rows if r[0] not in members]
+        test = [r for r in rows if r[0] in members]
+        if not train or not test:
+            continue
+        best, chosen = -1, None
+        for factor in FACTORS:
+            good, passed, _, passed_bad = targets(train, factor)
+            if passed_bad == 0 and passed > best:
+                best, chosen = passed, factor
+        if chosen is None:
+            continue
+        out.append({"held_out": held_out, "factor": chosen,
+                    "train": dict(zip(("good", "good_passed", "collapses", "collapses_passed"),
+                                      targets(train, chosen), strict=True)),
+                    "test": dict(zip(("good", "good_passed", "collapses", "collapses_passed"),
+                                     targets(test, chosen), strict=True))})
+    return out
 
 
 def summary(runs: list[dict[str, Any]], evidence: str) -> dict[str, Any]:
@@ -236,10 +326,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['seeds']}; modes {', '.join(MODES)} (magnitude is deterministic: "
              f"seed 0 only); 5% steps to {MAX_RATIO:.0%} of units; floor {FLOOR}; "
              f"{report['record_seconds']:.0f} s of synthesis and pruning in the records (nice 10, "
-             "load 10-20 from other work).", "",
+             "load 2-12 from other work).", "",
              "A step is good when it loses <= 3 points of test accuracy, a collapse when it "
-             "loses > 10. The gate passes a step when the upper 95% Wilson bound of the "
-             "margin-calibrated agreement (pruner.verdict) is at or over the floor. "
+             "loses > 10. The gate passes a step when the upper 95% Wilson bound of its "
+             "figure (pruner.verdict) is at or over the floor: on synthesised inputs the share "
+             f"whose margin erosion stays under {SPREAD} x the interquartile range of the "
+             "original's margins, on representative inputs the margin-crossed agreement. "
              "'Short of deepest': ratio points between where progressive paoding with the "
              "gate stops and the deepest step within 3 points (median over seeds; negative: it "
              "stopped past that step, and the model kept loses more than 3 points).", "",
@@ -250,6 +342,27 @@ def markdown(report: dict[str, Any]) -> str:
         short = ", ".join(f"{m} {v:.0f}" for m, v in s["short_of_deepest"].items())
         lines.append(f"| {ev} | {s['good_passed']} of {s['good_runs']} ({rate}) | "
                      f"{s['collapses'] - s['collapses_passed']} of {s['collapses']} | {short} |")
+    lines += ["", "## Validation by model family (synthesised evidence)", "",
+              "SPREAD_FACTOR chosen on two families (the most good steps passed with no "
+              "collapse passed; the smallest of ties), then applied to the third:", "",
+              "| held-out family | factor chosen | on the two others: good passed, collapses "
+              "passed | on the held-out family: good passed, collapses passed |",
+              "|---|---|---|---|"]
+    for v in report["split"]:
+        tr, te = v["train"], v["test"]
+        lines.append(f"| {v['held_out']} | {v['factor']} | {tr['good_passed']} of {tr['good']}, "
+                     f"{tr['collapses_passed']} of {tr['collapses']} | {te['good_passed']} of "
+                     f"{te['good']}, {te['collapses_passed']} of {te['collapses']} |")
+    lines += ["", "## Candidate synthesised check sets (the same figure and factor)", "",
+              "check: the run's (pruner.fidelity.check_inputs: 2n inputs of a separate "
+              "50-step synthesis); held: n inputs held out of the fitting batch (the check set "
+              "before); noise05/noise15: those plus Gaussian noise of std 0.05/0.15; mix3: "
+              "random 3-way mixtures of them; uniform: box-uniform inputs; fit: the inputs the "
+              "pruning fits on.", "",
+              "| check set | good steps passed | collapses passed |", "|---|---|---|"]
+    for kind, c in report["candidates"].items():
+        lines.append(f"| {kind} | {c['good_passed']} of {c['good']} | {c['collapses_passed']} "
+                     f"of {c['collapses']} |")
     lines += ["", "## Where progressive paoding stops with the default gate", "",
               "| model | evidence | stop ratio | deepest ratio within 3 points | points lost at "
               "the stop |", "|---|---|---|---|---|"]
@@ -288,11 +401,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
     for ax, ev in zip(axes[0], ("synthesised", "representative"), strict=True):
-        for r in report["runs"]:
-            xs = [s["lost"] for s in r["steps"][1:]]
-            ys = [s[ev]["upper"] for s in r["steps"][1:]]
-            ax.scatter(xs, ys, s=8, alpha=0.5,
-                       color={"paoding": "C0", "magnitude": "C1", "random": "C2"}[r["mode"]])
+        for k, mode in enumerate(MODES):
+            steps = [s for r in report["runs"] if r["mode"] == mode for s in r["steps"][1:]]
+            ax.scatter([s["lost"] for s in steps], [s[ev]["upper"] for s in steps], s=8,
+                       alpha=0.5, color=f"C{k}", label=mode)
         ax.axhline(FLOOR, color="k", lw=1, ls="--", label=f"floor {FLOOR}")
         ax.axvline(GOOD, color="g", lw=0.8, ls=":")
         ax.axvline(COLLAPSE, color="r", lw=0.8, ls=":")

@@ -132,11 +132,11 @@ def run(
         synthetic_inputs = np.asarray(synthetic_inputs, np.float32)
         if len(synthetic_inputs) <= n_check:
             raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
-        from pruner.fidelity import check_set
-
         synth = synthetic_inputs[:len(synthetic_inputs) - n_check]
-        if n_check:
-            check = check_set(model, synthetic_inputs[-n_check:], seed)
+        if n_check:  # the verdict's check set: a separate synthesis (pruner.fidelity)
+            from pruner.fidelity import check_inputs
+
+            check = check_inputs(model, box, n_check, seed)
         # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
         if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
             synth = None

@@ -1,4 +1,4 @@
-"""The verdict's arithmetic: Wilson bounds, margins, the margin-calibrated estimate."""
+"""The verdict's arithmetic: Wilson bounds, margins, the margin-calibrated figures."""
 
 from __future__ import annotations
 
@@ -25,11 +25,33 @@ def test_margins_and_kept_margins():
     assert list(vd.kept_margins(new, top)) == [-1.0, 2.0]  # the first input flipped
 
 
-def test_margin_disagreement_crosses_erosions_with_margins():
+def test_margin_agreement_crosses_erosions_with_margins():
     m = np.array([1.0, 2.0, 3.0, 4.0])
-    assert vd.margin_disagreement(m, m) == 0.0  # no erosion
-    assert vd.margin_disagreement(m, m - 2.5) == pytest.approx(0.5)  # erodes margins <= 2.5
-    assert vd.margin_disagreement(m, m - 10) == 1.0
+    assert vd.margin_agreement(m, m) == 1.0  # no erosion
+    assert vd.margin_agreement(m, m - 2.5) == pytest.approx(0.5)  # erodes margins <= 2.5
+    assert vd.margin_agreement(m, m - 10) == 0.0
+
+
+def test_within_spread_scales_erosion_by_the_margins_interquartile_range():
+    m = np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # interquartile range 2
+    assert vd.within_spread(m, m) == 1.0
+    eroded = m - np.array([0.0, 0.0, 0.0, 1.9, 2.1])  # the last erodes past 1 x 2
+    assert vd.within_spread(m, eroded, factor=1.0) == pytest.approx(0.8)
+    assert vd.within_spread(m, eroded, factor=0.5) == pytest.approx(0.6)
+    assert vd.within_spread(10 * m, 10 * eroded, factor=1.0) == pytest.approx(0.8)  # scale-free
+    flat = np.full(4, 2.0)  # no spread: the median scales
+    assert vd.within_spread(flat, flat - [0.0, 0.0, 1.9, 2.1], factor=1.0) == pytest.approx(0.75)
+
+
+def test_representative_evidence_crosses_real_margins():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(200, 10)) * 3
+    new = ref + rng.normal(size=ref.shape)
+    top, m = vd.margins(ref)
+    rep = vd.data_free(ref, new, 0.9, vd.REPRESENTATIVE)
+    syn = vd.data_free(ref, new, 0.9, vd.SYNTHESISED)
+    assert rep.figure == pytest.approx(vd.margin_agreement(m, vd.kept_margins(new, top)))
+    assert syn.figure == pytest.approx(vd.within_spread(m, vd.kept_margins(new, top)))
 
 
 def test_data_free_verdict_passes_an_identical_model_and_refuses_flips():

@@ -56,13 +56,6 @@ def read_public_key(path: str | os.PathLike[str]) -> VerifyKey:
     return key
 
 
-def _check_profile(profile: str) -> str:
-    if device_profiles.locate(profile) is None:
-        known = ", ".join(device_profiles.list_profiles())
-        raise ConfigError(f"unknown device profile {profile!r} (known: {known})")
-    return profile
-
-
 def enrol_device(
     registry: Registry,
     device_id: str,
@@ -95,7 +88,9 @@ def enrol_device(
         raise ConfigError(f"device id {device_id!r} is the host's broker user name")
     if device_id.startswith("paoding-host-"):  # a device's client id is its id: not the host's
         raise ConfigError(f"device id {device_id!r}: 'paoding-host-' names the host's sessions")
-    _check_profile(profile)
+    if device_profiles.locate(profile) is None:
+        known = ", ".join(device_profiles.list_profiles())
+        raise ConfigError(f"unknown device profile {profile!r} (known: {known})")
     if public_key is None and bundle_dir is None:
         raise ConfigError("give the device's public key (--public-key, from `paoding-agent "
                           "keygen`) or a bundle directory for a key the host makes (--bundle)")

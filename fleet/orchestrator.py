@@ -170,15 +170,6 @@ class Variant:
     probes: Artifact | None
 
 
-def _read(model: str | Path | bytes) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    try:
-        return Path(model).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read variant {model}: {exc.strerror or exc}") from None
-
-
 def probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not isinstance(probes, dict):
         return load_probes(probes)
@@ -201,7 +192,10 @@ def prepare_variants(
     out: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
     for profile, model in variants.items():
-        blob = _read(model)
+        try:
+            blob = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read model {model}: {exc.strerror or exc}") from None
         if not blob:
             raise ConfigError(f"variant {profile}: the model is empty")
         art = Artifact.of(blob, chunk_size)
@@ -890,42 +884,17 @@ def run_rollout(
             link.close(keep_session=not ended)
 
 
-def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
-               timeout: float, check: Check, progress: Progress | None = None,
-               registry: Registry | None = None) -> tuple[Outcome, str, list[dict], dict]:
-    """One deployment of a manifest made by the caller (``deploy``, ``tune --verify-on``).
-
-    The same engine as a rollout: one wave of one device, no discovery, no
-    skipping; only the device's final report ends it (a Last Will does not: the
-    device's persistent session gets the manifest when it is back). Returns (outcome, reason, the stored
-    reports, stats); the record is ``registry`` (default: in memory).
-    """
-    reg = registry or Registry(":memory:")
-    link = FleetLink(broker, session=reg.label)  # reports made while it reconnects wait
-    link.open(timeout=min(10.0, timeout))
-    try:
-        engine = direct_engine(manifest, blobs, reg, link, timeout=timeout, check=check,
-                               progress=progress)
-        engine.run()
-    finally:
-        link.close()
-    dep_id = manifest.deployment_id
-    row = next(r for r in reg.deployments(manifest.device_id) if r["deployment_id"] == dep_id)
-    stats = {"chunks_sent": engine.server.stats.published_chunks,
-             "refused": engine.server.stats.refused_requests, "dropped": engine.dropped,
-             "started_at": row["started_at"]}
-    reports = reg.reports(dep_id)
-    if registry is None:
-        reg.close()
-    return Outcome(row["outcome"]), row["reason"] or "", reports, stats
-
-
 def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registry,
                   link: FleetLink, *, timeout: float, check: Check,
                   progress: Progress | None = None) -> _Engine:
-    """The engine of one deployment of ``manifest``: one wave of one device."""
+    """The engine of one deployment of a manifest made by the caller (``deploy``), its
+    artifacts' bytes in ``blobs`` (by sha256).
+
+    The same engine as a rollout: one wave of one device, no discovery, no
+    skipping; only the device's final report ends it (a Last Will does not: the
+    device's persistent session gets the manifest when it is back).
+    """
     device_id = manifest.device_id
-    variant = Variant("direct", manifest.model, manifest.probes)
     spec: dict[str, Any] = {
         "variants": {"direct": [manifest.model.sha256,
                                 manifest.probes.sha256 if manifest.probes else None]},
@@ -934,14 +903,10 @@ def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registr
         "thresholds": manifest.thresholds.model_dump(mode="json"),
         "benchmark": manifest.benchmark.model_dump(mode="json"),
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
-    if all(r["device_id"] != device_id for r in registry.device_rows()):
-        registry.upsert_device(Device(device_id, "direct"))
+    registry.upsert_device(Device(device_id, "direct"))
     engine = _Engine(registry, link, rollout_id=manifest.rollout_id or "", spec=spec,
-                     variants={"direct": variant},
-                     blobs={variant.model.sha256: blobs["model"],
-                            **({variant.probes.sha256: blobs["probes"]}
-                               if variant.probes else {})},
-                     key=None, check=check, progress=progress, abort=None)
+                     variants={"direct": Variant("direct", manifest.model, manifest.probes)},
+                     blobs=blobs, key=None, check=check, progress=progress, abort=None)
     engine.direct = {device_id: manifest.to_json()}
     return engine
 

@@ -154,13 +154,11 @@ _DEVICE_MARK = "# device "
 
 def acl_text(root: str = ROOT, host_users: tuple[str, ...] = (HOST_USER,),
              devices: Iterable[str] = ()) -> str:
-    """The ACL: the host role by user, then one block per enrolled device, no patterns.
+    """The ACL: the host role by user, then one block per enrolled device (module doc).
 
-    Each device (its user name is its id) may publish only its own status,
-    need and report and read only its own manifest and cancel and the
-    artifacts. Explicit per-device blocks instead of ``%u`` patterns: Mosquitto
-    warns about a pattern without ``%u`` (the shared artifacts line), and a
-    device that is not enrolled has no line at all.
+    Explicit per-device blocks instead of ``%u`` patterns: Mosquitto warns
+    about a pattern without ``%u`` (the shared artifacts line), and a device
+    that is not enrolled has no line at all.
 
     Mosquitto's ACL file does not check SUBSCRIBE (its default check allows
     every subscription and filters at delivery): a device may subscribe to

@@ -40,10 +40,6 @@ class Enrolment:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _public_pem(key: VerifyKey) -> str:
-    return key.public_pem().decode()
-
-
 def read_public_key(path: str | os.PathLike[str]) -> VerifyKey:
     """A device's Ed25519 public key (PEM file, or '-' for standard input)."""
     if str(path) == "-":
@@ -110,7 +106,7 @@ def enrol_device(
     files: dict[str, str] = {}
     if bundle is not None:
         bundle.mkdir(parents=True, exist_ok=True)
-        (bundle / "device.pub").write_text(_public_pem(verify))
+        (bundle / "device.pub").write_text(verify.public_pem().decode())
         files["device_public_key"] = "device.pub"
         if private is not None:
             write_private(bundle / "device.key", private.private_pem())
@@ -140,7 +136,7 @@ def enrol_device(
         if bundle is not None and ca.cert.exists():
             shutil.copyfile(ca.cert, bundle / "ca.crt")
             files["ca_file"] = "ca.crt"
-    registry.set_identity(device_id, profile, _public_pem(verify), device_id)
+    registry.set_identity(device_id, profile, verify.public_pem().decode(), device_id)
     if bundle is not None:
         where = Path(install_dir) if install_dir is not None else bundle.resolve()
         config: dict[str, object] = {

@@ -21,7 +21,7 @@ def record_single(registry: Registry, report: dict[str, Any], source: str) -> No
         outcome = Outcome.FAILED
     registry.add_deployment(report["deployment_id"], report["device_id"],
                             report["model_sha256"], int(report.get("model_size") or 0))
-    registry.finish_deployment(report["deployment_id"], outcome, report.get("reason") or "")
+    registry.settle([(report["deployment_id"], outcome, report.get("reason") or "")])
     registry.add_report(report["deployment_id"], report["device_id"], report["state"],
                         {**report, "source": source, "final": True})
 

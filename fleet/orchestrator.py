@@ -193,7 +193,7 @@ def prepare_variants(
     blobs: dict[str, bytes] = {}
     for profile, model in variants.items():
         try:
-            blob = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+            blob = model if isinstance(model, bytes) else Path(model).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read model {model}: {exc.strerror or exc}") from None
         if not blob:
@@ -221,6 +221,7 @@ class _Deployment:
     sha256: str
     manifest: bytes
     digest: str  # Manifest.digest: the device's reports must name it
+    release: int
     artifacts: frozenset[str]
     started: float  # on the link clock
     sent: float
@@ -544,8 +545,7 @@ class _Engine:
                 self.outcomes[d] = outcome
                 continue
             device = Device(d, self.profiles[d], frozenset(self.tags.get(d, [])))
-            dep = self._deployment(row["deployment_id"], device, row["wave"],
-                                   row["manifest"].encode())
+            dep = self._deployment(device, row["wave"], row["manifest"].encode())
             self.pending[dep.deployment_id] = dep
             self.outcomes[d] = Outcome.PENDING
             self._ensure_published(self.variants[device.profile])
@@ -553,12 +553,12 @@ class _Engine:
             if dep.deployment_id in self.pending and not self._abort_requested():
                 self._send_manifest(dep)
 
-    def _deployment(self, dep_id: str, device: Device, wave: int, manifest: bytes
-                    ) -> _Deployment:
+    def _deployment(self, device: Device, wave: int, manifest: bytes) -> _Deployment:
         m = Manifest.model_validate_json(manifest)
         now = self.link.clock.now()
-        return _Deployment(dep_id, device, wave, m.model.sha256, manifest, m.digest,
-                           frozenset(a.sha256 for a in m.artifacts().values()), now, now)
+        return _Deployment(m.deployment_id, device, wave, m.model.sha256, manifest, m.digest,
+                           m.release, frozenset(a.sha256 for a in m.artifacts().values()),
+                           now, now)
 
     def _publish_chunk(self, topic: str, payload: bytes, *, retain: bool = False
                        ) -> PublishFuture:
@@ -606,11 +606,9 @@ class _Engine:
                 # collide in waves of thousands)
                 dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
                 manifest = self._manifest(dep_id, device_id, variant)
-            dep = self._deployment(json.loads(manifest)["deployment_id"], device, index,
-                                   manifest)
-            rows.append((dep.deployment_id, device_id, variant.model.sha256, variant.model.size,
-                         self.rollout_id, index, manifest.decode(),
-                         json.loads(manifest)["release"]))
+            dep = self._deployment(device, index, manifest)
+            rows.append((dep.deployment_id, device_id, dep.sha256, variant.model.size,
+                         self.rollout_id, index, manifest.decode(), dep.release))
             deps.append(dep)
         self.registry.add_deployments(rows)  # recorded before anything is sent
         self.registry.unlock_devices(self.rollout_id, [d for d in wave if d in self.skipped])
@@ -781,16 +779,19 @@ class _Engine:
         self.published.clear()
 
 
-def request_abort(registry: Registry, rollout_id: str) -> None:
-    """Ask the rollout to stop: its host process cancels the wave in progress within a second.
-
-    ConfigError when there is no such rollout or it is not in progress.
-    """
+def _in_progress(registry: Registry, rollout_id: str) -> dict[str, Any]:
+    """The rollout, running or aborting; ConfigError when there is none or it ended."""
     found = registry.rollout(rollout_id)
     if found is None:
         raise ConfigError(f"no rollout {rollout_id!r} in {registry.label}")
     if found["state"] not in ("running", "aborting"):
         raise ConfigError(f"rollout {rollout_id} is {found['state']}, not in progress")
+    return found
+
+
+def request_abort(registry: Registry, rollout_id: str) -> None:
+    """Ask the rollout in progress to stop: its host process cancels the wave within a second."""
+    _in_progress(registry, rollout_id)
     registry.set_rollout_state(rollout_id, "aborting", "aborted by the operator")
 
 
@@ -857,10 +858,24 @@ def run_rollout(
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
     prepared: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
+    target = target or Target()
+    spec: dict[str, Any] = {}  # a new rollout's (a resumed one has its own)
     if not resume:
         prepared, blobs = prepare_variants(variants or {}, probes=probes,
                                            host_outputs=host_outputs, chunk_size=chunk_size)
-    target = target or Target()
+        spec = {
+            "fingerprint": _fingerprint(prepared, target),
+            "variants": {p: [v.model.sha256, v.probes.sha256 if v.probes else None]
+                         for p, v in prepared.items()},
+            "policy": (policy or WavePolicy()).get_config(), "chunk_size": chunk_size,
+            "thresholds": Thresholds.model_validate(thresholds or {}).model_dump(mode="json"),
+            "benchmark": BenchmarkSettings.model_validate(benchmark or {}).model_dump(
+                mode="json"),
+            "profile_thresholds": {p: Thresholds(**t).model_dump(mode="json")
+                                   for p, t in (profile_thresholds or {}).items()},
+            "include_offline": include_offline, "waves": [], "profiles": {}, "tags": {},
+            "skipped": {},
+        }
     if device_keys is None:
         enrolled = registry.public_keys()
         device_keys = keys_from_pems(enrolled) if enrolled else None
@@ -870,12 +885,9 @@ def run_rollout(
         link.open()
     ended = False
     try:
-        engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
-                        policy=policy or WavePolicy(), include_offline=include_offline,
-                        thresholds=thresholds, benchmark=benchmark, chunk_size=chunk_size,
-                        check=intake.check if intake is not None else checker(device_keys),
-                        discover_s=discover_s, progress=progress,
-                        abort=abort, profile_thresholds=profile_thresholds)
+        engine = _begin(registry, link, prepared, blobs, signing, spec, resume=resume,
+                        target=target, discover_s=discover_s, progress=progress, abort=abort,
+                        check=intake.check if intake is not None else checker(device_keys))
         verdict = engine.run()
         ended = True
         return _result(engine, verdict, registry)
@@ -896,10 +908,7 @@ def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registr
     """
     device_id = manifest.device_id
     spec: dict[str, Any] = {
-        "variants": {"direct": [manifest.model.sha256,
-                                manifest.probes.sha256 if manifest.probes else None]},
         "policy": WavePolicy(max_failure_rate=1.0, timeout_s=timeout).get_config(),
-        "chunk_size": manifest.model.chunk_size,
         "thresholds": manifest.thresholds.model_dump(mode="json"),
         "benchmark": manifest.benchmark.model_dump(mode="json"),
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
@@ -912,14 +921,11 @@ def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registr
 
 
 def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
-           blobs: dict[str, bytes], key: SigningKey | None, *, resume: str | bool,
-           target: Target, policy: WavePolicy, include_offline: bool,
-           thresholds: Thresholds | dict[str, Any] | None,
-           benchmark: BenchmarkSettings | dict[str, Any] | None, chunk_size: int, check: Check,
-           discover_s: float, progress: Progress | None,
-           abort: threading.Event | None,
-           profile_thresholds: Mapping[str, dict[str, Any]] | None = None) -> _Engine:
-    """Find the rollout to continue, or plan a new one; return its engine, caught up."""
+           blobs: dict[str, bytes], key: SigningKey | None, spec: dict[str, Any], *,
+           resume: str | bool, target: Target, check: Check, discover_s: float,
+           progress: Progress | None, abort: threading.Event | None) -> _Engine:
+    """Find the rollout to continue, or plan a new one (``spec``); return its engine, caught
+    up."""
     running = registry.rollouts("running")
     found: dict[str, Any] | None = None
     if resume is True:
@@ -927,19 +933,14 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         if found is None:
             raise ConfigError(f"no rollout in progress in {registry.label} to resume")
     elif isinstance(resume, str) and resume:
-        found = registry.rollout(resume)
-        if found is None:
-            raise ConfigError(f"no rollout {resume!r} in {registry.label}")
-        if found["state"] not in ("running", "aborting"):
-            raise ConfigError(f"rollout {resume} is {found['state']}, not in progress")
+        found = _in_progress(registry, resume)
     else:
-        fp = _fingerprint(prepared, target)
-        found = next((r for r in reversed(running) if r["spec"].get("fingerprint") == fp), None)
+        found = next((r for r in reversed(running)
+                      if r["spec"].get("fingerprint") == spec["fingerprint"]), None)
     if found is not None:
-        spec = found["spec"]
-        variants, vblobs = (_spec_variants(spec, registry) if not prepared
+        variants, vblobs = (_spec_variants(found["spec"], registry) if not prepared
                             else (prepared, blobs))
-        engine = _Engine(registry, link, rollout_id=found["rollout_id"], spec=spec,
+        engine = _Engine(registry, link, rollout_id=found["rollout_id"], spec=found["spec"],
                          variants=variants, blobs=vblobs, key=key, check=check,
                          progress=progress, abort=abort)
         engine.resumed = True
@@ -949,20 +950,6 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         engine.resume_pending()
         return engine
     rollout_id = f"r{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    th = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**(thresholds or {}))
-    bs = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings(
-        **(benchmark or {}))
-    spec: dict[str, Any] = {
-        "fingerprint": _fingerprint(prepared, target),
-        "variants": {p: [v.model.sha256, v.probes.sha256 if v.probes else None]
-                     for p, v in prepared.items()},
-        "policy": policy.get_config(), "chunk_size": chunk_size,
-        "thresholds": th.model_dump(mode="json"), "benchmark": bs.model_dump(mode="json"),
-        "profile_thresholds": {p: Thresholds(**t).model_dump(mode="json")
-                               for p, t in (profile_thresholds or {}).items()},
-        "include_offline": include_offline, "waves": [], "profiles": {}, "tags": {},
-        "skipped": {},
-    }
     engine = _Engine(registry, link, rollout_id=rollout_id, spec=spec, variants=prepared,
                      blobs=blobs, key=key, check=check, progress=progress, abort=abort)
     statuses = _catch_up(engine, discover_s)
@@ -972,15 +959,13 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     rows = []
     for device_id, st in sorted(statuses.items()):
         device = Device(device_id, st.profile or "unknown", known_tags.get(device_id, frozenset()))
-        active = st.active_model
         rows.append((device, st.runtime.name if st.runtime else None, st.online,
-                     engine.seen[device_id].active_sha if device_id in engine.seen
-                     else (active.sha256 if active else None)))
+                     engine.seen[device_id].active_sha))  # a status heard is a device seen
         if device.profile not in prepared:
             skipped[device_id] = f"no variant for profile {device.profile!r}"
             continue
         action, why = classify(engine.seen.get(device_id), prepared[device.profile].model.sha256,
-                               include_offline=include_offline)
+                               include_offline=spec["include_offline"])
         if action is Action.DEPLOY:
             devices.append(device)
         else:
@@ -1009,7 +994,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
                   "(one rollout at a time per device; resume or wait for it)")
         registry.set_rollout_state(rollout_id, "refused", reason)
         raise RolloutLocked(reason)
-    waves = plan_waves(chosen, policy)
+    waves = plan_waves(chosen, engine.policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
         profiles={d.device_id: d.profile for d in chosen},

@@ -1,11 +1,9 @@
 """Deploy a signed manifest to one device and return its final report.
 
-``deploy()`` makes the manifest (release, expiry and per-chunk digests, signed)
-and runs it through the fleet's one deployment engine
-(``fleet.orchestrator.direct_engine``: the artifacts published once, retained,
-re-served within bounds and cleared by the last user, the device's reports
-checked by the intake and settled as in a rollout), then summarises what the
-device said as a ``DeploymentReport``.
+``deploy()`` makes the manifest (release, expiry and per-chunk digests, signed),
+runs it through the fleet's one deployment engine (a rollout of one device:
+``fleet.orchestrator.direct_engine``) and summarises what the device said as a
+``DeploymentReport``.
 """
 
 from __future__ import annotations
@@ -116,9 +114,6 @@ def deploy(
     try:
         prepared, blobs = prepare_variants({device_id: model}, probes=probes,
                                            host_outputs=host_outputs, chunk_size=chunk_size)
-        th = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**(thresholds or {}))
-        bs = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings(
-            **(benchmark or {}))
         now = time.time()
         fields: dict[str, Any] = {
             "deployment_id": deployment_id, "device_id": device_id, "rollout_id": rollout_id,
@@ -126,7 +121,8 @@ def deploy(
             "rollback": rollback, "release_jump": release_jump,
             "release_reset": release_reset, "model": prepared[device_id].model,
             "probes": prepared[device_id].probes,
-            "thresholds": th, "benchmark": bs}
+            "thresholds": Thresholds.model_validate(thresholds or {}),
+            "benchmark": BenchmarkSettings.model_validate(benchmark or {})}
         if release is not None:
             fields["release"] = release
         manifest = Manifest(**fields)
@@ -139,10 +135,10 @@ def deploy(
         broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
     except ValueError as exc:
         raise DeployError(str(exc)) from None
-    if device_key is not None and not isinstance(device_key, VerifyKey):
-        device_key = (VerifyKey.from_pem(device_key, "the device's public key")
-                      if isinstance(device_key, bytes) or str(device_key).lstrip().startswith("-----")
-                      else load_verify_key(device_key))
+    if isinstance(device_key, bytes) or str(device_key).lstrip().startswith("-----"):
+        device_key = VerifyKey.from_pem(device_key, "the device's public key")  # PEM text
+    elif device_key is not None and not isinstance(device_key, VerifyKey):
+        device_key = load_verify_key(device_key)  # a PEM file
     return _run(manifest, blobs, broker, timeout, progress,
                 checker({device_id: device_key} if device_key is not None else None))
 

@@ -665,11 +665,6 @@ class _Engine:
                 dep.resends += 1
                 self._send_manifest(dep)
 
-    def verdict(self) -> Verdict:
-        last = next_wave(self.waves, self.started) is None
-        return gate(judge(self.outcomes, self.policy, last_wave=last),
-                    connected=self.link.connected)
-
     def _abort_requested(self) -> bool:
         """The operator's abort: the event, or ``rollout --abort`` from any process (registry)."""
         if self.abort_event is not None and self.abort_event.is_set():
@@ -708,7 +703,9 @@ class _Engine:
             return self.watch
         self._changed, self._connected = False, self.link.connected
         self._judged = time.monotonic()
-        verdict = self.verdict()
+        last = next_wave(self.waves, self.started) is None
+        verdict = gate(judge(self.outcomes, self.policy, last_wave=last),
+                       connected=self.link.connected)
         if verdict.decision is Decision.ABORT:
             self.progress("abort", {"reason": verdict.reason})
             self.final = verdict
@@ -752,7 +749,8 @@ class _Engine:
         return self.close
 
     def close(self) -> None:
-        """Record the end, free the devices, clear the artifacts nobody needs any more."""
+        """Record the end, free the devices, clear (awaited at close) the retained chunks no
+        engine of this process or running rollout needs."""
         self.flush(force=True)
         if not self.direct:
             aborted = self.final.decision is Decision.ABORT
@@ -761,10 +759,6 @@ class _Engine:
             self.registry.set_rollout_state(self.rollout_id, "aborted" if aborted else "done",
                                             self.final.reason)
             self.registry.unlock_devices(self.rollout_id)
-        self.release()
-
-    def release(self) -> None:
-        """Clear (awaited at close) the retained chunks no engine or running rollout needs."""
         busy = {a for r in self.registry.rollouts("running")
                 for v in r["spec"]["variants"].values() for a in v if a}
         for sha in self.published:
@@ -797,22 +791,15 @@ def request_abort(registry: Registry, rollout_id: str) -> None:
 
 def _spec_variants(spec: dict[str, Any], registry: Registry
                    ) -> tuple[dict[str, Variant], dict[str, bytes]]:
-    variants: dict[str, Variant] = {}
+    """A recorded rollout's variants and their bytes, from the registry."""
     blobs: dict[str, bytes] = {}
-    for profile, (model_sha, probes_sha) in spec["variants"].items():
-        arts = []
-        for sha in (model_sha, probes_sha):
-            if sha is None:
-                arts.append(None)
-                continue
-            data = registry.artifact(sha)
-            if data is None:
-                raise ConfigError(f"artifact {sha[:12]} of rollout is missing from "
-                                  f"{registry.label}")
-            blobs[sha] = data
-            arts.append(Artifact.of(data, spec["chunk_size"]))
-        variants[profile] = Variant(profile, arts[0], arts[1])
-    return variants, blobs
+    for sha in (sha for shas in spec["variants"].values() for sha in shas if sha):
+        data = registry.artifact(sha)
+        if data is None:
+            raise ConfigError(f"artifact {sha[:12]} of rollout is missing from {registry.label}")
+        blobs[sha] = data
+    arts = {sha: Artifact.of(data, spec["chunk_size"]) for sha, data in blobs.items()}
+    return {p: Variant(p, arts[m], arts.get(pr)) for p, (m, pr) in spec["variants"].items()}, blobs
 
 
 def run_rollout(
@@ -1022,19 +1009,11 @@ def _catch_up(engine: _Engine, discover_s: float) -> dict[str, Status]:
 
 
 def _result(engine: _Engine, verdict: Verdict, registry: Registry) -> RolloutResult:
-    result = RolloutResult(engine.rollout_id, verdict.decision, verdict.reason, engine.waves,
-                           skipped=engine.skipped,
-                           resumed=engine.resumed)
-    for row in registry.rollout_deployments(engine.rollout_id):
-        result.results.append(DeviceResult(
-            row["device_id"], engine.profiles.get(row["device_id"], "unknown"), row["wave"],
-            Outcome(row["outcome"]), row["reason"] or "",
-            engine.p90.get(row["deployment_id"])))
-    stats = engine.server.stats
-    result.stats = {"published_bytes": stats.published_bytes,
-                    "published_chunks": stats.published_chunks,
-                    "reserved_chunks": stats.reserved_chunks,
-                    "refused_requests": stats.refused_requests,
-                    "messages_received": engine.link.received,
-                    "messages_dropped": engine.dropped}
-    return result
+    results = [DeviceResult(r["device_id"], engine.profiles.get(r["device_id"], "unknown"),
+                            r["wave"], Outcome(r["outcome"]), r["reason"] or "",
+                            engine.p90.get(r["deployment_id"]))
+               for r in registry.rollout_deployments(engine.rollout_id)]
+    stats = {**asdict(engine.server.stats), "messages_received": engine.link.received,
+             "messages_dropped": engine.dropped}
+    return RolloutResult(engine.rollout_id, verdict.decision, verdict.reason, engine.waves,
+                         results, engine.skipped, engine.resumed, stats)

@@ -269,10 +269,6 @@ class _Engine:
         self.waves: list[list[str]] = spec["waves"]
         self.profiles: dict[str, str] = spec["profiles"]
         self.tags: dict[str, list[str]] = spec.get("tags", {})
-        self.thresholds = Thresholds(**spec["thresholds"])
-        self.profile_thresholds = {p: Thresholds(**t)
-                                   for p, t in spec.get("profile_thresholds", {}).items()}
-        self.benchmark = BenchmarkSettings(**spec["benchmark"])
         self.server = ArtifactServer(self._publish_chunk)
         for v in variants.values():
             for art in (v.model, v.probes):
@@ -633,8 +629,9 @@ class _Engine:
             deployment_id=dep_id, device_id=device_id, rollout_id=self.rollout_id,
             created_at=now, expires_at=now + max(DEFAULT_TTL_S, 4 * self.policy.timeout_s),
             model=variant.model, probes=variant.probes,
-            thresholds=self.profile_thresholds.get(variant.profile, self.thresholds),
-            benchmark=self.benchmark,
+            thresholds=self.spec.get("profile_thresholds", {}).get(variant.profile,
+                                                                   self.spec["thresholds"]),
+            benchmark=self.spec["benchmark"],
         )
         if self.key is not None:
             manifest = self.key.sign(manifest)
@@ -896,8 +893,6 @@ def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registr
     device_id = manifest.device_id
     spec: dict[str, Any] = {
         "policy": WavePolicy(max_failure_rate=1.0, timeout_s=timeout).get_config(),
-        "thresholds": manifest.thresholds.model_dump(mode="json"),
-        "benchmark": manifest.benchmark.model_dump(mode="json"),
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
     registry.upsert_device(Device(device_id, "direct"))
     engine = _Engine(registry, link, rollout_id=manifest.rollout_id or "", spec=spec,

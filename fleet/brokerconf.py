@@ -23,13 +23,11 @@ before the broker buffers it for a subscriber.
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,34 +79,6 @@ def check_user(name: str) -> str:
     return name
 
 
-def replace_private(path: Path, text: str) -> None:
-    """Replace ``path`` in one step: a new file (0600, the old owner), fsynced, renamed.
-
-    A crash leaves the old file or the new one, never a mix; the broker's
-    user keeps reading it (the owner is kept when root rewrites it).
-    """
-    owner = path.stat() if path.exists() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            if owner is not None and os.geteuid() == 0:
-                os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
-            f.write(text.encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
-
-
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """One writer of ``path`` at a time (two enrolments must not lose each other's line)."""
@@ -140,10 +110,8 @@ class PasswordFile:
     def _write(self, entries: dict[str, str]) -> None:
         for user in entries:
             check_user(user)  # a line the broker cannot parse never reaches the file
-        replace_private(self.path, "".join(f"{u}:{h}\n" for u, h in sorted(entries.items())))
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return locked(self.path)
+        text = "".join(f"{u}:{h}\n" for u, h in sorted(entries.items()))
+        write_private(self.path, text.encode())
 
     def ensure(self) -> None:
         """Create the file empty (no user) when it does not exist."""
@@ -152,13 +120,13 @@ class PasswordFile:
 
     def set(self, user: str, password: str) -> None:
         check_user(user)
-        with self._locked():
+        with locked(self.path):
             entries = self.entries()
             entries[user] = hash_password(password)
             self._write(entries)
 
     def remove(self, user: str) -> bool:
-        with self._locked():
+        with locked(self.path):
             entries = self.entries()
             found = entries.pop(user, None) is not None
             if found:
@@ -186,13 +154,11 @@ _DEVICE_MARK = "# device "
 
 def acl_text(root: str = ROOT, host_users: tuple[str, ...] = (HOST_USER,),
              devices: Iterable[str] = ()) -> str:
-    """The ACL: the host role by user, then one block per enrolled device, no patterns.
+    """The ACL: the host role by user, then one block per enrolled device (module doc).
 
-    Each device (its user name is its id) may publish only its own status,
-    need and report and read only its own manifest and cancel and the
-    artifacts. Explicit per-device blocks instead of ``%u`` patterns: Mosquitto
-    warns about a pattern without ``%u`` (the shared artifacts line), and a
-    device that is not enrolled has no line at all.
+    Explicit per-device blocks instead of ``%u`` patterns: Mosquitto warns
+    about a pattern without ``%u`` (the shared artifacts line), and a device
+    that is not enrolled has no line at all.
 
     Mosquitto's ACL file does not check SUBSCRIBE (its default check allows
     every subscription and filters at delivery): a device may subscribe to
@@ -231,7 +197,7 @@ class AclFile:
                 if line.startswith(_DEVICE_MARK)}
 
     def write(self, devices: Iterable[str]) -> Path:
-        replace_private(self.path, acl_text(self.root, self.host_users, devices))
+        write_private(self.path, acl_text(self.root, self.host_users, devices).encode())
         return self.path
 
     def add(self, device_id: str, known: Iterable[str] = ()) -> None:

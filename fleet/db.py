@@ -118,13 +118,6 @@ class Database:
                 return list(self._pg.execute(self._sql(sql), tuple(args)).fetchall())
             return [dict(r) for r in self._sq.execute(sql, tuple(args)).fetchall()]
 
-    def script(self, sql: str) -> None:
-        """Several statements separated by ';' (schema)."""
-        with self.tx():
-            for stmt in (s.strip() for s in sql.split(";")):
-                if stmt:
-                    self.execute(stmt)
-
 
 def _safe(target: str) -> str:
     """The target without a password."""

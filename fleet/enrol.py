@@ -40,10 +40,6 @@ class Enrolment:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _public_pem(key: VerifyKey) -> str:
-    return key.public_pem().decode()
-
-
 def read_public_key(path: str | os.PathLike[str]) -> VerifyKey:
     """A device's Ed25519 public key (PEM file, or '-' for standard input)."""
     if str(path) == "-":
@@ -54,13 +50,6 @@ def read_public_key(path: str | os.PathLike[str]) -> VerifyKey:
     if key.alg != "ed25519":
         raise KeyFileError(f"{path}: a device key must be an Ed25519 public key, not {key.alg}")
     return key
-
-
-def _check_profile(profile: str) -> str:
-    if device_profiles.locate(profile) is None:
-        known = ", ".join(device_profiles.list_profiles())
-        raise ConfigError(f"unknown device profile {profile!r} (known: {known})")
-    return profile
 
 
 def enrol_device(
@@ -95,7 +84,9 @@ def enrol_device(
         raise ConfigError(f"device id {device_id!r} is the host's broker user name")
     if device_id.startswith("paoding-host-"):  # a device's client id is its id: not the host's
         raise ConfigError(f"device id {device_id!r}: 'paoding-host-' names the host's sessions")
-    _check_profile(profile)
+    if device_profiles.locate(profile) is None:
+        known = ", ".join(device_profiles.list_profiles())
+        raise ConfigError(f"unknown device profile {profile!r} (known: {known})")
     if public_key is None and bundle_dir is None:
         raise ConfigError("give the device's public key (--public-key, from `paoding-agent "
                           "keygen`) or a bundle directory for a key the host makes (--bundle)")
@@ -115,7 +106,7 @@ def enrol_device(
     files: dict[str, str] = {}
     if bundle is not None:
         bundle.mkdir(parents=True, exist_ok=True)
-        (bundle / "device.pub").write_text(_public_pem(verify))
+        (bundle / "device.pub").write_text(verify.public_pem().decode())
         files["device_public_key"] = "device.pub"
         if private is not None:
             write_private(bundle / "device.key", private.private_pem())
@@ -145,7 +136,7 @@ def enrol_device(
         if bundle is not None and ca.cert.exists():
             shutil.copyfile(ca.cert, bundle / "ca.crt")
             files["ca_file"] = "ca.crt"
-    registry.set_identity(device_id, profile, _public_pem(verify), device_id)
+    registry.set_identity(device_id, profile, verify.public_pem().decode(), device_id)
     if bundle is not None:
         where = Path(install_dir) if install_dir is not None else bundle.resolve()
         config: dict[str, object] = {

@@ -10,18 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from fleet.registry import Registry
-from fleet.rollout import Outcome
+from fleet.rollout import Outcome, reported_outcome
 
 
 def record_single(registry: Registry, report: dict[str, Any], source: str) -> None:
     """Record one finished deployment (a DeploymentReport as a dict); ``source`` names the command."""
-    try:
-        outcome = Outcome(report["state"])
-    except ValueError:
-        outcome = Outcome.FAILED
     registry.add_deployment(report["deployment_id"], report["device_id"],
                             report["model_sha256"], int(report.get("model_size") or 0))
-    registry.finish_deployment(report["deployment_id"], outcome, report.get("reason") or "")
+    outcome = reported_outcome(report["state"]) or Outcome.FAILED
+    registry.settle([(report["deployment_id"], outcome, report.get("reason") or "")])
     registry.add_report(report["deployment_id"], report["device_id"], report["state"],
                         {**report, "source": source, "final": True})
 

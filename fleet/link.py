@@ -97,14 +97,8 @@ class LinkClock:
 class FleetLink:
     """One MQTT connection carrying every device's traffic for the host."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        *,
-        session: str | None = None,
-        share_group: str | None = None,
-        max_inflight: int = 256,
-    ) -> None:
+    def __init__(self, broker: Broker, *, session: str | None = None,
+                 share_group: str | None = None) -> None:
         self.broker = broker
         self.share_group = share_group
         self.events: queue.Queue[Event] = queue.Queue()
@@ -118,10 +112,9 @@ class FleetLink:
             client_id, self._session_lock = session_client_id(
                 f"{broker.address}|{share_group}|{session}")
         self.client = MqttClient(broker, client_id, clean_session=session is None,
-                                 max_inflight=max_inflight)
-        self.intake_filter = (
-            f"$share/{share_group}/{DEVICE_FILTER}" if share_group else DEVICE_FILTER
-        )
+                                 max_inflight=256)
+        self.intake_filter = (f"$share/{share_group}/{DEVICE_FILTER}" if share_group
+                              else DEVICE_FILTER)
         self.client.subscribe(self.intake_filter, self._on_message)
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)

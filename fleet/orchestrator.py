@@ -170,15 +170,6 @@ class Variant:
     probes: Artifact | None
 
 
-def _read(model: str | Path | bytes) -> bytes:
-    if isinstance(model, bytes):
-        return model
-    try:
-        return Path(model).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read variant {model}: {exc.strerror or exc}") from None
-
-
 def probe_data(probes: str | Path | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not isinstance(probes, dict):
         return load_probes(probes)
@@ -201,7 +192,10 @@ def prepare_variants(
     out: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
     for profile, model in variants.items():
-        blob = _read(model)
+        try:
+            blob = model if isinstance(model, bytes) else Path(model).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read model {model}: {exc.strerror or exc}") from None
         if not blob:
             raise ConfigError(f"variant {profile}: the model is empty")
         art = Artifact.of(blob, chunk_size)
@@ -227,6 +221,7 @@ class _Deployment:
     sha256: str
     manifest: bytes
     digest: str  # Manifest.digest: the device's reports must name it
+    release: int
     artifacts: frozenset[str]
     started: float  # on the link clock
     sent: float
@@ -274,10 +269,6 @@ class _Engine:
         self.waves: list[list[str]] = spec["waves"]
         self.profiles: dict[str, str] = spec["profiles"]
         self.tags: dict[str, list[str]] = spec.get("tags", {})
-        self.thresholds = Thresholds(**spec["thresholds"])
-        self.profile_thresholds = {p: Thresholds(**t)
-                                   for p, t in spec.get("profile_thresholds", {}).items()}
-        self.benchmark = BenchmarkSettings(**spec["benchmark"])
         self.server = ArtifactServer(self._publish_chunk)
         for v in variants.values():
             for art in (v.model, v.probes):
@@ -550,8 +541,7 @@ class _Engine:
                 self.outcomes[d] = outcome
                 continue
             device = Device(d, self.profiles[d], frozenset(self.tags.get(d, [])))
-            dep = self._deployment(row["deployment_id"], device, row["wave"],
-                                   row["manifest"].encode())
+            dep = self._deployment(device, row["wave"], row["manifest"].encode())
             self.pending[dep.deployment_id] = dep
             self.outcomes[d] = Outcome.PENDING
             self._ensure_published(self.variants[device.profile])
@@ -559,12 +549,12 @@ class _Engine:
             if dep.deployment_id in self.pending and not self._abort_requested():
                 self._send_manifest(dep)
 
-    def _deployment(self, dep_id: str, device: Device, wave: int, manifest: bytes
-                    ) -> _Deployment:
+    def _deployment(self, device: Device, wave: int, manifest: bytes) -> _Deployment:
         m = Manifest.model_validate_json(manifest)
         now = self.link.clock.now()
-        return _Deployment(dep_id, device, wave, m.model.sha256, manifest, m.digest,
-                           frozenset(a.sha256 for a in m.artifacts().values()), now, now)
+        return _Deployment(m.deployment_id, device, wave, m.model.sha256, manifest, m.digest,
+                           m.release, frozenset(a.sha256 for a in m.artifacts().values()),
+                           now, now)
 
     def _publish_chunk(self, topic: str, payload: bytes, *, retain: bool = False
                        ) -> PublishFuture:
@@ -612,11 +602,9 @@ class _Engine:
                 # collide in waves of thousands)
                 dep_id = f"{self.rollout_id}-w{index}-{self.plan_index[device_id]:06d}"
                 manifest = self._manifest(dep_id, device_id, variant)
-            dep = self._deployment(json.loads(manifest)["deployment_id"], device, index,
-                                   manifest)
-            rows.append((dep.deployment_id, device_id, variant.model.sha256, variant.model.size,
-                         self.rollout_id, index, manifest.decode(),
-                         json.loads(manifest)["release"]))
+            dep = self._deployment(device, index, manifest)
+            rows.append((dep.deployment_id, device_id, dep.sha256, variant.model.size,
+                         self.rollout_id, index, manifest.decode(), dep.release))
             deps.append(dep)
         self.registry.add_deployments(rows)  # recorded before anything is sent
         self.registry.unlock_devices(self.rollout_id, [d for d in wave if d in self.skipped])
@@ -641,8 +629,9 @@ class _Engine:
             deployment_id=dep_id, device_id=device_id, rollout_id=self.rollout_id,
             created_at=now, expires_at=now + max(DEFAULT_TTL_S, 4 * self.policy.timeout_s),
             model=variant.model, probes=variant.probes,
-            thresholds=self.profile_thresholds.get(variant.profile, self.thresholds),
-            benchmark=self.benchmark,
+            thresholds=self.spec.get("profile_thresholds", {}).get(variant.profile,
+                                                                   self.spec["thresholds"]),
+            benchmark=self.spec["benchmark"],
         )
         if self.key is not None:
             manifest = self.key.sign(manifest)
@@ -672,11 +661,6 @@ class _Engine:
                     and dep.resends < MAX_RESENDS):
                 dep.resends += 1
                 self._send_manifest(dep)
-
-    def verdict(self) -> Verdict:
-        last = next_wave(self.waves, self.started) is None
-        return gate(judge(self.outcomes, self.policy, last_wave=last),
-                    connected=self.link.connected)
 
     def _abort_requested(self) -> bool:
         """The operator's abort: the event, or ``rollout --abort`` from any process (registry)."""
@@ -716,7 +700,9 @@ class _Engine:
             return self.watch
         self._changed, self._connected = False, self.link.connected
         self._judged = time.monotonic()
-        verdict = self.verdict()
+        last = next_wave(self.waves, self.started) is None
+        verdict = gate(judge(self.outcomes, self.policy, last_wave=last),
+                       connected=self.link.connected)
         if verdict.decision is Decision.ABORT:
             self.progress("abort", {"reason": verdict.reason})
             self.final = verdict
@@ -760,7 +746,8 @@ class _Engine:
         return self.close
 
     def close(self) -> None:
-        """Record the end, free the devices, clear the artifacts nobody needs any more."""
+        """Record the end, free the devices, clear (awaited at close) the retained chunks no
+        engine of this process or running rollout needs."""
         self.flush(force=True)
         if not self.direct:
             aborted = self.final.decision is Decision.ABORT
@@ -769,10 +756,6 @@ class _Engine:
             self.registry.set_rollout_state(self.rollout_id, "aborted" if aborted else "done",
                                             self.final.reason)
             self.registry.unlock_devices(self.rollout_id)
-        self.release()
-
-    def release(self) -> None:
-        """Clear (awaited at close) the retained chunks no engine or running rollout needs."""
         busy = {a for r in self.registry.rollouts("running")
                 for v in r["spec"]["variants"].values() for a in v if a}
         for sha in self.published:
@@ -787,37 +770,33 @@ class _Engine:
         self.published.clear()
 
 
-def request_abort(registry: Registry, rollout_id: str) -> None:
-    """Ask the rollout to stop: its host process cancels the wave in progress within a second.
-
-    ConfigError when there is no such rollout or it is not in progress.
-    """
+def _in_progress(registry: Registry, rollout_id: str) -> dict[str, Any]:
+    """The rollout, running or aborting; ConfigError when there is none or it ended."""
     found = registry.rollout(rollout_id)
     if found is None:
         raise ConfigError(f"no rollout {rollout_id!r} in {registry.label}")
     if found["state"] not in ("running", "aborting"):
         raise ConfigError(f"rollout {rollout_id} is {found['state']}, not in progress")
+    return found
+
+
+def request_abort(registry: Registry, rollout_id: str) -> None:
+    """Ask the rollout in progress to stop: its host process cancels the wave within a second."""
+    _in_progress(registry, rollout_id)
     registry.set_rollout_state(rollout_id, "aborting", "aborted by the operator")
 
 
 def _spec_variants(spec: dict[str, Any], registry: Registry
                    ) -> tuple[dict[str, Variant], dict[str, bytes]]:
-    variants: dict[str, Variant] = {}
+    """A recorded rollout's variants and their bytes, from the registry."""
     blobs: dict[str, bytes] = {}
-    for profile, (model_sha, probes_sha) in spec["variants"].items():
-        arts = []
-        for sha in (model_sha, probes_sha):
-            if sha is None:
-                arts.append(None)
-                continue
-            data = registry.artifact(sha)
-            if data is None:
-                raise ConfigError(f"artifact {sha[:12]} of rollout is missing from "
-                                  f"{registry.label}")
-            blobs[sha] = data
-            arts.append(Artifact.of(data, spec["chunk_size"]))
-        variants[profile] = Variant(profile, arts[0], arts[1])
-    return variants, blobs
+    for sha in (sha for shas in spec["variants"].values() for sha in shas if sha):
+        data = registry.artifact(sha)
+        if data is None:
+            raise ConfigError(f"artifact {sha[:12]} of rollout is missing from {registry.label}")
+        blobs[sha] = data
+    arts = {sha: Artifact.of(data, spec["chunk_size"]) for sha, data in blobs.items()}
+    return {p: Variant(p, arts[m], arts.get(pr)) for p, (m, pr) in spec["variants"].items()}, blobs
 
 
 def run_rollout(
@@ -863,10 +842,24 @@ def run_rollout(
     broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
     prepared: dict[str, Variant] = {}
     blobs: dict[str, bytes] = {}
+    target = target or Target()
+    spec: dict[str, Any] = {}  # a new rollout's (a resumed one has its own)
     if not resume:
         prepared, blobs = prepare_variants(variants or {}, probes=probes,
                                            host_outputs=host_outputs, chunk_size=chunk_size)
-    target = target or Target()
+        spec = {
+            "fingerprint": _fingerprint(prepared, target),
+            "variants": {p: [v.model.sha256, v.probes.sha256 if v.probes else None]
+                         for p, v in prepared.items()},
+            "policy": (policy or WavePolicy()).get_config(), "chunk_size": chunk_size,
+            "thresholds": Thresholds.model_validate(thresholds or {}).model_dump(mode="json"),
+            "benchmark": BenchmarkSettings.model_validate(benchmark or {}).model_dump(
+                mode="json"),
+            "profile_thresholds": {p: Thresholds(**t).model_dump(mode="json")
+                                   for p, t in (profile_thresholds or {}).items()},
+            "include_offline": include_offline, "waves": [], "profiles": {}, "tags": {},
+            "skipped": {},
+        }
     if device_keys is None:
         enrolled = registry.public_keys()
         device_keys = keys_from_pems(enrolled) if enrolled else None
@@ -876,12 +869,9 @@ def run_rollout(
         link.open()
     ended = False
     try:
-        engine = _begin(registry, link, prepared, blobs, signing, resume=resume, target=target,
-                        policy=policy or WavePolicy(), include_offline=include_offline,
-                        thresholds=thresholds, benchmark=benchmark, chunk_size=chunk_size,
-                        check=intake.check if intake is not None else checker(device_keys),
-                        discover_s=discover_s, progress=progress,
-                        abort=abort, profile_thresholds=profile_thresholds)
+        engine = _begin(registry, link, prepared, blobs, signing, spec, resume=resume,
+                        target=target, discover_s=discover_s, progress=progress, abort=abort,
+                        check=intake.check if intake is not None else checker(device_keys))
         verdict = engine.run()
         ended = True
         return _result(engine, verdict, registry)
@@ -890,71 +880,34 @@ def run_rollout(
             link.close(keep_session=not ended)
 
 
-def run_direct(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, *,
-               timeout: float, check: Check, progress: Progress | None = None,
-               registry: Registry | None = None) -> tuple[Outcome, str, list[dict], dict]:
-    """One deployment of a manifest made by the caller (``deploy``, ``tune --verify-on``).
-
-    The same engine as a rollout: one wave of one device, no discovery, no
-    skipping; only the device's final report ends it (a Last Will does not: the
-    device's persistent session gets the manifest when it is back). Returns (outcome, reason, the stored
-    reports, stats); the record is ``registry`` (default: in memory).
-    """
-    reg = registry or Registry(":memory:")
-    link = FleetLink(broker, session=reg.label)  # reports made while it reconnects wait
-    link.open(timeout=min(10.0, timeout))
-    try:
-        engine = direct_engine(manifest, blobs, reg, link, timeout=timeout, check=check,
-                               progress=progress)
-        engine.run()
-    finally:
-        link.close()
-    dep_id = manifest.deployment_id
-    row = next(r for r in reg.deployments(manifest.device_id) if r["deployment_id"] == dep_id)
-    stats = {"chunks_sent": engine.server.stats.published_chunks,
-             "refused": engine.server.stats.refused_requests, "dropped": engine.dropped,
-             "started_at": row["started_at"]}
-    reports = reg.reports(dep_id)
-    if registry is None:
-        reg.close()
-    return Outcome(row["outcome"]), row["reason"] or "", reports, stats
-
-
 def direct_engine(manifest: Manifest, blobs: dict[str, bytes], registry: Registry,
                   link: FleetLink, *, timeout: float, check: Check,
                   progress: Progress | None = None) -> _Engine:
-    """The engine of one deployment of ``manifest``: one wave of one device."""
+    """The engine of one deployment of a manifest made by the caller (``deploy``), its
+    artifacts' bytes in ``blobs`` (by sha256).
+
+    The same engine as a rollout: one wave of one device, no discovery, no
+    skipping; only the device's final report ends it (a Last Will does not: the
+    device's persistent session gets the manifest when it is back).
+    """
     device_id = manifest.device_id
-    variant = Variant("direct", manifest.model, manifest.probes)
     spec: dict[str, Any] = {
-        "variants": {"direct": [manifest.model.sha256,
-                                manifest.probes.sha256 if manifest.probes else None]},
         "policy": WavePolicy(max_failure_rate=1.0, timeout_s=timeout).get_config(),
-        "chunk_size": manifest.model.chunk_size,
-        "thresholds": manifest.thresholds.model_dump(mode="json"),
-        "benchmark": manifest.benchmark.model_dump(mode="json"),
         "waves": [[device_id]], "profiles": {device_id: "direct"}}
-    if all(r["device_id"] != device_id for r in registry.device_rows()):
-        registry.upsert_device(Device(device_id, "direct"))
+    registry.upsert_device(Device(device_id, "direct"))
     engine = _Engine(registry, link, rollout_id=manifest.rollout_id or "", spec=spec,
-                     variants={"direct": variant},
-                     blobs={variant.model.sha256: blobs["model"],
-                            **({variant.probes.sha256: blobs["probes"]}
-                               if variant.probes else {})},
-                     key=None, check=check, progress=progress, abort=None)
+                     variants={"direct": Variant("direct", manifest.model, manifest.probes)},
+                     blobs=blobs, key=None, check=check, progress=progress, abort=None)
     engine.direct = {device_id: manifest.to_json()}
     return engine
 
 
 def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
-           blobs: dict[str, bytes], key: SigningKey | None, *, resume: str | bool,
-           target: Target, policy: WavePolicy, include_offline: bool,
-           thresholds: Thresholds | dict[str, Any] | None,
-           benchmark: BenchmarkSettings | dict[str, Any] | None, chunk_size: int, check: Check,
-           discover_s: float, progress: Progress | None,
-           abort: threading.Event | None,
-           profile_thresholds: Mapping[str, dict[str, Any]] | None = None) -> _Engine:
-    """Find the rollout to continue, or plan a new one; return its engine, caught up."""
+           blobs: dict[str, bytes], key: SigningKey | None, spec: dict[str, Any], *,
+           resume: str | bool, target: Target, check: Check, discover_s: float,
+           progress: Progress | None, abort: threading.Event | None) -> _Engine:
+    """Find the rollout to continue, or plan a new one (``spec``); return its engine, caught
+    up."""
     running = registry.rollouts("running")
     found: dict[str, Any] | None = None
     if resume is True:
@@ -962,19 +915,14 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         if found is None:
             raise ConfigError(f"no rollout in progress in {registry.label} to resume")
     elif isinstance(resume, str) and resume:
-        found = registry.rollout(resume)
-        if found is None:
-            raise ConfigError(f"no rollout {resume!r} in {registry.label}")
-        if found["state"] not in ("running", "aborting"):
-            raise ConfigError(f"rollout {resume} is {found['state']}, not in progress")
+        found = _in_progress(registry, resume)
     else:
-        fp = _fingerprint(prepared, target)
-        found = next((r for r in reversed(running) if r["spec"].get("fingerprint") == fp), None)
+        found = next((r for r in reversed(running)
+                      if r["spec"].get("fingerprint") == spec["fingerprint"]), None)
     if found is not None:
-        spec = found["spec"]
-        variants, vblobs = (_spec_variants(spec, registry) if not prepared
+        variants, vblobs = (_spec_variants(found["spec"], registry) if not prepared
                             else (prepared, blobs))
-        engine = _Engine(registry, link, rollout_id=found["rollout_id"], spec=spec,
+        engine = _Engine(registry, link, rollout_id=found["rollout_id"], spec=found["spec"],
                          variants=variants, blobs=vblobs, key=key, check=check,
                          progress=progress, abort=abort)
         engine.resumed = True
@@ -984,20 +932,6 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
         engine.resume_pending()
         return engine
     rollout_id = f"r{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    th = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**(thresholds or {}))
-    bs = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings(
-        **(benchmark or {}))
-    spec: dict[str, Any] = {
-        "fingerprint": _fingerprint(prepared, target),
-        "variants": {p: [v.model.sha256, v.probes.sha256 if v.probes else None]
-                     for p, v in prepared.items()},
-        "policy": policy.get_config(), "chunk_size": chunk_size,
-        "thresholds": th.model_dump(mode="json"), "benchmark": bs.model_dump(mode="json"),
-        "profile_thresholds": {p: Thresholds(**t).model_dump(mode="json")
-                               for p, t in (profile_thresholds or {}).items()},
-        "include_offline": include_offline, "waves": [], "profiles": {}, "tags": {},
-        "skipped": {},
-    }
     engine = _Engine(registry, link, rollout_id=rollout_id, spec=spec, variants=prepared,
                      blobs=blobs, key=key, check=check, progress=progress, abort=abort)
     statuses = _catch_up(engine, discover_s)
@@ -1007,15 +941,13 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
     rows = []
     for device_id, st in sorted(statuses.items()):
         device = Device(device_id, st.profile or "unknown", known_tags.get(device_id, frozenset()))
-        active = st.active_model
         rows.append((device, st.runtime.name if st.runtime else None, st.online,
-                     engine.seen[device_id].active_sha if device_id in engine.seen
-                     else (active.sha256 if active else None)))
+                     engine.seen[device_id].active_sha))  # a status heard is a device seen
         if device.profile not in prepared:
             skipped[device_id] = f"no variant for profile {device.profile!r}"
             continue
         action, why = classify(engine.seen.get(device_id), prepared[device.profile].model.sha256,
-                               include_offline=include_offline)
+                               include_offline=spec["include_offline"])
         if action is Action.DEPLOY:
             devices.append(device)
         else:
@@ -1044,7 +976,7 @@ def _begin(registry: Registry, link: FleetLink, prepared: dict[str, Variant],
                   "(one rollout at a time per device; resume or wait for it)")
         registry.set_rollout_state(rollout_id, "refused", reason)
         raise RolloutLocked(reason)
-    waves = plan_waves(chosen, policy)
+    waves = plan_waves(chosen, engine.policy)
     spec.update(
         waves=[[d.device_id for d in w] for w in waves],
         profiles={d.device_id: d.profile for d in chosen},
@@ -1072,19 +1004,11 @@ def _catch_up(engine: _Engine, discover_s: float) -> dict[str, Status]:
 
 
 def _result(engine: _Engine, verdict: Verdict, registry: Registry) -> RolloutResult:
-    result = RolloutResult(engine.rollout_id, verdict.decision, verdict.reason, engine.waves,
-                           skipped=engine.skipped,
-                           resumed=engine.resumed)
-    for row in registry.rollout_deployments(engine.rollout_id):
-        result.results.append(DeviceResult(
-            row["device_id"], engine.profiles.get(row["device_id"], "unknown"), row["wave"],
-            Outcome(row["outcome"]), row["reason"] or "",
-            engine.p90.get(row["deployment_id"])))
-    stats = engine.server.stats
-    result.stats = {"published_bytes": stats.published_bytes,
-                    "published_chunks": stats.published_chunks,
-                    "reserved_chunks": stats.reserved_chunks,
-                    "refused_requests": stats.refused_requests,
-                    "messages_received": engine.link.received,
-                    "messages_dropped": engine.dropped}
-    return result
+    results = [DeviceResult(r["device_id"], engine.profiles.get(r["device_id"], "unknown"),
+                            r["wave"], Outcome(r["outcome"]), r["reason"] or "",
+                            engine.p90.get(r["deployment_id"]))
+               for r in registry.rollout_deployments(engine.rollout_id)]
+    stats = {**asdict(engine.server.stats), "messages_received": engine.link.received,
+             "messages_dropped": engine.dropped}
+    return RolloutResult(engine.rollout_id, verdict.decision, verdict.reason, engine.waves,
+                         results, engine.skipped, engine.resumed, stats)

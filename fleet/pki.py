@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.errors import KeyFileError
-from core.files import write_atomic
+from core.files import fsync_dir, write_atomic
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -35,13 +36,26 @@ class CertPair:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file, mode 0600 from its creation."""
+    """Replace a secret file in one step: mode 0600 from its creation, fsynced, renamed.
+
+    A crash leaves the old file or the new one, never a mix; the owner is kept
+    when root rewrites it (the broker's user keeps reading its files).
+    """
+    owner = path.stat() if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -1,11 +1,9 @@
 """Deploy a signed manifest to one device and return its final report.
 
-``deploy()`` makes the manifest (release, expiry and per-chunk digests, signed)
-and runs it through the fleet's one deployment engine
-(``fleet.orchestrator.run_direct``: the artifacts published once, retained,
-re-served within bounds and cleared by the last user, the device's reports
-checked by the intake and settled as in a rollout), then summarises what the
-device said as a ``DeploymentReport``.
+``deploy()`` makes the manifest (release, expiry and per-chunk digests, signed),
+runs it through the fleet's one deployment engine (a rollout of one device:
+``fleet.orchestrator.direct_engine``) and summarises what the device said as a
+``DeploymentReport``.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +18,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import DeployError, DeploymentTimeout
 from core.mqtt import Broker
-from core.probes import probes_to_bytes
 from core.protocol import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_TTL_S,
     FINAL_STATES,
-    Artifact,
     BenchmarkResult,
     BenchmarkSettings,
     CheckResults,
@@ -38,8 +33,10 @@ from core.protocol import (
     check_id,
 )
 from core.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key, one_line
-from fleet.gate import checker
-from fleet.orchestrator import HostOutputs, Progress, add_expected, probe_data, run_direct
+from fleet.gate import Check, checker
+from fleet.link import FleetLink
+from fleet.orchestrator import HostOutputs, Progress, add_expected, direct_engine, prepare_variants
+from fleet.registry import Registry
 from fleet.rollout import Outcome
 
 __all__ = ["DeploymentReport", "HostOutputs", "add_expected", "deploy"]
@@ -73,24 +70,6 @@ class DeploymentReport(BaseModel):
     elapsed_seconds: float
     states: list[str]
     reports: list[Report]
-
-
-def _as_broker(broker: str | Broker) -> Broker:
-    if isinstance(broker, Broker):
-        return broker
-    try:
-        return Broker.from_url(broker)
-    except ValueError as exc:
-        raise DeployError(str(exc)) from None
-
-
-def _as_device_key(key: VerifyKey | bytes | str | os.PathLike[str] | None) -> VerifyKey | None:
-    """A device's public key: a VerifyKey, PEM text/bytes or a PEM file."""
-    if key is None or isinstance(key, VerifyKey):
-        return key
-    if isinstance(key, bytes) or (isinstance(key, str) and key.lstrip().startswith("-----")):
-        return VerifyKey.from_pem(key, "the device's public key")
-    return load_verify_key(key)
 
 
 def deploy(
@@ -132,34 +111,18 @@ def deploy(
     check_id(device_id)
     deployment_id = check_id(deployment_id or f"d{time.strftime('%Y%m%d%H%M%S')}-"
                              f"{uuid.uuid4().hex[:8]}", "deployment id")
-    if isinstance(model, bytes | bytearray):
-        blob = bytes(model)
-    else:
-        try:
-            blob = Path(model).read_bytes()
-        except OSError as exc:
-            raise DeployError(f"cannot read model {model}: {exc.strerror or exc}") from None
-    if not blob:
-        raise DeployError("the model is empty")
     try:
-        th = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**(thresholds or {}))
-        bs = benchmark if isinstance(benchmark, BenchmarkSettings) else BenchmarkSettings(
-            **(benchmark or {}))
-        blobs = {"model": blob}
-        arts = {"model": Artifact.of(blob, chunk_size)}
-        if probes is not None:
-            pdata = probe_data(probes)
-            if host_outputs is not None:
-                pdata = add_expected(blob, pdata, host_outputs)
-            blobs["probes"] = probes_to_bytes(pdata)
-            arts["probes"] = Artifact.of(blobs["probes"], chunk_size)
+        prepared, blobs = prepare_variants({device_id: model}, probes=probes,
+                                           host_outputs=host_outputs, chunk_size=chunk_size)
         now = time.time()
         fields: dict[str, Any] = {
             "deployment_id": deployment_id, "device_id": device_id, "rollout_id": rollout_id,
             "created_at": now, "expires_at": now + (ttl or max(timeout, DEFAULT_TTL_S)),
             "rollback": rollback, "release_jump": release_jump,
-            "release_reset": release_reset, "model": arts["model"], "probes": arts.get("probes"),
-            "thresholds": th, "benchmark": bs}
+            "release_reset": release_reset, "model": prepared[device_id].model,
+            "probes": prepared[device_id].probes,
+            "thresholds": Thresholds.model_validate(thresholds or {}),
+            "benchmark": BenchmarkSettings.model_validate(benchmark or {})}
         if release is not None:
             fields["release"] = release
         manifest = Manifest(**fields)
@@ -168,51 +131,58 @@ def deploy(
     signing_key = key if key is None or isinstance(key, SigningKey) else load_signing_key(key)
     if signing_key is not None:
         manifest = signing_key.sign(manifest)
-    return _run(manifest, blobs, _as_broker(broker), timeout, progress,
-                _as_device_key(device_key))
+    try:
+        broker = broker if isinstance(broker, Broker) else Broker.from_url(broker)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
+    if isinstance(device_key, bytes) or str(device_key).lstrip().startswith("-----"):
+        device_key = VerifyKey.from_pem(device_key, "the device's public key")  # PEM text
+    elif device_key is not None and not isinstance(device_key, VerifyKey):
+        device_key = load_verify_key(device_key)  # a PEM file
+    return _run(manifest, blobs, broker, timeout, progress,
+                checker({device_id: device_key} if device_key is not None else None))
 
 
 def _run(manifest: Manifest, blobs: dict[str, bytes], broker: Broker, timeout: float,
-         progress: Progress | None, device_key: VerifyKey | None = None) -> DeploymentReport:
-    """The fleet engine's one-device deployment, summarised for the caller."""
-    keys = {manifest.device_id: device_key} if device_key is not None else None
+         progress: Progress | None, check: Check) -> DeploymentReport:
+    """The fleet engine's one-device deployment (recorded in memory), summarised."""
     t0 = time.monotonic()
-    outcome, reason, rows, stats = run_direct(manifest, blobs, broker, timeout=timeout,
-                                              check=checker(keys), progress=progress)
+    dep_id = manifest.deployment_id
+    with Registry(":memory:") as reg:
+        with FleetLink(broker, session=reg.label).open(timeout=min(10.0, timeout)) as link:
+            engine = direct_engine(manifest, blobs, reg, link, timeout=timeout, check=check,
+                                   progress=progress)
+            engine.run()
+        row = next(r for r in reg.deployments(manifest.device_id) if r["deployment_id"] == dep_id)
+        rows = reg.reports(dep_id)
     # in the device's order (a spooled report may arrive after a later, retained one)
     reports = sorted((Report.model_validate(r["body"]) for r in rows), key=lambda r: r.timestamp)
-    if outcome in (Outcome.TIMED_OUT, Outcome.PENDING):
+    if row["outcome"] in (Outcome.TIMED_OUT, Outcome.PENDING):
         last = reports[-1].state if reports else "no report"
         raise DeploymentTimeout(
-            f"no final report from {manifest.device_id} for {manifest.deployment_id} within "
+            f"no final report from {manifest.device_id} for {dep_id} within "
             f"{timeout:g}s (last: {last}; broker {broker.address})")
     final = next((r for r in reversed(reports) if r.final or r.state in FINAL_STATES
                   or r.state == "error"), None)
     if final is None:  # failed by the host (a report signed by another key)
-        final = Report(device_id=manifest.device_id, deployment_id=manifest.deployment_id,
-                       state="failed", final=True, reason=reason[:200] or None)
+        final = Report(device_id=manifest.device_id, deployment_id=dep_id, state="failed",
+                       final=True, reason=(row["reason"] or "")[:200] or None)
     received = next((r["received_at"] for r in rows if r["state"] == "received"), None)
-    tsec = received - stats["started_at"] if received else None
-    return _summarise(manifest, final, reports, t0, tsec, stats["chunks_sent"],
-                      stats["refused"], stats["dropped"])
-
-
-def _summarise(manifest: Manifest, final: Report, reports: list[Report], t0: float,
-               tsec: float | None, sent: int, refused: int, dropped: int) -> DeploymentReport:
+    tsec = received - row["started_at"] if received else None
     bench = next((r.benchmark for r in reversed(reports) if r.benchmark), None)
-    checks = next((r.checks for r in reversed(reports) if r.checks), None)
-    transfer = next((r.transfer for r in reports if r.transfer), None)
     total = sum(a.size for a in manifest.artifacts().values())
     return DeploymentReport(
-        deployment_id=manifest.deployment_id, device_id=manifest.device_id,
+        deployment_id=dep_id, device_id=manifest.device_id,
         state=final.state, ok=final.state == "active", reason=final.reason,
         model_sha256=manifest.model.sha256, model_size=manifest.model.size,
         chunk_size=manifest.model.chunk_size, chunks=manifest.model.chunks,
-        chunks_sent=sent, resends_refused=refused, dropped=dropped,
+        chunks_sent=engine.server.stats.published_chunks,
+        resends_refused=engine.server.stats.refused_requests, dropped=engine.dropped,
         release=manifest.release,
         signed_by=manifest.signature.key_id if manifest.signature else None,
-        runtime=bench.runtime if bench else final.runtime, benchmark=bench, checks=checks,
-        transfer=transfer, transfer_seconds=tsec,
+        runtime=bench.runtime if bench else final.runtime, benchmark=bench,
+        checks=next((r.checks for r in reversed(reports) if r.checks), None),
+        transfer=next((r.transfer for r in reports if r.transfer), None), transfer_seconds=tsec,
         throughput_mb_s=(total / 1e6 / tsec) if tsec else None,
         elapsed_seconds=time.monotonic() - t0,
         states=[r.state for r in reports], reports=reports,

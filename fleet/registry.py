@@ -294,7 +294,8 @@ class Registry:
                 "WHERE state IN ('running', 'aborting')))",
                 [(rollout_id, d) for d in device_ids],
             )
-            held = self._locks()
+            held = {r["device_id"]: r["lock_rollout"]
+                    for r in self.db.query("SELECT device_id, lock_rollout FROM devices")}
         return {d: held[d] for d in device_ids if held.get(d) not in (None, rollout_id)}
 
     def unlock_devices(self, rollout_id: str, device_ids: Sequence[str] | None = None) -> None:
@@ -308,10 +309,6 @@ class Registry:
                     "UPDATE devices SET lock_rollout=NULL WHERE lock_rollout=? AND device_id=?",
                     [(rollout_id, d) for d in device_ids],
                 )
-
-    def _locks(self) -> dict[str, str | None]:
-        rows = self.db.query("SELECT device_id, lock_rollout FROM devices")
-        return {r["device_id"]: r["lock_rollout"] for r in rows}
 
     # rollouts --------------------------------------------------------------
     def create_rollout(self, rollout_id: str, spec: dict[str, Any]) -> None:
@@ -392,15 +389,6 @@ class Registry:
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [(*r, now) for r in rows],
             )
-
-    def finish_deployment(self, deployment_id: str, outcome: Outcome, reason: str = "") -> None:
-        with self.db.tx():
-            changed = self.db.execute(
-                "UPDATE deployments SET outcome=?, reason=?, finished_at=? WHERE deployment_id=?",
-                (outcome.value, reason, time.time(), deployment_id),
-            )
-        if changed != 1:
-            raise KeyError(f"no deployment {deployment_id!r} in {self.label}")
 
     def settle(self, rows: Iterable[tuple[str, Outcome, str] | tuple[str, Outcome, str, str]]
                ) -> None:

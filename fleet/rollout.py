@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from core.errors import ConfigError
@@ -87,15 +87,7 @@ class WavePolicy:
             raise ConfigError(f"offline_grace_s must be >= 0, got {self.offline_grace_s}")
 
     def get_config(self) -> dict:
-        return {
-            "canary": self.canary,
-            "growth": self.growth,
-            "max_failure_rate": self.max_failure_rate,
-            "max_failures": self.max_failures,
-            "min_finished": self.min_finished,
-            "timeout_s": self.timeout_s,
-            "offline_grace_s": self.offline_grace_s,
-        }
+        return asdict(self)
 
     @classmethod
     def from_config(cls, config: dict) -> WavePolicy:

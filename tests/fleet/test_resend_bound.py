@@ -38,7 +38,7 @@ def test_a_device_gets_its_chunks_re_sent_at_most_four_times_their_count():
     manifest = Manifest(deployment_id="dep-1", device_id=DEVICE, model=art)
     link = RecordingLink()
     with Registry(":memory:") as reg:
-        engine = direct_engine(manifest, {"model": data}, reg, link, timeout=60,
+        engine = direct_engine(manifest, {art.sha256: data}, reg, link, timeout=60,
                                check=checker(None))
         engine.server.min_interval_s = 0.0  # no rate limit: only the device's budget bounds it
         engine.start_wave(0)

@@ -191,12 +191,12 @@ def test_registry_in_flight_is_the_devices_open_deployment(tmp_path):
         reg.add_deployment("d1", "dev-a", "0" * 64, 10)
         reg.add_deployment("d2", "dev-b", "0" * 64, 10)
         reg.add_deployment("d3", "dev-a", "0" * 64, 10)
-        reg.finish_deployment("d3", Outcome.ACTIVE)
+        reg.settle([("d3", Outcome.ACTIVE, "")])
         assert reg.in_flight("dev-a", "d1")
         assert not reg.in_flight("dev-a", "d2")  # another device's
         assert not reg.in_flight("dev-a", "nope")  # made up
         assert not reg.in_flight("dev-a", "d3")  # settled by its final report
-        reg.finish_deployment("d1", Outcome.TIMED_OUT)
+        reg.settle([("d1", Outcome.TIMED_OUT, "")])
         # outside a running rollout a timed-out deployment is closed (a late answer within
         # one: tests/fleet/test_registry.py)
         assert not reg.in_flight("dev-a", "d1")

@@ -298,6 +298,7 @@ class _Engine:
         self._connected = link.connected
         self.dropped = 0
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
+        self._report_ids: set[str] = set()  # reports heard by this engine
         self._settles: list[tuple[str, Outcome, str, str]] = []
         self._notes: dict[str, tuple[str, bool | None, str | None, str | None, float | None]] = {}
         self._last_flush = time.monotonic()
@@ -432,6 +433,10 @@ class _Engine:
             intake_log.info("dropped report from %s: %s is not its deployment in flight",
                             d, dep_id)
             return
+        if rep.report_id is not None:  # a QoS 1 redelivery (after a reconnect) counts once
+            if rep.report_id in self._report_ids:
+                return
+            self._report_ids.add(rep.report_id)
         if self.stored.get(dep_id, 0) < MAX_REPORTS:
             self.stored[dep_id] = self.stored.get(dep_id, 0) + 1
             self._reports.append((rep.report_id, dep_id, d, rep.state,

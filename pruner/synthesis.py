@@ -64,8 +64,6 @@ def synthesize(
     lr: float = 0.1,
     tv: float = 1.5,
     jitter: int = 2,
-    cosine: bool = False,
-    history: list | None = None,
 ) -> np.ndarray:
     """``n`` float32 inputs in the box, shaped like the model's input (see the module doc)."""
     import keras
@@ -76,9 +74,8 @@ def synthesize(
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     lo = np.broadcast_to(np.asarray(box.lo, np.float32), shape)
     hi = np.broadcast_to(np.asarray(box.hi, np.float32), shape)
-    key = (model_digest(model), lo.tobytes(), hi.tobytes(), n, steps, seed, lr, tv, jitter,
-           cosine)
-    if key in _cache and history is None:
+    key = (model_digest(model), lo.tobytes(), hi.tobytes(), n, steps, seed, lr, tv, jitter)
+    if key in _cache:
         _cache.move_to_end(key)
         return _cache[key].copy()
     rng = np.random.default_rng(seed)
@@ -94,8 +91,7 @@ def synthesize(
     classes = int(out.shape[-1])
     probs = outputs_probabilities(model)
     target = tf.constant(np.arange(n) % classes)
-    rate = keras.optimizers.schedules.CosineDecay(lr, max(1, steps), alpha=0.05) if cosine else lr
-    opt = keras.optimizers.Adam(rate)
+    opt = keras.optimizers.Adam(lr)
     image = len(shape) == 3
 
     @tf.function
@@ -106,14 +102,12 @@ def synthesize(
             outs = probe(seen, training=False)
             outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
             loss = 0.0
-            bn = 0.0
             for (mean, std), h in zip(stats, outs[:-1], strict=True):
                 axes = list(range(len(h.shape) - 1))
                 m, var = tf.nn.moments(h, axes)
                 scale = tf.reduce_mean(std) + 1e-6
                 loss += tf.reduce_mean(((m - mean) / scale) ** 2)
                 loss += tf.reduce_mean(((tf.sqrt(var + 1e-8) - std) / scale) ** 2)
-            bn = loss
             y = outs[-1]
             if probs:
                 ce = -tf.math.log(tf.gather(y, target, batch_dims=1) + 1e-8)
@@ -127,13 +121,11 @@ def synthesize(
                 )
         grad = tape.gradient(loss, [v])
         opt.apply_gradients(zip(grad, [v], strict=True))
-        return bn
+        return loss
 
     shifts = rng.integers(-jitter, jitter + 1, size=(steps, 2)) if jitter else np.zeros((steps, 2))
     for dy, dx in shifts.astype(np.int32):
-        b = step(tf.constant(dy), tf.constant(dx))
-        if history is not None:
-            history.append(float(b))
+        step(tf.constant(dy), tf.constant(dx))
     x = np.asarray(lo + (hi - lo) * tf.sigmoid(v).numpy(), np.float32)
     _cache[key] = x
     while len(_cache) > CACHE_SIZE:

@@ -145,6 +145,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def steps_flag(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    default = (QUICK if cfg.get("quick") else FULL)["steps"]
+    return "" if cfg["steps"] == default else " --steps " + " ".join(map(str, cfg["steps"]))
+
+
 def markdown(report: dict[str, Any]) -> str:
     runs = report["runs"]
     head = "| steps | synthesis s | rest s | rank corr. | lowest <=3 pts | highest >10 pts | " + " | ".join(
@@ -166,7 +172,8 @@ def markdown(report: dict[str, Any]) -> str:
         "# Synthesis steps: time against kept accuracy (MobileNetV2-0.35, 96x96x3)", "",
         f"Machine: {machine_line(report['machine'])}. Run {report['started']} at commit "
         f"{report.get('commit') or 'unknown'}; `python bench/synthesis_steps.py"
-        f"{' --quick' if report['config'].get('quick') else ''}`. Trained on digits "
+        f"{' --quick' if report['config'].get('quick') else ''}{steps_flag(report)}`. "
+        "Trained on digits "
         f"upsampled to 96x96 ({original:.1f}% on 300 test inputs), pruned by paoding with "
         f"every default but the synthesis steps ({runs[0]['inputs']} synthesised inputs) "
         f"to {100 * report['config']['target']:.0f}% of units in 5% steps, one seed. "

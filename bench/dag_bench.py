@@ -26,8 +26,9 @@ where latency follows them rather than the MACs, no width rounding helps.
 
 Also measured: DS-CNNs of uniform width 64, 60, ..., 8 (why its latency does
 not follow its MACs: channel tiles and a fixed cost), and the wall time to
-prune MobileNetV2 to 30% (paoding, 5% steps, no evaluation, median of 3) and
-how it grows with the model (alpha 0.35 / 0.5 / 1.0 / 1.4).
+prune MobileNetV2 to 30% with every default, per phase (synthesis, scoring, surgery,
+measurement, export; bench/phases.py), and how it grows with the model (alpha 0.35 and
+1.0 at 96x96 and 224x224).
 
 Writes bench/results/dag.json, dag.md and dag.png; ``--quality-only`` runs only the
 selection-quality part for paoding with the data-free refit (the default), with the
@@ -59,10 +60,13 @@ from bench.common import (  # noqa: E402
 )
 from tuner.quiet import native_quiet  # noqa: E402
 
-FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300, "alphas": [0.35, 0.5, 1.0, 1.4],
+# timed: (alpha, input size) of the MobileNetV2s of the pruning-time part
+FULL = {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5], "runs": 300,
+        "timed": [[0.35, 96], [1.0, 96], [0.35, 224], [1.0, 224]],
         "widths": list(range(64, 4, -4)), "quality_seeds": {"ds_cnn": 3, "mobilenet_v2_0.35": 1},
         "quality_ratio": 0.2, "timing_repeats": 3}
-QUICK = {"ratios": [0.3, 0.5], "runs": 200, "alphas": [0.35], "widths": [64, 48, 44, 32, 16],
+QUICK = {"ratios": [0.3, 0.5], "runs": 200, "timed": [[0.35, 96]],
+         "widths": [64, 48, 44, 32, 16],
          "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1, "timing_repeats": 1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 QUALITY = {"paoding": {}, "paoding (no refit)": {"compensation": "bias"},
@@ -161,38 +165,40 @@ def _models() -> dict[str, Any]:
     }
 
 
-# prune_time's variants: every default, half the synthesis steps (bench/synthesis_steps.py
-# has what they cost), without the TFLite size, without synthesis
-TIMED = {"default": {}, "100 synthesis steps": {"synthesis_steps": 100},
-         "no TFLite size": {"measure_tflite": False}, "no synthesis": {"synthetic": 0}}
-
-
-def prune_time(alpha: float, mode: str, repeats: int = 3) -> dict[str, Any]:
-    """Seconds to prune MobileNetV2(alpha) to 30% in 5% steps without evaluation data:
-    the default configuration (synthesis, refit, data-free fidelity, TFLite size first
-    and last) and without synthesis (synthetic=0: no refit, fidelity on random inputs)."""
-    from pruner import zoo
+def prune_time(alpha: float, size: int, mode: str, repeats: int = 3) -> dict[str, Any]:
+    """Seconds to prune MobileNetV2(alpha) on size x size x 3 inputs to 30% in 5% steps with
+    every default (synthesised inputs, refit, data-free fidelity, TFLite size of the first
+    and last model; no evaluation data; pruned to the target whatever the verdict), per
+    phase (bench.phases), the median of ``repeats`` runs with the synthesis not cached; and
+    once more on the same model, as the tuner and the demo prune it again."""
+    from bench.phases import PHASES, phase_timer
+    from pruner import synthesis, zoo
     from pruner.api import prune
     from pruner.metrics import count_macs, count_params
 
+    runs = []
     with native_quiet():
-        model = zoo.mobilenet_v2((96, 96, 3), alpha=alpha, classes=10)
-        seconds: dict[str, list[float]] = {k: [] for k in TIMED}
-        for label, options in TIMED.items():
-            for _ in range(repeats):
-                t = time.perf_counter()
-                result = prune(model, 0.3, mode, step=0.05, keep_below_floor=True,
-                               progress=False, **options)
-                seconds[label].append(time.perf_counter() - t)
-    return {"alpha": alpha, "params": count_params(model), "macs": count_macs(model),
-            "layers": len(model.layers),
+        model = zoo.mobilenet_v2((size, size, 3), alpha=alpha, classes=10)
+        for _ in range(repeats):
+            synthesis.clear_cache()
+            with phase_timer() as seconds:
+                result = prune(model, 0.3, mode, keep_below_floor=True, progress=False)
+            runs.append(seconds)
+        again = None
+        if repeats > 1:  # the synthesis cached from the last run
+            with phase_timer() as again:
+                prune(model, 0.3, mode, keep_below_floor=True, progress=False)
+    keys = ("total", *PHASES)
+    return {"alpha": alpha, "size": size, "params": count_params(model),
+            "macs": count_macs(model), "layers": len(model.layers),
             "steps": len(result.trajectory) - 1, "ratio": result.final.ratio,
-            "seconds": {k: float(np.median(v)) for k, v in seconds.items()},
-            "seconds_all": seconds}
+            "seconds": {k: float(np.median([r[k] for r in runs])) for k in keys},
+            "cpu": {k: float(np.median([r["cpu"][k] for r in runs])) for k in keys},
+            "seconds_all": runs, "again": again}
 
 
 def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
-    """prune_time for every alpha of ``cfg``, after a warm-up run."""
+    """prune_time for every (alpha, size) of ``cfg``, after a warm-up run."""
     print("pruning time, MobileNetV2 to 30% ...", file=sys.stderr)
     with native_quiet():
         from pruner import zoo
@@ -200,25 +206,35 @@ def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
 
         prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
     timing = []
-    for a in cfg["alphas"]:
-        timing.append(prune_time(a, mode, cfg["timing_repeats"]))
+    for alpha, size in cfg["timed"]:
+        repeats = cfg["timing_repeats"] if size * size * alpha <= 96 * 96 else 1
+        timing.append(prune_time(alpha, size, mode, repeats))
         row = timing[-1]
-        print(f"  alpha {row['alpha']}: {row['params']} params, "
-              + ", ".join(f"{v:.1f} s {k}" for k, v in row["seconds"].items()), file=sys.stderr)
+        print(f"  alpha {alpha} {size}x{size}: {row['params']} params, "
+              + ", ".join(f"{k} {v:.1f} s ({row['cpu'][k]:.1f} CPU s)"
+                          for k, v in row["seconds"].items())
+              + (f"; again {row['again']['total']:.1f} s" if row["again"] else ""),
+              file=sys.stderr, flush=True)
     return timing
 
 
 def timing_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int:
     """The pruning-time section alone: dag_time.json, .md and .png."""
     timing = timings(cfg, cfg["mode"])
+    load = os.getloadavg()
     report = _section(
         out / "dag_time", cfg, started, t0, "prune_time", timing, cfg["argv"],
-        "Pruning time: MobileNetV2 (96x96x3) to 30% of channels in 5% steps",
-        f"No evaluation data; medians of {cfg['timing_repeats']} run(s). default: "
-        "synthesised inputs, the per-step refit, the data-free fidelity figure and the "
-        "TFLite size of the first and last model; 100 synthesis steps: "
-        "`synthesis_steps=100` (the default is 200); no TFLite size: `measure_tflite=False`; "
-        "no synthesis: `synthetic=0`.",
+        "Pruning time: MobileNetV2 to 30% of channels in 5% steps, per phase",
+        f"Load average when done: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min): these "
+        "seconds are upper bounds. Every default (inputs synthesised from the model, the "
+        "refit, the data-free fidelity figure, the TFLite size of the first and last model), "
+        "no evaluation data, pruned to the target whatever the verdict; "
+        f"median of {cfg['timing_repeats']} run(s) up to 96x96 at alpha 1, one run above. "
+        "Phases (bench/phases.py): synthesis; surgery (cutting, the refit, model rebuilds); "
+        "measurement (the fidelity check and verdict per step); export (TFLite "
+        "conversions); scoring (the rest: bounds, saliency, annealing). 'again': the same "
+        "model pruned once more in the process (the synthesis cached, as in the tuner and "
+        "the demo), with more than one repeat only.",
         _timing_md(timing),
     )
     plot_timing(report, out / "dag_time.png")
@@ -247,25 +263,29 @@ def _section(
 
 
 def plot_timing(report: dict[str, Any], path: Path) -> None:
-    """Seconds against parameters, one line per configuration."""
+    """CPU seconds per phase (stacked) for each model, MACs on the labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    from bench.phases import PHASES
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     timing = report["prune_time"]
-    for label in TIMED:
-        ax.plot([t["params"] / 1e6 for t in timing], [t["seconds"][label] for t in timing],
-                "o-", label=label)
-    for t in timing:
-        ax.annotate(f"alpha {t['alpha']}", (t["params"] / 1e6, t["seconds"]["default"]),
-                    fontsize=7, xytext=(3, 4), textcoords="offset points")
-    ax.axhline(60, color="k", ls=":", lw=1, label="goal: 60 s")
-    ax.set_xlabel("parameters (millions)")
-    ax.set_ylabel("seconds to 30%")
-    ax.set_title("MobileNetV2 pruning time\n" + machine_line(report["machine"]), fontsize=8)
-    ax.grid(alpha=0.3)
+    labels = [f"{t['alpha']}@{t['size']}\n{t['macs'] / 1e6:.0f} M MACs" for t in timing]
+    bottom = np.zeros(len(timing))
+    for phase in PHASES:
+        vals = np.array([t["cpu"][phase] for t in timing])
+        ax.bar(labels, vals, bottom=bottom, label=phase)
+        bottom += vals
+    ax.plot(labels, [t["seconds"]["total"] for t in timing], "kD", ms=5,
+            label="wall seconds (shared machine)")
+    ax.axhline(30, color="k", ls=":", lw=1, label="goal for 0.35@96: 30 s")
+    ax.set_ylabel("CPU seconds to 30% of channels")
+    ax.set_title("MobileNetV2 pruning time per phase\n" + machine_line(report["machine"]),
+                 fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -388,13 +408,17 @@ def main(argv: list[str] | None = None) -> int:
                         "(dag_methods.md/.json/.png)")
     p.add_argument("--seeds", type=int, help="trainings per model of the quality parts")
     p.add_argument("--ratio", type=float, help="units removed at the end of the quality parts")
-    p.add_argument("--alphas", type=float, nargs="+",
-                   help="MobileNetV2 widths of the pruning-time part (default: the config's)")
+    p.add_argument("--timed", nargs="+", metavar="ALPHA@SIZE",
+                   help="MobileNetV2s of the pruning-time part, e.g. 0.35@96 1.0@224 "
+                        "(default: the config's)")
     p.add_argument("--repeats", type=int, help="runs per pruning time (default: the config's)")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick, mode=args.mode)
-    if args.alphas:
-        cfg["alphas"] = args.alphas
+    if args.timed:
+        try:
+            cfg["timed"] = [[float(a), int(z)] for a, z in (t.split("@") for t in args.timed)]
+        except ValueError:
+            p.error(f"--timed takes ALPHA@SIZE values such as 0.35@96, got {args.timed}")
     if args.repeats:
         cfg["timing_repeats"] = args.repeats
     if args.seeds:
@@ -470,7 +494,7 @@ def markdown(report: dict[str, Any]) -> str:
     out += _sweep_md(report["ds_cnn_widths"])
     out += _quality_md(report["quality"])
     out += [
-        "## Pruning time (MobileNetV2, 96x96x3, to 30% in 5% steps, no evaluation)",
+        "## Pruning time (MobileNetV2 to 30% in 5% steps, no evaluation, per phase)",
         "",
     ]
     out += _timing_md(report["prune_time"])
@@ -478,21 +502,35 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _timing_md(timing: list[dict[str, Any]]) -> list[str]:
+    from bench.phases import PHASES
+
     out = [
-        "| alpha | params | MACs | layers | ratio reached | "
-        + " | ".join(f"seconds, {k}" for k in TIMED) + " |",
-        "|---|---|---|---|---|" + "---|" * len(TIMED),
+        "Cells: wall seconds / CPU seconds of the process (on a loaded machine the wall "
+        "time is mostly waiting for a core; on a quiet one it is at most about the CPU "
+        "time, less where TensorFlow uses both cores).", "",
+        "| alpha | input | params | MACs | ratio reached | total | "
+        + " | ".join(PHASES) + " | again |",
+        "|---|---|---|---|---|---|" + "---|" * (len(PHASES) + 1),
     ]
+
+    def cell(t: dict[str, Any], k: str) -> str:
+        return f"{t['seconds'][k]:.1f} / {t.get('cpu', {}).get(k, float('nan')):.1f}"
+
     for t in timing:
-        out.append(f"| {t['alpha']} | {t['params']} | {t.get('macs', 0) / 1e6:.1f} M | "
-                   f"{t['layers']} | {t['ratio']:.3f} | "
-                   + " | ".join(f"{t['seconds'][k]:.1f}" for k in TIMED) + " |")
+        again = t["again"]
+        out.append(f"| {t['alpha']} | {t['size']}x{t['size']} | {t['params']} | "
+                   f"{t['macs'] / 1e6:.1f} M | {t['ratio']:.3f} | {cell(t, 'total')} | "
+                   + " | ".join(cell(t, k) for k in PHASES)
+                   + (f" | {again['total']:.1f} / {again['cpu']['total']:.1f} |" if again
+                      else " | - |"))
     if len(timing) > 1:
         a, b = timing[0], timing[-1]
-        grows = ", ".join(f"{b['seconds'][k] / a['seconds'][k]:.2f}x ({k})" for k in TIMED)
-        out += ["", f"From {a['params']} to {b['params']} parameters "
-                f"({b['params'] / a['params']:.1f}x; MACs {b['macs'] / a['macs']:.1f}x, same "
-                f"layer count) the time grows {grows}."]
+        grows = ", ".join(f"{k} {b['cpu'][k] / max(a['cpu'][k], 1e-9):.1f}x"
+                          for k in ("total", *PHASES))
+        out += ["", f"From alpha {a['alpha']} at {a['size']}x{a['size']} to alpha "
+                f"{b['alpha']} at {b['size']}x{b['size']} (parameters "
+                f"{b['params'] / a['params']:.1f}x, MACs {b['macs'] / a['macs']:.1f}x, same "
+                f"layer count) the CPU time grows: {grows}."]
     out.append("")
     return out
 

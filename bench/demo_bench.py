@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,7 @@ def one_run(i: int, work: Path, log_dir: Path) -> dict:
     report.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "wb") as f:
         rc = subprocess.call(
             [sys.executable, "-m", "hostcli.main", "demo", "--workdir", str(work),
@@ -43,7 +45,10 @@ def one_run(i: int, work: Path, log_dir: Path) -> dict:
             cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
         )
     seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the demo, its agents and broker
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     out = {"run": i, "exit": rc, "delivered": rc == 0, "seconds": round(seconds, 1),
+           "cpu_seconds": round(cpu, 1),
            "load_average_after": os.getloadavg()[0], "profiles": {}}
     text = log.read_text(errors="replace")
     out["stray_lines"] = [
@@ -98,6 +103,11 @@ def table(runs: list[dict]) -> str:
     ok = sum(r["delivered"] for r in runs)
     out.append(f"\ndelivered: {ok} of {len(runs)} runs (goal: all); p90 in ms, measured by "
                "the agents under host emulation")
+    out.append("seconds per run (wall / CPU of the demo, its agents and broker; load average "
+               "after the run): " + "; ".join(
+                   f"run {r['run']}: {r['seconds']:.0f} / {r.get('cpu_seconds', float('nan')):.0f}"
+                   f" (load {r['load_average_after']:.1f})" for r in runs)
+               + ". On a loaded host the wall time is mostly waiting for a core.")
     return "\n".join(out)
 
 

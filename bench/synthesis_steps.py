@@ -39,18 +39,35 @@ FULL = {"steps": [200, 100, 50, 20], "target": 0.6, "epochs": 20, "seed": 0}
 QUICK = {"steps": [200, 20], "target": 0.3, "epochs": 5, "seed": 0}
 
 
-def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One pruning run per step count on one trained model."""
+def model_and_data(cfg: dict[str, Any], cache: Path | None) -> tuple[Any, Any]:
+    """The trained model and its 300 test inputs: from ``cache`` (a .keras file with its
+    .npz of test inputs beside it) when it exists, else trained (and saved there)."""
+    import numpy as np
+
     from bench.dag_bench import trained
+    from pruner.io import load_model
+
+    if cache is not None and cache.is_file():
+        with np.load(cache.with_suffix(".npz")) as d:
+            return load_model(cache), (d["x"], d["y"])
+    print(f"training MobileNetV2-0.35 96x96 on digits ({cfg['epochs']} epochs) ...",
+          file=sys.stderr, flush=True)
+    with native_quiet():
+        model, data = trained("mobilenet_v2_0.35", cfg["seed"], 96, cfg["epochs"], 300)
+    if cache is not None:
+        model.save(cache)
+        np.savez(cache.with_suffix(".npz"), x=data[0], y=data[1])
+    return model, data
+
+
+def run(cfg: dict[str, Any], cache: Path | None = None) -> list[dict[str, Any]]:
+    """One pruning run per step count on one trained model."""
     from pruner.api import prune_steps
     from pruner.bounds import InputBox
     from pruner.metrics import count_macs
     from pruner.synthesis import counts, synthesize
 
-    print(f"training MobileNetV2-0.35 96x96 on digits ({cfg['epochs']} epochs) ...",
-          file=sys.stderr, flush=True)
-    with native_quiet():
-        model, data = trained("mobilenet_v2_0.35", cfg["seed"], 96, cfg["epochs"], 300)
+    model, data = model_and_data(cfg, cache)
     n = sum(counts(192, count_macs(model)))
     rows = []
     for steps in cfg["steps"]:
@@ -72,12 +89,35 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         for r in trajectory:
             r["macs_removed"] = 1 - r["macs"] / trajectory[0]["macs"]
         rows.append({"steps": steps, "inputs": n, "synthesis_seconds": t_synth,
-                     "rest_seconds": t_rest, "trajectory": trajectory})
+                     "rest_seconds": t_rest, "trajectory": trajectory,
+                     **tracking(trajectory)})
         last = trajectory[-1]
         print(f"    synthesis {t_synth:.1f} s, rest {t_rest:.1f} s; accuracy "
               f"{trajectory[0]['accuracy']:.3f} -> {last['accuracy']:.3f} at "
               f"{last['macs_removed']:.0%} of MACs", file=sys.stderr, flush=True)
     return rows
+
+
+def tracking(trajectory: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the figure follows the loss: its rank correlation with test accuracy over the
+    steps, its lowest value while accuracy is within 3 points of the original (a gate
+    must pass those) and its highest once more than 10 points are lost (a gate must
+    refuse those)."""
+    import numpy as np
+
+    acc0 = trajectory[0]["accuracy"]
+    rows = trajectory[1:]
+    good = [r["fidelity"] for r in rows if acc0 - r["accuracy"] <= 0.03]
+    bad = [r["fidelity"] for r in rows if acc0 - r["accuracy"] > 0.10]
+
+    def ranks(v: list[float]) -> np.ndarray:
+        return np.argsort(np.argsort(v)).astype(float)
+
+    fid, acc = [r["fidelity"] for r in rows], [r["accuracy"] for r in rows]
+    rho = (float(np.corrcoef(ranks(fid), ranks(acc))[0, 1])
+           if len(rows) > 2 and np.std(fid) > 0 and np.std(acc) > 0 else None)
+    return {"spearman": rho, "lowest_good": min(good) if good else None,
+            "highest_collapsed": max(bad) if bad else None}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -105,22 +145,35 @@ def plot(report: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def steps_flag(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    default = (QUICK if cfg.get("quick") else FULL)["steps"]
+    return "" if cfg["steps"] == default else " --steps " + " ".join(map(str, cfg["steps"]))
+
+
 def markdown(report: dict[str, Any]) -> str:
     runs = report["runs"]
-    head = "| steps | synthesis s | rest s | " + " | ".join(
+    head = "| steps | synthesis s | rest s | rank corr. | lowest <=3 pts | highest >10 pts | " + " | ".join(
         f"{100 * r['macs_removed']:.0f}% MACs" for r in runs[0]["trajectory"][1:]) + " |"
-    lines = [head, "|" + "---|" * (3 + len(runs[0]["trajectory"]) - 1)]
+    lines = [head, "|" + "---|" * (6 + len(runs[0]["trajectory"]) - 1)]
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for row in runs:
         cells = [f"{100 * r['accuracy']:.1f} [{r['fidelity']:.2f}]"
                  for r in row["trajectory"][1:]]
         lines.append(f"| {row['steps']} | {row['synthesis_seconds']:.1f} | "
-                     f"{row['rest_seconds']:.1f} | " + " | ".join(cells) + " |")
+                     f"{row['rest_seconds']:.1f} | {num(row.get('spearman'))} | "
+                     f"{num(row.get('lowest_good'))} | {num(row.get('highest_collapsed'))} | "
+                     + " | ".join(cells) + " |")
     original = 100 * runs[0]["trajectory"][0]["accuracy"]
     return "\n".join([
         "# Synthesis steps: time against kept accuracy (MobileNetV2-0.35, 96x96x3)", "",
         f"Machine: {machine_line(report['machine'])}. Run {report['started']} at commit "
         f"{report.get('commit') or 'unknown'}; `python bench/synthesis_steps.py"
-        f"{' --quick' if report['config'].get('quick') else ''}`. Trained on digits "
+        f"{' --quick' if report['config'].get('quick') else ''}{steps_flag(report)}`. "
+        "Trained on digits "
         f"upsampled to 96x96 ({original:.1f}% on 300 test inputs), pruned by paoding with "
         f"every default but the synthesis steps ({runs[0]['inputs']} synthesised inputs) "
         f"to {100 * report['config']['target']:.0f}% of units in 5% steps, one seed. "
@@ -133,13 +186,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="200 and 20 steps to 30%%, 5 epochs")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--steps", type=int, nargs="+", help="step counts (default: the config's)")
+    p.add_argument("--model-cache", type=Path, metavar="FILE.keras",
+                   help="load the trained model from here (with FILE.npz, its test inputs), "
+                        "or train it and save it there")
     args = p.parse_args()
     cfg = dict(QUICK if args.quick else FULL, quick=args.quick)
+    if args.steps:
+        cfg["steps"] = args.steps
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
     report = {"machine": machine(), "started": started, "commit": git_commit(), "config": cfg,
-              "runs": run(cfg)}
+              "runs": run(cfg, args.model_cache)}
     report["wall_seconds"] = time.perf_counter() - t0
+    report["load"] = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "synthesis_steps"
     write_json(stem.with_suffix(".json"), report)

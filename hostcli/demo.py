@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=180.0,
         help="seconds to wait for each device report (default 180)",
     )
-    parser.add_argument("--modes", nargs="+", type=listed(str), default=["paoding", "greedy"],
-                        metavar="MODE", help="pruning modes to search (default paoding greedy)")
+    parser.add_argument("--modes", nargs="+", type=listed(str), default=["paoding"],
+                        metavar="MODE", help="pruning modes to search (default paoding; "
+                        "each mode more prunes and measures its own steps)")
     add_ratio_arguments(parser)
     parser.add_argument(
         "--rounds",

@@ -21,6 +21,7 @@ from typing import Any
 from core.errors import ConfigError, PaodingWarning
 from core.files import sha256_file, staged_dir
 from hostcli.options import flat, listed
+from pruner.config import PruneConfig
 from pruner.evaldata import check_eps, check_fits, check_in_range, check_range, load_eval_data
 
 MODES = ("paoding", "greedy", "baseline", "magnitude", "random")
@@ -64,9 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", type=int, default=192, metavar="N",
                         help="inputs synthesised from the model for scoring, compensation "
                         "and the fidelity figure; 0 turns synthesis off (default 192)")
-    parser.add_argument("--synthesis-steps", type=int, default=200, metavar="N",
-                        help="optimisation steps of the synthesis (default 200; fewer are "
-                        "faster and cost accuracy on large models, under 50 blind the "
+    steps = PruneConfig.synthesis_steps
+    parser.add_argument("--synthesis-steps", type=int, default=steps, metavar="N",
+                        help=f"optimisation steps of the synthesis (default {steps}; fewer "
+                        "are faster and cost accuracy on large models, under 50 blind the "
                         "fidelity figure: bench/results/synthesis_steps.md)")
     parser.add_argument("--compensation", choices=("reconstruct", "bias", "none"),
                         default="reconstruct", help="paoding/greedy: refit each consumer on "
@@ -102,8 +104,6 @@ def note(command: str, message: str) -> None:
 
 def config_from(args: argparse.Namespace) -> Any:
     """The PruneConfig of the command line (validated, with the option names in errors)."""
-    from pruner.config import PruneConfig
-
     lo, hi = check_range(*args.input_range)
     try:
         return PruneConfig(

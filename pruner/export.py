@@ -1,16 +1,20 @@
 """TFLite export, a host-side TFLite runner, and the operator table of a flatbuffer.
 
 Conversion uses ``tf.lite.TFLiteConverter.from_keras_model`` only (converting
-from concrete functions gave wrong models). Running uses the LiteRT
-interpreter (``ai_edge_litert``), the same one the device uses.
+from concrete functions gave wrong models; frozen ones give the same flatbuffer for
+the same CPU time). The last conversions are memoised by model object and weights.
+Running uses the LiteRT interpreter (``ai_edge_litert``), the same one the device uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +25,11 @@ from core.files import write_atomic
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 CALIBRATION_SAMPLES = 100
+# the last conversions, by model object and weights: a run measures the size of its last
+# model and the command then writes the same export (a conversion takes seconds)
+MEMO_SIZE = 8
+_memo: OrderedDict[tuple, tuple[Any, bytes]] = OrderedDict()
+
 
 class _DefaultBox:
     lo = 0.0
@@ -61,6 +70,54 @@ def export_tflite(
                           f"got {quantization!r}")
     if per_channel is None:
         per_channel = quantization != "dynamic"
+    if quantization == "int8" and representative_data is None:
+        warnings.warn(
+            f"int8 calibration uses {CALIBRATION_SAMPLES} random inputs from the input "
+            "box (no representative data given)",
+            PaodingWarning,
+            stacklevel=2,
+        )
+    key = _memo_key(model, quantization, per_channel, representative_data, box)
+    hit = _memo.get(key) if key is not None else None
+    if hit is not None and hit[0]() is model:
+        _memo.move_to_end(key)
+        data = hit[1]
+    else:
+        data = _convert(model, quantization, per_channel, representative_data, box)
+        if key is not None:
+            _memo[key] = (weakref.ref(model), data)
+            while len(_memo) > MEMO_SIZE:
+                _memo.popitem(last=False)
+    if max_op_versions is not None:
+        reason = op_version_problems(tflite_ops(data), max_op_versions, runtime)
+        if reason:
+            raise ExportError(f"{runtime} cannot load the {quantization} export: {reason}")
+    if path is not None:
+        write_atomic(path, data)
+    return data
+
+
+def _memo_key(model: Any, quantization: str, per_channel: bool, calib: Any, box: Any
+              ) -> tuple | None:
+    """The memo key of a conversion: the model object and its weights' digest (weights
+    change in place), the options and the calibration inputs; None: not memoised."""
+    from pruner.io import model_digest
+
+    try:
+        weakref.ref(model)
+        digest = model_digest(model)
+    except (TypeError, AttributeError, ValueError):
+        return None
+    extra = b""
+    if quantization == "int8":
+        extra = (hashlib.sha256(np.ascontiguousarray(calib, np.float32)).digest()
+                 if calib is not None else repr((getattr(box, "lo", 0.0),
+                                                 getattr(box, "hi", 1.0))).encode())
+    return id(model), digest, quantization, per_channel, extra
+
+
+def _convert(model: Any, quantization: str, per_channel: bool,
+             representative_data: np.ndarray | None, box: Any) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -79,12 +136,6 @@ def export_tflite(
             representative_data = random_inputs(
                 box, tuple(model.input_shape[1:]), CALIBRATION_SAMPLES, seed=0
             )
-            warnings.warn(
-                f"int8 calibration uses {CALIBRATION_SAMPLES} random inputs from the input "
-                "box (no representative data given)",
-                PaodingWarning,
-                stacklevel=2,
-            )
         calib = np.asarray(representative_data, np.float32)
 
         def gen():
@@ -102,12 +153,6 @@ def export_tflite(
     except Exception as exc:  # the converter raises many unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"TFLite conversion ({quantization}) failed: {first}") from exc
-    if max_op_versions is not None:
-        reason = op_version_problems(tflite_ops(data), max_op_versions, runtime)
-        if reason:
-            raise ExportError(f"{runtime} cannot load the {quantization} export: {reason}")
-    if path is not None:
-        write_atomic(path, data)
     return data
 
 

@@ -16,12 +16,13 @@ class PlainProgress:
     """The part of tqdm's interface the commands use, printing whole lines."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None,
-                 desc: str = "", unit: str = "it", disable: bool = False, **_: Any) -> None:
+                 desc: str = "", unit: str = "it", disable: bool = False, initial: int = 0,
+                 **_: Any) -> None:
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.desc, self.unit, self.disable = total, desc, unit, disable
-        self.n, self.postfix, self._shown = 0, "", -1
+        self.n, self.postfix, self._shown = initial, "", -1
 
     def __iter__(self) -> Iterator[Any]:
         for item in self.iterable or ():

@@ -16,17 +16,19 @@ the original model on a separately seeded batch).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from core.errors import ConfigError
 from pruner.evaluate import outputs_probabilities
+from pruner.io import model_digest
 from pruner.metrics import scaled_count
 
 # Fewest optimisation steps whose inputs the fidelity figure can trust: on a 96x96
 # MobileNetV2 pruned to 17% accuracy, inputs of 20 steps still read 0.96 (50 steps: 0.46;
-# bench/results/synthesis_steps.md)
+# bench/README.md, "What the synthesis steps buy"); the default is 60 (pruner.config)
 MIN_FIDELITY_STEPS = 50
 
 
@@ -36,6 +38,17 @@ def counts(n: int, macs: int) -> tuple[int, int]:
     time stops growing with the model's MACs."""
     check = max(32, n // 2)
     return scaled_count(n, macs, 32), scaled_count(check, macs, 16)
+
+
+# inputs of the last few syntheses, by model digest and settings: the tuner and the demo
+# prune one model several times (modes, profiles), and a synthesis is most of a run's time
+CACHE_SIZE = 4
+_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def clear_cache() -> None:
+    """Forget the cached syntheses (a benchmark timing the synthesis itself)."""
+    _cache.clear()
 
 
 def _bn_layers(model: Any) -> list[Any]:
@@ -61,6 +74,10 @@ def synthesize(
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     lo = np.broadcast_to(np.asarray(box.lo, np.float32), shape)
     hi = np.broadcast_to(np.asarray(box.hi, np.float32), shape)
+    key = (model_digest(model), lo.tobytes(), hi.tobytes(), n, steps, seed, lr, tv, jitter)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key].copy()
     rng = np.random.default_rng(seed)
     v = tf.Variable(rng.normal(0.0, 1.0, (n, *shape)).astype(np.float32))
     lo_t, span = tf.constant(lo), tf.constant(hi - lo)
@@ -109,4 +126,8 @@ def synthesize(
     shifts = rng.integers(-jitter, jitter + 1, size=(steps, 2)) if jitter else np.zeros((steps, 2))
     for dy, dx in shifts.astype(np.int32):
         step(tf.constant(dy), tf.constant(dx))
-    return np.asarray(lo + (hi - lo) * tf.sigmoid(v).numpy(), np.float32)
+    x = np.asarray(lo + (hi - lo) * tf.sigmoid(v).numpy(), np.float32)
+    _cache[key] = x
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return x.copy()

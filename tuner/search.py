@@ -25,6 +25,7 @@ under attack, averaged over the attacks and epsilons.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ class Search:
     schedule: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     exports: dict[tuple[str, int, int, str], bytes] = field(default_factory=dict)
     scores: dict[tuple[str, int, int, str], tuple[float, float]] = field(default_factory=dict)
+    # (mode, seed) -> the suspended pruning run that stopped early (resumed by prune)
+    runs: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(
@@ -143,65 +146,90 @@ class Search:
         step: float,
         stop_retention: float | None = None,
     ) -> list[Step]:
-        """Progressive pruning steps of one (mode, seed), each exported as float32."""
+        """Progressive pruning steps of one (mode, seed), each exported as float32.
+
+        A run that stopped early (its last step under ``stop_retention``) stays suspended:
+        a later call with a lower retention goes on from that step instead of pruning from
+        the start again (the profiles of one search have different floors)."""
         key = (mode, seed)
         same = self.schedule.get(key) == (max_ratio, step)
         if key in self.steps and same:
             early = self.stopped_at.get(key)
             if early is None or (stop_retention is not None and stop_retention >= early):
                 return self.steps[key]
-        done = self.steps.get(key, []) if same else []
         if not same:  # another schedule: its steps are other models
             self.exports = {k: v for k, v in self.exports.items() if k[:2] != key}
             self.scores = {k: v for k, v in self.scores.items() if k[:2] != key}
+            self.steps.pop(key, None)
+            old = self.runs.pop(key, None)
+            if old is not None:
+                old.close()
         self.schedule[key] = (max_ratio, step)
-        from pruner.api import prune_steps
+        steps = list(self.steps.get(key, []))
+        gen = self.runs.pop(key, None)
+        if gen is None:
+            from pruner.api import prune_steps
+
+            steps = []
+            gen = prune_steps(
+                self.model,
+                target=max_ratio,
+                mode=mode,
+                seed=seed,
+                step=step,
+                input_box=self.box,
+                measure_tflite=False,
+                eps=(),
+                n_random=0,
+                progress=False,  # a suspended run would leave its bar open: the bar is here
+                keep_below_floor=True,  # the tuner applies its own floors
+            )
+        from pruner.progress import progress_bar
+
+        total = math.ceil(max_ratio / step - 1e-9) + 1
+        bar = progress_bar(total=total, initial=len(steps), desc=f"prune {mode}", unit="step",
+                           disable=not self.progress, leave=False)
+        try:
+            if steps and self._below(steps, stop_retention):
+                return self._suspend(key, gen, steps, stop_retention)
+            for rec, m in gen:
+                steps.append(self._measured(mode, seed, rec, m))
+                bar.update(1)
+                bar.set_postfix(ratio=f"{rec.ratio:.2f}")
+                if self._below(steps, stop_retention):
+                    return self._suspend(key, gen, steps, stop_retention)
+        finally:
+            bar.close()
+        self.stopped_at[key] = None
+        self.steps[key] = steps
+        return steps
+
+    def _measured(self, mode: str, seed: int, rec: Any, m: Any) -> Step:
+        """A pruning step exported as float32, its features and adversarial inputs."""
         from pruner.export import export_tflite
 
-        steps: list[Step] = []
-        gen = prune_steps(
-            self.model,
-            target=max_ratio,
-            mode=mode,
-            seed=seed,
-            step=step,
-            input_box=self.box,
-            measure_tflite=False,
-            eps=(),
-            n_random=0,
-            progress=self.progress,
-            keep_below_floor=True,  # the tuner applies its own floors
-        )
-        for rec, m in gen:
-            if rec.step < len(done):  # pruning is deterministic: reuse what was measured
-                steps.append(done[rec.step])
-                continue
-            with native_quiet():
-                f32 = export_tflite(m, quantization="float32")
-                feats = lat.features_from_tflite(f32)
-            s = Step(
-                mode,
-                seed,
-                rec.step,
-                float(rec.ratio),
-                int(rec.params),
-                int(rec.macs),
-                m,
-                f32,
-                feats,
-                self._adversarial(m),
-            )
-            steps.append(s)
-            self.exports[(mode, seed, rec.step, "float32")] = f32
-            acc, _ = self.score(s, "float32")
-            base_acc = self.score(steps[0], "float32")[0]
-            if stop_retention is not None and base_acc > 0 and acc / base_acc < stop_retention:
-                self.stopped_at[key] = stop_retention
-                break  # further pruning only loses more accuracy
-        else:
-            self.stopped_at[key] = None
-        gen.close()
+        with native_quiet():
+            f32 = export_tflite(m, quantization="float32")
+            feats = lat.features_from_tflite(f32)
+        s = Step(mode, seed, rec.step, float(rec.ratio), int(rec.params), int(rec.macs), m,
+                 f32, feats, self._adversarial(m))
+        self.exports[(mode, seed, rec.step, "float32")] = f32
+        return s
+
+    def _below(self, steps: list[Step], stop_retention: float | None) -> bool:
+        """The last step's accuracy retention is under ``stop_retention``: pruning further
+        only loses more accuracy."""
+        if stop_retention is None:
+            return False
+        acc = self.score(steps[-1], "float32")[0]
+        base_acc = self.score(steps[0], "float32")[0]
+        return base_acc > 0 and acc / base_acc < stop_retention
+
+    def _suspend(self, key: tuple[str, int], gen: Any, steps: list[Step],
+                 stop_retention: float | None) -> list[Step]:
+        self.stopped_at[key] = stop_retention
         self.steps[key] = steps
+        self.runs[key] = gen
         return steps
 
     def export(self, s: Step, export: str) -> bytes:

@@ -91,3 +91,19 @@ def test_bad_inputs(trained, exports):
         export.run_tflite(exports["float32"], np.zeros((2, 64), np.float32))
     with pytest.raises(ConfigError, match="quantization"):
         export.export_tflite(model, quantization="int4")
+
+
+def test_a_conversion_is_memoised_until_the_weights_change(trained):
+    """The same model object and weights give the memoised flatbuffer; a weight changed in
+    place gives a new conversion that follows it."""
+    model = keras.models.clone_model(trained[0])
+    model.set_weights(trained[0].get_weights())
+    first = export.export_tflite(model)
+    assert export.export_tflite(model) is first
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, bias + 1.0])
+    again = export.export_tflite(model)
+    assert again != first
+    x = trained[2][:8]
+    np.testing.assert_allclose(export.run_tflite(again, x), model.predict(x, verbose=0),
+                               atol=1e-5)

@@ -47,3 +47,31 @@ def test_too_few_synthesis_steps_warn_that_the_fidelity_is_blind():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prune(model, 0.1, synthesis_steps=MIN_FIDELITY_STEPS, **opts)
+
+
+def test_a_model_loaded_again_reuses_its_synthesis(tmp_path):
+    """The cache follows the model's digest: the same model loaded twice gets the same
+    inputs without a second optimisation (a copy each time); changed weights do not."""
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("keras")
+    from pruner import synthesis, zoo
+    from pruner.bounds import InputBox
+    from pruner.io import load_model, model_digest
+
+    model = zoo.ds_cnn((12, 12, 1), classes=3, filters=8, blocks=1)
+    model.save(tmp_path / "m.keras")
+    twin = load_model(tmp_path / "m.keras")
+    assert model_digest(twin) == model_digest(model)
+    synthesis.clear_cache()
+    x = synthesis.synthesize(model, InputBox(), n=8, steps=3, seed=0)
+    x[:] = -1.0  # the caller's copy, not the cached inputs
+    y = synthesis.synthesize(twin, InputBox(), n=8, steps=3, seed=0)
+    assert y.min() >= 0.0 and len(synthesis._cache) == 1  # a hit: no second entry
+    np.testing.assert_array_equal(y, synthesis.synthesize(twin, InputBox(), n=8, steps=3, seed=0))
+    kernel, *rest = twin.layers[1].get_weights()
+    twin.layers[1].set_weights([kernel * 2.0, *rest])
+    assert model_digest(twin) != model_digest(model)
+    synthesis.synthesize(twin, InputBox(), n=8, steps=3, seed=0)
+    assert len(synthesis._cache) == 2

@@ -210,15 +210,27 @@ def test_tflite_runtime_profile_never_ships_unloadable(search, make_profile):
     assert "refusing to guess" in tn.runtime_check(dp.load(pid12), [("FULLY_CONNECTED", 1)])
 
 
-def test_search_cache_follows_floor_and_schedule(small_model):
+def test_search_cache_follows_floor_and_schedule(small_model, monkeypatch):
+    """A run stopped at a profile's floor is resumed for a lower floor, not pruned again."""
+    import pruner.api
     from pruner.io import load_model
 
+    started = []
+    real = pruner.api.prune_steps
+
+    def counted(*args, **kwargs):
+        started.append(kwargs.get("mode"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pruner.api, "prune_steps", counted)
     path, data = small_model
     s = tn.Search.create(load_model(path), data, robust_samples=50, progress=False)
     high = s.prune("paoding", 0, 0.6, 0.2, stop_retention=1.01)  # stops after step 0
     assert len(high) == 1 and s.stopped_at[("paoding", 0)] == 1.01
     low = s.prune("paoding", 0, 0.6, 0.2, stop_retention=0.1)
     assert len(low) == 4 and low[0] is high[0]  # measured steps are reused
+    assert started == ["paoding"] and not s.runs  # one run, resumed to its end
+    assert [x.step for x in low] == [0, 1, 2, 3]
     other = s.prune("paoding", 0, 0.4, 0.4)
     assert [round(x.ratio, 1) for x in other][-1] <= 0.4 + 1e-6 and len(other) == 2
 

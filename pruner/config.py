@@ -105,7 +105,7 @@ class PruneConfig:
     entropy_threshold: float = 0.9
     max_candidates: int = 2048
     synthetic: int = 192
-    synthesis_steps: int = 60
+    synthesis_steps: int = 200
     compensation: str = "reconstruct"
     pair_scores: str = "auto"
     dag_saliency: str = "group"

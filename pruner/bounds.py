@@ -70,7 +70,7 @@ def _min_pool(layer: Any, x: np.ndarray) -> np.ndarray:
     return -_call(layer, -x)
 
 
-# --- bounds on a DAG ----------------------------------------------------------------
+# --- values, node by node ---------------------------------------------------------
 
 
 def _linear_map(
@@ -171,7 +171,7 @@ def _takes_training(op: Any) -> bool:
 def node_bounds(
     node: Any, ins: list[tuple[np.ndarray, np.ndarray]], store: Any = None
 ) -> tuple:
-    """Sound bounds of one DAG node's output from its inputs' bounds (batched);
+    """Sound bounds of one node's output from its inputs' bounds (batched);
     ``store`` maps a layer to its weights (default: the layer's own)."""
     from pruner.graph.handlers import activation_of
 
@@ -222,7 +222,7 @@ def interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.ndar
     return [(lo[0], hi[0]) for lo, hi in out]
 
 
-# --- deviations on a DAG ------------------------------------------------------------
+# --- deviations, node by node ------------------------------------------------------
 
 # Lipschitz constants of the activations that dip (max |f'|): bounds |f(x+d) - f(x)| <= L|d|
 _DIPPING_LIPSCHITZ = {"silu": 1.1, "swish": 1.1, "hard_silu": 1.5, "hard_swish": 1.5,

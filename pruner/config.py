@@ -52,11 +52,11 @@ class PruneConfig:
 
     Schedule: ``target`` share of prunable units to remove, ``step`` share of
     each layer per step, ``round_to`` (kept widths in multiples of it; 0, the
-    default, SIMD-friendly multiples on DAG models and exact targets on chains,
+    default, SIMD-friendly multiples where channels couple, exact targets elsewhere,
     see schedule.Schedule), ``budget`` (how the target is shared between layers:
     ``uniform``, the same share of every layer; ``width``, shares proportional
     to the square of the layers' widths; ``auto``, width for convolutional
-    models with BatchNormalization, chains or DAGs, and uniform otherwise). Selection:
+    models with BatchNormalization, and uniform otherwise). Selection:
     ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:

@@ -80,10 +80,11 @@ def _linear_map(
     ``absolute``), without bias; ``weights``: its arrays (default: the layer's own)."""
     import tensorflow as tf
 
-    w = [np.abs(a) if absolute else a for a in (weights or layer.get_weights())]
-    x32 = tf.constant(x.astype(np.float32))
+    count = 2 if params == "separable" else 1  # the kernels; a bias is not read here
+    w = [np.abs(a) if absolute else a for a in (weights or layer.get_weights())[:count]]
     if params == "dense":
-        return x @ w[0].astype(x.dtype)
+        return x @ w[0].astype(x.dtype, copy=False)
+    x32 = tf.constant(x.astype(np.float32))
     rank = len(layer.kernel_size)
     strides = tuple(layer.strides)
     dilations = tuple(layer.dilation_rate)

@@ -11,6 +11,8 @@ from core.errors import ConfigError
 from pruner.bounds import deviation
 from pruner.criteria.saliency import UnitView
 
+BATCH_VALUES = 1 << 22  # values of one node's deviation bounds per batch of candidates
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
@@ -59,7 +61,7 @@ class RobustnessImpact:
         alpha: float = 0.75,
         beta: float = 0.25,
         entropy_threshold: float = 0.9,
-        batch: int = 32,
+        batch: int = 256,
     ) -> None:
         if alpha < 0 or beta < 0 or alpha + beta <= 0:
             raise ConfigError(
@@ -84,7 +86,9 @@ class RobustnessImpact:
         c = np.zeros(len(b))
         if merge.any():
             k[merge], c[merge] = view.group.merge_terms(a[merge], b[merge], gamma[merge])
-        size = self.batch  # whole feature maps per candidate
+        # whole feature maps per candidate: batches of about BATCH_VALUES numbers a map
+        largest = max(int(np.prod(lo.shape)) for lo, _ in view.bounds)
+        size = int(np.clip(BATCH_VALUES // max(1, largest), 8, self.batch))
         parts = [
             deviation(view.graph, view.bounds, view.group, b[i : i + size],
                       a[i : i + size], k[i : i + size], c[i : i + size],

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr
 
 from pruner.graph.dag import Graph
 
@@ -35,6 +34,7 @@ Gauss = tuple[np.ndarray, np.ndarray]  # per-channel mean and standard deviation
 
 def _relu_mean(mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """E[max(X, 0)] for X ~ N(mu, sd^2), per channel (sd 0: max(mu, 0))."""
+    from scipy.special import ndtr  # a host dependency: not at import time
     safe = np.where(sd > 0, sd, 1.0)
     z = mu / safe
     out = mu * ndtr(z) + safe * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)

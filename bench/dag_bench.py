@@ -17,9 +17,9 @@ does not depend on their values.
 
 Selection quality: the DS-CNN (28x28x1, 32 filters) and MobileNetV2-0.35
 (32x32x3) trained on scikit-learn's digits upsampled (offline), pruned
-progressively in 5% steps by paoding (GroupSaliency, and with
-``dag_saliency="bounds"``), magnitude and random with exact widths; test
-accuracy and PGD robust accuracy against MACs removed.
+progressively in 5% steps by paoding (the robustness criterion, as on every model),
+magnitude and random with exact widths; test accuracy, FGSM and PGD robust accuracy
+against MACs removed.
 
 Each variant also records its activations (elements of every layer's output):
 where latency follows them rather than the MACs, no width rounding helps.
@@ -70,11 +70,9 @@ QUICK = {"ratios": [0.3, 0.5], "runs": 200, "timed": [[0.35, 96]],
          "quality_seeds": {"ds_cnn": 1}, "quality_ratio": 0.1, "timing_repeats": 1}
 ROUNDINGS = {"as pruned": 1, "x8": 8, "auto": 0}  # round_to of each variant
 QUALITY = {"paoding": {}, "paoding (no refit)": {"compensation": "bias"},
-           "paoding (no bias corr.)": {"compensation": "none"},
-           "paoding (bounds)": {"dag_saliency": "bounds"},
-           "paoding (robustness)": {"dag_saliency": "robustness"}, "magnitude": {}, "random": {}}
-# --quality-only: paoding with the refit (dag_refit), with the BN-statistics bias correction
-# alone (dag_bias) and with neither
+           "paoding (no bias corr.)": {"compensation": "none"}, "magnitude": {}, "random": {}}
+# --quality-only: paoding with the refit (compensate.refit), with the bias correction alone
+# (compensate.bias, then the intercepts on synthesised inputs) and with neither
 CORRECTION = ("paoding", "paoding (no refit)", "paoding (no bias corr.)")
 QUALITY_EPS = 0.01
 
@@ -110,7 +108,7 @@ def trained(
 def quality(
     seeds: dict[str, int], max_ratio: float, methods: tuple[str, ...] = tuple(QUALITY)
 ) -> dict[str, Any]:
-    """Accuracy and PGD robust accuracy against MACs removed, per selection method:
+    """Accuracy, FGSM and PGD robust accuracy against MACs removed, per selection method:
     medians over ``seeds[name]`` trainings (seeds 0, 1, ...), the per-seed figures kept."""
     from pruner.api import prune_steps
 
@@ -128,12 +126,13 @@ def quality(
                 with native_quiet():
                     for rec, _ in prune_steps(
                         model, max_ratio, label.split(" ")[0], step=0.05, round_to=1,
-                        eval_data=data, eps=(QUALITY_EPS,), attacks=("pgd",), n_random=0,
+                        eval_data=data, eps=(QUALITY_EPS,), attacks=("fgsm", "pgd"), n_random=0,
                         measure_tflite=False, progress=False, seed=seed, keep_below_floor=True,
                         **options,
                     ):
                         rows.append({"ratio": rec.ratio, "macs": rec.macs,
                                      "accuracy": rec.accuracy,
+                                     "fgsm": rec.robust["fgsm"][QUALITY_EPS],
                                      "robust": rec.robust["pgd"][QUALITY_EPS],
                                      "fidelity": rec.data_free_fidelity or 0.0})
                 for r in rows:
@@ -541,11 +540,11 @@ def quality_only(cfg: dict[str, Any], started: str, t0: float, out: Path) -> int
     _section(
         out / "dag_quality", cfg, started, t0, "quality", selection, "--quality-only",
         "DAG models: paoding with the data-free refit, the bias correction alone, neither",
-        "The correction (pruner/dag_bias.py) adds each removed channel's expectation from "
-        "BatchNormalization statistics to its readers' biases (or the moving mean of the BN after them); the refit "
-        "(pruner/dag_refit.py, the default) then refits every Dense/Conv2D reader of the "
-        "step's pruned channels by ridge least squares on inputs synthesised from those "
-        "statistics (`compensation='bias'`: correction alone).",
+        "The correction (pruner/compensate/bias.py) adds each removed channel's expectation "
+        "from BatchNormalization statistics to its readers' biases (or the moving mean of the "
+        "BN after them); the refit (pruner/compensate/refit.py, the default) then refits every "
+        "Dense/Conv2D reader of the step's pruned channels by ridge least squares on inputs "
+        "synthesised from those statistics (`compensation='bias'`: their intercepts alone).",
         _quality_md(selection, CORRECTION),
     )
     return 0
@@ -603,11 +602,11 @@ def _quality_md(quality: dict[str, Any], methods: tuple[str, ...] = tuple(QUALIT
         labels = list(runs)
         steps = max(len(rows) for rows in runs.values())
         out += [
-            f"## {name} trained on digits: accuracy / PGD robust accuracy (eps {QUALITY_EPS}) "
+            f"## {name} trained on digits: accuracy / FGSM / PGD robust accuracy (eps {QUALITY_EPS}) "
             f"against MACs removed ({'median of ' + str(n_seeds) + ' seeds' if n_seeds > 1 else '1 seed'}, "
             "200 test inputs)",
             "",
-            "| units removed | " + " | ".join(f"{k}: MACs removed, acc, robust" for k in labels)
+            "| units removed | " + " | ".join(f"{k}: MACs removed, acc, FGSM, PGD" for k in labels)
             + " |",
             "|---|" + "---|" * len(labels),
         ]
@@ -617,7 +616,7 @@ def _quality_md(quality: dict[str, Any], methods: tuple[str, ...] = tuple(QUALIT
                 rows = runs[k]
                 r = rows[min(i, len(rows) - 1)]
                 cells.append(f"{100 * r['macs_removed']:.0f}%, {r['accuracy']:.3f}, "
-                             f"{r['robust']:.3f}")
+                             f"{r.get('fgsm', float('nan')):.3f}, {r['robust']:.3f}")
             ratio = runs[labels[0]][min(i, len(runs[labels[0]]) - 1)]["ratio"]
             out.append(f"| {ratio:.2f} | " + " | ".join(cells) + " |")
         out.append("")

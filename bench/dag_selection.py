@@ -1,12 +1,13 @@
-"""Which channels a DAG step removes: selection variants compared on one trained model.
+"""How a DAG step's budget is shared between groups: the variants on one trained model.
 
     python bench/dag_selection.py [--models ds_cnn mobilenet_v2_0.35] [--variants ...]
 
 Trains the digits models of bench/dag_bench.py (seed 0) and prunes each by paoding with
 the default refit (compensation="reconstruct"), exact widths, once per variant:
-``uniform`` (GroupSaliency, uniform budget: the default before the width budget),
-``act`` (dag_saliency="activations"), ``energy`` (dag_saliency="energy"), both with the
-uniform budget, ``width`` (budget="width", the default) and ``act+width``.
+``uniform`` (the same share of every group) and ``width`` (budget="width", the default
+for convolutional models with BatchNormalization). The saliency variants this bench
+once compared (dag_saliency "activations", "energy") were removed with the option:
+paoding scores every model with the robustness criterion.
 The width budget removes fewer MACs per unit, so it runs to a higher unit target in
 10% steps (the budget is spread over the steps). Accuracy on 200 test inputs against
 MACs removed; writes bench/results/dag_selection.json and .md.
@@ -27,11 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, git_commit, machine, machine_line, write_json  # noqa: E402
 from tuner.quiet import native_quiet  # noqa: E402
 
-VARIANTS = {"uniform": {"budget": "uniform"},
-            "act": {"dag_saliency": "activations", "budget": "uniform"},
-            "energy": {"dag_saliency": "energy", "budget": "uniform"},
-            "width": {"budget": "width"},
-            "act+width": {"dag_saliency": "activations", "budget": "width"}}
+VARIANTS = {"uniform": {"budget": "uniform"}, "width": {"budget": "width"}}
 # unit target and step per model and budget: the width budget needs more units for the MACs
 TARGETS = {"ds_cnn": {"uniform": (0.35, 0.05), "width": (0.35, 0.05)},
            "mobilenet_v2_0.35": {"uniform": (0.25, 0.05), "width": (0.6, 0.1)}}

@@ -26,22 +26,14 @@ from typing import Any
 
 PHASES = ("synthesis", "scoring", "surgery", "measurement", "export")
 
-# (phase, module, attribute): where each phase's functions are defined; absent ones are
-# skipped, so the timer outlives a reorganisation of the pruner's modules
+# (phase, module, attribute): where each phase's functions are defined
 TIMED = (
     ("synthesis", "pruner.synthesis", "synthesize"),
     ("export", "pruner.export", "export_tflite"),
     ("measurement", "pruner.meter", "Meter.__call__"),
-    ("surgery", "pruner.surgery", "advance"),
-    ("surgery", "pruner.surgery", "apply_plan"),
-    ("surgery", "pruner.surgery", "as_model"),
     ("surgery", "pruner.graph.surgery", "advance"),
     ("surgery", "pruner.graph.surgery", "apply_plan"),
     ("surgery", "pruner.graph.surgery", "as_model"),
-    ("surgery", "pruner.dag_refit", "refit"),
-    ("surgery", "pruner.dag_bias", "correct_biases"),
-    ("surgery", "pruner.compensate", "reconstruct"),
-    ("surgery", "pruner.compensate", "correct_biases"),
     ("surgery", "pruner.compensate", "compensate"),
 )
 
@@ -106,7 +98,9 @@ def phase_timer() -> Iterator[dict[str, float]]:
     seen: set[int] = set()
     for phase, module, attr in TIMED:
         found = _resolve(module, attr)
-        if found is None or id(found[2]) in seen:
+        if found is None:
+            raise RuntimeError(f"bench/phases.py: {module}.{attr} no longer exists")
+        if id(found[2]) in seen:
             continue
         owner, name, fn = found
         seen.add(id(fn))

@@ -1,7 +1,8 @@
 """The public pruning verbs: ``prune`` and ``prune_steps``.
 
 Modes:
-  paoding    pair saliency + robustness impact, simulated annealing, merges
+  paoding    pair saliency + robustness impact, simulated annealing, merges where
+             exact and plain removals elsewhere (every model: one graph)
   greedy     the same at temperature 0
   baseline   Srinivas & Babu one-shot pairs (gamma = 1, at most 50%)
   magnitude  one-shot L1-norm structured pruning, no compensation
@@ -18,10 +19,10 @@ import numpy as np
 from core.errors import FidelityError
 from pruner.bounds import InputBox
 from pruner.config import ATTACKS, MODES, SCOPES, PruneConfig
+from pruner.graph import as_model
 from pruner.result import KEEPS_MODEL, PruneResult, StepRecord, fidelity_failed
 from pruner.run import run
 from pruner.schedule import Schedule, StopCriteria
-from pruner.surgery import as_model
 
 __all__ = ["ATTACKS", "MODES", "SCOPES", "PruneConfig", "PruneResult", "StepRecord", "prune",
            "prune_steps"]
@@ -84,9 +85,9 @@ def prune_steps(
     inputs of the verdict (pruner.verdict; labelled ``eval_data`` decides over both).
 
     With ``synthetic`` > 0 (the default) paoding and greedy score pairs on the
-    activations the consumer reads on synthesised inputs and refit each
-    consumer after every step (``compensation``; on DAG models the Dense/Conv2D
-    readers of the pruned channels, pruner.dag_refit); a held-out part of the
+    activations the readers read on synthesised inputs and refit the Dense/Conv2D
+    readers of the pruned channels after every step (``compensation``,
+    pruner.compensate); a held-out part of the
     synthesised batch gives the data-free fidelity of every step. Scope:
     ``"global"`` walks the pairs of all layers together each step;
     ``"sequential"`` prunes one layer at a time, front to back (opt-in, see
@@ -137,7 +138,7 @@ def prune(
         if rec.stop is None or rec.stop in KEEPS_MODEL:
             chosen = pruned
     result = PruneResult(
-        model=as_model(chosen),  # a DAG's steps stay arrays until here
+        model=as_model(chosen),  # the steps stay arrays until here
         trajectory=trajectory,
         config=cfg,
         stop_reason=trajectory[-1].stop if trajectory else None,

@@ -1,13 +1,14 @@
-"""Input boxes and sound interval bound propagation (IBP) through a PruneGraph's ops.
+"""Input boxes and sound interval bounds, node by node through the model's graph.
 
-Two modes share one walk over the ops:
+Two walks over ``graph.nodes``:
 
-* values: bounds [lo, hi] of every activation for all inputs in the box
-  (affine maps in centre-radius form, W c + b -/+ |W| r, which equals the
-  W+ / W- split: lo' = W+ lo + W- hi + b; monotone maps apply to both ends);
-* deviations: bounds of the change of every activation when a consumer's
-  pre-activation changes by an interval (no biases; a monotone activation
-  with Lipschitz constant L maps [d_lo, d_hi] into L*[min(0, d_lo), max(0, d_hi)]).
+* values (``interval_bounds``): bounds [lo, hi] of every node's output for all
+  inputs in the box (affine maps in centre-radius form, W c + b -/+ |W| r, which
+  equals the W+ / W- split; sums at Add, interval products at Multiply; monotone
+  and dipping activations exactly);
+* deviations (``deviation``): bounds of the change of the logits when one
+  group's channel is removed or merged (no biases; a monotone activation with
+  Lipschitz constant L maps [d_lo, d_hi] into L*[min(0, d_lo), max(0, d_hi)]).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from pruner.graph import Op, PruneGraph
 
 
 class InputBox:
@@ -62,131 +62,15 @@ class InputBox:
         return f"InputBox(lo={self.get_config()['lo']!r}, hi={self.get_config()['hi']!r})"
 
 
-# --- one op, both modes ---------------------------------------------------------------
-
-
 def _call(layer: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(layer(x.astype(np.float32), training=False), dtype=x.dtype)
-
-
-def conv2d(layer: Any, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``layer``'s convolution (strides, padding, dilation) of x [N, H, W, C] with kernel."""
-    import tensorflow as tf
-
-    y = tf.nn.conv2d(
-        x.astype(np.float32),
-        kernel.astype(np.float32),
-        strides=(1, *layer.strides, 1),
-        padding=layer.padding.upper(),
-        dilations=(1, *layer.dilation_rate, 1),
-    )
-    return y.numpy().astype(x.dtype)
-
-
-def _affine(op: Op, center: np.ndarray, radius: np.ndarray, bias: bool) -> tuple:
-    """W center (+ b) and |W| radius: the interval image of center +- radius."""
-    arrays = op.arrays()
-    layer = op.layer
-    wide = center.dtype == np.float64
-    kernel = arrays["kernel"] if wide else arrays["kernel32"]
-    abs_kernel = arrays["abs_kernel"] if wide else arrays["abs_kernel32"]
-    if type(layer).__name__ == "Dense":
-        c = center @ kernel
-        r = radius @ abs_kernel
-    else:
-        c = conv2d(layer, center, kernel)
-        r = conv2d(layer, radius, abs_kernel)
-    if bias:
-        c = c + arrays["bias"]
-    return c, np.maximum(r, 0.0)
-
-
-def step_values(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sound bounds of op(x) for x in [lo, hi] (batched on the first axis)."""
-    if op.kind == "affine":
-        c, r = _affine(op, (lo + hi) / 2, (hi - lo) / 2, bias=True)
-        return c - r, c + r
-    if op.kind == "bn":
-        scale, shift = op.arrays()["scale"], op.arrays()["shift"]
-        a, b = scale * lo + shift, scale * hi + shift
-        return np.minimum(a, b), np.maximum(a, b)
-    if (
-        op.kind == "act"
-        and op.layer is not None
-        and type(op.layer).__name__
-        in (
-            "Dense",
-            "Conv2D",
-        )
-    ):
-        fn = op.layer.activation
-        return (
-            np.asarray(fn(lo.astype(np.float32)), lo.dtype),
-            np.asarray(fn(hi.astype(np.float32)), hi.dtype),
-        )
-    if op.kind in ("act", "linear", "max"):
-        return _call(op.layer, lo), _call(op.layer, hi)
-    if op.kind == "pre":  # elementwise monotone in either direction, or a reshape
-        a, b = _call(op.layer, lo), _call(op.layer, hi)
-        return np.minimum(a, b), np.maximum(a, b)
-    return lo, hi  # output_act: not propagated
 
 
 def _min_pool(layer: Any, x: np.ndarray) -> np.ndarray:
     return -_call(layer, -x)
 
 
-def step_deviation(op: Op, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sound bounds of the change of op's output when its input changes by [lo, hi]."""
-    if op.kind == "affine":
-        c, r = _affine(op, (lo + hi) / 2, (hi - lo) / 2, bias=False)
-        return c - r, c + r
-    if op.kind == "bn":
-        scale = op.arrays()["scale"].astype(lo.dtype)
-        a, b = scale * lo, scale * hi
-        return np.minimum(a, b), np.maximum(a, b)
-    if op.kind == "act":
-        if op.activation == "linear":
-            return lo, hi
-        return op.lipschitz * np.minimum(lo, 0.0), op.lipschitz * np.maximum(hi, 0.0)
-    if op.kind == "linear":
-        return _call(op.layer, lo), _call(op.layer, hi)
-    if op.kind == "max":
-        return _min_pool(op.layer, lo), _call(op.layer, hi)
-    return lo, hi
-
-
-# --- whole network ---------------------------------------------------------------------
-
-
-def interval_bounds(graph: PruneGraph, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
-    """bounds[i] = (lo, hi) of the INPUT of ops[i] (one sample, no batch axis); the last
-    entry is the output of the final op. Sound for every input inside ``box``."""
-    lo, hi = box.arrays(graph.input_shape)
-    lo, hi = lo[None], hi[None]
-    out = [(lo[0], hi[0])]
-    for op in graph.ops:
-        lo, hi = step_values(op, lo, hi)
-        out.append((lo[0], hi[0]))
-    return out
-
-
-def propagate_deviation(
-    graph: PruneGraph, start: int, lo: np.ndarray, hi: np.ndarray, batch: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Carry a batch of deviation intervals at the input of ops[start] to the output
-    layer's pre-activation (the logits). Returns ([m, n_out], [m, n_out])."""
-    outs_lo, outs_hi = [], []
-    for i in range(0, len(lo), batch):
-        dlo, dhi = lo[i : i + batch], hi[i : i + batch]
-        for op in graph.ops[start : graph.output_op + 1]:
-            dlo, dhi = step_deviation(op, dlo, dhi)
-        outs_lo.append(dlo.reshape(len(dlo), -1))
-        outs_hi.append(dhi.reshape(len(dhi), -1))
-    return np.concatenate(outs_lo), np.concatenate(outs_hi)
-
-
-# --- bounds on a DAG ----------------------------------------------------------------
+# --- values, node by node ---------------------------------------------------------
 
 
 def _linear_map(
@@ -196,10 +80,11 @@ def _linear_map(
     ``absolute``), without bias; ``weights``: its arrays (default: the layer's own)."""
     import tensorflow as tf
 
-    w = [np.abs(a) if absolute else a for a in (weights or layer.get_weights())]
-    x32 = tf.constant(x.astype(np.float32))
+    count = 2 if params == "separable" else 1  # the kernels; a bias is not read here
+    w = [np.abs(a) if absolute else a for a in (weights or layer.get_weights())[:count]]
     if params == "dense":
-        return x @ w[0].astype(x.dtype)
+        return x @ w[0].astype(x.dtype, copy=False)
+    x32 = tf.constant(x.astype(np.float32))
     rank = len(layer.kernel_size)
     strides = tuple(layer.strides)
     dilations = tuple(layer.dilation_rate)
@@ -220,7 +105,7 @@ def _linear_map(
 
 def activation_bounds(name: str | None, fn: Any, lo: np.ndarray, hi: np.ndarray) -> tuple:
     """Sound bounds of fn(x) for x in [lo, hi] (monotone, dipping or softmax)."""
-    from pruner.handlers import DIPPING, MONOTONE
+    from pruner.graph.handlers import DIPPING, MONOTONE
 
     if name in (None, "linear"):
         return lo, hi
@@ -287,9 +172,9 @@ def _takes_training(op: Any) -> bool:
 def node_bounds(
     node: Any, ins: list[tuple[np.ndarray, np.ndarray]], store: Any = None
 ) -> tuple:
-    """Sound bounds of one DAG node's output from its inputs' bounds (batched);
+    """Sound bounds of one node's output from its inputs' bounds (batched);
     ``store`` maps a layer to its weights (default: the layer's own)."""
-    from pruner.handlers import activation_of
+    from pruner.graph.handlers import activation_of
 
     kind, params, op = node.handler.kind, node.handler.params, node.op
     weights = store(op) if store is not None and params else None
@@ -301,7 +186,7 @@ def node_bounds(
             c = c + (weights or op.get_weights())[-1]
         return activation_bounds(activation_of(op), op.activation, c - r, c + r)
     if params == "bn":
-        from pruner.handlers import bn_affine
+        from pruner.graph.handlers import bn_affine
 
         scale, shift = bn_affine(op, weights)
         a, b = scale * ins[0][0] + shift, scale * ins[0][1] + shift
@@ -325,20 +210,20 @@ def node_bounds(
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def dag_interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
+def interval_bounds(graph: Any, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
     """bounds[i] = (lo, hi) of the output of graph.nodes[i] (one sample, no batch axis),
     sound for every input inside ``box``: affine maps in centre-radius form, sums at
     Add, interval products at Multiply, monotone and dipping activations exactly. The
     weights are the graph's (``graph.store``: arrays after ``surgery.advance``)."""
     lo, hi = box.arrays(graph.input_shape)
     out: list[tuple[np.ndarray, np.ndarray]] = [(lo[None], hi[None])]
-    store = getattr(graph, "store", None)
+    store = graph.store
     for node in graph.nodes[1:]:
         out.append(node_bounds(node, [out[p] for p in node.parents], store))
     return [(lo[0], hi[0]) for lo, hi in out]
 
 
-# --- deviations on a DAG ------------------------------------------------------------
+# --- deviations, node by node ------------------------------------------------------
 
 # Lipschitz constants of the activations that dip (max |f'|): bounds |f(x+d) - f(x)| <= L|d|
 _DIPPING_LIPSCHITZ = {"silu": 1.1, "swish": 1.1, "hard_silu": 1.5, "hard_swish": 1.5,
@@ -353,8 +238,7 @@ def _activation_deviation(
     (``fn``) and x's bounds (``value``), a monotone f's change also lies in
     [f(x_lo + min(0, lo)) - f(x_hi), f(x_hi + max(0, hi)) - f(x_lo)] (zero where a
     ReLU stays off)."""
-    from pruner.graph import ACTIVATIONS
-    from pruner.handlers import MONOTONE
+    from pruner.graph.handlers import LIPSCHITZ, MONOTONE
 
     if name in (None, "linear"):
         return lo, hi
@@ -363,9 +247,9 @@ def _activation_deviation(
     if name in _DIPPING_LIPSCHITZ:
         mag = _DIPPING_LIPSCHITZ[name] * np.maximum(np.abs(lo), np.abs(hi))
         return -mag, mag
-    if name not in MONOTONE and name not in ACTIVATIONS:
+    if name not in MONOTONE:
         raise ConfigError(f"activation {name!r} has no deviation bounds")
-    lip = ACTIVATIONS.get(name, (False, 1.0))[1]
+    lip = LIPSCHITZ.get(name, 1.0)
     d_lo, d_hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
     out_lo, out_hi = lip * d_lo, lip * d_hi
     if fn is not None and value is not None:
@@ -389,7 +273,7 @@ def node_deviation(
     Linear maps take W c -/+ |W| r without bias, Add sums, Multiply expands
     (x + dx)(y + dy) - xy over the value bounds, max and min pooling take the ends,
     activations their Lipschitz bound; ``output``: the logits, no softmax."""
-    from pruner.handlers import activation_of, bn_affine
+    from pruner.graph.handlers import activation_of, bn_affine
 
     kind, params, op = node.handler.kind, node.handler.params, node.op
     if kind == "producer" or params == "depthwise":
@@ -446,16 +330,72 @@ def node_deviation(
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def dag_deviation(
+def pair_difference(
+    graph: Any, bounds: list[tuple[np.ndarray, np.ndarray]], group: Any, reader: Any,
+    a: np.ndarray, b: np.ndarray, gamma: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sound bounds of y_b - (k*y_a + c) at ``reader``'s input, [m, positions] each, that
+    follow the pair's own weights: the pre-activation difference z_b - gamma*z_a =
+    (w_b - gamma*w_a).[x, 1] over the producer's input bounds, then the monotone
+    activation (L*[min(0, d), max(0, d)]; gamma*f(z) = f(gamma*z) needs a positively
+    homogeneous f, or gamma = 1), the scale s_b of a BatchNormalization after it, and
+    pooling, dropout or Flatten on the way. None where the path is anything else."""
+    from pruner.graph.handlers import activation_of, bn_affine
+
+    (prod,) = group.producers
+    if prod.params not in ("dense", "conv") or not (group.homogeneous or np.all(gamma == 1)):
+        return None
+    index = {id(n.op): i for i, n in enumerate(graph.nodes)}
+    start = index[id(prod.layer)]
+    path, i = [], graph.nodes[index[id(reader.layer)]].parents[0]
+    while i != start:
+        node = graph.nodes[i]
+        if len(node.parents) != 1 or node.handler.kind not in ("same", "flatten"):
+            return None
+        path.append(node)
+        i = node.parents[0]
+    w = group.incoming()  # a BatchNormalization before the activation is folded in
+    diff = w[b] - np.asarray(gamma, np.float64)[:, None] * w[a]
+    kernel = group.store(prod.layer)[0]
+    kd = diff[:, :-1].T.reshape(*kernel.shape[:-1], len(b)).astype(np.float32)
+    lo_x, hi_x = bounds[graph.nodes[start].parents[0]]
+    center = _linear_map(prod.layer, prod.params, ((lo_x + hi_x) / 2)[None], False, [kd])
+    radius = _linear_map(prod.layer, prod.params, ((hi_x - lo_x) / 2)[None], True, [kd])
+    center = center + diff[:, -1]
+    lo = np.moveaxis((center - radius)[0], -1, 0)[..., None]  # [m, ..., 1]: one channel each
+    hi = np.moveaxis((center + radius)[0], -1, 0)[..., None]
+    lo, hi = _activation_deviation(activation_of(prod.layer), lo, hi)
+    for node in reversed(path):
+        if node.op is group.bn:
+            continue  # folded into w
+        if node.handler.params == "bn":
+            if node.op is not group.post_bn:
+                return None
+            scale = bn_affine(node.op, group.store(node.op))[0]
+            scale = scale[b].reshape(-1, *([1] * (lo.ndim - 1)))
+            lo, hi = np.minimum(scale * lo, scale * hi), np.maximum(scale * lo, scale * hi)
+            continue
+        act = activation_of(node.op)
+        if act is not None:
+            lo, hi = _activation_deviation(act, lo, hi)
+        else:
+            lo, hi = node_deviation(node, [(lo, hi)], [None], group.store)
+    return lo.reshape(len(b), -1), hi.reshape(len(b), -1)
+
+
+def deviation(
     graph: Any, bounds: list[tuple[np.ndarray, np.ndarray]], group: Any, b: np.ndarray,
     a: np.ndarray | None = None, k: np.ndarray | None = None, c: np.ndarray | None = None,
+    gamma: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sound bounds of the logits' change, for every input in the box of ``bounds``
-    (dag_interval_bounds), when channel b[i] of ``group`` is removed (a[i] < 0) or merged
+    (interval_bounds), when channel b[i] of ``group`` is removed (a[i] < 0) or merged
     into a[i] (its readers' input y_b becomes k*y_a + c). At every reader the channel's
     slot changes by -y_b (or k*y_a + c - y_b) over that reader's input bounds; the
     other channels carry what flows from upstream; the change is then propagated node
-    by node to the output. Returns ([m, n_out], [m, n_out])."""
+    by node to the output. Given the merges' ``gamma``, the slot's change is
+    intersected with pair_difference's bound through the pair's own weights.
+    Returns ([m, n_out], [m, n_out])."""
     m = len(b)
     a = np.full(m, -1) if a is None else np.asarray(a)
     k = np.zeros(m) if k is None else np.asarray(k, np.float64)
@@ -464,7 +404,7 @@ def dag_deviation(
     inject: dict[int, list[Any]] = {}
     for mem in group.readers:
         inject.setdefault(index[id(mem.layer)], []).append(mem)
-    store = getattr(graph, "store", None) or (lambda layer: layer.get_weights())
+    store = graph.store
     rows = np.arange(m)
     last_use = {p: i for i, n in enumerate(graph.nodes) for p in n.parents}
     devs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -490,8 +430,15 @@ def dag_deviation(
                 aa = mem.offset + np.maximum(a, 0)
                 ka_lo = np.minimum(k[:, None] * lo_v[aa], k[:, None] * hi_v[aa])
                 ka_hi = np.maximum(k[:, None] * lo_v[aa], k[:, None] * hi_v[aa])
-                dlo_r[rows, :, mem.offset + b] = ka_lo + c[:, None] - hb
-                dhi_r[rows, :, mem.offset + b] = ka_hi + c[:, None] - lb
+                slot_lo, slot_hi = ka_lo + c[:, None] - hb, ka_hi + c[:, None] - lb
+                tight = None
+                if gamma is not None and group.mergeable and np.all(a >= 0):
+                    tight = pair_difference(graph, bounds, group, mem, a, b, gamma)
+                if tight is not None:
+                    slot_lo = np.maximum(slot_lo, -tight[1])
+                    slot_hi = np.minimum(slot_hi, -tight[0])
+                dlo_r[rows, :, mem.offset + b] = slot_lo
+                dhi_r[rows, :, mem.offset + b] = slot_hi
             ins[0] = (dlo.reshape(m, *vlo.shape), dhi.reshape(m, *vhi.shape))
         if all(d is None for d in ins):
             continue

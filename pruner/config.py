@@ -20,7 +20,6 @@ ATTACKS = ("fgsm", "pgd")
 TAU_STARTS = ("first", "median", "best")
 COMPENSATIONS = ("reconstruct", "bias", "none")
 PAIR_SCORES = ("auto", "activations", "weights")
-DAG_SALIENCIES = ("group", "bounds", "activations", "energy", "robustness")
 BUDGETS = ("auto", "uniform", "width")
 
 
@@ -53,33 +52,28 @@ class PruneConfig:
 
     Schedule: ``target`` share of prunable units to remove, ``step`` share of
     each layer per step, ``round_to`` (kept widths in multiples of it; 0, the
-    default, SIMD-friendly multiples on DAG models and exact targets on chains,
+    default, SIMD-friendly multiples where channels couple, exact targets elsewhere,
     see schedule.Schedule), ``budget`` (how the target is shared between layers:
     ``uniform``, the same share of every layer; ``width``, shares proportional
     to the square of the layers' widths; ``auto``, width for convolutional
-    models with BatchNormalization, chains or DAGs, and uniform otherwise). Selection:
+    models with BatchNormalization, and uniform otherwise). Selection:
     ``mode``, ``scope``, ``seed``; annealing
     ``t0``, ``cooling``, ``tau_start``; robustness score ``alpha``, ``beta``,
     ``entropy_threshold``, ``max_candidates``. Data-free signals:
     ``synthetic`` inputs synthesised from the model (0 turns them off, and with
     them activation-based pair scores and compensation), ``synthesis_steps``,
-    ``compensation`` (``reconstruct``: ridge least squares refit of each
-    consumer on the synthesised inputs, ``ridge`` its strength; ``bias``: bias
-    correction only; ``none``; on DAG models ``reconstruct`` refits the Dense/Conv2D
-    readers of pruned channels, pruner.dag_refit, and ``bias`` keeps the closed-form
-    BN-statistics correction alone), ``pair_scores`` (pair saliency from the
+    ``compensation`` (pruner.compensate; ``reconstruct``: the closed-form
+    BatchNormalization-statistics bias correction, then a ridge least squares refit of
+    every Dense/Conv2D reader of pruned channels on the synthesised inputs, ``ridge``
+    its strength; ``bias``: the correction, then the readers' intercepts alone on the
+    synthesised inputs; ``none``), ``pair_scores`` (pair saliency from the
     ``activations`` the consumer reads on the synthesised inputs, or from the
     ``weights``; ``auto``: activations when the model has a BatchNormalization
     or a convolution, whose statistics the synthesis matches, weights for plain
     MLPs, where synthesised inputs are a poor stand-in and the weight rule is
-    exact). ``dag_saliency``: how paoding ranks coupled channels on DAG models
-    (``group``: DFPC-style weight saliency; ``bounds``: sound interval bounds over
-    the input box, see coupled.BoundSaliency; ``activations``/``energy``: what a
-    removal leaves at the readers on the synthesised inputs, with the DAG refit,
-    see coupled.ActivationSaliency and bench/results/dag_selection.md; ``robustness``:
-    the annealing of the chain models, pair merges where exact and plain removals in
-    GroupSaliency order elsewhere, every candidate scored by the sound deviation bound
-    of bounds.dag_deviation).
+    exact). paoding and greedy score every candidate (pair merges where they are
+    exact, plain removals elsewhere) with the robustness criterion on every model;
+    the removed option ``dag_saliency`` is accepted only as ``"robustness"``.
     Input box ``input_lo``/``input_hi``. Measurement: ``eps``, ``attacks``, ``pgd_steps``, ``n_random`` random box
     inputs (fewer for models costlier than metrics.REFERENCE_MACS), ``measure_tflite``. Stopping: ``min_accuracy_retention``,
     ``min_robust_retention`` (need evaluation data), ``fidelity_floor`` (the
@@ -108,7 +102,6 @@ class PruneConfig:
     synthesis_steps: int = 200
     compensation: str = "reconstruct"
     pair_scores: str = "auto"
-    dag_saliency: str = "group"
     ridge: float = 0.01
     input_lo: Any = 0.0
     input_hi: Any = 1.0
@@ -131,7 +124,6 @@ class PruneConfig:
         _choice("tau_start", self.tau_start, TAU_STARTS)
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("pair_scores", self.pair_scores, PAIR_SCORES)
-        _choice("dag_saliency", self.dag_saliency, DAG_SALIENCIES)
         _choice("budget", self.budget, BUDGETS)
         _count("seed", self.seed, 0)
         _count("round_to", self.round_to, 0)
@@ -179,6 +171,7 @@ class PruneConfig:
 
     def replace(self, **changes: Any) -> PruneConfig:
         """A copy with some options changed (validated again)."""
+        changes = _without_removed(changes)
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(f"unknown pruning option(s): {', '.join(sorted(unknown))}")
@@ -196,7 +189,21 @@ class PruneConfig:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PruneConfig:
+        config = _without_removed(config)
         unknown = set(config) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown pruning option(s): {', '.join(sorted(unknown))}")
         return cls(**config)
+
+
+def _without_removed(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without ``dag_saliency``, which is gone: its one remaining meaning,
+    ``"robustness"``, is what paoding does on every model; the others were removed."""
+    if "dag_saliency" not in options:
+        return options
+    if options["dag_saliency"] != "robustness":
+        raise ConfigError(
+            f"dag_saliency {options['dag_saliency']!r} was removed: paoding scores every "
+            "model with the robustness criterion (drop the option)"
+        )
+    return {k: v for k, v in options.items() if k != "dag_saliency"}

@@ -7,10 +7,9 @@ from typing import Any
 
 from pruner.bounds import InputBox
 from pruner.config import PruneConfig
-from pruner.dag import DagGraph
-from pruner.metrics import count_macs, count_params, scaled_count
+from pruner.graph import Graph, as_model
+from pruner.metrics import count_macs, scaled_count
 from pruner.result import StepRecord
-from pruner.surgery import as_model
 
 
 class Meter:
@@ -39,18 +38,15 @@ class Meter:
                          cfg.min_accuracy_retention,
                          0 if self.random_x is None else len(self.random_x))
 
-    def tflite_bytes(self, current: Any) -> int:
+    def tflite_bytes(self, current: Graph) -> int:
         """Size of the float32 TFLite export (seconds on large models: first and last step)."""
         from pruner.export import export_tflite
 
         return len(export_tflite(as_model(current)))
 
-    def __call__(self, current: Any, step: int, ratio: float, units: dict[str, int],
+    def __call__(self, current: Graph, step: int, ratio: float, units: dict[str, int],
                  tflite: bool = False) -> StepRecord:
-        if isinstance(current, DagGraph):  # sizes from the arrays: no model to build
-            rec = StepRecord(step, ratio, units, current.params(), current.macs())
-        else:
-            rec = StepRecord(step, ratio, units, count_params(current), count_macs(current))
+        rec = StepRecord(step, ratio, units, current.params(), current.macs())  # no model built
         model = current
         if self.data is not None or self.random_x is not None or self.check is not None:
             model = as_model(current)

@@ -13,10 +13,18 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, DataError, PaodingWarning
-from pruner.bounds import InputBox, dag_interval_bounds, interval_bounds
+from pruner.bounds import InputBox, interval_bounds
+from pruner.compensate import compensate
 from pruner.config import PruneConfig
-from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
-from pruner.graph import build_graph
+from pruner.criteria import (
+    L1Magnitude,
+    PairSaliency,
+    RandomScore,
+    RobustnessImpact,
+    UnitView,
+    reader_activations,
+)
+from pruner.graph import Graph, as_model, build_graph
 from pruner.meter import Meter, robust_retention
 from pruner.metrics import count_macs
 from pruner.result import (
@@ -28,7 +36,6 @@ from pruner.result import (
 )
 from pruner.schedule import AUTO, Schedule, StopCriteria
 from pruner.strategies import Annealing, GlobalAnnealing, OneShotPairs, OneShotRanking
-from pruner.surgery import advance, apply_plan, as_model
 
 
 def check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -51,16 +58,16 @@ def check_eval(model: Any, eval_data: Any) -> tuple[np.ndarray, np.ndarray] | No
     return x, y
 
 
-def strategy_for(mode: str, rng: np.random.Generator, cfg: PruneConfig, ranking: Any = None) -> Any:
-    """The selection of ``mode``; ``ranking`` orders plain removals in groups that cannot
-    merge (paoding and greedy on a DAG with ``dag_saliency="robustness"``)."""
+def strategy_for(mode: str, rng: np.random.Generator, cfg: PruneConfig) -> Any:
+    """The selection of ``mode``: paoding and greedy anneal over pair merges where they are
+    exact and plain removals elsewhere, every candidate scored by the robustness impact."""
     impact = RobustnessImpact(cfg.alpha, cfg.beta, cfg.entropy_threshold)
     if mode in ("paoding", "greedy"):
         cls = GlobalAnnealing if cfg.scope == "global" else Annealing
         t0 = cfg.t0 if mode == "paoding" else 0.0
         return cls(
             rng, PairSaliency(), impact, t0, cfg.cooling, cfg.max_candidates,
-            tau_start=cfg.tau_start, ranking=ranking,
+            tau_start=cfg.tau_start,
         )
     if mode == "baseline":
         return OneShotPairs()
@@ -71,7 +78,7 @@ def strategy_for(mode: str, rng: np.random.Generator, cfg: PruneConfig, ranking:
 
 def budget_rule(cfg: PruneConfig, graph: Any) -> str:
     """The budget rule of a run: ``auto`` is width for convolutional models with
-    BatchNormalization, chains or DAGs (their narrow layers carry every later feature;
+    BatchNormalization (their narrow layers carry every later feature;
     MobileNetV2's narrow residual groups most of all) and uniform otherwise (measured:
     bench/results/prune_quality.md, bench/results/dag_selection.md)."""
     if cfg.budget != "auto":
@@ -89,8 +96,8 @@ def run(
     synthetic_inputs: np.ndarray | None,
     progress: bool,
     representative: np.ndarray | None = None,
-) -> Iterator[tuple[StepRecord, Any]]:
-    """The loop of ``api.prune_steps``. On a DAG a step's model is a DagGraph holding weight arrays:
+) -> Iterator[tuple[StepRecord, Graph]]:
+    """The loop of ``api.prune_steps``. A step's model is a Graph holding weight arrays:
     ``as_model`` builds the Keras model, only for the steps someone looks at."""
     if isinstance(model, (str, os.PathLike)):
         from pruner.io import load_model
@@ -101,8 +108,11 @@ def run(
     stop = StopCriteria(cfg.min_accuracy_retention, cfg.min_robust_retention, budget)
     box = InputBox(cfg.input_lo, cfg.input_hi)
     graph = build_graph(model)  # refuses unsupported models before anything else
-    # AUTO rounding (the default) aligns widths on DAG models only: chains keep exact targets
-    schedule = Schedule(cfg.target, cfg.step, 1 if cfg.round_to == AUTO and not graph.coupled else cfg.round_to)
+    # AUTO rounding (the default) aligns widths where channels couple (depthwise layers,
+    # residual adds: the mobile models); other models keep exact targets
+    aligned = any(g.coupled for g in graph.groups)
+    schedule = Schedule(cfg.target, cfg.step,
+                        1 if cfg.round_to == AUTO and not aligned else cfg.round_to)
     box.arrays(graph.input_shape)
     data = check_eval(model, eval_data)
     if stop.needs_eval and data is None:
@@ -137,23 +147,15 @@ def run(
             from pruner.fidelity import check_inputs
 
             check = check_inputs(model, box, n_check, seed)
-        # DAG readers are refitted on them (dag_refit) with compensation "reconstruct" only
-        if not cfg.compensates or (graph.coupled and cfg.compensation != "reconstruct"):
+        if not cfg.compensates:
             synth = None
     check = check if real is None else real
     rng = np.random.default_rng(seed)
     strategy = strategy_for(mode, rng, cfg)
-    if graph.coupled:  # not a chain: merges where exact, group-saliency removal elsewhere
-        if scope == "global":
-            raise ConfigError("scope 'global' needs a chain model; use 'layer' or 'sequential'")
-        from pruner.coupled import GroupSaliency, coupled_strategy
-
-        if cfg.dag_saliency == "robustness" and mode in ("paoding", "greedy"):
-            # the annealing of the method: pair merges where exact, removals elsewhere,
-            # both scored by the DAG deviation bound (bounds.dag_deviation)
-            strategy = strategy_for(mode, rng, cfg, ranking=GroupSaliency())
-        else:
-            strategy = coupled_strategy(mode, rng, cfg.dag_saliency)
+    fixed = [g.name for g in graph.groups if not g.mergeable]
+    if scope == "global" and fixed:
+        raise ConfigError(f"scope 'global' walks pair merges across layers, and group {fixed[0]!r} "
+                          "cannot merge (coupled channels); use 'layer' or 'sequential'")
     widths0 = {g.name: g.width for g in graph.groups}
     total0 = sum(widths0.values())
     rule = budget_rule(cfg, graph)
@@ -168,10 +170,7 @@ def run(
         and any(type(lay).__name__ in ("BatchNormalization", "Conv2D") for lay in graph.layers)
     )
     one_shot = mode not in ("paoding", "greedy")
-    needs_bounds = not one_shot and (
-        not graph.coupled or cfg.dag_saliency in ("bounds", "robustness")
-    )
-    bounds_of = dag_interval_bounds if graph.coupled else interval_bounds
+    how = "none" if one_shot else cfg.compensation
     graph0 = graph
 
     from pruner.progress import progress_bar as tqdm
@@ -182,34 +181,30 @@ def run(
     bar = tqdm(total=n_steps, disable=not progress, desc=f"prune {mode}", unit="step")
     try:
         t = time.perf_counter()
-        base = meter(model, 0, 0.0, dict(widths0), tflite=True)
+        base = meter(graph0, 0, 0.0, dict(widths0), tflite=True)
         base.seconds = time.perf_counter() - t
         if not graph.groups or all(g == 0 for g in goals.values()):
             base.stop = NOTHING_TO_PRUNE
-            yield base, model
+            yield base, graph0
             return
-        yield base, model
-        previous, current, number = base, graph0 if graph0.coupled else model, 0
-        last = current  # the model of ``previous``
+        yield base, graph0
+        previous, current, number = base, graph0, 0
+        last = current  # the graph of ``previous``
         while True:
             number += 1
             t = time.perf_counter()
             if one_shot:  # every ratio is a one-shot selection on the original model
-                graph, source = graph0, model
+                graph = graph0
                 done = {name: 0 for name in widths0}
-            else:  # a DAG step's graph is the previous step's result, no rebuild
-                graph = current if graph0.coupled else build_graph(current)
-                source = current
+            else:  # a step's graph is the previous step's result, no rebuild
+                graph = current
                 done = {g.name: widths0[g.name] - g.width for g in graph.groups}
-            bounds = bounds_of(graph, box) if needs_bounds else None
-            if graph0.coupled and synth is not None and hasattr(strategy, "observe"):
-                strategy.observe(graph, synth)  # activation-aware DAG saliency (coupled.py)
+            bounds = None if one_shot else interval_bounds(graph, box)
             plan = {}
             acts = {}
-            if synth is not None and activation_scores and not graph0.coupled:
-                from pruner.compensate import consumer_inputs
-
-                acts = consumer_inputs(source, [g.consumer.name for g in graph.groups], synth)
+            if synth is not None and activation_scores:  # pair scores where merges are exact
+                acts = reader_activations(graph, synth,
+                                          [g.name for g in graph.groups if g.mergeable])
             views, quotas, caps = [], {}, {}
             active = None  # sequential: the first layer still short of its goal
             if scope == "sequential":
@@ -234,7 +229,7 @@ def run(
                 if quotas.get(name, 0) <= 0:
                     continue
                 ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
-                views.append(UnitView.of(graph, group, ids, bounds, acts.get(group.consumer.name)))
+                views.append(UnitView.of(graph, group, ids, bounds, acts.get(name)))
             if scope == "global":
                 plan = strategy.select_all(views, quotas, caps, number - 1)
             for view in views if scope != "global" else []:
@@ -252,29 +247,11 @@ def run(
                 if cfg.measure_tflite and previous.tflite_bytes is None:
                     previous.tflite_bytes = meter.tflite_bytes(last)
                 return
-            if graph0.coupled:  # BN-statistics bias correction unless compensation is "none"
-                correct = not one_shot and cfg.compensation != "none"
-                current = advance(graph, plan, correct)
-                if synth is not None and not one_shot:
-                    from pruner.dag_refit import readers_of, refit
-
-                    ids = {n: np.delete(orig_ids[n], plan[n].remove if n in plan else [])
-                           for n in widths0}
-                    refit(current, synth, readers_of(graph, set(plan)), ids, cfg.ridge)
-            else:
-                current = apply_plan(source, plan)
             for name in widths0:
                 gone = plan[name].remove if name in plan else []
                 base_ids = np.arange(widths0[name]) if one_shot else orig_ids[name]
                 orig_ids[name] = np.delete(base_ids, gone)
-            if synth is not None and cfg.compensation != "none" and not graph0.coupled:
-                from pruner.compensate import correct_biases, reconstruct
-
-                consumers = [g.consumer.name for g in graph.groups]
-                if cfg.compensation == "reconstruct":
-                    reconstruct(model, current, synth, consumers, orig_ids, cfg.ridge)
-                else:
-                    correct_biases(model, current, synth, consumers, orig_ids)
+            current = compensate(graph, plan, how, synth, orig_ids, cfg.ridge)
             units = {name: len(ids) for name, ids in orig_ids.items()}
             ratio = (total0 - sum(units.values())) / total0
             rec = meter(current, number, ratio, units)

@@ -22,8 +22,9 @@ class Schedule:
     widths turn removed MACs into time saved (bench/dag_bench.py measures both).
     ``round_to=0`` (AUTO, the default) picks per layer: 16 for 64 channels or more
     (aligned on both), 8 from 16, none below, and keeps the exact target where
-    rounding would leave the layer unpruned; ``prune`` applies it on DAG models only
-    (chains keep exact targets). ``round_to=1`` removes exactly the target.
+    rounding would leave the layer unpruned; ``prune`` applies it where channels couple
+    (depthwise layers, residual adds: a group of several layers), and keeps exact
+    targets elsewhere. ``round_to=1`` removes exactly the target.
     """
 
     def __init__(self, target: float = 0.5, step: float = 0.05, round_to: int = 0) -> None:

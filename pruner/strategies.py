@@ -13,8 +13,15 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from pruner.criteria import L1Magnitude, PairSaliency, RandomScore, RobustnessImpact, UnitView
-from pruner.surgery import GroupPlan
+from pruner.criteria import (
+    GroupSaliency,
+    L1Magnitude,
+    PairSaliency,
+    RandomScore,
+    RobustnessImpact,
+    UnitView,
+)
+from pruner.graph.plan import GroupPlan
 
 
 def ascending_pairs(sal: np.ndarray) -> np.ndarray:
@@ -87,15 +94,15 @@ class Annealing:
         self.impact = impact or RobustnessImpact()
         self.t0, self.cooling = float(t0), float(cooling)
         self.chunk, self.first_chunk = int(chunk), int(first_chunk)
-        self.ranking = ranking
+        self.ranking = ranking or GroupSaliency()
         self.accepted: dict[str, set[tuple[int, int]]] = {}
 
     def candidates(self, view: UnitView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, gamma) of the candidates in walking order: pairs in ascending saliency,
-        or, in a group that cannot merge (``mergeable`` False) with a ``ranking``,
-        plain removals (a = -1) in ascending ranking score."""
+        or, in a group that cannot merge (coupled channels: ``mergeable`` False), plain
+        removals (a = -1) in ascending ``ranking`` score."""
         n = view.n
-        if self.ranking is not None and not getattr(view.group, "mergeable", True):
+        if not view.group.mergeable:
             b = np.argsort(self.ranking(view), kind="stable")
             return np.full(n, -1), b, np.zeros(n)
         gamma, sal = self.saliency(view)
@@ -286,8 +293,11 @@ class OneShotPairs:
 
     def __init__(self, saliency: PairSaliency | None = None) -> None:
         self.saliency = saliency or PairSaliency(gamma="one")
+        self.removal = OneShotRanking(GroupSaliency())  # groups that cannot merge
 
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:
+        if not view.group.mergeable:
+            return self.removal.select(view, quota, step)
         n = view.n
         gamma, sal = self.saliency(view)
         order = ascending_pairs(sal)
@@ -312,7 +322,7 @@ class OneShotRanking:
     RandomScore it is seeded random pruning.
     """
 
-    def __init__(self, criterion: L1Magnitude | RandomScore) -> None:
+    def __init__(self, criterion: L1Magnitude | RandomScore | GroupSaliency) -> None:
         self.criterion = criterion
 
     def select(self, view: UnitView, quota: int, step: int) -> GroupPlan:

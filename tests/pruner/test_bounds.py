@@ -10,10 +10,9 @@ keras = pytest.importorskip("keras")
 from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
 from core.errors import ConfigError  # noqa: E402
-from pruner.bounds import InputBox, interval_bounds  # noqa: E402
+from pruner.bounds import InputBox, deviation, interval_bounds  # noqa: E402
 from pruner.criteria import PairSaliency, RobustnessImpact, UnitView  # noqa: E402
-from pruner.graph import build_graph  # noqa: E402
-from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
+from pruner.graph import GroupPlan, apply_plan, build_graph  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +57,12 @@ def test_ibp_bounds_hold_for_points_in_the_box(which, request):
     box = InputBox(-0.5, 1.0)
     bounds = interval_bounds(graph, box)
     x = np.random.default_rng(0).uniform(-0.5, 1.0, (200, *graph.input_shape)).astype("f4")
-    # the logits: input of the op after the output layer's affine op
-    lo, hi = bounds[graph.output_op + 1]
+    lo, hi = bounds[graph.output]  # the model's output
     y = np.asarray(model(x))
     assert np.all(y >= lo - 1e-4) and np.all(y <= hi + 1e-4)
-    # every consumer's input (where the deviation bounds start)
-    acts = _intermediates(model, x)
-    for group in graph.groups:
-        lo, hi = bounds[group.consumer_op]
-        h = acts[graph.layers.index(group.consumer)]
-        assert np.all(h >= lo - 1e-4) and np.all(h <= hi + 1e-4)
+    acts = _intermediates(model, x)  # every layer's output (a chain: node i is layer i)
+    for node, h, (lo, hi) in zip(graph.nodes[1:], acts[1:], bounds[1:], strict=True):
+        assert np.all(h >= lo - 1e-4) and np.all(h <= hi + 1e-4), node.op.name
     assert np.all(bounds[-1][0] <= bounds[-1][1])
 
 
@@ -90,8 +85,6 @@ def test_deviation_bound_contains_the_real_deviation(which, request):
             pruned = apply_plan(model, plan)
             dev = np.asarray(pruned(x)) - np.asarray(model(x))
             assert np.all(dev >= lo[i] - 1e-4) and np.all(dev <= hi[i] + 1e-4)
-        loose_lo, loose_hi = RobustnessImpact(tight=False).deviation(view, a, b, gamma[a, b])
-        assert np.all(lo >= loose_lo - 1e-5) and np.all(hi <= loose_hi + 1e-5)
         width, ent = impact.terms(view, a, b, gamma[a, b])
         assert np.all(width >= 0) and np.all((ent >= 0) & (ent <= 1))
 
@@ -121,12 +114,9 @@ def _dag_models():
 def test_dag_bounds_hold_every_node(name):
     """Every node's value on inputs from the box lies inside its bounds; an Add's bounds
     are the sum of its inputs' and a Multiply's hold the interval product."""
-    from pruner.bounds import dag_interval_bounds
-    from pruner.dag import build_dag
-
     model = _dag_models()[name]()
-    graph = build_dag(model)
-    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    graph = build_graph(model)
+    bounds = interval_bounds(graph, InputBox(0.0, 1.0))
     probe = keras.Model(model.inputs, [n.op.output for n in graph.nodes[1:]])
     x = np.random.default_rng(0).uniform(0, 1, (64, *graph.input_shape)).astype(np.float32)
     x[:2] = [np.zeros(graph.input_shape), np.ones(graph.input_shape)]  # the corners too
@@ -160,19 +150,15 @@ def _residual_concat_net():
                                   "depthwise", "separable", "sequential"])
 def test_dag_deviation_contains_the_real_change(name):
     """For every group, removing a channel (and, in mergeable groups, merging one pair)
-    changes the logits on inputs from the box by no more than dag_deviation bounds."""
-    from pruner.bounds import dag_deviation, dag_interval_bounds
-    from pruner.dag import build_dag
-    from pruner.graph import merge_terms
-
+    changes the logits on inputs from the box by no more than the deviation bounds."""
     models = {"residual_concat": _residual_concat_net, **_dag_models()}
     model = models[name]()
-    graph = build_dag(model)
-    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    graph = build_graph(model)
+    bounds = interval_bounds(graph, InputBox(0.0, 1.0))
     x = np.random.default_rng(1).uniform(0, 1, (128, *graph.input_shape)).astype(np.float32)
     x[:2] = [np.zeros(graph.input_shape), np.ones(graph.input_shape)]
     y0 = np.asarray(model(x))
-    checked = 0
+    checked = moved = 0
     for group in graph.groups:
         cases = [GroupPlan(remove=[u]) for u in {0, group.width - 1}]
         if group.mergeable:
@@ -181,14 +167,14 @@ def test_dag_deviation_contains_the_real_change(name):
             b = np.array(gp.remove)
             if gp.merges:
                 a, gamma = np.array([0]), np.array([0.7])
-                k, c = merge_terms(group, a, b, gamma)
-                lo, hi = dag_deviation(graph, bounds, group, b, a, k, c)
+                k, c = group.merge_terms(a, b, gamma)
+                lo, hi = deviation(graph, bounds, group, b, a, k, c)
             else:
-                lo, hi = dag_deviation(graph, bounds, group, b)
+                lo, hi = deviation(graph, bounds, group, b)
             change = np.asarray(apply_plan(model, {group.name: gp})(x)) - y0
             tol = 1e-4 * (1 + np.abs(y0))
             assert np.all(change >= lo - tol) and np.all(change <= hi + tol), (group.name, gp)
             assert np.all(hi - lo < 1e6)  # a bound, not infinity
-            assert np.abs(change).max() > 0  # a bound of zero would fail
+            moved += bool(np.abs(change).max() > 0)  # a dead channel changes nothing
             checked += 1
-    assert checked >= 2
+    assert checked >= 2 and moved >= 1  # a bound of zero would fail

@@ -16,8 +16,8 @@ from dagnets import PATTERNS, add_net, depthwise_net, se_net  # noqa: E402
 from core.errors import ConfigError, UnsupportedLayerError  # noqa: E402
 from pruner import zoo  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
+from pruner.graph.surgery import GroupPlan, apply_plan  # noqa: E402
 from pruner.metrics import count_macs, count_params  # noqa: E402
-from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
 
 L = keras.layers
 
@@ -60,7 +60,7 @@ def _masked(model, graph, plan):
 
 def test_coupled_groups_are_found():
     graph = build_graph(add_net())
-    assert graph.coupled
+    assert any(g.coupled for g in graph.groups)
     names = {g.name: g for g in graph.groups}
     first = next(g for g in graph.groups if len(g.producers) == 2)
     assert first.width == 6 and not first.mergeable  # conv and its residual partner
@@ -94,7 +94,7 @@ def test_masked_equals_pruned(pattern):
 def test_steps_on_arrays_equal_steps_on_models(pattern):
     """Two steps on weight arrays (advance, one build at the end) give the model that two
     rebuilt steps give, and the arrays' sizes are the built model's."""
-    from pruner.surgery import advance, as_model
+    from pruner.graph.surgery import advance, as_model
 
     model = PATTERNS[pattern]()
     graph = build_graph(model)
@@ -232,128 +232,11 @@ def test_model_family_prunes_shrinks_and_exports(family):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_lowest_pairs_walk_like_one_shot_pairs():
-    """The partial walk picks the same pairs as the full sort of OneShotPairs."""
-    from pruner.coupled import GroupSaliency, LowestPairs
-    from pruner.criteria import PairSaliency, UnitView
-    from pruner.strategies import OneShotPairs
-
-    graph = build_graph(_merge_net(False))
-    group = next(g for g in graph.groups if g.mergeable and g.width == 6)
-    view = UnitView.of(graph, group, np.arange(group.width))
-    for quota in (1, 2, 3):
-        fast = LowestPairs().select(view, quota, 0)
-        full = OneShotPairs(PairSaliency(gamma="auto")).select(view, quota, 0)
-        assert (fast.remove, fast.merges) == (full.remove, full.merges)
-    scores = GroupSaliency()(view)
-    assert scores.shape == (6,) and np.all(scores >= 0)
-
-
-def _outputs(model, x):
-    out = model(x)
-    return out if isinstance(out, (list, tuple)) else [out]
-
-
-@pytest.mark.parametrize("pattern", ["add", "concatenate", "depthwise", "separable"])
-def test_bound_saliency_bounds_the_readers_change(pattern):
-    """Over inputs from the box, zeroing a channel changes its readers' outputs (ReLU or
-    linear: 1-Lipschitz) by no more than BoundSaliency in L1; bounds computed on
-    weight arrays equal those of the built model."""
-    from pruner.bounds import InputBox, dag_interval_bounds
-    from pruner.coupled import BoundSaliency
-    from pruner.criteria import UnitView
-    from pruner.surgery import advance, as_model
-
-    model = PATTERNS[pattern]()
-    graph = build_graph(model)
-    box = InputBox(0.0, 1.0)
-    state = advance(graph, _plan(graph, np.random.default_rng(2), share=0.25))
-    built = as_model(state)
-    again = build_graph(built)
-    for (lo, hi), (lo2, hi2) in zip(dag_interval_bounds(state, box),
-                                    dag_interval_bounds(again, box), strict=True):
-        np.testing.assert_allclose(lo, lo2, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(hi, hi2, rtol=1e-5, atol=1e-5)
-    bounds = dag_interval_bounds(again, box)
-    x = _x(built, n=32, seed=3)
-    x[0], x[1] = 0.0, 1.0
-    checked, seen = 0, 0.0
-    for group in again.groups:
-        readers = [m.layer for m in group.readers]
-        if any(getattr(r, "activation", None) not in (None, keras.activations.linear,
-                                                      keras.activations.relu)
-               for r in readers):
-            continue
-        score = BoundSaliency()(UnitView.of(again, group, np.arange(group.width), bounds))
-        probe = keras.Model(built.inputs, [r.output for r in readers])
-        base = [np.asarray(v) for v in _outputs(probe, x)]
-        for u in range(min(group.width, 3)):
-            masked = _masked(built, again, {group.name: GroupPlan([u])})
-            mprobe = keras.Model(masked.inputs, [masked.get_layer(r.name).output for r in readers])
-            change = sum(np.abs(np.asarray(v) - b).reshape(len(x), -1).sum(axis=1)
-                         for v, b in zip(_outputs(mprobe, x), base, strict=True))
-            assert np.all(change <= score[u] * (1 + 1e-4) + 1e-5), (group.name, u)
-            seen = max(seen, float(change.max()))
-            checked += 1
-    assert checked > 0 and seen > 0
-
-
-def test_activation_saliency_is_the_readers_change_and_sees_duplicates():
-    """``energy``: the mean squared change of the 1x1/Dense readers' pre-activations when
-    the channel is zeroed at their inputs; ``refit``: a channel that another one copies
-    exactly leaves (almost) nothing a refit cannot undo, however large its weights."""
-    from pruner.compensate import layer_inputs, preactivation
-    from pruner.coupled import ActivationSaliency, GroupSaliency, coupled_strategy
-    from pruner.criteria import UnitView
-
-    model = zoo.ds_cnn((12, 12, 1), classes=3, filters=6, blocks=2, seed=0)
-    conv = next(lay for lay in model.layers if type(lay).__name__ == "Conv2D")
-    dw, pw = model.get_layer("dw0"), model.get_layer("pw0")
-    bns = [lay for lay in model.layers if type(lay).__name__ == "BatchNormalization"][:2]
-    for lay in (conv, dw, *bns):  # channel 1 copies channel 0 up to pw0's input
-        w = lay.get_weights()
-        w = [np.moveaxis(a, 2, 0) if lay is dw else np.moveaxis(a, -1, 0) for a in w]
-        for a in w:
-            a[1] = a[0]
-        lay.set_weights([np.moveaxis(a, 0, 2) if lay is dw else np.moveaxis(a, 0, -1)
-                         for a in w])
-    k = pw.get_weights()
-    k[0][:, :, :2] *= 10.0  # the copies have the largest outgoing weights
-    pw.set_weights(k)
-    graph = build_graph(model)
-    group = next(g for g in graph.groups if g.producer is conv)
-    x = _x(model, n=16, seed=4)
-    view = UnitView.of(graph, group, np.arange(group.width))
-    assert set(np.argsort(GroupSaliency()(view))[:2]).isdisjoint({0, 1})
-
-    energy = ActivationSaliency("energy")
-    energy.observe(graph, x)
-    score = base = energy(view)
-    inputs = layer_inputs(model, [m.layer.name for m in group.readers], x)
-    for u in range(group.width):
-        change = 0.0
-        for m in group.readers:
-            a = inputs[m.layer.name]
-            cut = a.copy()
-            cut[..., m.offset + u] = 0.0
-            d = preactivation(m.layer, a) - preactivation(m.layer, cut)
-            change += float((d.astype(np.float64) ** 2).sum(axis=-1).mean())
-        np.testing.assert_allclose(score[u], change, rtol=1e-3, atol=1e-9)
-
-    strategy = coupled_strategy("paoding", np.random.default_rng(0), "activations")
-    strategy.observe(graph, x)  # what prune_steps does each step with the synthesised inputs
-    refit = strategy.ranking.criterion
-    assert refit.statistic == "refit" and {"pw0", "pw1"} <= set(refit.stats)
-    refit.ridge = 1e-6
-    left = refit(view) / np.maximum(base, 1e-30)  # share of the change a refit keeps
-    assert left[:2].max() < 1e-3 and left[2:].max() > 1e-2
-
-
 def test_post_bn_merges_need_nothing_but_linear_maps_after_the_bn():
     """A BatchNormalization after the ReLU keeps merges exact (the surgery moves its shift
     difference into the reader's bias); a second ReLU after it does not, and its group
     refuses merges."""
-    from pruner.dag import build_dag
+    from pruner.graph import build_graph as build_dag
 
     inp = keras.Input((6, 6, 1))
     x = L.BatchNormalization()(L.Conv2D(4, 3, activation="relu", name="lin")(inp))
@@ -373,14 +256,13 @@ def test_post_bn_merges_need_nothing_but_linear_maps_after_the_bn():
 
 
 def test_robustness_annealing_scores_dag_candidates_and_removes_where_merges_cannot_go():
-    """dag_saliency="robustness": the impact is the DAG deviation bound (a channel no
-    reader reads scores L = 0, the lowest), groups that cannot merge lose channels by
-    plain removal, and a run is reproducible from its seed."""
+    """paoding: the impact is the deviation bound (a channel no reader reads scores
+    L = 0, the lowest), groups that cannot merge lose channels by plain removal, and a
+    run is reproducible from its seed."""
     from pruner.api import prune
-    from pruner.bounds import InputBox, dag_interval_bounds
-    from pruner.coupled import GroupSaliency
-    from pruner.criteria import RobustnessImpact, UnitView
-    from pruner.dag import build_dag
+    from pruner.bounds import InputBox, interval_bounds
+    from pruner.criteria import GroupSaliency, RobustnessImpact, UnitView
+    from pruner.graph import build_graph as build_dag
     from pruner.strategies import Annealing
 
     model = add_net()
@@ -398,7 +280,7 @@ def test_robustness_annealing_scores_dag_candidates_and_removes_where_merges_can
         else:
             ws[0][..., m.offset + 2, :] = 0.0
         m.layer.set_weights(ws)
-    bounds = dag_interval_bounds(graph, InputBox(0.0, 1.0))
+    bounds = interval_bounds(graph, InputBox(0.0, 1.0))
     view = UnitView.of(graph, group, np.arange(group.width), bounds)
     units = np.arange(group.width)
     width, _ = RobustnessImpact().terms(view, np.full(group.width, -1), units,
@@ -408,7 +290,7 @@ def test_robustness_annealing_scores_dag_candidates_and_removes_where_merges_can
                        ranking=GroupSaliency()).select(view, 1, 0)
     assert picked.remove == [2] and picked.merges == []
 
-    kwargs = dict(target=0.4, step=0.2, mode="paoding", dag_saliency="robustness",
+    kwargs = dict(target=0.4, step=0.2, mode="paoding",
                   synthetic=0, seed=3, keep_below_floor=True, progress=False)
     first, again = prune(add_net(), **kwargs), prune(add_net(), **kwargs)
     assert first.trajectory[-1].ratio > 0.3

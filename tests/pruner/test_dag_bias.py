@@ -1,4 +1,4 @@
-"""Data-free bias correction on DAG models (pruner/dag_bias): the reader's expected
+"""Data-free bias correction on DAG models (pruner/compensate/bias): the reader's expected
 pre-activation is kept, and the correction is the closed-form expectation of the removed
 channels times their kernel sums, nothing else."""
 
@@ -13,9 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 from pruner import zoo  # noqa: E402
-from pruner.dag_bias import channel_means, clipped_mean  # noqa: E402
+from pruner.compensate import compensate  # noqa: E402
+from pruner.compensate.bias import channel_means, clipped_mean  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
-from pruner.surgery import GroupPlan, advance, as_model  # noqa: E402
+from pruner.graph.surgery import GroupPlan, advance, as_model  # noqa: E402
 
 REMOVE = [1, 3, 4, 6, 9, 12]
 
@@ -31,7 +32,7 @@ def _ds_cnn_step():
     graph = build_graph(model)
     group = next(g for g in graph.groups if g.consumer.name == "pw0")
     plan = {group.name: GroupPlan(list(REMOVE))}
-    return model, group, as_model(advance(graph, plan, True)), as_model(advance(graph, plan))
+    return model, group, as_model(compensate(graph, plan, "bias")), as_model(advance(graph, plan))
 
 
 def _after(model, layer):

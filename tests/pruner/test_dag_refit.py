@@ -1,4 +1,4 @@
-"""Data-free refit of DAG readers (pruner/dag_refit): on the synthesised inputs the
+"""Data-free refit of DAG readers (pruner/compensate/refit): on the synthesised inputs the
 refitted reader's output is closer to the original's than after removal with the
 closed-form bias correction alone, and the pruned model is a function of the weights
 and the synthesised inputs."""
@@ -16,9 +16,10 @@ keras = pytest.importorskip("keras")
 from pruner import zoo  # noqa: E402
 from pruner.api import prune  # noqa: E402
 from pruner.bounds import InputBox  # noqa: E402
-from pruner.dag_refit import readers_of, refit  # noqa: E402
+from pruner.compensate import compensate  # noqa: E402
+from pruner.compensate.refit import readers_of, refit  # noqa: E402
 from pruner.graph import build_graph  # noqa: E402
-from pruner.surgery import GroupPlan, advance, as_model  # noqa: E402
+from pruner.graph.surgery import GroupPlan, as_model  # noqa: E402
 from pruner.synthesis import synthesize  # noqa: E402
 
 REMOVE = [1, 3, 4, 6, 9, 12]
@@ -51,9 +52,9 @@ def test_refit_lowers_the_readers_error_on_synthesised_inputs():
     names = readers_of(graph, set(plan))
     assert "pw0" in names
     want = _output(model, "pw0", x)
-    corrected = as_model(advance(graph, plan, True))
+    corrected = as_model(compensate(graph, plan, "bias"))
     err_bias = np.mean((_output(corrected, "pw0", x) - want) ** 2)
-    step = advance(graph, plan, True)
+    step = compensate(graph, plan, "bias")
     refitted = as_model(refit(step, x, names, ids))
     err_refit = np.mean((_output(refitted, "pw0", x) - want) ** 2)
     assert err_refit < 0.5 * err_bias

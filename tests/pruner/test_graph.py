@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 from prunehelp import convnet, mlp, postbn_net  # noqa: E402
 
 from core.errors import UnsupportedLayerError  # noqa: E402
-from pruner.graph import build_graph, incoming, outgoing  # noqa: E402
+from pruner.graph import build_graph  # noqa: E402
 
 L = keras.layers
 
@@ -21,17 +21,17 @@ def test_dense_groups_skip_the_output_layer():
     assert [g.width for g in graph.groups] == [12, 10, 8]
     assert graph.groups[-1].consumer is model.layers[-1]
     assert all(g.homogeneous for g in graph.groups)
-    assert incoming(graph.groups[0]).shape == (12, 6 + 1)
-    assert outgoing(graph.groups[0]).shape == (12, 10)
+    assert graph.groups[0].incoming().shape == (12, 6 + 1)
+    assert graph.groups[0].outgoing().shape == (12, 10)
 
 
 def test_conv_groups_find_batchnorm_and_flatten_positions():
     graph = build_graph(convnet())
     first, second, dense = graph.groups
     assert first.bn is not None and second.bn is not None and dense.bn is None
-    assert second.flatten_positions == 4  # 2x2 positions after the valid conv
-    np.testing.assert_array_equal(second.consumer_rows(np.array([1])), [[1, 6, 11, 16]])
-    assert outgoing(second).shape == (5, 4 * 7)
+    (reader,) = second.readers  # the Dense after a Flatten of 2x2 positions
+    np.testing.assert_array_equal(reader.rows(np.array([1])), [[1, 6, 11, 16]])
+    assert second.outgoing().shape == (5, 4 * 7)
 
 
 def test_non_homogeneous_activation_is_marked():
@@ -48,9 +48,8 @@ def _functional(make):
 
 def test_add_and_concatenate_couple_or_offset_channels():
     added = build_graph(_functional(lambda a, b: L.Add(name="the_add")([a, b])))
-    assert added.coupled
     (group,) = added.groups
-    assert {m.layer.name for m in group.producers} == {"left", "right"} and not group.mergeable
+    assert group.coupled and {m.layer.name for m in group.producers} == {"left", "right"} and not group.mergeable
     joined = build_graph(_functional(lambda a, b: L.Concatenate(name="cat")([a, b])))
     left, right = joined.groups
     assert left.mergeable and right.mergeable
@@ -76,7 +75,7 @@ def test_batchnorm_after_the_nonlinearity_is_a_post_affine_map():
             L.Dense(2),
         ]
     )
-    (group,) = build_graph(model).groups  # a DAG group: plain removal, no merges
+    (group,) = build_graph(model).groups  # a nonlinearity after the BN: plain removal only
     assert group.width == 5 and not group.mergeable
 
 

@@ -11,9 +11,12 @@ from prunehelp import convnet, gapnet, mlp, postbn_net  # noqa: E402
 
 from core.errors import ConfigError  # noqa: E402
 from pruner.criteria import PairSaliency, UnitView  # noqa: E402
-from pruner.graph import build_graph  # noqa: E402
+from pruner.graph import (  # noqa: E402
+    GroupPlan,
+    apply_plan,
+    build_graph,  # noqa: E402
+)
 from pruner.metrics import count_macs, count_params  # noqa: E402
-from pruner.surgery import GroupPlan, apply_plan  # noqa: E402
 
 
 def _random_plan(graph, rng, share=0.4):

@@ -1,4 +1,4 @@
-"""Data-free bias correction for DAG surgery (Nagel et al. 2019, Data-Free Quantization).
+"""Data-free bias correction from BatchNormalization statistics (Nagel et al. 2019, Data-Free Quantization).
 
 A reader (Dense, Conv1D, Conv2D) that loses input channel c loses, in expectation,
 E[a_c] times the sum of its kernel weights for c over spatial positions. E[a_c] is
@@ -18,9 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr
 
-from pruner.dag import DagGraph
+from pruner.graph.dag import Graph
 
 # layers whose output mean per channel is their input's (inference mode)
 _PASS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout", "AlphaDropout",
@@ -35,6 +34,7 @@ Gauss = tuple[np.ndarray, np.ndarray]  # per-channel mean and standard deviation
 
 def _relu_mean(mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """E[max(X, 0)] for X ~ N(mu, sd^2), per channel (sd 0: max(mu, 0))."""
+    from scipy.special import ndtr  # a host dependency: not at import time
     safe = np.where(sd > 0, sd, 1.0)
     z = mu / safe
     out = mu * ndtr(z) + safe * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
@@ -72,7 +72,7 @@ def _is_linear(op: Any) -> bool:
     return type(op).__name__ == "Activation" and getattr(op.activation, "__name__", "") == "linear"
 
 
-def channel_means(graph: DagGraph) -> dict[int, np.ndarray]:
+def channel_means(graph: Graph) -> dict[int, np.ndarray]:
     """Per node index: the expected value of each channel of its output tensor (NaN:
     unknown), from the BatchNormalization statistics in ``graph``'s weights."""
     means: dict[int, np.ndarray] = {}
@@ -126,7 +126,7 @@ def _kernel_sums(params: str, kernel: np.ndarray) -> np.ndarray:
 
 
 def correct_biases(
-    graph: DagGraph, weights: dict[str, list[np.ndarray]], masks: dict[tuple[str, str], Any]
+    graph: Graph, weights: dict[str, list[np.ndarray]], masks: dict[tuple[str, str], Any]
 ) -> dict[str, np.ndarray]:
     """Add every reader's lost expectation to its bias (or its BN's moving mean), in
     ``weights`` (the step's arrays after merges, before slicing); ``masks`` the kept

@@ -21,17 +21,19 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from pruner.dag import ChannelGroup, DagGraph, Member, Weights, build_dag
-from pruner.graph import merge_terms
-from pruner.plan import GroupPlan, Plan, validate
+from pruner.graph.dag import ChannelGroup, Graph, Member, Weights, build_graph
+from pruner.graph.plan import GroupPlan, Plan, validate
 
-__all__ = ["GroupPlan", "Plan", "advance", "apply_plan", "as_model", "validate"]
+__all__ = ["GroupPlan", "Plan", "advance", "apply_plan", "as_model", "cut", "merge", "validate"]
+
+Arrays = dict[str, list[np.ndarray]]  # layer name -> its weight arrays
+Masks = dict[tuple[str, str], np.ndarray]  # (layer name, role) -> kept indices
 
 # params kind -> (index of the weight, its input-channel axis) for reader rows
 _READ_AXES = {"dense": [(0, 0)], "conv": [(0, -2)], "separable": [(0, 2), (1, 2)]}
 
 
-def _masks(graph: DagGraph, weights: dict[str, list[np.ndarray]]) -> dict[tuple[str, str], Any]:
+def _masks(graph: Graph, weights: Arrays) -> Masks:
     masks: dict[tuple[str, str], np.ndarray] = {}
     for group in graph.groups:
         for m in group.members:
@@ -100,13 +102,18 @@ def _slice(params: str, role_masks: dict[str, np.ndarray], w: list[np.ndarray]) 
 def apply_plan(model: Any, plan: Plan) -> Any:
     """A new model with the plan's channels removed from every member of their group
     (``model`` is not changed); plan keys are the groups' names (their first producer)."""
-    return as_model(advance(build_dag(model), plan))
+    return as_model(advance(build_graph(model), plan))
 
 
-def advance(graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False) -> DagGraph:
-    """The graph after ``plan``: weights sliced and merged as arrays, groups narrowed, no
-    Keras model built (``as_model`` builds it). Member offsets follow the kept channels.
-    ``correct``: readers get the data-free bias correction of dag_bias."""
+def advance(graph: Graph, plan: Plan) -> Graph:
+    """The graph after ``plan``: weights merged and sliced as arrays, groups narrowed, no
+    Keras model built (``as_model`` builds it)."""
+    return cut(graph, plan, *merge(graph, plan))
+
+
+def merge(graph: Graph, plan: Plan) -> tuple[Arrays, Masks]:
+    """A copy of the graph's arrays with the plan's merges folded into the readers' rows
+    (only in ``mergeable`` groups), and the masks of what stays, per (layer, role)."""
     known = {g.name for g in graph.groups}
     for name in plan:
         if name not in known:
@@ -124,15 +131,17 @@ def advance(graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False) 
         remove = np.asarray(gp.remove, np.int64)
         if gp.merges:
             a, b, gamma = (np.array([mg[i] for mg in gp.merges]) for i in range(3))
-            k, c = merge_terms(group, a, b, gamma)
+            k, c = group.merge_terms(a, b, gamma)
         for m in group.members:
             if m.role == "in" and gp.merges:
                 _merge_rows(m, weights[m.layer.name], gp.merges, k, c)
             masks[(m.layer.name, m.role)][m.rows(remove).reshape(-1)] = False
-    if correct:
-        from pruner.dag_bias import correct_biases
+    return weights, masks
 
-        correct_biases(graph, weights, masks)
+
+def cut(graph: Graph, plan: Plan, weights: Arrays, masks: Masks) -> Graph:
+    """The graph of ``weights`` with every member sliced to ``masks``: member offsets
+    follow the kept channels."""
     by_layer: dict[str, dict[str, np.ndarray]] = {}
     for (name, role), mask in masks.items():
         if not mask.all():
@@ -153,10 +162,8 @@ def advance(graph: DagGraph, plan: dict[str, GroupPlan], correct: bool = False) 
     return replace(graph, groups=groups, store=store, built=None)
 
 
-def as_model(graph: Any) -> Any:
-    """The Keras model a DagGraph describes (built once from its arrays); anything else as is."""
-    if not isinstance(graph, DagGraph):
-        return graph
+def as_model(graph: Graph) -> Any:
+    """The Keras model a Graph describes (built once from its arrays)."""
     if graph.store.arrays is None:
         return graph.model
     if graph.built is None:
@@ -166,7 +173,7 @@ def as_model(graph: Any) -> Any:
             for n in graph.nodes
             if n.handler.kind == "producer"
         }
-        graph.built = rebuild_dag(graph.model, widths, arrays)
+        graph.built = rebuild(graph.model, widths, arrays)
     return graph.built
 
 
@@ -181,7 +188,7 @@ def _why_not(group: ChannelGroup) -> str:
             "non-linear reader, carries it")
 
 
-def rebuild_dag(model: Any, widths: dict[str, int], weights: dict[str, list]) -> Any:
+def rebuild(model: Any, widths: dict[str, int], weights: dict[str, list]) -> Any:
     """A copy of ``model``'s graph with producers resized to ``widths`` and ``weights`` set."""
     import keras
 

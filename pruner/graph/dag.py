@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, UnsupportedLayerError
-from pruner.handlers import HOMOGENEOUS, Handler, activation_of, bn_affine, handler, op_key
+from pruner.graph.handlers import (
+    HOMOGENEOUS,
+    Handler,
+    activation_of,
+    bn_affine,
+    handler,
+    op_key,
+)
 
 
 @dataclass
@@ -119,7 +126,6 @@ class ChannelGroup:
     post_bn: Any = None
     post_max: bool = False
     bn: Any = None
-    flatten_positions: int = 0
     store: Weights = field(default=LIVE, repr=False)
 
     @property
@@ -171,6 +177,20 @@ class ChannelGroup:
         m = post[0]
         return bn_channels(m.layer, m.offset, self.width, self.store(m.layer))
 
+    def merge_terms(
+        self, a: np.ndarray, b: np.ndarray, gamma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What a reader's input for b becomes when h_b is replaced by gamma * h_a:
+        y_b -> k * y_a + c, with k = gamma*s_b/s_a and c = t_b - k*t_a (k = gamma, c = 0
+        without a BatchNormalization after the nonlinearity)."""
+        gamma = np.asarray(gamma, np.float64)
+        if self.post_bn is None:
+            return gamma, np.zeros_like(gamma)
+        scale, shift = self.post_affine()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = gamma * scale[b] / scale[a]
+        return k, shift[b] - k * shift[a]
+
     def outgoing(self) -> np.ndarray:
         """Each channel's outgoing weights over all readers. Shape [width, k]."""
         units = np.arange(self.width)
@@ -202,34 +222,27 @@ class Node:
     layout: Layout | None = None
 
 
-class GroupedGraph:
-    """What both graph kinds (a chain, a DAG) answer the same way: input shape, group by name."""
-
-    model: Any
-    groups: list[Any]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
-
-    def group(self, name: str) -> Any:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(name)
-
-
 @dataclass
-class DagGraph(GroupedGraph):
-    """The model's nodes in topological order and its prunable channel groups."""
+class Graph:
+    """The model's nodes in topological order and its prunable channel groups: one
+    form for every model (a Sequential chain is a DAG with one path)."""
 
     model: Any
     nodes: list[Node]
     groups: list[ChannelGroup] = field(default_factory=list)
     output: int = 0
-    coupled: bool = True  # not a chain: criteria that walk ops do not apply
     store: Weights = field(default=LIVE, repr=False)
     built: Any = field(default=None, repr=False)  # the Keras model of ``store``, once built
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
 
     @property
     def layers(self) -> list[Any]:
@@ -415,7 +428,7 @@ def _last_dim(tensor: Any) -> int:
     return int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1
 
 
-def build_dag(model: Any) -> DagGraph:
+def build_graph(model: Any) -> Graph:
     """The nodes and channel groups of ``model``; UnsupportedLayerError names any layer
     no handler covers."""
     _check_model(model)
@@ -429,7 +442,7 @@ def build_dag(model: Any) -> DagGraph:
     out_op = model.outputs[0]._keras_history.operation
     output = next(i for i, n in enumerate(nodes) if n.op is out_op)
     spaces.freeze(nodes[output].layout)
-    graph = DagGraph(model=model, nodes=nodes, output=output)
+    graph = Graph(model=model, nodes=nodes, output=output)
     graph.groups = _groups(spaces, members)
     if not any(n.handler.kind == "producer" for n in nodes):
         raise UnsupportedLayerError(f"model {model.name!r} has no Dense or convolution to prune")

@@ -106,6 +106,8 @@ MONOTONE = (
 DIPPING = {"silu": -1.2784645, "swish": -1.2784645, "hard_silu": -1.5, "hard_swish": -1.5,
            "gelu": -0.7517916, "mish": -1.1923}
 HOMOGENEOUS = ("linear", "relu", "leaky_relu")
+# Lipschitz constants of the monotone activations that exceed 1 or fall under it (others: 1)
+LIPSCHITZ = {"selu": 1.7581, "sigmoid": 0.25}
 
 
 def op_key(op: Any) -> str:

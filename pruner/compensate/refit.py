@@ -1,14 +1,16 @@
-"""Data-free refit of DAG readers: ridge least squares on synthesised inputs.
+"""Data-free refit of the readers of pruned channels on synthesised inputs.
 
-After a DAG step removes channels, each Dense or Conv2D that read them (a 1x1
-project conv, the Dense after pooling) is refitted so its pre-activation on
-inputs synthesised from the model's BatchNormalization statistics
-(pruner.synthesis) matches the original model's (the math of
-pruner.compensate.reconstruct, plus an intercept). The intercept goes into the
+After a step removes channels, each Dense or Conv2D that read them (the next
+layer of a chain, a 1x1 project conv, the Dense after pooling) is refitted so
+its pre-activation on inputs synthesised from the model (pruner.synthesis)
+matches the original model's: ridge least squares pulled towards the current
+weights, with an intercept, or the intercept alone (``bias_only``: bias
+correction from synthesised inputs, for models whose BatchNormalization
+statistics say nothing, or that have none). The intercept goes into the
 reader's bias or, for a reader without bias whose only consumer is a
 BatchNormalization, into that BN's moving mean (replacing the closed-form
-correction of dag_bias there). Readers whose own output channels are cut by a
-Concatenate offset are left as they are.
+correction of compensate.bias there). Readers whose own output channels are cut
+by a Concatenate offset are left as they are.
 
 One step costs one forward pass of the original and of the pruned model, layer
 by layer in lockstep (``replay``): each reader is refitted when the pass reaches
@@ -23,15 +25,41 @@ from typing import Any
 
 import numpy as np
 
-from pruner.compensate import patches, ridge_fit
-from pruner.dag import DagGraph
-from pruner.surgery import as_model
+from pruner.graph.dag import Graph
+from pruner.graph.surgery import as_model
 
 _KINDS = ("Dense", "Conv2D")
 ROWS = 16384  # rows per reader's least squares: ample for its fan-in, bounded in time
 
 
-def _kept_out(graph: DagGraph, orig_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+def patches(layer: Any, inp: np.ndarray) -> np.ndarray:
+    """The rows a layer's kernel multiplies: inputs (Dense) or im2col patches (Conv2D),
+    shape [rows, fan_in] in the order of ``kernel.reshape(fan_in, -1)``."""
+    if type(layer).__name__ == "Dense":
+        return inp.reshape(-1, inp.shape[-1])
+    import tensorflow as tf
+
+    kh, kw = layer.kernel_size
+    out = tf.image.extract_patches(
+        inp.astype(np.float32),
+        sizes=(1, kh, kw, 1),
+        strides=(1, *layer.strides, 1),
+        rates=(1, *layer.dilation_rate, 1),
+        padding=layer.padding.upper(),
+    ).numpy()
+    return out.reshape(-1, out.shape[-1])
+
+
+def ridge_fit(a: np.ndarray, z: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
+    """argmin_w |a w - z|^2 / rows + lam |w - w0|^2, lam = ridge x the mean diagonal of
+    a's Gram matrix: a least-squares refit pulled towards the current weights w0."""
+    gram = (a.T @ a).astype(np.float64) / len(a)  # products in a's dtype, the solve in float64
+    rhs = (a.T @ z.astype(a.dtype)).astype(np.float64) / len(a)
+    lam = ridge * float(np.trace(gram)) / gram.shape[0]
+    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), rhs + lam * w0)
+
+
+def _kept_out(graph: Graph, orig_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
     """Per producer layer: the original output channels it still has (None: unknown)."""
     out: dict[str, np.ndarray | None] = {}
     for g in graph.groups:
@@ -41,7 +69,7 @@ def _kept_out(graph: DagGraph, orig_ids: dict[str, np.ndarray]) -> dict[str, np.
     return out
 
 
-def readers_of(graph: DagGraph, removed: set[str]) -> list[str]:
+def readers_of(graph: Graph, removed: set[str]) -> list[str]:
     """Dense/Conv2D readers of the groups in ``removed``, in graph order."""
     names = {m.layer.name for g in graph.groups if g.name in removed for m in g.readers
              if type(m.layer).__name__ in _KINDS}
@@ -49,7 +77,7 @@ def readers_of(graph: DagGraph, removed: set[str]) -> list[str]:
 
 
 def replay(
-    graph: DagGraph, pruned: Any, x: np.ndarray, names: set[str]
+    graph: Graph, pruned: Any, x: np.ndarray, names: set[str]
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Run ``graph.model`` and ``pruned`` (its pruned copy: same layer names) on x layer
     by layer; at each layer in ``names`` yield (name, original input, pruned input)
@@ -86,13 +114,14 @@ def _args(node: Any, values: dict[int, Any]) -> tuple[tuple, dict]:
 
 
 def refit(
-    graph: DagGraph,
+    graph: Graph,
     x: np.ndarray,
     names: list[str],
     orig_ids: dict[str, np.ndarray],
     ridge: float = 1e-2,
     seed: int = 0,
-) -> DagGraph:
+    bias_only: bool = False,
+) -> Graph:
     """Refit the named readers of ``graph`` (a step's result, in place: its arrays and
     its built model), front to back in one pass against the model it was derived from
     (``graph.model``, whose own weights are the original's); returns ``graph``."""
@@ -110,13 +139,13 @@ def refit(
         if len(a) > ROWS:
             rows = np.sort(rng.choice(len(a), ROWS, replace=False))
             a0, a = a0[rows], a[rows]
-        _fit(original, graph, model, name, a0, a, keep, ridge)
+        _fit(original, graph, model, name, a0, a, keep, ridge, bias_only)
     return graph
 
 
 def _fit(
-    original: Any, graph: DagGraph, model: Any, name: str, a0: np.ndarray, a: np.ndarray,
-    keep: Any, ridge: float,
+    original: Any, graph: Graph, model: Any, name: str, a0: np.ndarray, a: np.ndarray,
+    keep: Any, ridge: float, bias_only: bool = False,
 ) -> None:
     """Ridge-refit reader ``name`` of ``model`` so a @ W matches the original's
     pre-activation a0 @ W0 (+ b0) on its kept output channels; write the arrays back."""
@@ -143,7 +172,13 @@ def _fit(
             c0 = (mm0 - bw[-2]).astype(np.float64)
         a = np.concatenate([a, np.ones((len(a), 1), a.dtype)], axis=1)
         w0 = np.concatenate([w0, c0[None, :]], axis=0)
-    w = ridge_fit(a, z, w0, ridge)
+    if bias_only:  # the intercept alone: the mean of what the reader now misses
+        if a.shape[1] == fan_in:
+            return
+        w = w0.copy()
+        w[fan_in] += (z - a @ w0).mean(axis=0)
+    else:
+        w = ridge_fit(a, z, w0, ridge)
     new = [w[:fan_in].reshape(kernel.shape).astype(kernel.dtype)]
     if layer.use_bias:
         new.append(w[fan_in].astype(weights[1].dtype))

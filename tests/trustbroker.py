@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mosquitto import Mosquitto, free_port
+from polling import until
 
 from core.mqtt import Broker, MqttClient
 from fleet.brokerconf import BrokerFiles, enrol_broker_user, write_broker_config
@@ -59,11 +60,9 @@ class FleetBroker(Mosquitto):
         log = self.workdir / "mosquitto.log"
         before = log.read_bytes().count(b"Reloading config.")
         self.proc.send_signal(1)
-        deadline = time.monotonic() + 10
         # the broker's one thread logs this and reloads before it reads any later packet
-        while log.read_bytes().count(b"Reloading config.") == before:
-            assert time.monotonic() < deadline, "the broker never reloaded its config"
-            time.sleep(0.02)
+        until(lambda: log.read_bytes().count(b"Reloading config.") > before, 10,
+              "the broker never reloaded its config")
 
     def enrol(self, device_id: str) -> str:
         return enrol_broker_user(self.workdir, device_id)

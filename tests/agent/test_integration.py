@@ -8,6 +8,7 @@ from importlib.metadata import version
 
 import pytest
 from agenthelp import make_probes
+from polling import until
 
 from core.protocol import Status, Topics
 from fleet.publisher import deploy
@@ -57,10 +58,9 @@ def test_status_birth_message_is_retained(broker, inproc_agent, collector, keys,
 def _stored(state_dir, at_least: int, timeout: float = 15.0) -> None:
     """Until the agent's on-disk bitmap of the model's chunks holds ``at_least`` (it is
     written when the link goes idle): a poll with a deadline, the file has no event."""
-    deadline = time.monotonic() + timeout
-    while max((sum(p.read_bytes()) for p in state_dir.rglob("model.have")), default=0) < at_least:
-        assert time.monotonic() < deadline, f"the agent stored fewer than {at_least} chunks"
-        time.sleep(0.05)
+    until(lambda: max((sum(p.read_bytes()) for p in state_dir.rglob("model.have")),
+                      default=0) >= at_least,
+          timeout, f"the agent stored fewer than {at_least} chunks")
 
 
 def test_large_model_in_chunks_survives_broker_restart(broker, inproc_agent, keys, medium_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from polling import until
 
 from core.protocol import Status, Topics
 from fleet.publisher import deploy
@@ -64,9 +65,8 @@ def test_reports_made_offline_are_sent_at_the_reconnect_in_order(broker, inproc_
         heard.append(info["state"])
         if info["state"] == "received" and not spooled:
             broker.stop()  # the agent verifies and installs offline, then benchmarks 6 s
-            deadline = time.monotonic() + 10
-            while not agent.storage.spool_list() and time.monotonic() < deadline:
-                time.sleep(0.05)  # a poll with a deadline: the spool has no event to wait on
+            until(lambda: bool(agent.storage.spool_list()), 10,  # the spool has no event
+                  "the agent spooled nothing while the broker was away")
             spooled.append(len(agent.storage.spool_list()))
             broker.start()
 

@@ -28,7 +28,7 @@ from pruner.metrics import scaled_count
 
 # Fewest optimisation steps whose inputs the fidelity figure can trust: on a 96x96
 # MobileNetV2 pruned to 17% accuracy, inputs of 20 steps still read 0.96 (50 steps: 0.46;
-# bench/README.md, "What the synthesis steps buy"); the default is 60 (pruner.config)
+# bench/README.md, "What the synthesis steps buy"); the default is 200 (pruner.config)
 MIN_FIDELITY_STEPS = 50
 
 

@@ -4,7 +4,10 @@
 is the Last Will; ``MqttClient`` connects, keeps its subscriptions across
 reconnects, dispatches messages to handlers and turns publish acks into
 futures. Failures are the adapter's own errors (``BrokerUnavailable`` names
-host:port). On MQTT 5 ``max_packet_size`` tells the broker the largest packet
+host:port). With ``manual_ack`` a QoS 1 message is acknowledged (PUBACK) only
+when its handler's ``ack()`` is called, so a receiver that stores what it hears
+acks it once stored: a message it had not stored when it died is redelivered
+through its persistent session. On MQTT 5 ``max_packet_size`` tells the broker the largest packet
 the client accepts, so an oversized message is dropped by the broker instead
 of being buffered whole here; ``ensure_loop()`` restarts a network loop that
 died (paho's thread ends on an exception such as MemoryError).
@@ -33,6 +36,8 @@ from core.errors import BrokerUnavailable, MqttError, NotConnected, PublishTimeo
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+Ack = Callable[[], None]  # acknowledges one received message (a manual_ack client)
+AckHandler = Callable[[str, bytes, Ack], None]  # a manual_ack client's handlers
 SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: keep a persistent session a week
 
 
@@ -141,6 +146,7 @@ class MqttClient:
         will: Will | None = None,
         max_inflight: int = 64,
         max_packet_size: int | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -158,7 +164,10 @@ class MqttClient:
             if not clean_session:
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
             self._connect_props = props
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kwargs)
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   manual_ack=manual_ack, **kwargs)
+        self._manual_ack = manual_ack
+        self._generation = 0  # connections so far: an ack names a message of one of them
         self._clean_session = clean_session
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)
@@ -179,7 +188,7 @@ class MqttClient:
         self._lock = threading.Lock()
         self._pending: dict[int, Future[None]] = {}
         self._early_acks: set[int] = set()
-        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._subscriptions: dict[str, tuple[int, Handler | AckHandler]] = {}
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
         self._connected = threading.Event()
@@ -194,6 +203,7 @@ class MqttClient:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_subscribe  # the same bookkeeping by mid
         self._client.on_connect_fail = self._on_connect_fail
         self._fail_hint: str | None = None  # the last connect failure logged
         self._log_failures = True
@@ -324,8 +334,12 @@ class MqttClient:
 
     # -- operations -------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Future[None]:
+    def subscribe(self, topic_filter: str, handler: Handler | AckHandler, qos: int = 1
+                  ) -> Future[None]:
         """Subscribe now (if connected) and again after every reconnect.
+
+        A ``manual_ack`` client calls ``handler(topic, payload, ack)``; the others
+        ``handler(topic, payload)``.
 
         The future completes when the broker acknowledges the subscription
         (SUBACK): now, or after the next connect. Retained messages for the
@@ -349,11 +363,27 @@ class MqttClient:
                     f.set_result(None)
         return fut
 
-    def unsubscribe(self, topic_filter: str) -> None:
+    def unsubscribe(self, topic_filter: str) -> Future[None]:
+        """Unsubscribe; the future completes on the broker's UNSUBACK (at once when not
+        connected). The broker handles a client's packets in order, so by then it also
+        has every ack sent before: a close after it loses none of them."""
+        fut: Future[None] = Future()
         with self._lock:
             self._subscriptions.pop(topic_filter, None)
-        if self.connected:
-            self._client.unsubscribe(topic_filter)
+        rc, mid = (self._client.unsubscribe(topic_filter) if self.connected
+                   else (paho.MQTT_ERR_NO_CONN, None))
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            fut.set_result(None)
+            return fut
+        with self._lock:
+            early = mid in self._early_subacks
+            if early:
+                self._early_subacks.discard(mid)
+            else:
+                self._suback_mids[mid] = [fut]
+        if early:
+            fut.set_result(None)
+        return fut
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
@@ -395,6 +425,7 @@ class MqttClient:
             if not self._connack.done():
                 self._connack.set_result(rc)
             return
+        self._generation += 1
         self._connected.set()
         self._fail_hint = None
         log.debug("%s connected to %s (session present: %s)", self.client_id,
@@ -474,15 +505,33 @@ class MqttClient:
                 log.warning("broker %s refused a subscription: %s", self.broker.address, rc)
 
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001
+        ack = self._acker(message) if self._manual_ack else None
         with self._lock:
             subs = list(self._subscriptions.items())
         for topic_filter, (_qos, handler) in subs:
             if paho.topic_matches_sub(_unshared(topic_filter), message.topic):
                 try:
-                    handler(message.topic, message.payload)
+                    if ack is None:
+                        handler(message.topic, message.payload)  # type: ignore[call-arg]
+                    else:
+                        handler(message.topic, message.payload, ack)  # type: ignore[call-arg]
                 except Exception:  # noqa: BLE001 - never let one bad message kill the client
                     log.exception("handler for %s failed", message.topic)
+                    if ack is not None:
+                        ack()  # redelivering it would fail again
                 return
+        if ack is not None:
+            ack()
+
+    def _acker(self, message) -> Ack:  # noqa: ANN001
+        """The ack of ``message``: a PUBACK on the connection it came by. After a reconnect
+        the broker redelivers it and that copy's ack counts (packet ids are per connection)."""
+        mid, qos, generation = message.mid, message.qos, self._generation
+
+        def ack() -> None:
+            if qos and generation == self._generation and self.connected:
+                self._client.ack(mid, qos)
+        return ack
 
 
 # what OpenSSL says when the other end is not a TLS server at all

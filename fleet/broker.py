@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import BrokerStartError
+from fleet.link import BROKER_INFLIGHT
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def local_broker(prefer: str = "auto", timeout: float = 15.0) -> Iterator[LocalB
         conf = work / "mosquitto.conf"
         conf.write_text(
             f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
-            f"message_size_limit 0\nmax_queued_messages 100000\nlog_dest file {log}\n"
+            f"message_size_limit 0\nmax_queued_messages 100000\n"
+            f"max_inflight_messages {BROKER_INFLIGHT}\nlog_dest file {log}\n"
         )
         cmd, kind = [mosq, "-c", str(conf)], "mosquitto"
     else:

@@ -36,6 +36,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from core.files import write_atomic
 from core.protocol import ID_PATTERN, MAX_CHUNK_BYTES, MAX_PACKET_BYTES, PROTOCOL_ROOT, check_id
+from fleet.link import BROKER_INFLIGHT
 from fleet.pki import CertPair, issue, make_ca, write_private
 
 ROOT = PROTOCOL_ROOT
@@ -282,7 +283,7 @@ def write_broker_config(
     max_packet_bytes: int = DEFAULT_MAX_PACKET,
     max_queued_messages: int = 10_000,
     max_queued_bytes: int = 256 * 1024 * 1024,
-    max_inflight: int = 64,
+    max_inflight: int = BROKER_INFLIGHT,
     persistence: bool = True,
     autosave_s: int = 5,
     run_as: str | None = None,

@@ -14,6 +14,12 @@ shared subscription ``$share/<group>/paoding/v2/devices/+/+`` so each message
 reaches one of them; since shared subscriptions receive no retained messages,
 a process reads the retained snapshot through a plain subscription first.
 
+A session link acknowledges a device's message only when the rollout calls
+the event's ``ack`` (after the registry write that records it has committed),
+so a host killed between hearing a report and writing it gets the report
+again from its session when it is back; the broker holds at most its
+``max_inflight_messages`` unacknowledged for the host (``BROKER_INFLIGHT``).
+
 The paho network thread only queues ``(kind, device id, payload)``; the
 rollout's own thread parses, verifies and acts, so a slow database never
 stalls the network loop. Connection changes arrive on the same queue, and a
@@ -31,16 +37,21 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.mqtt import Broker, MqttClient, PublishFuture
+from core.mqtt import Ack, Broker, MqttClient, PublishFuture
 from core.protocol import DEVICE_FILTER, DEVICE_KINDS, TOPIC_ROOT, parse_device_topic
 
 PROBE_PREFIX = "paoding-host-probe-"
 SESSION_DIR = Path(tempfile.gettempdir()) / f"paoding-host-sessions-{os.getuid()}"
 SESSION_SLOTS = 16
+# the broker's max_inflight_messages (fleet.brokerconf, fleet.broker): how many messages
+# it sends the host unacknowledged. The host acks a report once stored (every 0.25 s),
+# so Mosquitto's default of 20 would cap its intake near 80 messages a second
+BROKER_INFLIGHT = 1000
 
 
 def session_client_id(name: str) -> tuple[str, int]:
@@ -60,13 +71,21 @@ def session_client_id(name: str) -> tuple[str, int]:
                       f"session with this broker and record ({SESSION_DIR})")
 
 
+def _acked() -> None:
+    """The ack of an event that needs none (a plain link acks on arrival)."""
+
+
 @dataclass(frozen=True)
 class Event:
-    """One thing the fleet said: a device message, or 'connected'/'disconnected'."""
+    """One thing the fleet said: a device message, or 'connected'/'disconnected'.
+
+    ``ack()`` once what the message changed is stored (a session link redelivers
+    an unacked one after a restart)."""
 
     kind: str  # status, need, report, connected, disconnected
     device_id: str = ""
     payload: bytes = b""
+    ack: Ack = _acked
 
 
 class LinkClock:
@@ -112,25 +131,26 @@ class FleetLink:
             client_id, self._session_lock = session_client_id(
                 f"{broker.address}|{share_group}|{session}")
         self.client = MqttClient(broker, client_id, clean_session=session is None,
-                                 max_inflight=256)
+                                 max_inflight=256, manual_ack=session is not None)
         self.intake_filter = (f"$share/{share_group}/{DEVICE_FILTER}" if share_group
                               else DEVICE_FILTER)
         self.client.subscribe(self.intake_filter, self._on_message)
         self.client.on_connect(self._on_connect)
         self.client.on_disconnect(self._on_disconnect)
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, ack: Ack = _acked) -> None:
         try:
             device_id, kind = parse_device_topic(topic)
         except ValueError:
-            return
+            device_id, kind = "", ""
         if device_id.startswith(PROBE_PREFIX):  # a host's check of the shared intake
             if device_id == self._probe_id:
                 self._probe_seen.set()
-            return
-        if kind in DEVICE_KINDS and payload:  # an empty one clears a retained message
+        elif kind in DEVICE_KINDS and payload:  # an empty one clears a retained message
             self.received += 1
-            self.events.put(Event(kind, device_id, payload))
+            self.events.put(Event(kind, device_id, payload, ack))
+            return
+        ack()
 
     def _on_connect(self) -> None:
         self.clock.up()
@@ -190,7 +210,10 @@ class FleetLink:
         """Disconnect. A persistent session drops its intake first unless ``keep_session``
         (a run cut short: the broker queues what devices say until the rerun)."""
         if self._session_lock is not None and not keep_session:
-            self.client.unsubscribe(self.intake_filter)
+            try:  # awaited: the broker then holds every ack sent before it
+                self.client.unsubscribe(self.intake_filter).result(10.0)
+            except FutureTimeout:
+                pass  # the broker is away: it redelivers what was not acked
         self.client.close()
         if self._session_lock is not None:
             os.close(self._session_lock)

@@ -12,6 +12,9 @@ them:
   crash continues it: pending deployments are settled from the devices'
   retained reports and status, devices already running the variant are
   skipped, and no device gets a second deployment in one rollout;
+- a device's message is acknowledged to the broker only after the registry
+  write recording it (``flush``), so a host kill -9 loses none: its session
+  redelivers what was not acked;
 - a Last Will settles a device at once; a threshold abort cancels the wave
   in progress; a broker outage pauses the rollout (no new wave, no timeout)
   until the connection is back, and nothing received is discarded.
@@ -301,6 +304,7 @@ class _Engine:
         self._report_ids: set[str] = set()  # reports heard by this engine
         self._settles: list[tuple[str, Outcome, str, str]] = []
         self._notes: dict[str, tuple[str, bool | None, str | None, str | None, float | None]] = {}
+        self._acks: list[Callable[[], None]] = []  # of messages handled, not yet stored
         self._last_flush = time.monotonic()
 
     # -- what devices say ----------------------------------------------------
@@ -326,6 +330,7 @@ class _Engine:
                     if not dep.heard and not dep.cancelled:
                         self._send_manifest(dep)
             return
+        writes = len(self._reports) + len(self._settles)
         try:
             msg = self.check(ev.kind, ev.device_id, ev.payload)
         except ValueError as exc:
@@ -333,13 +338,19 @@ class _Engine:
             intake_log.warning("dropped a %s from %s: %s", ev.kind, ev.device_id, exc)
             if ev.kind == "report" and getattr(exc, "cause", None) in KEY_MISMATCH:
                 self._bad_report(ev.device_id, ev.payload, str(exc))
-            return
+            msg = None
         if isinstance(msg, Status):
             self._on_status(msg)
         elif isinstance(msg, Report):
             self._on_report(msg)
         elif isinstance(msg, ChunkRequest):
             self._on_need(msg)
+        # a report that left something to write is acked once written (flush); a status
+        # stays retained on the broker and a need is asked again: acked now
+        if len(self._reports) + len(self._settles) > writes and ev.kind == "report":
+            self._acks.append(ev.ack)
+        else:
+            ev.ack()
 
     def in_flight(self, device_id: str, deployment_id: str) -> _Deployment | dict | None:
         """This device's deployment in flight: this engine's, or (shared intake) the registry's."""
@@ -494,6 +505,9 @@ class _Engine:
         self._settles.append((dep_id, outcome, reason, device_id))
 
     def flush(self, force: bool = False) -> None:
+        """Write what the messages handled since the last flush changed, then acknowledge
+        them: a message is acked only once the registry holds it (a crash before that
+        gets it again from the host's session)."""
         if not force and time.monotonic() - self._last_flush < FLUSH_S:
             return
         if self._reports:
@@ -502,7 +516,10 @@ class _Engine:
             self.registry.note_devices(self._notes.values())
         if self._settles:
             self.registry.settle(self._settles)
-        self._reports, self._settles, self._notes = [], [], {}
+        acks = self._acks
+        self._reports, self._settles, self._notes, self._acks = [], [], {}, []
+        for ack in acks:
+            ack()
         self._last_flush = time.monotonic()
 
     def poll_registry(self) -> None:

@@ -23,6 +23,7 @@ def _reports(link: FleetLink, until: str, timeout: float = 15.0) -> list[str]:
             ev: Event = link.events.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no report {until!r} in {timeout}s; heard {states}") from None
+        ev.ack()  # taken (a session link redelivers what it has not acked)
         if ev.kind == "report":
             states.append(Report.from_json(ev.payload).state)
             if states[-1] == until:

@@ -96,6 +96,7 @@ class SimDevice:
     finished: dict[str, bytes] = field(default_factory=dict)  # deployment id -> final report
     needs_sent: int = 0
     will: bytes = b""
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, state) reported
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Simulator:
                      model_sha256=m.model.sha256, runtime=RUNTIME, **extra)  # type: ignore[arg-type]
         body = _signed(rep, dev.key).to_json()
         self._publish(Topics(dev.device_id).report, body, retain=final)
+        dev.sent.append((m.deployment_id, state))
         self.stats.reports += 1
         return body
 

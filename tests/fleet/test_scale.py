@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fleetsim import Simulator, device_ids, simulated_key, simulated_public_keys
+from polling import until
 from simhelp import assert_agree, variant
 
 from core.mqtt import Broker
@@ -199,6 +200,57 @@ def test_kill9_mid_wave_then_the_same_command_resumes(broker, host_key, tmp_path
             # every device took exactly one deployment: nothing deployed twice
             assert all(len(d.accepted) == 1 for d in sim.devices.values())
             assert reg.rollout(rollout_id)["state"] == "done"
+
+
+def test_a_report_the_host_heard_but_had_not_stored_survives_its_kill9(broker, tmp_path):
+    """The host acks a report only once the registry holds it: killed in between (its
+    registry writes held up here by a lock), its session gets the report again."""
+    import sqlite3
+
+    from core.protocol import FINAL_STATES
+
+    ids = device_ids(6)
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    from core.signing import load_signing_key
+
+    key = load_signing_key(key_path)
+    db = tmp_path / "fleet.sqlite"
+    policy = {"canary": 6, "timeout_s": 60}  # one wave: nothing else writes mid-wave
+    spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}", "profile": "simulated",
+            "model": str(model_path), "key": str(key_path), "policy": policy,
+            "discover_s": 0.5, "print_reports": True}
+    with start_sim(broker, ids, key, step_s=0.3) as sim:
+        with Registry(db) as reg:
+            enrol(reg, ids)
+        proc = _worker(spec, tmp_path, "host")
+        rollout_id = _wait_line(proc, "planned").split()[1]
+        with Registry(db) as reg:
+            until(lambda: len(reg.outcomes(rollout_id)) == 6, 30, "the wave never started")
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the host's next registry write waits for it
+        locked_at = time.time()
+        heard: tuple[str, str] | None = None
+        while heard is None:
+            _, _, dep, state, at = _wait_line(proc, "heard report").split()
+            if float(at) > locked_at and state not in FINAL_STATES:
+                heard = (dep, state)  # taken, and its write is held up
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        lock.execute("ROLLBACK")
+        lock.close()
+        with Registry(db) as reg:
+            assert heard[1] not in {r["state"] for r in reg.reports(heard[0])}
+            result = run_rollout({"simulated": model_path}, Broker(port=broker.port), reg,
+                                 key=key, discover_s=0.5, policy=WavePolicy(**policy))
+            assert result.resumed and result.decision is Decision.DONE, result.reason
+            assert assert_agree(reg, sim, rollout_id) == {"active": 6}
+            sent = {s for dev in sim.devices.values() for s in dev.sent}
+            stored = {(r["deployment_id"], r["state"]) for d in reg.rollout_deployments(rollout_id)
+                      for r in reg.reports(d["deployment_id"])}
+            assert heard in stored
+            assert sent <= stored, f"lost: {sorted(sent - stored)}"
 
 
 def test_two_rollouts_at_once_the_second_is_refused(broker, host_key, tmp_path):

@@ -12,7 +12,10 @@ fleet record. Each scenario rolls a new model out with ``paoding-edge rollout``
 - agents kill -9: three agents of the wave in flight are killed and restarted;
 - broker SIGTERM / kill -9: the broker stops and starts again (same port, same
   persistence file);
-- abort: ``rollout --abort ID`` from another process;
+- abort: ``rollout --abort ID`` from another process once wave 1 (canary 2, growth
+  2: waves of 2, 4, 8 and 6) has a final report, one of its devices held (SIGSTOP)
+  until the host's cancel for it is on the broker, so the abort always lands
+  mid-wave, before any later wave;
 - budget: a latency budget no device meets (the canary rolls back, the rollout aborts).
 
 When the rollout command returns, the bench compares the registry with every
@@ -29,6 +32,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,6 +87,15 @@ class Agents:
         for p in self.procs.values():
             p.kill()
             p.wait()
+
+
+def poll(ready: Callable[[], bool], timeout: float) -> None:
+    """Until ``ready()`` (the registry has no event to wait on: a poll with a deadline)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting after {timeout:g}s")
+        time.sleep(0.1)
 
 
 def wait_online(broker: Mosquitto, ids: list[str], timeout: float = 300) -> None:
@@ -215,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     from tflitehelp import dense_tflite
 
     work = Path(tempfile.mkdtemp(prefix="paoding-fault-"))
-    broker = Mosquitto(workdir=work / "broker")
+    from fleet.link import BROKER_INFLIGHT
+
+    broker = Mosquitto(workdir=work / "broker",  # as the generated broker config sets it
+                       extra_config=f"max_inflight_messages {BROKER_INFLIGHT}\n")
     broker.start()
     private, public = write_key_pair(work / "keys")
     db = work / "fleet.sqlite"
@@ -239,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             return [sys.executable, "-m", "hostcli.main", "rollout", "--variant",
                     f"{PROFILE}={model}", "--broker", broker.url, "--key", str(private),
                     "--db", str(db), "--canary", "2", "--growth", "3", "--runs", "5",
-                    "--timeout", "180", "--json", *extra]
+                    "--timeout", "180", "--json", *extra]  # a later --growth replaces 3
 
         def kill_host(_rid: str, proc: subprocess.Popen) -> None:
             proc.kill()
@@ -261,9 +277,31 @@ def main(argv: list[str] | None = None) -> int:
             return fault
 
         def abort(rid: str, _proc: subprocess.Popen) -> None:
-            subprocess.run([sys.executable, "-m", "hostcli.main", "rollout", "--abort", rid,
-                            "--db", str(db)], cwd=ROOT, env=ENV, capture_output=True,
-                           timeout=120)
+            """Abort once wave 1 has a final report, one of its devices held (SIGSTOP) until
+            the host's cancel for it is on the broker: wave 1 is mid-flight and no later
+            wave can have started when the abort lands."""
+            with Registry(db) as reg:
+                held = max(d["device_id"] for d in reg.rollout_deployments(rid)
+                           if d["wave"] == 1)
+            agents.procs[held].send_signal(signal.SIGSTOP)
+            cancelled = threading.Event()
+            watch = MqttClient(Broker(port=broker.port), f"bench-{uuid.uuid4().hex[:8]}",
+                               clean_session=True)
+            watch.subscribe(f"paoding/v2/devices/{held}/cancel", lambda _t, _p: cancelled.set())
+            watch.connect()
+            try:
+                with Registry(db) as reg:
+                    poll(lambda: any(d["wave"] == 1 and d["outcome"] != "pending"
+                                     for d in reg.rollout_deployments(rid)), 600)
+                cli = subprocess.Popen([sys.executable, "-m", "hostcli.main", "rollout",
+                                        "--abort", rid, "--db", str(db)], cwd=ROOT, env=ENV,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                if not cancelled.wait(120):
+                    raise SystemExit(f"no cancel for {held} in 120 s")
+            finally:
+                agents.procs[held].send_signal(signal.SIGCONT)
+                watch.close()
+            cli.wait(300)
 
         scenarios = [
             ("baseline (no fault)", None, command(0)),
@@ -271,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             ("3 agents kill -9 mid-transfer", kill_agents, command(2)),
             ("broker SIGTERM restart", broker_restart(False), command(3)),
             ("broker kill -9 restart", broker_restart(True), command(4)),
-            ("abort mid-wave", abort, command(5)),
+            ("abort mid-wave", abort, command(5, "--growth", "2")),  # waves 2, 4, 8, 6
             ("budget no device meets", None, command(6, "--max-mean-ms", "0.0001")),
         ]
         only = set(args.only.split(",")) if args.only else None

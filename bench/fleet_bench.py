@@ -121,8 +121,10 @@ def host_run(spec_path: str) -> int:
 
 
 def run_size(n: int, model: Path, key: Path, work: Path, canary: int, growth: float) -> dict:
-    broker = Mosquitto(workdir=work / f"mosq-{n}", extra_config="sys_interval 1\n",
-                       persistence=False)
+    from fleet.link import BROKER_INFLIGHT  # as the generated broker config sets it
+
+    broker = Mosquitto(workdir=work / f"mosq-{n}", persistence=False, extra_config=(
+        f"sys_interval 1\nmax_inflight_messages {BROKER_INFLIGHT}\n"))
     broker.start()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sim = None

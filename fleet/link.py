@@ -14,11 +14,8 @@ shared subscription ``$share/<group>/paoding/v2/devices/+/+`` so each message
 reaches one of them; since shared subscriptions receive no retained messages,
 a process reads the retained snapshot through a plain subscription first.
 
-A session link acknowledges a device's message only when the rollout calls
-the event's ``ack`` (after the registry write that records it has committed),
-so a host killed between hearing a report and writing it gets the report
-again from its session when it is back; the broker holds at most its
-``max_inflight_messages`` unacknowledged for the host (``BROKER_INFLIGHT``).
+A session link acks (PUBACK) a message when the rollout calls the event's
+``ack``: once stored, so the session redelivers what a killed host had not stored.
 
 The paho network thread only queues ``(kind, device id, payload)``; the
 rollout's own thread parses, verifies and acts, so a slow database never
@@ -37,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +45,7 @@ from core.protocol import DEVICE_FILTER, DEVICE_KINDS, TOPIC_ROOT, parse_device_
 PROBE_PREFIX = "paoding-host-probe-"
 SESSION_DIR = Path(tempfile.gettempdir()) / f"paoding-host-sessions-{os.getuid()}"
 SESSION_SLOTS = 16
-# the broker's max_inflight_messages (fleet.brokerconf, fleet.broker): how many messages
-# it sends the host unacknowledged. The host acks a report once stored (every 0.25 s),
-# so Mosquitto's default of 20 would cap its intake near 80 messages a second
-BROKER_INFLIGHT = 1000
+BROKER_INFLIGHT = 1000  # max_inflight_messages: Mosquitto's 20 would cap the host's intake
 
 
 def session_client_id(name: str) -> tuple[str, int]:
@@ -72,20 +66,17 @@ def session_client_id(name: str) -> tuple[str, int]:
 
 
 def _acked() -> None:
-    """The ack of an event that needs none (a plain link acks on arrival)."""
+    """A plain link's ack: paho sent it on arrival."""
 
 
 @dataclass(frozen=True)
 class Event:
-    """One thing the fleet said: a device message, or 'connected'/'disconnected'.
-
-    ``ack()`` once what the message changed is stored (a session link redelivers
-    an unacked one after a restart)."""
+    """One thing the fleet said: a device message, or 'connected'/'disconnected'."""
 
     kind: str  # status, need, report, connected, disconnected
     device_id: str = ""
     payload: bytes = b""
-    ack: Ack = _acked
+    ack: Ack = _acked  # call once what it says is stored
 
 
 class LinkClock:
@@ -210,10 +201,7 @@ class FleetLink:
         """Disconnect. A persistent session drops its intake first unless ``keep_session``
         (a run cut short: the broker queues what devices say until the rerun)."""
         if self._session_lock is not None and not keep_session:
-            try:  # awaited: the broker then holds every ack sent before it
-                self.client.unsubscribe(self.intake_filter).result(10.0)
-            except FutureTimeout:
-                pass  # the broker is away: it redelivers what was not acked
+            wait([self.client.unsubscribe(self.intake_filter)], 10.0)  # acks before it are in
         self.client.close()
         if self._session_lock is not None:
             os.close(self._session_lock)

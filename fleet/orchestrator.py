@@ -12,9 +12,7 @@ them:
   crash continues it: pending deployments are settled from the devices'
   retained reports and status, devices already running the variant are
   skipped, and no device gets a second deployment in one rollout;
-- a device's message is acknowledged to the broker only after the registry
-  write recording it (``flush``), so a host kill -9 loses none: its session
-  redelivers what was not acked;
+- a report is acked to the broker once the registry holds it (``flush``);
 - a Last Will settles a device at once; a threshold abort cancels the wave
   in progress; a broker outage pauses the rollout (no new wave, no timeout)
   until the connection is back, and nothing received is discarded.
@@ -303,7 +301,8 @@ class _Engine:
         self._reports: list[tuple[str | None, str, str, str, dict]] = []
         self._report_ids: set[str] = set()  # reports heard by this engine
         self._settles: list[tuple[str, Outcome, str, str]] = []
-        self._notes: dict[str, tuple[str, bool | None, str | None, str | None, float | None]] = {}
+        # (device, "status" | "report") -> the latest such note, in the order they came
+        self._notes: dict[tuple[str, str], tuple[str, Any, Any, Any, Any]] = {}
         self._acks: list[Callable[[], None]] = []  # of messages handled, not yet stored
         self._last_flush = time.monotonic()
 
@@ -345,12 +344,10 @@ class _Engine:
             self._on_report(msg)
         elif isinstance(msg, ChunkRequest):
             self._on_need(msg)
-        # a report that left something to write is acked once written (flush); a status
-        # stays retained on the broker and a need is asked again: acked now
-        if len(self._reports) + len(self._settles) > writes and ev.kind == "report":
-            self._acks.append(ev.ack)
+        if len(self._reports) + len(self._settles) == writes:
+            ev.ack()  # nothing to write: a status stays retained, a need is asked again
         else:
-            ev.ack()
+            self._acks.append(ev.ack)  # acked once written (flush)
 
     def in_flight(self, device_id: str, deployment_id: str) -> _Deployment | dict | None:
         """This device's deployment in flight: this engine's, or (shared intake) the registry's."""
@@ -422,9 +419,8 @@ class _Engine:
                 old.offline_since if old.online is False else now),
             active_sha=active.sha256 if active else old.active_sha,
             active_deployment=active.deployment_id if active else old.active_deployment)
-        self._notes[d] = (d, st.online, active.sha256 if active else None,
-                          active.deployment_id if active else None,
-                          st.timestamp if st.online else None)
+        self._note(d, "status", st.online, active.sha256 if active else None,
+                   active.deployment_id if active else None, st.timestamp if st.online else None)
         self._try_settle(d)
         dep = self.pending.get(self.by_device.get(d, ""))
         if (dep is not None and st.online and not dep.heard and not dep.cancelled
@@ -470,7 +466,8 @@ class _Engine:
             active_deployment=dep_id if outcome is Outcome.ACTIVE else old.active_deployment,
             final_deployment=dep_id, final_state=rep.state, final_reason=rep.reason)
         if runs:
-            self._notes[d] = (d, None, runs, dep_id if outcome is Outcome.ACTIVE else None, None)
+            self._note(d, "report", None, runs, dep_id if outcome is Outcome.ACTIVE else None,
+                       None)
         if dep is not None:
             self._try_settle(d)
         elif late:
@@ -478,6 +475,11 @@ class _Engine:
                 self._record(dep_id, d, outcome, rep.reason or "")
         else:  # another host process's deployment in flight (shared intake)
             self._settles.append((dep_id, outcome, rep.reason or "", d))
+
+    def _note(self, device_id: str, kind: str, *note: Any) -> None:
+        """For the next flush: a report's note must not drop a status's time (kept apart)."""
+        self._notes.pop((device_id, kind), None)
+        self._notes[(device_id, kind)] = (device_id, *note)
 
     def _try_settle(self, device_id: str) -> None:
         dep = self.pending.get(self.by_device.get(device_id, ""))
@@ -505,9 +507,7 @@ class _Engine:
         self._settles.append((dep_id, outcome, reason, device_id))
 
     def flush(self, force: bool = False) -> None:
-        """Write what the messages handled since the last flush changed, then acknowledge
-        them: a message is acked only once the registry holds it (a crash before that
-        gets it again from the host's session)."""
+        """Write what the messages handled changed, then ack them (a crash before: redelivered)."""
         if not force and time.monotonic() - self._last_flush < FLUSH_S:
             return
         if self._reports:

@@ -822,28 +822,17 @@ def _spec_variants(spec: dict[str, Any], registry: Registry
 
 
 def run_rollout(
-    variants: Mapping[str, str | Path | bytes] | None,
-    broker: Broker | str,
-    registry: Registry,
-    *,
-    policy: WavePolicy | None = None,
-    target: Target | None = None,
-    include_offline: bool = False,
-    probes: str | Path | dict[str, np.ndarray] | None = None,
+    variants: Mapping[str, str | Path | bytes] | None, broker: Broker | str, registry: Registry,
+    *, policy: WavePolicy | None = None, target: Target | None = None,
+    include_offline: bool = False, probes: str | Path | dict[str, np.ndarray] | None = None,
     thresholds: Thresholds | dict[str, Any] | None = None,
     benchmark: BenchmarkSettings | dict[str, Any] | None = None,
-    key: SigningKey | str | Path | None = None,
-    host_outputs: HostOutputs | None = None,
-    chunk_size: int = DEFAULT_CHUNK_BYTES,
-    resume: str | bool = False,
-    device_keys: Mapping[str, VerifyKey] | None = None,
-    share_group: str | None = None,
-    discover_s: float = 1.5,
-    progress: Progress | None = None,
-    abort: threading.Event | None = None,
-    link: FleetLink | None = None,
-    intake: Gate | None = None,
-    profile_thresholds: Mapping[str, dict[str, Any]] | None = None,
+    key: SigningKey | str | Path | None = None, host_outputs: HostOutputs | None = None,
+    chunk_size: int = DEFAULT_CHUNK_BYTES, resume: str | bool = False,
+    device_keys: Mapping[str, VerifyKey] | None = None, share_group: str | None = None,
+    discover_s: float = 1.5, progress: Progress | None = None,
+    abort: threading.Event | None = None, link: FleetLink | None = None,
+    intake: Gate | None = None, profile_thresholds: Mapping[str, dict[str, Any]] | None = None,
 ) -> RolloutResult:
     """Deploy ``variants`` (profile id -> TFLite model) to the fleet in waves.
 

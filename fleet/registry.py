@@ -178,14 +178,8 @@ class Registry:
         self.close()
 
     # devices ---------------------------------------------------------------
-    def upsert_device(
-        self,
-        device: Device,
-        *,
-        runtime: str | None = None,
-        online: bool | None = None,
-        active_sha: str | None = None,
-    ) -> None:
+    def upsert_device(self, device: Device, *, runtime: str | None = None,
+                      online: bool | None = None, active_sha: str | None = None) -> None:
         self.upsert_devices([(device, runtime, online, active_sha)])
 
     def upsert_devices(
@@ -359,22 +353,11 @@ class Registry:
         return bytes(rows[0]["data"]) if rows else None
 
     # deployments -----------------------------------------------------------
-    def add_deployment(
-        self,
-        deployment_id: str,
-        device_id: str,
-        model_sha256: str,
-        model_bytes: int,
-        *,
-        rollout_id: str | None = None,
-        wave: int = 0,
-        manifest: str | None = None,
-        release: int | None = None,
-    ) -> None:
-        self.add_deployments([
-            (deployment_id, device_id, model_sha256, model_bytes, rollout_id, wave, manifest,
-             release)
-        ])
+    def add_deployment(self, deployment_id: str, device_id: str, model_sha256: str,
+                       model_bytes: int, *, rollout_id: str | None = None, wave: int = 0,
+                       manifest: str | None = None, release: int | None = None) -> None:
+        self.add_deployments([(deployment_id, device_id, model_sha256, model_bytes, rollout_id,
+                               wave, manifest, release)])
 
     def add_deployments(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Rows of (deployment id, device id, sha256, bytes, rollout id, wave, manifest, release).

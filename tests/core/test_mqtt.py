@@ -59,3 +59,44 @@ def test_close_waits_for_the_publishes_in_flight(broker):
         for i in range(300):
             r.publish(f"{topic}/{i}", b"", qos=1, retain=True)
         r.close()
+
+
+def test_a_manual_ack_client_gets_again_what_it_did_not_ack(broker):
+    """A message is redelivered to the persistent session until its handler's ack() is
+    called; the unsubscribe's UNSUBACK means the acks sent before it reached the broker."""
+    client_id = f"manual-{uuid.uuid4().hex[:6]}"
+    pub = _client(broker, "pub")
+    pub.connect()
+
+    def session(ack_it: bool) -> list[bytes]:
+        got: list[bytes] = []
+        heard = threading.Event()
+
+        def handler(_t: str, payload: bytes, ack) -> None:  # noqa: ANN001
+            got.append(payload)
+            if ack_it:
+                ack()
+            if payload == b"marker":
+                heard.set()
+
+        c = MqttClient(Broker(port=broker.port), client_id, manual_ack=True)
+        c.subscribe("t/manual", handler)
+        c.connect()
+        pub.publish("t/manual", b"marker", qos=1).wait(10)  # after the others: all are in
+        assert heard.wait(10), got
+        if ack_it:
+            c.unsubscribe("t/other").result(10)
+        c.close()
+        return got
+
+    try:
+        c = MqttClient(Broker(port=broker.port), client_id, manual_ack=True)
+        c.subscribe("t/manual", lambda _t, _p, _ack: None)
+        c.connect()  # the session and its subscription exist
+        c.close()
+        pub.publish("t/manual", b"report", qos=1).wait(10)
+        assert session(ack_it=False) == [b"report", b"marker"]
+        assert session(ack_it=True) == [b"report", b"marker", b"marker"]  # not acked: again
+        assert session(ack_it=True) == [b"marker"]  # acked: gone
+    finally:
+        pub.close()

@@ -55,7 +55,7 @@ from core.protocol import (
 from core.signing import SigningKey, VerifyKey, load_signing_key
 from fleet.artifacts import ArtifactServer
 from fleet.gate import KEY_MISMATCH, Check, Gate, checker, keys_from_pems
-from fleet.link import Event, FleetLink
+from fleet.link import BROKER_INFLIGHT, Event, FleetLink
 from fleet.registry import Registry
 from fleet.rollout import (
     Action,
@@ -508,7 +508,8 @@ class _Engine:
 
     def flush(self, force: bool = False) -> None:
         """Write what the messages handled changed, then ack them (a crash before: redelivered)."""
-        if not force and time.monotonic() - self._last_flush < FLUSH_S:
+        if (not force and time.monotonic() - self._last_flush < FLUSH_S
+                and len(self._acks) < BROKER_INFLIGHT // 4):  # the broker waits for them
             return
         if self._reports:
             self.registry.add_reports(self._reports)

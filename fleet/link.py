@@ -168,7 +168,8 @@ class FleetLink:
             # a group of its own, so another host process of the fleet cannot take the probe
             topic = f"{TOPIC_ROOT}/{self._probe_id}/status"
             probe = f"$share/{self._probe_id}/{topic}"
-            self.client.subscribe(probe, self._on_message).result(timeout)  # SUBACK first
+            # QoS 0: not held behind the reports waiting in the inflight window to be acked
+            self.client.subscribe(probe, self._on_message, qos=0).result(timeout)
             self.client.publish(topic, b"{}", qos=1).wait(timeout)
             seen = self._probe_seen.wait(min(timeout, 5.0))
             self.client.unsubscribe(probe)

@@ -150,13 +150,15 @@ def _worker(spec: dict, tmp_path: Path, name: str, max_fds: int | None = None
 
 def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
+    seen = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith(prefix):
             return line.strip()
+        seen.append(line.strip())
         if not line and proc.poll() is not None:
             break
-    raise AssertionError(f"no {prefix!r} line from the worker")
+    raise AssertionError(f"no {prefix!r} line from the worker: {seen[-5:]}")
 
 
 def test_kill9_mid_wave_then_the_same_command_resumes(broker, host_key, tmp_path):

@@ -574,3 +574,35 @@ def test_a_need_for_an_artifact_of_a_finished_rollout_is_not_served(broker, host
         assert second.stats["published_bytes"] == len(new)  # nothing of the old one
         assert _retained_chunks(broker, sha) == 0
         assert assert_agree(reg, sim, second.rollout_id) == {"active": 6}
+
+
+def test_an_abort_mid_wave_reaches_no_later_wave_and_the_next_rollout_agrees(broker, host_key,
+                                                                             tmp_path):
+    """The abort lands after wave 1's first final report while one of its devices is slow:
+    the devices of wave 2 get nothing, and the record agrees with every device after this
+    rollout and the next one."""
+    ids = device_ids(8)  # canary 2, growth 2: waves of 2, 4 and 2
+    stop = threading.Event()
+    policy = WavePolicy(canary=2, growth=2, timeout_s=60)
+
+    def progress(event: str, info: dict) -> None:
+        if event == "device" and info["device_id"] in ids[2:6]:
+            stop.set()  # wave 1's first final report
+
+    with start_sim(broker, ids, host_key, step_s=0.1, slow=[ids[5]]) as sim, \
+            Registry(tmp_path / "f.sqlite") as reg:
+        enrol(reg, ids)
+        first = run_rollout({"simulated": variant(seed=1)}, Broker(port=broker.port), reg,
+                            key=host_key, discover_s=0.5, policy=policy, abort=stop,
+                            progress=progress)
+        assert first.decision is Decision.ABORT, first.reason
+        assert set(first.skipped) == set(ids[6:])  # wave 2: not reached
+        assert not any(sim.devices[d].accepted for d in ids[6:])
+        counts = assert_agree(reg, sim, first.rollout_id)
+        assert counts.get("active", 0) >= 3 and sum(counts.values()) == 6, counts
+        second = run_rollout({"simulated": variant(seed=2)}, Broker(port=broker.port), reg,
+                             key=host_key, discover_s=0.5, policy=policy)
+        assert second.decision is Decision.DONE, second.reason
+        assert assert_agree(reg, sim, second.rollout_id) == {"active": 8}
+        runs = {d: dev.active.sha256 for d, dev in sim.devices.items()}
+        assert {r["device_id"]: r["active_sha"] for r in reg.device_rows()} == runs

@@ -244,7 +244,8 @@ def main() -> int:
               f"{r['rss_peak_mb']:.0f} MB, {r['fds_peak']} fds", file=sys.stderr, flush=True)
         results.append(r)
     m = machine()
-    meta = {"machine": f"{m.get('cpu', '')} x{m.get('cores', '')}".strip(),
+    meta = {"machine": f"{m.get('cpu', '')} x{m.get('cores', '')}, load "
+                       f"{os.getloadavg()[0]:.1f} at the end".strip(),
             "machine_full": m, "model_bytes": args.model_kb * 1024,
             "chunks": -(-args.model_kb * 1024 // (64 * 1024)), "canary": args.canary,
             "growth": args.growth, "commit": git_commit(), "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC",

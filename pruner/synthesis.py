@@ -104,7 +104,7 @@ def _optimiser(model: Any, lo: np.ndarray, hi: np.ndarray, tv: float, image: boo
     spec = tf.TensorSpec((None, *lo.shape), tf.float32)
 
     @tf.function(input_signature=[spec, tf.TensorSpec((None, 2), tf.int32),
-                                  tf.TensorSpec((), tf.float32)])
+                                  tf.TensorSpec((), tf.float32)], autograph=False)
     def optimise(z: Any, shifts: Any, lr: Any) -> Any:
         target = tf.range(tf.shape(z)[0]) % classes
 

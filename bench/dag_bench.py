@@ -203,7 +203,8 @@ def timings(cfg: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         from pruner import zoo
         from pruner.api import prune
 
-        prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False)
+        prune(zoo.ds_cnn(filters=8), 0.3, n_random=0, measure_tflite=False, progress=False,
+              keep_below_floor=True)
     timing = []
     for alpha, size in cfg["timed"]:
         repeats = cfg["timing_repeats"] if size * size * alpha <= 96 * 96 else 1

@@ -136,13 +136,13 @@ def run(
                     f"synthesis_steps={cfg.synthesis_steps} is under {MIN_FIDELITY_STEPS}: "
                     "inputs this rough leave the data-free fidelity figure blind to the "
                     "loss (bench/results/synthesis_steps.md)", PaodingWarning, stacklevel=3)
-            synthetic_inputs = synthesize(
-                model, box, n=n_fit + n_check, steps=cfg.synthesis_steps, seed=seed
-            )
+            # the fitting inputs alone: the check set is a separate synthesis (below)
+            synthetic_inputs = synthesize(model, box, n=n_fit, steps=cfg.synthesis_steps,
+                                          seed=seed)
         synthetic_inputs = np.asarray(synthetic_inputs, np.float32)
-        if len(synthetic_inputs) <= n_check:
-            raise ConfigError(f"synthetic_inputs needs more than {n_check} inputs")
-        synth = synthetic_inputs[:len(synthetic_inputs) - n_check]
+        if len(synthetic_inputs) == 0:
+            raise ConfigError("synthetic_inputs is empty")
+        synth = synthetic_inputs[:n_fit]  # a caller's batch may carry held-out inputs after
         if n_check:  # the verdict's check set: a separate synthesis (pruner.fidelity)
             from pruner.fidelity import check_inputs
 

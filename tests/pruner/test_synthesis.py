@@ -75,3 +75,24 @@ def test_a_model_loaded_again_reuses_its_synthesis(tmp_path):
     assert model_digest(twin) != model_digest(model)
     synthesis.synthesize(twin, InputBox(), n=8, steps=3, seed=0)
     assert len(synthesis._cache) == 2
+
+
+def test_one_compiled_loop_serves_every_synthesis_of_a_model_and_is_deterministic():
+    """The fitting and check syntheses of a run (other counts, seeds and steps) share one
+    trace of the optimisation loop, and a fresh loop gives the same inputs bit for bit."""
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("keras")
+    from pruner import synthesis, zoo
+    from pruner.bounds import InputBox
+
+    model = zoo.ds_cnn((12, 12, 1), classes=3, filters=8, blocks=1)
+    synthesis.clear_cache()
+    x = synthesis.synthesize(model, InputBox(), n=8, steps=4, seed=0)
+    synthesis.synthesize(model, InputBox(), n=6, steps=2, seed=1000)
+    (loop,) = synthesis._compiled.values()
+    assert loop.experimental_get_tracing_count() == 1
+    synthesis.clear_cache()
+    np.testing.assert_array_equal(x, synthesis.synthesize(model, InputBox(), n=8, steps=4, seed=0))
+    assert not np.array_equal(x, synthesis.synthesize(model, InputBox(), n=8, steps=0, seed=0))

@@ -87,8 +87,8 @@ def prune_steps(
     With ``synthetic`` > 0 (the default) paoding and greedy score pairs on the
     activations the readers read on synthesised inputs and refit the Dense/Conv2D
     readers of the pruned channels after every step (``compensation``,
-    pruner.compensate); a held-out part of the
-    synthesised batch gives the data-free fidelity of every step. Scope:
+    pruner.compensate); a separate synthesis (pruner.fidelity.check_inputs)
+    gives the data-free fidelity of every step. Scope:
     ``"global"`` walks the pairs of all layers together each step;
     ``"sequential"`` prunes one layer at a time, front to back (opt-in, see
     README). ``t0``, ``cooling`` and ``tau_start`` set the annealing (see

@@ -127,7 +127,7 @@ def run(
         from pruner.synthesis import counts
 
         n_fit, n_check = counts(cfg.synthetic, count_macs(model))
-        n_check = 0 if real is not None else n_check  # no held-out part to synthesise
+        n_check = 0 if real is not None else n_check  # real inputs replace the check synthesis
         if synthetic_inputs is None:
             from pruner.synthesis import MIN_FIDELITY_STEPS, synthesize
 

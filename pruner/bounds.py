@@ -447,7 +447,8 @@ def deviation(
                     slot_hi = np.minimum(slot_hi, -tight[0])
                 dlo_r[rows, :, mem.offset + b] = slot_lo
                 dhi_r[rows, :, mem.offset + b] = slot_hi
-            if fresh and vlo.ndim == 1 and len(inject[i]) == 1 and node.handler.params == "dense":
+            one = len(inject[i]) == 1 and vlo.shape == (inject[i][0].total,)  # no Flatten
+            if fresh and one and node.handler.params == "dense":
                 slot = inject[i][0].offset + b
             ins[0] = (dlo.reshape(m, *vlo.shape), dhi.reshape(m, *vhi.shape))
         if all(d is None for d in ins):

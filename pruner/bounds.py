@@ -266,20 +266,26 @@ def _product(alo: np.ndarray, ahi: np.ndarray, blo: np.ndarray, bhi: np.ndarray)
 
 def node_deviation(
     node: Any, devs: list[tuple[np.ndarray, np.ndarray]], values: list[tuple], store: Any,
-    output: bool = False,
+    output: bool = False, slot: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sound bounds of the change of one node's output (batched on the first axis) when
     its inputs change by ``devs``; ``values``: its inputs' value bounds (one sample).
     Linear maps take W c -/+ |W| r without bias, Add sums, Multiply expands
     (x + dx)(y + dy) - xy over the value bounds, max and min pooling take the ends,
-    activations their Lipschitz bound; ``output``: the logits, no softmax."""
+    activations their Lipschitz bound; ``output``: the logits, no softmax. ``slot``: a
+    Dense whose input changes in column slot[i] of row i alone (the same sums, exactly)."""
     from pruner.graph.handlers import activation_of, bn_affine
 
     kind, params, op = node.handler.kind, node.handler.params, node.op
     if kind == "producer" or params == "depthwise":
         (lo, hi), weights = devs[0], store(op)
-        c = _linear_map(op, params, (lo + hi) / 2, False, weights)
-        r = _linear_map(op, params, (hi - lo) / 2, True, weights)
+        if slot is not None:  # one nonzero input per row: its kernel row, not a product
+            w = weights[0][slot].astype(lo.dtype)
+            lo, hi = lo[np.arange(len(slot)), slot][:, None], hi[np.arange(len(slot)), slot][:, None]
+            c, r = (lo + hi) / 2 * w, (hi - lo) / 2 * np.abs(w)
+        else:
+            c = _linear_map(op, params, (lo + hi) / 2, False, weights)
+            r = _linear_map(op, params, (hi - lo) / 2, True, weights)
         act = activation_of(op)
         if output and act == "softmax":
             act = None
@@ -414,10 +420,12 @@ def deviation(
         for p in node.parents:  # keep only what a later node reads
             if last_use[p] <= i and p != graph.output:
                 devs.pop(p, None)
+        slot = None
         if i in inject:
             p = node.parents[0]
             vlo, vhi = bounds[p]
-            if ins[0] is None:
+            fresh = ins[0] is None  # nothing changes upstream: only the slots below
+            if fresh:
                 ins[0] = (np.zeros((m, *vlo.shape)), np.zeros((m, *vhi.shape)))
             dlo, dhi = ins[0][0].copy(), ins[0][1].copy()
             for mem in inject[i]:
@@ -439,6 +447,9 @@ def deviation(
                     slot_hi = np.minimum(slot_hi, -tight[0])
                 dlo_r[rows, :, mem.offset + b] = slot_lo
                 dhi_r[rows, :, mem.offset + b] = slot_hi
+            one = len(inject[i]) == 1 and vlo.shape == (inject[i][0].total,)  # no Flatten
+            if fresh and one and node.handler.params == "dense":
+                slot = inject[i][0].offset + b
             ins[0] = (dlo.reshape(m, *vlo.shape), dhi.reshape(m, *vhi.shape))
         if all(d is None for d in ins):
             continue
@@ -447,6 +458,6 @@ def deviation(
             for d, p in zip(ins, node.parents, strict=True)
         ]
         values = [bounds[p] for p in node.parents]
-        devs[i] = node_deviation(node, ins, values, store, output=i == graph.output)
+        devs[i] = node_deviation(node, ins, values, store, i == graph.output, slot)
     lo, hi = devs.get(graph.output, (np.zeros((m, 1)), np.zeros((m, 1))))
     return lo.reshape(m, -1), hi.reshape(m, -1)

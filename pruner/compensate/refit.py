@@ -12,10 +12,12 @@ BatchNormalization, into that BN's moving mean (replacing the closed-form
 correction of compensate.bias there). Readers whose own output channels are cut
 by a Concatenate offset are left as they are.
 
-One step costs one forward pass of the original and of the pruned model, layer
-by layer in lockstep (``replay``): each reader is refitted when the pass reaches
-it, so it sees the earlier readers' refits, and its fit uses at most ``ROWS``
-sampled rows (positions x inputs).
+One step costs one forward pass of the pruned model, layer by layer (``replay``),
+up to its last reader: each reader is refitted when the pass reaches it, so it
+sees the earlier readers' refits, and its fit uses at most ``ROWS`` sampled rows
+(positions x inputs). The original's inputs at the readers do not change between
+steps: the first step that needs one runs the original in lockstep, and the run
+keeps them (``Graph.memo``, up to ``MEMO_BYTES``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pruner.graph.surgery import as_model
 
 _KINDS = ("Dense", "Conv2D")
 ROWS = 16384  # rows per reader's least squares: ample for its fan-in, bounded in time
+MEMO_BYTES = 256 << 20  # the original's reader inputs a run keeps; past it they are replayed
 
 
 def patches(layer: Any, inp: np.ndarray) -> np.ndarray:
@@ -77,24 +80,37 @@ def readers_of(graph: Graph, removed: set[str]) -> list[str]:
 
 
 def replay(
-    graph: Graph, pruned: Any, x: np.ndarray, names: set[str]
+    graph: Graph, pruned: Any, x: np.ndarray, names: set[str], known: dict[str, np.ndarray]
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Run ``graph.model`` and ``pruned`` (its pruned copy: same layer names) on x layer
-    by layer; at each layer in ``names`` yield (name, original input, pruned input)
-    before the pruned layer runs, so a consumer may change its weights first."""
+    """Run ``pruned`` (a pruned copy of ``graph.model``: same layer names) on x layer by
+    layer; at each layer in ``names`` yield (name, original input, pruned input) before
+    the pruned layer runs, so a consumer may change its weights first. The original's
+    inputs come from ``known`` (layer name -> input on x) or, for a name not there, from
+    ``graph.model`` run in lockstep, and are added to ``known`` within MEMO_BYTES."""
     nodes = graph.nodes
     layers = {id(lay) for lay in graph.layers}
     last = {i: i for i in range(len(nodes))}
-    for j, node in enumerate(nodes):
+    for j, node in enumerate(nodes[1:], start=1):
         for p in node.parents:
             last[p] = max(last[p], j)
+    lockstep = not names <= known.keys()
+    left = set(names)
     orig: dict[int, Any] = {0: x}
     new: dict[int, Any] = {0: x}
     for j, node in enumerate(nodes[1:], start=1):
-        args = [_args(node, orig), _args(node, new)]
-        if node.op.name in names:
-            yield node.op.name, np.asarray(args[0][0][0]), np.asarray(args[1][0][0])
-        orig[j] = node.op(*args[0][0], **args[0][1])
+        args = [_args(node, orig) if lockstep else None, _args(node, new)]
+        if node.op.name in left:
+            ref = known.get(node.op.name)
+            if ref is None:
+                ref = np.asarray(args[0][0][0])
+                if sum(v.nbytes for v in known.values()) + ref.nbytes <= MEMO_BYTES:
+                    known[node.op.name] = ref
+            yield node.op.name, ref, np.asarray(args[1][0][0])
+            left.discard(node.op.name)
+            if not left:  # nothing after the last reader is read
+                return
+        if lockstep:
+            orig[j] = node.op(*args[0][0], **args[0][1])
         twin = pruned.get_layer(node.op.name) if id(node.op) in layers else node.op  # ops: stateless
         new[j] = twin(*args[1][0], **args[1][1])
         for p in set(node.parents):
@@ -131,8 +147,11 @@ def refit(
     todo = {n for n in names if kept.get(n, "free") is not None}
     if not todo or arrays is None:
         return graph
+    memo = graph.memo.setdefault("refit", {"x": None, "inputs": {}})
+    if memo["x"] is not x:  # inputs of the original on other fitting inputs: not these
+        memo.update(x=x, inputs={})
     rng = np.random.default_rng(seed)
-    for name, ref_in, now_in in replay(graph, model, x, todo):
+    for name, ref_in, now_in in replay(graph, model, x, todo, memo["inputs"]):
         olayer, layer = original.get_layer(name), model.get_layer(name)
         keep = kept.get(name, "free")
         a0, a = patches(olayer, ref_in), patches(layer, now_in)

@@ -23,7 +23,7 @@ class UnitView:
     graph: Graph
     group: ChannelGroup
     w_in: np.ndarray  # [n, fan_in + 1], BatchNormalization folded
-    w_out: np.ndarray  # [n, k]
+    w_out: np.ndarray  # [n, k]: the readers' rows (after any BN that follows the nonlinearity)
     orig_ids: np.ndarray  # original unit index of every current unit
     bounds: list[tuple[np.ndarray, np.ndarray]] | None = None  # per node (interval_bounds)
     acts: np.ndarray | None = None  # [rows, n]: what the readers read, synthesised inputs
@@ -72,11 +72,11 @@ class PairSaliency:
             gamma = np.ones_like(gram)
         # ||w_b - g w_a||^2 = ||w_b||^2 - 2 g <w_a, w_b> + g^2 ||w_a||^2
         dist2 = sq[None, :] - 2.0 * gamma * gram + gamma**2 * sq[:, None]
-        out_norm = np.linalg.norm(view.w_out, axis=1)
-        saliency = np.sqrt(np.maximum(dist2, 0.0)) * out_norm[None, :]
         group = view.group
+        scale, _ = group.post_affine()  # o_b: what reads h_b, through a BN after it
+        out_norm = np.linalg.norm(view.w_out, axis=1) * np.abs(scale)
+        saliency = np.sqrt(np.maximum(dist2, 0.0)) * out_norm[None, :]
         if group.post_bn is not None:  # the merge divides by s_a; max pooling needs k >= 0
-            scale, _ = group.post_affine()
             bad = np.broadcast_to(scale[:, None] == 0, saliency.shape)
             if group.post_max:
                 bad = bad | (gamma * scale[None, :] * scale[:, None] < 0)
@@ -88,7 +88,7 @@ class PairSaliency:
     def from_activations(self, view: UnitView) -> tuple[np.ndarray, np.ndarray]:
         """The same pair score from what the consumer actually reads, u (on synthesised
         inputs): u_b ~ k*u_a with k = max(0, cov(a,b)/var(a)), and
-        s(a,b) = std(u_b - k*u_a) * ||o_b|| (o_b the consumer's raw weights). The
+        s(a,b) = std(u_b - k*u_a) * ||o_b|| (o_b the readers' raw rows). The
         means are left to bias correction. Returned gamma is the factor the surgery
         expects (k rescaled by a BatchNormalization after the nonlinearity)."""
         u = view.acts.astype(np.float64)
@@ -102,9 +102,8 @@ class PairSaliency:
         resid = var[None, :] - 2.0 * k * cov + k**2 * var[:, None]
         scale, _ = view.group.post_affine()
         with np.errstate(divide="ignore", invalid="ignore"):
-            raw = view.w_out / np.where(scale == 0, np.inf, scale)[:, None]
             gamma = k * scale[:, None] / scale[None, :]
-        saliency = np.sqrt(np.maximum(resid, 0.0)) * np.linalg.norm(raw, axis=1)[None, :]
+        saliency = np.sqrt(np.maximum(resid, 0.0)) * np.linalg.norm(view.w_out, axis=1)[None, :]
         saliency = np.where(np.isfinite(gamma), saliency, np.inf)
         gamma = np.where(np.isfinite(gamma), gamma, 0.0)
         np.fill_diagonal(saliency, np.inf)

@@ -233,6 +233,9 @@ class Graph:
     output: int = 0
     store: Weights = field(default=LIVE, repr=False)
     built: Any = field(default=None, repr=False)  # the Keras model of ``store``, once built
+    # what a run's steps share (graphs derived by a cut hold the same dict): values of the
+    # original model that no step changes (compensate.refit: its readers' inputs)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

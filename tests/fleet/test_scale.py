@@ -133,6 +133,16 @@ def test_dead_devices_settle_at_once_and_abort_cancels_the_wave(broker, host_key
         assert not any(sim.devices[d].active for d in slow)
 
 
+def _release(tmp_path: Path) -> tuple[Path, Path, SigningKey]:
+    """A model variant and a fresh signing key pair on disk: (model, key file, key)."""
+    from core.signing import load_signing_key
+
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(variant())
+    key_path, _pub = write_key_pair(tmp_path / "keys")
+    return model_path, key_path, load_signing_key(key_path)
+
+
 def _worker(spec: dict, tmp_path: Path, name: str, max_fds: int | None = None
             ) -> subprocess.Popen:
     path = tmp_path / f"{name}.json"
@@ -163,12 +173,7 @@ def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> str:
 
 def test_kill9_mid_wave_then_the_same_command_resumes(broker, host_key, tmp_path):
     ids = device_ids(40)
-    model_path = tmp_path / "model.tflite"
-    model_path.write_bytes(variant())
-    key_path, _pub = write_key_pair(tmp_path / "keys")
-    from core.signing import load_signing_key
-
-    key = load_signing_key(key_path)
+    model_path, key_path, key = _release(tmp_path)
     db = tmp_path / "fleet.sqlite"
     spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}", "profile": "simulated",
             "model": str(model_path), "key": str(key_path),
@@ -212,12 +217,7 @@ def test_a_report_the_host_heard_but_had_not_stored_survives_its_kill9(broker, t
     from core.protocol import FINAL_STATES
 
     ids = device_ids(6)
-    model_path = tmp_path / "model.tflite"
-    model_path.write_bytes(variant())
-    key_path, _pub = write_key_pair(tmp_path / "keys")
-    from core.signing import load_signing_key
-
-    key = load_signing_key(key_path)
+    model_path, key_path, key = _release(tmp_path)
     db = tmp_path / "fleet.sqlite"
     policy = {"canary": 6, "timeout_s": 60}  # one wave: nothing else writes mid-wave
     spec = {"db": str(db), "broker": f"mqtt://127.0.0.1:{broker.port}", "profile": "simulated",
@@ -336,12 +336,7 @@ def test_lost_chunks_are_served_again_within_the_bound(broker, host_key, tmp_pat
 def test_several_host_processes_on_postgres_with_a_shared_intake(broker, host_key, tmp_path,
                                                                  pg_url):
     ids = device_ids(30)
-    model_path = tmp_path / "model.tflite"
-    model_path.write_bytes(variant())
-    key_path, _pub = write_key_pair(tmp_path / "keys")
-    from core.signing import load_signing_key
-
-    key = load_signing_key(key_path)
+    model_path, key_path, key = _release(tmp_path)
     with start_sim(broker, ids, key, step_s=0.05) as sim:
         with Registry(pg_url) as reg:
             enrol(reg, ids)
@@ -390,12 +385,7 @@ def test_simulated_keys_are_stable():
 def test_a_host_limited_to_64_file_descriptors_rolls_out_to_150_devices(broker, tmp_path):
     """Once each in-flight device cost the host ~5 descriptors: 128 were not enough for 100."""
     ids = device_ids(150)
-    model_path = tmp_path / "model.tflite"
-    model_path.write_bytes(variant())
-    key_path, _pub = write_key_pair(tmp_path / "keys")
-    from core.signing import load_signing_key
-
-    key = load_signing_key(key_path)
+    model_path, key_path, key = _release(tmp_path)
     db = tmp_path / "fleet.sqlite"
     with start_sim(broker, ids, key) as sim:
         with Registry(db) as reg:
